@@ -1,0 +1,1 @@
+"""ami-rcd edge_agent."""

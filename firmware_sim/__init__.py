@@ -1,0 +1,1 @@
+"""ami-rcd firmware_sim."""

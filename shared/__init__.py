@@ -1,0 +1,1 @@
+"""ami-rcd shared: message contracts, topics, signing, used by the coordinator and the agents."""
