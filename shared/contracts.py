@@ -1,0 +1,362 @@
+"""The MQTT message contract between the coordinator and the edge agents.
+
+Every message is a pydantic model that refuses unknown fields and carries a
+``schema_version``. Decoding goes through :func:`decode`, which checks the size
+limit of the kind before parsing and turns pydantic's errors into
+:class:`shared.errors.InvalidPayload` naming each offending field.
+
+Commands (order, cancel, meter table) travel inside a signed envelope (see
+``shared.signing``); results and status are published by the agent on topics
+only it may write (see ``deploy/mosquitto/acl``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import Enum, IntEnum
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from shared.errors import InvalidPayload, PayloadTooLarge
+
+SCHEMA_VERSION: Final = 1
+
+# Size limits per message kind, checked before any parsing.
+MAX_COMMAND_BYTES: Final = 16 * 1024
+MAX_RESULT_BYTES: Final = 64 * 1024
+MAX_STATUS_BYTES: Final = 8 * 1024
+MAX_METER_TABLE_BYTES: Final = 4 * 1024 * 1024
+
+# Identifiers end up in MQTT topics and file names: no '/', '+', '#' or spaces.
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+]
+
+
+class Contract(BaseModel):
+    """Base of every message: strict about unknown fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class Action(str, Enum):
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
+    ARM = "arm"  # reconnect that only arms the meter; the customer closes the relay
+
+
+class OrderReason(str, Enum):
+    NON_PAYMENT = "non_payment"
+    PAYMENT_RESTORED = "payment_restored"
+    LOSSES = "losses"
+    CUSTOMER_REQUEST = "customer_request"
+
+
+class Outcome(str, Enum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    ARMED = "armed"  # ready_for_reconnection: waiting for the customer's button
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+SUCCESS_OUTCOMES: Final = frozenset({Outcome.CONNECTED, Outcome.DISCONNECTED, Outcome.ARMED})
+
+
+class ReasonCode(str, Enum):
+    """Why an order did not reach the wanted state; one per failure the brief names."""
+
+    METER_NOT_RESPONDING = "meter_not_responding"  # packet loss, malfunction, timeout
+    METER_UNREACHABLE = "meter_unreachable"  # no route from the concentrator (PLC)
+    METER_NOT_COMMISSIONED = "meter_not_commissioned"
+    NOT_IN_CONCENTRATOR_TABLE = "not_in_concentrator_table"
+    AUTHENTICATION_FAILED = "authentication_failed"  # association refused: keys
+    INVALID_METER_RESPONSE = "invalid_meter_response"  # garbage, bad FCS, wrong PDU
+    RELAY_DID_NOT_SWITCH = "relay_did_not_switch"  # accepted, state unchanged
+    METHOD_REFUSED = "method_refused"  # the meter refused the method: hardware fault
+    CONTROL_MODE_FORBIDS = "control_mode_forbids"  # mode 0, or mode disallows remote
+    CONCENTRATOR_MODEM_FAULT = "concentrator_modem_fault"
+    CONCENTRATOR_SIM_FAULT = "concentrator_sim_fault"
+    CONCENTRATOR_SERIAL_FAULT = "concentrator_serial_fault"
+    BAD_SIGNATURE = "bad_signature"
+    UNSIGNED_COMMAND = "unsigned_command"
+    REPLAYED_COMMAND = "replayed_command"
+    WRONG_CONCENTRATOR = "wrong_concentrator"
+    MALFORMED_COMMAND = "malformed_command"
+    EXPIRED = "expired"  # deadline passed before the order could finish
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+
+
+# Failures that may pass on a later attempt; the rest end the order at once.
+RETRYABLE_REASONS: Final = frozenset(
+    {
+        ReasonCode.METER_NOT_RESPONDING,
+        ReasonCode.METER_UNREACHABLE,
+        ReasonCode.INVALID_METER_RESPONSE,
+        ReasonCode.RELAY_DID_NOT_SWITCH,
+        ReasonCode.CONCENTRATOR_MODEM_FAULT,
+        ReasonCode.CONCENTRATOR_SERIAL_FAULT,
+    }
+)
+
+
+class ControlState(IntEnum):
+    """DLMS Disconnect control (IC 70) attribute 3."""
+
+    DISCONNECTED = 0
+    CONNECTED = 1
+    READY_FOR_RECONNECTION = 2
+
+
+class RetryPolicy(Contract):
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    backoff_initial_s: float = Field(default=2.0, ge=0, le=3600)
+    backoff_max_s: float = Field(default=60.0, ge=0, le=86400)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+    def delay_before(self, attempt: int, random_unit: float) -> float:
+        """Seconds to wait before ``attempt`` (2, 3, ...); ``random_unit`` in [0, 1)."""
+        if attempt <= 1:
+            return 0.0
+        base = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 2))
+        return base * (1 - self.jitter + 2 * self.jitter * random_unit)
+
+
+class OrderCommand(Contract):
+    """Coordinator → agent: switch one meter's relay (step 4 of the brief)."""
+
+    kind: Literal["order"] = "order"
+    command_id: Identifier  # unique per published command: the replay key
+    order_id: Identifier  # the durable key: every handler is idempotent on it
+    meter_id: Identifier
+    concentrator_id: Identifier
+    action: Action
+    reason: OrderReason
+    priority: int = Field(default=5, ge=0, le=9)  # higher runs first
+    issued_at: AwareDatetime
+    not_before: AwareDatetime | None = None
+    deadline: AwareDatetime  # absolute: never executed after it
+    retry: RetryPolicy = RetryPolicy()
+
+    @model_validator(mode="after")
+    def _deadline_after_issue(self) -> OrderCommand:
+        if self.deadline <= self.issued_at:
+            raise ValueError("deadline must be after issued_at")
+        if self.not_before is not None and self.not_before >= self.deadline:
+            raise ValueError("not_before must be before deadline")
+        return self
+
+
+class CancelCommand(Contract):
+    """Coordinator → agent: drop an order that has not started yet."""
+
+    kind: Literal["cancel"] = "cancel"
+    command_id: Identifier
+    order_id: Identifier
+    concentrator_id: Identifier
+    issued_at: AwareDatetime
+    deadline: AwareDatetime  # after this the cancel itself is stale
+
+    @model_validator(mode="after")
+    def _deadline_after_issue(self) -> CancelCommand:
+        if self.deadline <= self.issued_at:
+            raise ValueError("deadline must be after issued_at")
+        return self
+
+
+class MeterEntry(Contract):
+    meter_id: Identifier
+    transport: Literal["hdlc", "tcp"]
+    line_id: Identifier | None = None  # serial line of the concentrator (hdlc)
+    hdlc_address: int | None = Field(default=None, ge=16, le=0x3FFD)
+    host: str | None = Field(default=None, max_length=253)  # tcp
+    port: int | None = Field(default=None, ge=1, le=65535)
+    logical_server: int = Field(default=1, ge=1, le=0x3FFF)
+    commissioned: bool = True
+    keys_ref: str | None = Field(default=None, max_length=64)  # name in the agent's key store
+
+    @model_validator(mode="after")
+    def _address_matches_transport(self) -> MeterEntry:
+        if self.transport == "hdlc" and (self.line_id is None or self.hdlc_address is None):
+            raise ValueError("an hdlc meter needs line_id and hdlc_address")
+        if self.transport == "tcp" and (self.host is None or self.port is None):
+            raise ValueError("a tcp meter needs host and port")
+        return self
+
+
+class MeterTableSync(Contract):
+    """Coordinator → agent: the meters this concentrator serves (full table)."""
+
+    kind: Literal["meter_table"] = "meter_table"
+    command_id: Identifier
+    concentrator_id: Identifier
+    generation: int = Field(ge=0)  # increases with every change; older ones are ignored
+    issued_at: AwareDatetime
+    deadline: AwareDatetime
+    meters: list[MeterEntry] = Field(max_length=5000)
+
+
+Command = OrderCommand | CancelCommand | MeterTableSync
+
+
+class Attempt(Contract):
+    number: int = Field(ge=1)
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+    error: ReasonCode | None = None  # None: this attempt succeeded
+    detail: str = Field(default="", max_length=500)
+
+
+class RelayReading(Contract):
+    output_state: bool | None = None
+    control_state: ControlState
+    control_mode: int | None = Field(default=None, ge=0, le=6)
+
+
+class EnergyReading(Contract):
+    obis: str = "1.0.1.8.0.255"
+    value: float
+    unit: str = Field(max_length=16)
+    meter_clock: AwareDatetime | None = None
+    read_at: AwareDatetime
+
+
+class OrderResult(Contract):
+    """Agent → coordinator: how an order ended (steps 6 and 7)."""
+
+    kind: Literal["result"] = "result"
+    order_id: Identifier
+    meter_id: Identifier
+    concentrator_id: Identifier
+    outcome: Outcome
+    reason: ReasonCode | None = None
+    detail: str = Field(default="", max_length=1000)
+    already_in_state: bool = False  # the relay was already as wanted: nothing switched
+    relay: RelayReading | None = None
+    energy: EnergyReading | None = None
+    attempts: list[Attempt] = Field(default_factory=list, max_length=50)
+    received_at: AwareDatetime | None = None  # when the agent stored the order
+    started_at: AwareDatetime | None = None
+    finished_at: AwareDatetime
+    agent_version: str = Field(default="", max_length=32)
+
+    @model_validator(mode="after")
+    def _reason_for_failures(self) -> OrderResult:
+        if self.outcome not in SUCCESS_OUTCOMES and self.reason is None:
+            raise ValueError(f"a {self.outcome.value} result needs a reason")
+        return self
+
+
+class ModemState(str, Enum):
+    OK = "ok"
+    DEGRADED = "degraded"
+    DOWN = "down"
+    UNKNOWN = "unknown"
+
+
+class SimState(str, Enum):
+    OK = "ok"
+    ABSENT = "absent"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+
+class ConcentratorStatus(Contract):
+    """Agent → coordinator, retained; also the agent's last will (online=False)."""
+
+    kind: Literal["status"] = "status"
+    concentrator_id: Identifier
+    online: bool
+    at: AwareDatetime
+    modem: ModemState = ModemState.UNKNOWN
+    sim: SimState = SimState.UNKNOWN
+    signal_dbm: int | None = Field(default=None, ge=-150, le=0)
+    queue_depth: int = Field(default=0, ge=0)
+    outbox_depth: int = Field(default=0, ge=0)
+    meter_count: int = Field(default=0, ge=0)
+    meter_table_generation: int | None = None
+    agent_version: str = Field(default="", max_length=32)
+
+
+_LIMITS: Final[dict[str, int]] = {
+    "OrderCommand": MAX_COMMAND_BYTES,
+    "CancelCommand": MAX_COMMAND_BYTES,
+    "MeterTableSync": MAX_METER_TABLE_BYTES,
+    "OrderResult": MAX_RESULT_BYTES,
+    "ConcentratorStatus": MAX_STATUS_BYTES,
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"]) or "(message)"
+        problems.append((path, error["msg"]))
+    return problems
+
+
+def size_limit(model: type[BaseModel]) -> int:
+    return _LIMITS.get(model.__name__, MAX_COMMAND_BYTES)
+
+
+def decode(model: type[M], data: bytes | str) -> M:
+    """Parse ``data`` as ``model``, refusing oversized or malformed payloads by name."""
+    raw = data.encode() if isinstance(data, str) else data
+    limit = size_limit(model)
+    if len(raw) > limit:
+        raise PayloadTooLarge(model.__name__, len(raw), limit)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidPayload(model.__name__, _problems(exc)) from exc
+
+
+def validate(model: type[M], data: Any) -> M:
+    """Like :func:`decode` for an already parsed object (e.g. from a signed envelope)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidPayload(model.__name__, _problems(exc)) from exc
+
+
+def parse_command(data: bytes) -> Command:
+    """Parse the body of a signed envelope into the command its ``kind`` names."""
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidPayload("command", [("(message)", f"not JSON: {exc}")]) from exc
+    if not isinstance(obj, dict):
+        raise InvalidPayload("command", [("(message)", "not a JSON object")])
+    kinds: dict[str, type[OrderCommand] | type[CancelCommand] | type[MeterTableSync]] = {
+        "order": OrderCommand,
+        "cancel": CancelCommand,
+        "meter_table": MeterTableSync,
+    }
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in kinds:
+        raise InvalidPayload("command", [("kind", f"must be one of {sorted(kinds)}, got {kind!r}")])
+    return validate(kinds[kind], obj)
+
+
+def utc_iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,235 @@
+"""Signed commands: the coordinator signs, the agent verifies (Ed25519).
+
+A command travels as an envelope::
+
+    {"schema_version": 1, "key_id": "<16 hex>", "body": "<command JSON>", "signature": "<base64>"}
+
+The signature covers the exact UTF-8 bytes of ``body``, so no canonical JSON is
+needed: the verifier checks the bytes it received, then parses them.
+
+Why this matters: the broker, the network and the APN are not trusted. Whoever
+can publish on a concentrator's command topic must still hold the
+coordinator's private key to make an agent switch a relay.
+
+Refusals (all :class:`shared.errors.CommandRejected`, each with the reason
+code the agent reports back): no or empty signature, unknown key, a signature
+that does not match the body, a command for another concentrator, a deadline
+already passed, and a command id seen before (replay).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.contracts import MAX_COMMAND_BYTES, MAX_METER_TABLE_BYTES, Command, parse_command
+from shared.errors import (
+    BadSignature,
+    CommandExpired,
+    CommandReplayed,
+    InvalidPayload,
+    PayloadTooLarge,
+    Unsigned,
+    UnknownSigningKey,
+    WrongRecipient,
+)
+
+ENVELOPE_FIELDS: Final = frozenset({"schema_version", "key_id", "body", "signature"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def key_id_of(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def generate_keypair() -> tuple[bytes, bytes]:
+    """A fresh key pair as (private PEM, public PEM)."""
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private_pem, public_pem
+
+
+def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError("the signing key is not an Ed25519 private key")
+    return key
+
+
+def load_public_key(pem: bytes) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("the verification key is not an Ed25519 public key")
+    return key
+
+
+def load_public_key_file(path: str | Path) -> Ed25519PublicKey:
+    return load_public_key(Path(path).read_bytes())
+
+
+def load_private_key_file(path: str | Path) -> Ed25519PrivateKey:
+    return load_private_key(Path(path).read_bytes())
+
+
+class CommandSigner:
+    """Held by the coordinator only."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.key_id = key_id_of(private_key.public_key())
+
+    def sign(self, command: Command) -> bytes:
+        body = command.model_dump_json()
+        signature = self._key.sign(body.encode())
+        envelope = {
+            "schema_version": 1,
+            "key_id": self.key_id,
+            "body": body,
+            "signature": base64.b64encode(signature).decode(),
+        }
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+class SeenCommands(Protocol):
+    """Where a verifier remembers command ids until their deadline (replay defence)."""
+
+    def seen(self, command_id: str) -> bool: ...
+
+    def remember(self, command_id: str, until: datetime) -> None: ...
+
+
+class MemorySeenCommands:
+    """In-memory store for tests and tools; the agent keeps its own in SQLite."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, datetime] = {}
+
+    def seen(self, command_id: str) -> bool:
+        return command_id in self._until
+
+    def remember(self, command_id: str, until: datetime) -> None:
+        self._until[command_id] = until
+
+    def forget_before(self, moment: datetime) -> None:
+        for command_id in [c for c, until in self._until.items() if until < moment]:
+            del self._until[command_id]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    key_id: str
+    body: bytes
+    signature: bytes
+
+
+def open_envelope(data: bytes) -> Envelope:
+    """Check the envelope's shape; no cryptography yet."""
+    if len(data) > MAX_METER_TABLE_BYTES + 1024:
+        raise PayloadTooLarge("signed command", len(data), MAX_METER_TABLE_BYTES + 1024)
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidPayload("signed command", [("(message)", f"not JSON: {exc}")]) from exc
+    if not isinstance(obj, dict):
+        raise InvalidPayload("signed command", [("(message)", "not a JSON object")])
+    unknown = sorted(set(obj) - ENVELOPE_FIELDS)
+    if unknown:
+        raise InvalidPayload("signed command", [(name, "unknown field") for name in unknown])
+    if obj.get("schema_version") != 1:
+        raise InvalidPayload(
+            "signed command",
+            [("schema_version", f"unsupported: {obj.get('schema_version')!r}")],
+        )
+    body = obj.get("body")
+    if not isinstance(body, str):
+        raise InvalidPayload("signed command", [("body", "missing or not a string")])
+    signature = obj.get("signature")
+    key_id = obj.get("key_id")
+    if not signature or not key_id:
+        raise Unsigned("command has no signature or key id")
+    if not isinstance(signature, str) or not isinstance(key_id, str):
+        raise BadSignature("signature and key_id must be strings")
+    try:
+        raw_signature = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadSignature("signature is not base64") from exc
+    return Envelope(key_id=key_id, body=body.encode(), signature=raw_signature)
+
+
+class CommandVerifier:
+    """Held by an agent: accepts only commands signed for it, in time, once.
+
+    ``verify`` does not remember the command id: the caller remembers it in the
+    same transaction in which it stores the command, so a crash in between
+    cannot make a genuine command look like a replay.
+    """
+
+    def __init__(
+        self,
+        public_keys: Mapping[str, Ed25519PublicKey] | Ed25519PublicKey,
+        concentrator_id: str,
+        seen: SeenCommands,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        clock_skew: timedelta = timedelta(minutes=5),
+    ) -> None:
+        if isinstance(public_keys, Ed25519PublicKey):
+            public_keys = {key_id_of(public_keys): public_keys}
+        self._keys = dict(public_keys)
+        self._concentrator_id = concentrator_id
+        self._seen = seen
+        self._clock = clock
+        self._skew = clock_skew
+
+    def verify(self, data: bytes) -> Command:
+        envelope = open_envelope(data)
+        key = self._keys.get(envelope.key_id)
+        if key is None:
+            raise UnknownSigningKey(f"command signed with unknown key {envelope.key_id!r}")
+        try:
+            key.verify(envelope.signature, envelope.body)
+        except InvalidSignature as exc:
+            raise BadSignature("signature does not match the command body") from exc
+        if len(envelope.body) > MAX_COMMAND_BYTES and b'"kind":"meter_table"' not in envelope.body:
+            raise PayloadTooLarge("command", len(envelope.body), MAX_COMMAND_BYTES)
+        command = parse_command(envelope.body)
+        if command.concentrator_id != self._concentrator_id:
+            raise WrongRecipient(
+                f"command is for concentrator {command.concentrator_id!r}, "
+                f"this is {self._concentrator_id!r}",
+                command_id=command.command_id,
+            )
+        now = self._clock()
+        if command.deadline + self._skew < now:
+            raise CommandExpired(
+                f"command deadline {command.deadline.isoformat()} has passed",
+                command_id=command.command_id,
+            )
+        if self._seen.seen(command.command_id):
+            raise CommandReplayed(
+                f"command {command.command_id!r} was already received",
+                command_id=command.command_id,
+            )
+        return command

@@ -1,0 +1,76 @@
+"""Every MQTT topic ami-rcd uses, in one place.
+
+One topic tree per concentrator, so that the broker's ACL can give each agent
+its own branch and nothing else (see ``deploy/mosquitto/acl``)::
+
+    rcd/v1/c/<concentrator>/cmd      coordinator → agent   signed orders and cancels (QoS 1, never retained)
+    rcd/v1/c/<concentrator>/meters   coordinator → agent   signed meter table (QoS 1, retained)
+    rcd/v1/c/<concentrator>/result   agent → coordinator   order results (QoS 1)
+    rcd/v1/c/<concentrator>/status   agent → coordinator   status and last will (QoS 1, retained)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal
+
+from shared.errors import TopicError
+
+ROOT: Final = "rcd/v1"
+_PREFIX: Final = f"{ROOT}/c"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+Leaf = Literal["cmd", "meters", "result", "status"]
+LEAVES: Final[tuple[Leaf, ...]] = ("cmd", "meters", "result", "status")
+
+# Subscriptions of the coordinator, across every concentrator.
+ALL_RESULTS: Final = f"{_PREFIX}/+/result"
+ALL_STATUS: Final = f"{_PREFIX}/+/status"
+
+# QoS used for everything: at-least-once; receivers are idempotent.
+QOS: Final = 1
+
+
+def check_concentrator_id(concentrator_id: str) -> str:
+    if not _ID.match(concentrator_id):
+        raise TopicError(
+            f"concentrator id {concentrator_id!r} is not usable in a topic "
+            "(letters, digits, '_', '.', ':', '-'; at most 64)"
+        )
+    return concentrator_id
+
+
+def commands(concentrator_id: str) -> str:
+    return f"{_PREFIX}/{check_concentrator_id(concentrator_id)}/cmd"
+
+
+def meter_table(concentrator_id: str) -> str:
+    return f"{_PREFIX}/{check_concentrator_id(concentrator_id)}/meters"
+
+
+def results(concentrator_id: str) -> str:
+    return f"{_PREFIX}/{check_concentrator_id(concentrator_id)}/result"
+
+
+def status(concentrator_id: str) -> str:
+    return f"{_PREFIX}/{check_concentrator_id(concentrator_id)}/status"
+
+
+def shared_subscription(group: str, topic_filter: str) -> str:
+    """A shared subscription so that several coordinator replicas split the load."""
+    if not _ID.match(group):
+        raise TopicError(f"shared subscription group {group!r} is not a plain name")
+    return f"$share/{group}/{topic_filter}"
+
+
+def parse(topic: str) -> tuple[str, Leaf]:
+    """Split a concrete topic into (concentrator id, leaf); refuse anything else."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:3]) != _PREFIX:
+        raise TopicError(f"topic {topic!r} is not in the {_PREFIX}/<concentrator>/<leaf> tree")
+    concentrator_id, leaf = parts[3], parts[4]
+    check_concentrator_id(concentrator_id)
+    for known in LEAVES:
+        if leaf == known:
+            return concentrator_id, known
+    raise TopicError(f"topic {topic!r} ends in unknown leaf {leaf!r}")
