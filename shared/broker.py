@@ -57,6 +57,10 @@ def render_config(template: str, *, port: int, work_dir: Path) -> str:
         directive = line.split(" ", 1)[0]
         lines.append(replacements.get(directive, line) if not line.startswith("#") else line)
     text = "\n".join(lines) + "\n"
+    if os.geteuid() == 0:
+        # As root mosquitto would switch to its own user, who cannot read a
+        # private temporary directory; a test broker keeps our identity.
+        text += "user root\n"
     missing = [d for d in replacements if not re.search(rf"^{d} ", text, re.MULTILINE)]
     if missing:
         raise BrokerError(f"shipped mosquitto.conf lacks {', '.join(missing)}")

@@ -1,0 +1,171 @@
+"""Every contract round-trips, and bad payloads are refused naming the field."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared import contracts as c
+from shared.errors import InvalidPayload, PayloadTooLarge
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+
+def order(**overrides: object) -> c.OrderCommand:
+    fields: dict[str, object] = {
+        "command_id": "cmd-1",
+        "order_id": "ord-1",
+        "meter_id": "MTR-0001",
+        "concentrator_id": "conc-a",
+        "action": c.Action.DISCONNECT,
+        "reason": c.OrderReason.NON_PAYMENT,
+        "priority": 7,
+        "issued_at": NOW,
+        "deadline": NOW + timedelta(hours=4),
+        "retry": c.RetryPolicy(max_attempts=4, backoff_initial_s=1, backoff_max_s=30),
+    }
+    fields.update(overrides)
+    return c.OrderCommand.model_validate(fields)
+
+
+def result(**overrides: object) -> c.OrderResult:
+    fields: dict[str, object] = {
+        "order_id": "ord-1",
+        "meter_id": "MTR-0001",
+        "concentrator_id": "conc-a",
+        "outcome": c.Outcome.DISCONNECTED,
+        "relay": c.RelayReading(output_state=False, control_state=c.ControlState.DISCONNECTED, control_mode=1),
+        "energy": c.EnergyReading(value=12345.6, unit="Wh", meter_clock=NOW, read_at=NOW),
+        "attempts": [
+            c.Attempt(number=1, started_at=NOW, finished_at=NOW, error=c.ReasonCode.METER_NOT_RESPONDING, detail="timeout"),
+            c.Attempt(number=2, started_at=NOW, finished_at=NOW),
+        ],
+        "received_at": NOW,
+        "started_at": NOW,
+        "finished_at": NOW + timedelta(seconds=9),
+        "agent_version": "0.1.0",
+    }
+    fields.update(overrides)
+    return c.OrderResult.model_validate(fields)
+
+
+EXAMPLES: list[c.Contract] = [
+    order(),
+    order(action=c.Action.CONNECT, reason=c.OrderReason.PAYMENT_RESTORED, not_before=NOW),
+    c.CancelCommand(command_id="cmd-2", order_id="ord-1", concentrator_id="conc-a", issued_at=NOW, deadline=NOW + timedelta(hours=1)),
+    c.MeterTableSync(
+        command_id="cmd-3",
+        concentrator_id="conc-a",
+        generation=4,
+        issued_at=NOW,
+        deadline=NOW + timedelta(days=1),
+        meters=[
+            c.MeterEntry(meter_id="MTR-0001", transport="hdlc", line_id="plc0", hdlc_address=17),
+            c.MeterEntry(meter_id="MTR-0002", transport="tcp", host="10.1.2.3", port=4059, commissioned=False),
+        ],
+    ),
+    result(),
+    result(outcome=c.Outcome.FAILED, reason=c.ReasonCode.RELAY_DID_NOT_SWITCH, energy=None),
+    c.ConcentratorStatus(concentrator_id="conc-a", online=True, at=NOW, modem=c.ModemState.OK, sim=c.SimState.OK, queue_depth=3, meter_count=120, agent_version="0.1.0"),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_every_contract_round_trips_through_json(message: c.Contract) -> None:
+    decoded = c.decode(type(message), message.to_json())
+    assert decoded == message
+    assert json.loads(message.to_json())["schema_version"] == c.SCHEMA_VERSION
+
+
+def test_commands_parse_by_kind() -> None:
+    for message in EXAMPLES[:4]:
+        assert c.parse_command(message.to_json()) == message
+
+
+def test_unknown_field_is_refused_by_name() -> None:
+    payload = json.loads(order().to_json())
+    payload["relay_override"] = True
+    with pytest.raises(InvalidPayload) as caught:
+        c.decode(c.OrderCommand, json.dumps(payload))
+    assert caught.value.fields == ["relay_override"]
+    assert "relay_override" in str(caught.value)
+
+
+def test_missing_field_is_refused_by_name() -> None:
+    payload = json.loads(order().to_json())
+    del payload["deadline"]
+    with pytest.raises(InvalidPayload) as caught:
+        c.decode(c.OrderCommand, json.dumps(payload))
+    assert caught.value.fields == ["deadline"]
+
+
+def test_nested_field_path_is_named() -> None:
+    payload = json.loads(order().to_json())
+    payload["retry"]["max_attempts"] = 0
+    with pytest.raises(InvalidPayload) as caught:
+        c.decode(c.OrderCommand, json.dumps(payload))
+    assert caught.value.fields == ["retry.max_attempts"]
+
+
+def test_wrong_enum_value_names_field() -> None:
+    payload = json.loads(order().to_json())
+    payload["action"] = "explode"
+    with pytest.raises(InvalidPayload, match="action"):
+        c.decode(c.OrderCommand, json.dumps(payload))
+
+
+def test_naive_timestamps_are_refused() -> None:
+    payload = json.loads(order().to_json())
+    payload["issued_at"] = "2026-11-26T10:00:00"
+    with pytest.raises(InvalidPayload, match="issued_at"):
+        c.decode(c.OrderCommand, json.dumps(payload))
+
+
+def test_deadline_before_issue_is_refused() -> None:
+    with pytest.raises(InvalidPayload, match="deadline must be after issued_at"):
+        c.validate(c.OrderCommand, json.loads(order().to_json()) | {"deadline": "2026-11-26T09:00:00Z"})
+
+
+def test_future_schema_version_is_refused() -> None:
+    payload = json.loads(order().to_json()) | {"schema_version": 2}
+    with pytest.raises(InvalidPayload, match="schema_version"):
+        c.decode(c.OrderCommand, json.dumps(payload))
+
+
+def test_identifier_that_would_break_a_topic_is_refused() -> None:
+    payload = json.loads(order().to_json()) | {"concentrator_id": "conc-a/#"}
+    with pytest.raises(InvalidPayload, match="concentrator_id"):
+        c.decode(c.OrderCommand, json.dumps(payload))
+
+
+def test_failure_without_reason_is_refused() -> None:
+    payload = json.loads(result().to_json()) | {"outcome": "failed", "reason": None}
+    with pytest.raises(InvalidPayload, match="needs a reason"):
+        c.decode(c.OrderResult, json.dumps(payload))
+
+
+def test_oversized_payload_is_refused_before_parsing() -> None:
+    with pytest.raises(PayloadTooLarge) as caught:
+        c.decode(c.OrderCommand, b"{" + b" " * c.MAX_COMMAND_BYTES + b"}")
+    assert caught.value.limit == c.MAX_COMMAND_BYTES
+
+
+def test_not_json_is_refused() -> None:
+    with pytest.raises(InvalidPayload, match="Invalid JSON"):
+        c.decode(c.OrderResult, b"\x00\xffgarbage")
+
+
+def test_hdlc_meter_needs_its_line_address() -> None:
+    with pytest.raises(ValueError, match="hdlc meter needs"):
+        c.MeterEntry(meter_id="M1", transport="hdlc", line_id="plc0")
+
+
+@pytest.mark.parametrize(
+    ("attempt", "unit", "expected"),
+    [(1, 0.5, 0.0), (2, 0.5, 1.0), (3, 0.5, 2.0), (4, 0.5, 4.0), (10, 0.5, 30.0), (3, 0.0, 1.6), (3, 0.999999, 2.4)],
+)
+def test_backoff_doubles_with_jitter_and_cap(attempt: int, unit: float, expected: float) -> None:
+    policy = c.RetryPolicy(max_attempts=10, backoff_initial_s=1, backoff_max_s=30, jitter=0.2)
+    assert policy.delay_before(attempt, unit) == pytest.approx(expected, rel=1e-5)
