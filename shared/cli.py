@@ -18,6 +18,8 @@ _PARTS: tuple[tuple[str, str], ...] = (
     ("firmware_sim.cli", "simulated meters"),
     ("edge_agent.cli", "concentrator agent"),
     ("central.cli", "coordinator"),
+    ("ops.cli", "operations over the REST API"),
+    ("ops.demo_cli", "the end-to-end demo"),
 )
 
 
