@@ -118,7 +118,7 @@ class MosquittoBroker:
         )
         shutil.copyfile(DEPLOY_DIR / "acl", self.work_dir / "acl")
         self._write_passwords()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        log = open(self.log_path, "ab")
         try:
             self._process = subprocess.Popen(
                 [mosquitto_binary(), "-c", str(self.work_dir / "mosquitto.conf")],

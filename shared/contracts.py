@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
@@ -54,20 +54,20 @@ class Contract(BaseModel):
         return self.model_dump_json().encode()
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     CONNECT = "connect"
     DISCONNECT = "disconnect"
     ARM = "arm"  # reconnect that only arms the meter; the customer closes the relay
 
 
-class OrderReason(str, Enum):
+class OrderReason(StrEnum):
     NON_PAYMENT = "non_payment"
     PAYMENT_RESTORED = "payment_restored"
     LOSSES = "losses"
     CUSTOMER_REQUEST = "customer_request"
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
     ARMED = "armed"  # ready_for_reconnection: waiting for the customer's button
@@ -80,7 +80,7 @@ class Outcome(str, Enum):
 SUCCESS_OUTCOMES: Final = frozenset({Outcome.CONNECTED, Outcome.DISCONNECTED, Outcome.ARMED})
 
 
-class ReasonCode(str, Enum):
+class ReasonCode(StrEnum):
     """Why an order did not reach the wanted state; one per failure the brief names."""
 
     METER_NOT_RESPONDING = "meter_not_responding"  # packet loss, malfunction, timeout
@@ -136,7 +136,7 @@ class RetryPolicy(Contract):
         """Seconds to wait before ``attempt`` (2, 3, ...); ``random_unit`` in [0, 1)."""
         if attempt <= 1:
             return 0.0
-        base = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 2))
+        base = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** (attempt - 2))
         return base * (1 - self.jitter + 2 * self.jitter * random_unit)
 
 
@@ -265,14 +265,14 @@ class OrderResult(Contract):
         return self
 
 
-class ModemState(str, Enum):
+class ModemState(StrEnum):
     OK = "ok"
     DEGRADED = "degraded"
     DOWN = "down"
     UNKNOWN = "unknown"
 
 
-class SimState(str, Enum):
+class SimState(StrEnum):
     OK = "ok"
     ABSENT = "absent"
     ERROR = "error"

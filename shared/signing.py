@@ -40,8 +40,8 @@ from shared.errors import (
     CommandReplayed,
     InvalidPayload,
     PayloadTooLarge,
-    Unsigned,
     UnknownSigningKey,
+    Unsigned,
     WrongRecipient,
 )
 

@@ -16,8 +16,8 @@ from shared.errors import (
     CommandExpired,
     CommandReplayed,
     InvalidPayload,
-    Unsigned,
     UnknownSigningKey,
+    Unsigned,
     WrongRecipient,
 )
 from shared.signing import (
