@@ -10,6 +10,7 @@
     +-- DataAccessError          GET/SET answered with a data-access-result != success
     |   +-- AccessDenied         ... that result was read-write-denied (3), or a method/write
     |                            was attempted on an association that may not do it
+    |                            (AccessDenied is also an ActionRefused)
     +-- TransportError           the port/socket itself failed (raised ``from`` the OSError
                                  or serial exception)
 
@@ -77,8 +78,14 @@ class DataAccessError(DlmsError):
         super().__init__(message or f"data access failed: data-access-result {result}")
 
 
-class AccessDenied(DataAccessError):
-    """read-write-denied, or the association has no right to do this."""
+class AccessDenied(DataAccessError, ActionRefused):
+    """read-write-denied, or the association has no right to do this (e.g. a method on the
+    public association). Also an :class:`ActionRefused`, so ``except ActionRefused`` sees it."""
+
+    def __init__(self, result: int = 3, message: str = "") -> None:
+        self.result = result
+        self.diagnostic = result
+        DlmsError.__init__(self, message or f"access denied (result {result})")
 
 
 class TransportError(DlmsError):

@@ -1,0 +1,418 @@
+"""A simulated meter: COSEM objects plus the association/service logic, bytes in, bytes out.
+
+Transports (TCP wrapper, HDLC line) feed complete xDLMS/ACSE APDUs into
+:meth:`SimulatedMeter.handle` and send back what it returns. Link-level faults
+(no_answer, garbage, late_answer, unreachable) are applied by the transports; the meter
+itself applies relay_stuck, relay_error and not_commissioned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from firmware_sim.cosem import STATE_NAMES, DisconnectControl, EnergyRegister, Refused
+from shared.dlms import apdu as A
+from shared.dlms import axdr
+from shared.dlms import security as S
+from shared.dlms.axdr import Data
+from shared.dlms.errors import (
+    DIAG_AUTHENTICATION_FAILURE,
+    DIAG_AUTHENTICATION_REQUIRED,
+    DIAG_CONTEXT_NOT_SUPPORTED,
+    DIAG_MECHANISM_NOT_RECOGNISED,
+    DIAG_MECHANISM_REQUIRED,
+    DIAG_NO_REASON,
+    MalformedResponse,
+)
+
+if TYPE_CHECKING:
+    from firmware_sim.fleet import MeterSpec
+
+FAULTS = frozenset(
+    {"no_answer", "garbage", "late_answer", "unreachable", "relay_stuck", "relay_error",
+     "not_commissioned"}
+)
+PUBLIC_CLIENT = 16
+MANAGEMENT_CLIENT = 1
+
+DISCONNECT_CONTROL = (70, bytes((0, 0, 96, 3, 10, 255)))
+ENERGY = (3, bytes((1, 0, 1, 8, 0, 255)))
+CLOCK = (8, bytes((0, 0, 1, 0, 0, 255)))
+ASSOCIATION_LN = (15, bytes((0, 0, 40, 0, 0, 255)))
+INVOCATION_COUNTER = (1, bytes((0, 0, 43, 1, 0, 255)))
+OBJECTS = (DISCONNECT_CONTROL, ENERGY, CLOCK, ASSOCIATION_LN, INVOCATION_COUNTER)
+MAX_PDU = 1024
+
+
+@dataclass
+class MeterCounters:
+    frames_rx: int = 0
+    frames_tx: int = 0
+    bytes_rx: int = 0
+    bytes_tx: int = 0
+    channel_time_s: float = 0.0
+    apdus: int = 0
+    associations: int = 0
+    refused_associations: int = 0
+    dropped_frames: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class Association:
+    """One application association (lives as long as its HDLC link / TCP connection)."""
+
+    client: int
+    state: str = "idle"  # idle | pending (HLS pass 3 awaited) | ready
+    secured: bool = False
+    client_title: bytes = b""
+    ctos: bytes = b""
+    stoc: bytes = b""
+    general_glo: bool = False
+    max_pdu: int = MAX_PDU
+
+
+def system_title_for(meter_id: str) -> bytes:
+    """Deterministic 8-byte server system title: 'SIM' + 5 bytes from the meter id."""
+    return b"SIM" + hashlib.sha256(meter_id.encode()).digest()[:5]
+
+
+class SimulatedMeter:
+    def __init__(self, spec: MeterSpec) -> None:
+        self.spec = spec
+        self.meter_id = spec.meter_id
+        self.system_title = system_title_for(spec.meter_id)
+        self.keys = S.Keys(spec.block_key, spec.auth_key)
+        self.commissioned = spec.commissioned
+        self.faults: set[str] = set(spec.faults)
+        self.late_answer_s = spec.late_answer_s
+        self.disconnect = DisconnectControl(STATE_NAMES[spec.relay], spec.control_mode)
+        self.energy = EnergyRegister(spec.energy_wh, spec.load_w)
+        self.clock_offset = timedelta(0)
+        self.counters = MeterCounters()
+        self.server_ic = 0
+        self.last_client_ic: dict[int, int] = {}
+        self.lock = threading.RLock()
+        self.events: list[str] = []
+        self._random: Callable[[int], bytes] = os.urandom
+
+    # ------------------------------------------------------------ control interface
+
+    def set_fault(self, fault: str | None) -> None:
+        """Replace the active faults with ``fault`` (None clears all)."""
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {sorted(FAULTS)}")
+        with self.lock:
+            self.faults = set() if fault is None else {fault}
+
+    def add_fault(self, fault: str) -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}")
+        with self.lock:
+            self.faults.add(fault)
+
+    def has_fault(self, fault: str) -> bool:
+        return fault in self.faults
+
+    def press_button(self) -> bool:
+        """The customer's button: closes an armed relay. True when the relay closed."""
+        with self.lock:
+            self.energy.update(self.disconnect.output_state)
+            changed = self.disconnect.manual_reconnect()
+            if changed:
+                self.events.append("manual_reconnect")
+            return changed
+
+    def advance(self, seconds: float) -> None:
+        """Let simulated time pass for the energy register."""
+        with self.lock:
+            self.energy.advance(seconds, self.disconnect.output_state)
+
+    def state(self) -> dict[str, object]:
+        with self.lock:
+            self.energy.update(self.disconnect.output_state)
+            return {
+                "meter_id": self.meter_id,
+                "control_state": self.disconnect.control_state,
+                "output_state": self.disconnect.output_state,
+                "control_mode": self.disconnect.control_mode,
+                "energy_wh": round(self.energy.energy_wh, 3),
+                "commissioned": self.commissioned,
+                "faults": sorted(self.faults),
+                "server_invocation_counter": self.server_ic,
+                "client_invocation_counters": dict(self.last_client_ic),
+                "counters": self.counters.as_dict(),
+                "system_title": self.system_title.hex(),
+            }
+
+    # ------------------------------------------------------------ service dispatch
+
+    def handle(self, assoc: Association, request: bytes) -> bytes:
+        """Process one complete APDU from ``assoc``'s client; return the response APDU."""
+        with self.lock:
+            self.counters.apdus += 1
+            try:
+                return self._handle(assoc, request)
+            except MalformedResponse:
+                return A.build_exception_response(1, 2)
+            except (IndexError, ValueError):
+                return A.build_exception_response(1, 3)
+
+    def release(self, assoc: Association) -> None:
+        assoc.state = "idle"
+        assoc.secured = False
+
+    def _handle(self, assoc: Association, req: bytes) -> bytes:
+        if not req:
+            return A.build_exception_response(1, 2)
+        tag = req[0]
+        if tag == A.AARQ:
+            return self._aarq(assoc, req)
+        if tag == A.RLRQ:
+            self.release(assoc)
+            return A.build_rlre(0)
+        if assoc.state == "idle":
+            return A.build_exception_response(1, 1)  # service-not-allowed before AARQ
+        if tag in S.PLAIN_TAGS or tag == S.GENERAL_GLO:
+            if not assoc.secured:
+                return A.build_exception_response(1, 2)
+            try:
+                c = S.parse(req)
+                if c.sc & 0x30 != S.SC_AUTH_ENC:
+                    return A.build_exception_response(1, 5)
+                if c.ic <= self.last_client_ic.get(assoc.client, -1):
+                    return A.build_exception_response(1, 6)  # invocation-counter-error
+                plain = S.unwrap(c, assoc.client_title, self.keys)
+            except MalformedResponse:
+                return A.build_exception_response(1, 5)  # decipher-error
+            self.last_client_ic[assoc.client] = c.ic
+            assoc.general_glo = c.tag == S.GENERAL_GLO
+            return self._protect(assoc, self._service(assoc, plain))
+        if assoc.secured:
+            return A.build_exception_response(1, 1)  # plain APDU on a ciphered association
+        return self._service(assoc, req)
+
+    def _protect(self, assoc: Association, plain: bytes) -> bytes:
+        if plain[0] not in S.GLO_TAGS:
+            return plain  # exception-response is never ciphered here
+        self.server_ic += 1
+        return S.wrap(
+            plain, S.SC_AUTH_ENC, self.system_title, self.server_ic, self.keys,
+            general=assoc.general_glo,
+        )
+
+    # ------------------------------------------------------------ AARQ
+
+    def _refuse(self, diagnostic: int, context: bytes, result: int = 1) -> bytes:
+        self.counters.refused_associations += 1
+        return A.build_aare(A.Aare(result=result, diagnostic=diagnostic, context=context))
+
+    def _aarq(self, assoc: Association, req: bytes) -> bytes:
+        aarq = A.parse_aarq(req)
+        self.release(assoc)
+        if assoc.client == PUBLIC_CLIENT:
+            if aarq.ciphered:
+                return self._refuse(DIAG_CONTEXT_NOT_SUPPORTED, aarq.context)
+            if aarq.mechanism not in (None, A.MECH_NONE):
+                return self._refuse(DIAG_MECHANISM_NOT_RECOGNISED, aarq.context)
+            if aarq.user_information is None:
+                return self._refuse(DIAG_NO_REASON, aarq.context)
+            init = A.parse_initiate_request(aarq.user_information)
+            if init.dlms_version < 6:
+                return self._refuse(DIAG_NO_REASON, aarq.context)
+            assoc.state = "ready"
+            assoc.max_pdu = min(MAX_PDU, init.max_pdu or MAX_PDU)
+            self.counters.associations += 1
+            conf = A.SERVER_CONFORMANCE & init.conformance
+            return A.build_aare(A.Aare(
+                context=aarq.context,
+                user_information=A.build_initiate_response(conf, MAX_PDU),
+            ))
+        if assoc.client != MANAGEMENT_CLIENT:
+            return self._refuse(DIAG_NO_REASON, aarq.context)
+        if not self.commissioned or "not_commissioned" in self.faults:
+            return self._refuse(DIAG_CONTEXT_NOT_SUPPORTED, aarq.context)
+        if aarq.mechanism is None or aarq.mechanism == A.MECH_NONE:
+            return self._refuse(DIAG_MECHANISM_REQUIRED, aarq.context)
+        if aarq.mechanism != A.MECH_HLS_GMAC:
+            return self._refuse(DIAG_MECHANISM_NOT_RECOGNISED, aarq.context)
+        if not aarq.ciphered or aarq.user_information is None:
+            return self._refuse(DIAG_MECHANISM_REQUIRED, aarq.context)
+        if aarq.calling_title is None or len(aarq.calling_title) != 8 or not aarq.calling_auth_value:
+            return self._refuse(DIAG_AUTHENTICATION_FAILURE, aarq.context)
+        try:
+            c = S.parse(aarq.user_information)
+            if c.sc & 0x30 != S.SC_AUTH_ENC:
+                return self._refuse(DIAG_AUTHENTICATION_FAILURE, aarq.context)
+            plain = S.unwrap(c, aarq.calling_title, self.keys)
+        except MalformedResponse:
+            return self._refuse(DIAG_AUTHENTICATION_FAILURE, aarq.context)
+        if c.ic <= self.last_client_ic.get(assoc.client, -1):
+            self.events.append(f"replayed invocation counter {c.ic}")
+            return self._refuse(DIAG_AUTHENTICATION_FAILURE, aarq.context)
+        self.last_client_ic[assoc.client] = c.ic
+        init = A.parse_initiate_request(plain)
+        if init.dlms_version < 6:
+            return self._refuse(DIAG_NO_REASON, aarq.context)
+        assoc.state = "pending"
+        assoc.secured = True
+        assoc.client_title = aarq.calling_title
+        assoc.ctos = aarq.calling_auth_value
+        assoc.stoc = self._random(16)
+        assoc.general_glo = c.tag == S.GENERAL_GLO
+        assoc.max_pdu = min(MAX_PDU, init.max_pdu or MAX_PDU)
+        self.server_ic += 1
+        conf = A.SERVER_CONFORMANCE & init.conformance
+        user_info = S.wrap(
+            A.build_initiate_response(conf, MAX_PDU), S.SC_AUTH_ENC, self.system_title,
+            self.server_ic, self.keys,
+        )
+        return A.build_aare(A.Aare(
+            result=0, diagnostic=DIAG_AUTHENTICATION_REQUIRED, context=aarq.context,
+            responding_title=self.system_title, mechanism=A.MECH_HLS_GMAC,
+            responding_auth_value=assoc.stoc, user_information=user_info,
+        ))
+
+    # ------------------------------------------------------------ xDLMS services
+
+    def _service(self, assoc: Association, req: bytes) -> bytes:
+        tag = req[0]
+        if tag not in (A.GET_REQUEST, A.SET_REQUEST, A.ACTION_REQUEST):
+            return A.build_exception_response(2, 2)  # service-unknown / not supported
+        r = A.parse_request(req)
+        if assoc.state == "pending":
+            ok = (
+                tag == A.ACTION_REQUEST and r.kind == 1 and r.refs
+                and (r.refs[0].class_id, r.refs[0].obis) == ASSOCIATION_LN
+                and r.refs[0].index == 1
+            )
+            if not ok:
+                return A.build_exception_response(1, 1)
+            return self._hls_pass3(assoc, r)
+        if tag == A.GET_REQUEST:
+            if r.kind == 1:
+                return A.build_get_response(r.invoke_id, self._get(r.refs[0]))
+            if r.kind == 3:
+                return A.build_get_response_with_list(
+                    r.invoke_id, [self._get(ref) for ref in r.refs]
+                )
+            return A.build_exception_response(2, 2)
+        if tag == A.SET_REQUEST:
+            if r.kind != 1:
+                return A.build_exception_response(2, 2)
+            if assoc.client != MANAGEMENT_CLIENT:
+                return A.build_set_response(r.invoke_id, A.DAR_READ_WRITE_DENIED)
+            return A.build_set_response(r.invoke_id, self._set(r.refs[0], r.data[0]))
+        if r.kind != 1:
+            return A.build_exception_response(2, 2)
+        if assoc.client != MANAGEMENT_CLIENT:
+            return A.build_action_response(r.invoke_id, A.AR_READ_WRITE_DENIED)
+        return A.build_action_response(r.invoke_id, self._action(r.refs[0], r.data))
+
+    def _hls_pass3(self, assoc: Association, r: A.Request) -> bytes:
+        f_stoc = r.data[0].value if r.data and r.data[0].tag == axdr.OCTET_STRING else b""
+        try:
+            S.verify_hls(assoc.client_title, self.keys, assoc.stoc, f_stoc)
+        except MalformedResponse:
+            self.counters.refused_associations += 1
+            assoc.state = "idle"
+            return A.build_action_response(r.invoke_id, A.AR_READ_WRITE_DENIED)
+        assoc.state = "ready"
+        self.counters.associations += 1
+        self.server_ic += 1
+        f_ctos = S.gmac_hls(self.system_title, self.server_ic, self.keys, assoc.ctos)
+        return A.build_action_response(r.invoke_id, A.AR_SUCCESS, axdr.octets(f_ctos))
+
+    def _now(self) -> datetime:
+        return datetime.now(UTC) + self.clock_offset
+
+    def _get(self, ref: A.AttributeRef) -> A.GetResult:
+        key = (ref.class_id, ref.obis)
+        if key not in OBJECTS:
+            return A.DAR_OBJECT_UNDEFINED
+        if ref.index == 1:
+            return axdr.octets(ref.obis)
+        closed = self.disconnect.output_state
+        if key == DISCONNECT_CONTROL:
+            if ref.index == 2:
+                return axdr.boolean(closed)
+            if ref.index == 3:
+                return axdr.enum(self.disconnect.control_state)
+            if ref.index == 4:
+                return axdr.enum(self.disconnect.control_mode)
+        elif key == ENERGY:
+            self.energy.update(closed)
+            if ref.index == 2:
+                return axdr.uint32(self.energy.raw_value)
+            if ref.index == 3:
+                return axdr.structure(axdr.int8(self.energy.scaler), axdr.enum(self.energy.unit))
+        elif key == CLOCK:
+            now = self._now()
+            if ref.index == 2:
+                return axdr.octets(axdr.date_time(
+                    now.year, now.month, now.day, now.hour, now.minute, now.second,
+                    deviation=0, weekday=now.isoweekday(),
+                ))
+            if ref.index == 3:
+                return Data(axdr.INT16, 0)
+            if ref.index == 4:
+                return axdr.uint8(0)
+        elif key == ASSOCIATION_LN:
+            if ref.index == 8:
+                return axdr.enum(2)
+        elif key == INVOCATION_COUNTER and ref.index == 2:
+            return axdr.uint32(self.last_client_ic.get(MANAGEMENT_CLIENT, -1) + 1)
+        return A.DAR_OBJECT_UNAVAILABLE
+
+    def _set(self, ref: A.AttributeRef, value: Data) -> int:
+        key = (ref.class_id, ref.obis)
+        if key not in OBJECTS:
+            return A.DAR_OBJECT_UNDEFINED
+        if key == DISCONNECT_CONTROL and ref.index == 4:
+            if value.tag != axdr.ENUM or not 0 <= value.value <= 6:
+                return A.DAR_TYPE_UNMATCHED
+            self.disconnect.control_mode = value.value
+            return A.DAR_SUCCESS
+        if key == CLOCK and ref.index == 2:
+            raw = value.value
+            if value.tag != axdr.OCTET_STRING or len(raw) != 12:
+                return A.DAR_TYPE_UNMATCHED
+            year = int.from_bytes(raw[0:2], "big")
+            wanted = datetime(year, raw[2], raw[3], raw[5], raw[6], raw[7], tzinfo=UTC)
+            self.clock_offset = wanted - datetime.now(UTC)
+            return A.DAR_SUCCESS
+        return A.DAR_READ_WRITE_DENIED
+
+    def _action(self, ref: A.AttributeRef, params: list[Data]) -> int:
+        key = (ref.class_id, ref.obis)
+        if key not in OBJECTS:
+            return A.AR_OBJECT_UNDEFINED
+        if key != DISCONNECT_CONTROL or ref.index not in (1, 2):
+            return A.AR_OBJECT_UNAVAILABLE
+        if "relay_error" in self.faults:
+            self.events.append("relay_error: method refused")
+            return A.AR_HARDWARE_FAULT
+        self.energy.update(self.disconnect.output_state)
+        if "relay_stuck" in self.faults:
+            self.events.append("relay_stuck: method accepted, relay unchanged")
+            return A.AR_SUCCESS
+        try:
+            if ref.index == 1:
+                self.disconnect.remote_disconnect()
+                self.events.append("remote_disconnect")
+            else:
+                self.disconnect.remote_reconnect()
+                self.events.append("remote_reconnect")
+        except Refused as exc:
+            return exc.result
+        return A.AR_SUCCESS
+
+

@@ -1,0 +1,424 @@
+"""The DLMS client the edge agent uses: gurux-dlms's GXDLMSSecureClient over a Transport.
+
+gurux builds and parses the APDUs and frames (it is the reference client we test the
+simulator against); this module adds what gurux leaves to the application: the
+request/response loop over a :class:`~shared.dlms.transport.Transport`, HDLC/wrapper
+framing checks before gurux sees the bytes (so garbage becomes
+:class:`MalformedResponse`), timeouts, and the mapping of every failure onto
+:mod:`shared.dlms.errors`.
+
+Workarounds for gurux-dlms 1.0.203 client behaviour (all handled here):
+
+* ``GXDLMSClient.getData`` accepts frames addressed to anybody; on a shared HDLC line a
+  late answer from another meter could be taken as ours. We check the HDLC addresses
+  ourselves and drop frames that are not from the meter we talk to.
+* gurux prints to stdout and raises bare ``Exception``/``ValueError`` on bad frames and on
+  an HLS-GMAC f(CtoS) mismatch; we translate by where in the exchange it happened.
+* gurux reports an action/data-access error through ``GXDLMSException.errorCode`` (or
+  ``reply.error``), not by type; we map codes to ActionRefused / AccessDenied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any, Literal
+
+from gurux_dlms import GXByteBuffer, GXDLMSException, GXReplyData
+from gurux_dlms.enums import Authentication, DataType, InterfaceType, ObjectType, Security
+from gurux_dlms.GXDLMSConfirmedServiceError import GXDLMSConfirmedServiceError
+from gurux_dlms.GXDLMSExceptionResponse import GXDLMSExceptionResponse
+from gurux_dlms.objects import GXDLMSData, GXDLMSDisconnectControl, GXDLMSObject
+from gurux_dlms.secure import GXDLMSSecureClient
+
+from shared.dlms import hdlc, wrapper
+from shared.dlms.errors import (
+    AccessDenied,
+    ActionRefused,
+    AssociationRefused,
+    DataAccessError,
+    DlmsError,
+    MalformedResponse,
+    NoResponse,
+    TransportError,
+)
+from shared.dlms.transport import Transport
+
+
+def _silent(*_args: object, **_kwargs: object) -> None:
+    return None
+
+
+# gurux-dlms 1.0.203 print()s on every deciphered APDU ("Encryption is applied.") and on
+# some errors. Shadow ``print`` in those modules only (thread-safe, unlike
+# contextlib.redirect_stdout, which swaps sys.stdout for the whole process).
+# (gurux_dlms/__init__ rebinds module names to classes, hence import_module.)
+for _name in ("GXDLMSChippering", "GXDLMSClient", "_GXAPDU", "GXDLMS"):
+    importlib.import_module(f"gurux_dlms.{_name}").print = _silent  # type: ignore[attr-defined]
+
+DISCONNECT_CONTROL_OBIS = "0.0.96.3.10.255"
+ENERGY_OBIS = "1.0.1.8.0.255"
+CLOCK_OBIS = "0.0.1.0.0.255"
+UNITS = {27: "W", 28: "VA", 29: "var", 30: "Wh", 31: "VAh", 32: "varh", 33: "A", 35: "V"}
+
+
+@dataclass(frozen=True)
+class MeterKeys:
+    block_key: bytes
+    auth_key: bytes
+    system_title: bytes = b"RCDAGENT"  # client system title, 8 bytes
+
+
+@dataclass(frozen=True)
+class MeterAddress:
+    interface: Literal["hdlc", "wrapper"]
+    logical_server: int = 1
+    physical_server: int | None = None  # HDLC address on the line
+
+
+@dataclass(frozen=True)
+class DisconnectState:
+    output_state: bool
+    control_state: int
+    control_mode: int
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    output_state: bool
+    control_state: int
+    control_mode: int
+    energy_value: float  # already scaled
+    energy_unit: str  # e.g. "Wh"
+    meter_clock: datetime | None
+
+
+def parse_cosem_datetime(raw: bytes) -> datetime | None:
+    """12-byte COSEM date-time to an aware datetime (UTC when no deviation is given)."""
+    if len(raw) != 12:
+        return None
+    year = int.from_bytes(raw[0:2], "big")
+    month, day, hour, minute, second = raw[2], raw[3], raw[5], raw[6], raw[7]
+    if year == 0xFFFF or month > 12 or day > 31 or hour > 23 or minute > 59 or second > 59:
+        return None
+    dev = int.from_bytes(raw[9:11], "big", signed=True)
+    # COSEM deviation is minutes local-to-UTC with inverted sign (Blue Book): UTC = local + dev
+    tz = UTC if dev == -0x8000 else timezone(timedelta(minutes=-dev))
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=tz)
+    except ValueError:
+        return None
+
+
+class MeterSession:
+    """One association with one meter; use as a context manager."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        address: MeterAddress,
+        keys: MeterKeys | None,
+        *,
+        client_address: int = 1,
+        invocation_counter: int = 0,
+        timeout: float = 5.0,
+    ) -> None:
+        self._transport = transport
+        self._address = address
+        self._keys = keys
+        self._timeout = timeout
+        self._hdlc = address.interface == "hdlc"
+        self._broken = False
+        self._associated = False
+        self._invoke = 0
+        if self._hdlc:
+            server: int = GXDLMSSecureClient.getServerAddress(
+                address.logical_server, address.physical_server or 0
+            ) if address.physical_server is not None else address.logical_server
+        else:
+            server = address.logical_server
+        auth = Authentication.HIGH_GMAC if keys is not None else Authentication.NONE
+        iface = InterfaceType.HDLC if self._hdlc else InterfaceType.WRAPPER
+        self._client = GXDLMSSecureClient(True, client_address, server, auth, None, iface)
+        self._client_address = client_address
+        if keys is not None:
+            c = self._client.ciphering
+            c.security = Security.AUTHENTICATION_ENCRYPTION
+            c.securitySuite = 0
+            c.systemTitle = bytearray(keys.system_title)
+            c.blockCipherKey = bytearray(keys.block_key)
+            c.authenticationKey = bytearray(keys.auth_key)
+            c.invocationCounter = invocation_counter
+        self._expected_src = (
+            hdlc.server_address(address.logical_server, address.physical_server)
+            if self._hdlc else b""
+        )
+        self._hdlc_reader = hdlc.FrameReader()
+        self._wrapper_reader = wrapper.WrapperReader()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def invocation_counter(self) -> int:
+        """The next invocation counter the client would use (persist it)."""
+        if self._keys is None:
+            return 0
+        return int(self._client.ciphering.invocationCounter)
+
+    def __enter__(self) -> MeterSession:
+        try:
+            self._associate()
+        except BaseException:
+            self._close_link()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close_link()
+
+    def read(self, obis: str, class_id: int, attribute: int) -> object:
+        obj = self._object(obis, class_id)
+        with self._guard("read"):
+            reply = self._exchange_all(self._client.read(obj, attribute))
+            self._check_reply(reply, action=False)
+            return self._client.updateValue(obj, attribute, reply.value)
+
+    def read_disconnect_state(self) -> DisconnectState:
+        values = self._read_list(
+            [(DISCONNECT_CONTROL_OBIS, 70, 2), (DISCONNECT_CONTROL_OBIS, 70, 3),
+             (DISCONNECT_CONTROL_OBIS, 70, 4)]
+        )
+        return DisconnectState(bool(values[0]), int(values[1]), int(values[2]))
+
+    def remote_disconnect(self) -> None:
+        self._method(1)
+
+    def remote_reconnect(self) -> None:
+        self._method(2)
+
+    def read_back(self) -> ReadBack:
+        """One GET-with-list: control_state, output_state, control_mode, energy, clock."""
+        v = self._read_list([
+            (DISCONNECT_CONTROL_OBIS, 70, 3), (DISCONNECT_CONTROL_OBIS, 70, 2),
+            (DISCONNECT_CONTROL_OBIS, 70, 4), (ENERGY_OBIS, 3, 2), (ENERGY_OBIS, 3, 3),
+            (CLOCK_OBIS, 8, 2),
+        ])
+        scaler_unit = v[4]
+        if not isinstance(scaler_unit, list) or len(scaler_unit) != 2:
+            raise MalformedResponse(f"bad scaler_unit {scaler_unit!r}")
+        scaler, unit = int(scaler_unit[0]), int(scaler_unit[1])
+        energy = float(v[3]) * (10.0**scaler)
+        clock_raw = v[5]
+        meter_clock: datetime | None = None
+        if isinstance(clock_raw, bytes | bytearray):
+            meter_clock = parse_cosem_datetime(bytes(clock_raw))
+        elif hasattr(clock_raw, "value") and isinstance(clock_raw.value, datetime):
+            meter_clock = clock_raw.value
+        return ReadBack(
+            output_state=bool(v[1]), control_state=int(v[0]), control_mode=int(v[2]),
+            energy_value=energy, energy_unit=UNITS.get(unit, str(unit)), meter_clock=meter_clock,
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _object(self, obis: str, class_id: int) -> GXDLMSObject:
+        try:
+            ot = ObjectType(class_id)
+        except ValueError:
+            ot = None
+        obj: GXDLMSObject = (
+            GXDLMSSecureClient.createObject(ot) if ot is not None else GXDLMSData()
+        )
+        if obj is None:
+            obj = GXDLMSData()
+        obj.logicalName = obis
+        if ot is None:
+            obj.objectType = class_id
+        return obj
+
+    def _read_list(self, items: list[tuple[str, int, int]]) -> list[Any]:
+        objs: dict[tuple[str, int], GXDLMSObject] = {}
+        pairs = []
+        for obis, cid, attr in items:
+            obj = objs.setdefault((obis, cid), self._object(obis, cid))
+            pairs.append((obj, attr))
+        values: list[Any] = []
+        with self._guard("read-with-list"):
+            for frames in self._client.readList(pairs):
+                reply = self._exchange_all(frames if isinstance(frames, list) else [frames])
+                self._check_reply(reply, action=False)
+                if reply.value is not None:
+                    values.extend(reply.value)
+        if len(values) != len(items):
+            raise MalformedResponse(f"expected {len(items)} values, got {len(values)}")
+        for v in values:
+            if isinstance(v, ErrorCodeValue):
+                raise v.error()
+        return [bytes(v) if isinstance(v, bytearray) else v for v in values]
+
+    def _method(self, index: int) -> None:
+        dc = GXDLMSDisconnectControl(DISCONNECT_CONTROL_OBIS)
+        with self._guard("action"):
+            frames = self._client.method(dc, index, 0, DataType.INT8)
+            reply = self._exchange_all(frames)
+            self._check_reply(reply, action=True)
+
+    @staticmethod
+    def _check_reply(reply: GXReplyData, *, action: bool) -> None:
+        err = int(reply.error or 0)
+        if err:
+            _raise_result(err, action)
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        if not self._associated:
+            raise DlmsError(f"{what}: no association")
+        try:
+            yield
+        except DlmsError as exc:
+            if isinstance(exc, NoResponse | MalformedResponse | TransportError):
+                self._broken = True
+            raise
+        except GXDLMSException as exc:
+            _raise_result(int(exc.errorCode), what == "action", exc)
+        except GXDLMSExceptionResponse as exc:
+            raise AccessDenied(3, f"{what}: exception-response {exc}") from exc
+        except GXDLMSConfirmedServiceError as exc:
+            raise DataAccessError(250, f"{what}: confirmed-service-error {exc}") from exc
+        except (ValueError, IndexError, TypeError) as exc:
+            self._broken = True
+            raise MalformedResponse(f"{what}: cannot parse the answer: {exc}") from exc
+
+    def _associate(self) -> None:
+        self._transport.drain()
+        try:
+            if self._hdlc:
+                snrm = self._client.snrmRequest()
+                reply = self._exchange(snrm)
+                self._client.parseUAResponse(reply.data)
+            reply = self._exchange_all(self._client.aarqRequest())
+            self._client.parseAareResponse(reply.data)
+        except GXDLMSException as exc:
+            if getattr(exc, "diagnostic", None) is not None and getattr(exc, "result", None):
+                raise AssociationRefused(int(exc.diagnostic), int(exc.result)) from exc
+            raise MalformedResponse(f"bad AARE: {exc}") from exc
+        except (ValueError, IndexError, TypeError) as exc:
+            raise MalformedResponse(f"bad association answer: {exc}") from exc
+        except (NoResponse, MalformedResponse, TransportError):
+            self._broken = True
+            raise
+        if self._client.getIsAuthenticationRequired():
+            try:
+                reply = self._exchange_all(self._client.getApplicationAssociationRequest())
+                if reply.error:
+                    raise AssociationRefused(13, 1, f"HLS pass 3 refused (result {reply.error})")
+                self._client.parseApplicationAssociationResponse(reply.data)
+            except (NoResponse, MalformedResponse, TransportError):
+                self._broken = True
+                raise
+            except GXDLMSException as exc:
+                raise AssociationRefused(13, 1, f"HLS pass 3 refused: {exc}") from exc
+            except GXDLMSExceptionResponse as exc:
+                raise AssociationRefused(13, 1, f"HLS pass 3 refused: {exc}") from exc
+            except AssociationRefused:
+                raise
+            except Exception as exc:  # gurux raises bare Exception on f(CtoS) mismatch
+                raise AssociationRefused(13, 1, f"meter failed HLS pass 4: {exc}") from exc
+        self._associated = True
+
+    def _close_link(self) -> None:
+        """Release the association and the HDLC link; never raises."""
+        try:
+            if self._associated and not self._broken:
+                with contextlib.suppress(Exception):
+                    frames = self._client.releaseRequest()
+                    if frames:
+                        self._exchange_all(frames, timeout=min(self._timeout, 2.0))
+            if self._hdlc:
+                disc = self._client.disconnectRequest(True)
+                if disc:
+                    if self._broken:
+                        with contextlib.suppress(Exception):
+                            self._transport.send(bytes(disc))
+                    else:
+                        with contextlib.suppress(Exception):
+                            self._exchange(disc, timeout=min(self._timeout, 2.0))
+        finally:
+            self._associated = False
+
+    def _exchange_all(self, frames: Any, timeout: float | None = None) -> GXReplyData:
+        reply = GXReplyData()
+        for frame in frames or ():
+            reply = self._exchange(frame, timeout, reply)
+        return reply
+
+    def _exchange(
+        self, frame: Any, timeout: float | None = None, reply: GXReplyData | None = None
+    ) -> GXReplyData:
+        """Send one request frame, collect the answer (following HDLC segmentation)."""
+        reply = reply if reply is not None else GXReplyData()
+        data: bytes | None = bytes(frame)
+        while True:
+            if data is not None:
+                self._transport.send(data)
+            self._receive_into(reply, timeout if timeout is not None else self._timeout)
+            if not reply.isMoreData():
+                return reply
+            rr = self._client.receiverReady(reply)
+            data = bytes(rr) if rr is not None else None
+
+    def _receive_into(self, reply: GXReplyData, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for raw in self._frames_available():
+                buf = GXByteBuffer(raw)
+                notify = GXReplyData()
+                complete = self._client.getData(buf, reply, notify)
+                if complete:
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NoResponse(f"no answer within {timeout} s")
+            self._pending = self._transport.receive(left)
+
+    _pending: bytes = b""
+
+    def _frames_available(self) -> list[bytes]:
+        data, self._pending = self._pending, b""
+        if not data:
+            return []
+        out: list[bytes] = []
+        if self._hdlc:
+            for item in self._hdlc_reader.feed(data):
+                if isinstance(item, MalformedResponse):
+                    raise MalformedResponse(f"garbage on the line: {item}")
+                if item.src != self._expected_src:
+                    continue  # another meter's (late) answer on a shared line
+                out.append(hdlc.encode_frame(item))
+        else:
+            for pdu in self._wrapper_reader.feed(data):
+                out.append(wrapper.encode(pdu.source, pdu.destination, pdu.apdu))
+        return out
+
+
+class ErrorCodeValue:
+    """Placeholder type: gurux returns per-item errors of a with-list as ErrorCode ints."""
+
+    def error(self) -> DlmsError:  # pragma: no cover - never instantiated
+        return DlmsError("error")
+
+
+def _raise_result(code: int, action: bool, cause: BaseException | None = None) -> None:
+    if code == 3:
+        raise AccessDenied(code, "access denied (read-write-denied)") from cause
+    if action:
+        raise ActionRefused(code) from cause
+    raise DataAccessError(code) from cause
