@@ -1,0 +1,376 @@
+"""The executor: runs queued orders on meters, one attempt at a time, and ends them.
+
+Per attempt (issue 4, step 4): check the meter table (present, commissioned),
+open an association through a :class:`MeterDriver`, read the disconnect control,
+report "already in state" without switching, otherwise switch and read back
+relay, energy and clock in one request. Failures are classified into the
+contract's reason codes (:func:`classify`); only ``RETRYABLE_REASONS`` are retried,
+with the order's RetryPolicy (exponential backoff with jitter), until the
+attempts or the deadline run out. An order is never started after its deadline.
+
+Scheduling: one scheduler thread claims ready orders (highest priority first)
+whose line has a free slot, and hands them to a worker pool. A serial (PLC/RS-485)
+line runs ``lines.<id>.concurrency`` exchanges at a time (one on PLC); TCP meters
+run one exchange each, at most ``executor.tcp_concurrency`` together.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from edge_agent.errors import EdgeError, LineFault, MeterError, TransitionRefused
+from edge_agent.lifecycle import Event
+from edge_agent.logs import log
+from edge_agent.store import Meter, OrderRow, Store
+from shared.contracts import (
+    RETRYABLE_REASONS,
+    Action,
+    Attempt,
+    ControlState,
+    EnergyReading,
+    OrderResult,
+    Outcome,
+    ReasonCode,
+    RelayReading,
+)
+from shared.dlms.errors import (
+    DIAG_CONTEXT_NOT_SUPPORTED,
+    AccessDenied,
+    ActionRefused,
+    AssociationRefused,
+    DataAccessError,
+    DlmsError,
+    MalformedResponse,
+    NoResponse,
+    TransportError,
+)
+
+AGENT_VERSION = "0.1.0"
+
+
+class MeterLink(Protocol):
+    """An open association with one meter."""
+
+    def read_state(self) -> RelayReading: ...
+
+    def disconnect(self) -> None: ...
+
+    def reconnect(self) -> None: ...
+
+    def read_back(self) -> tuple[RelayReading, EnergyReading | None]: ...
+
+
+class MeterDriver(Protocol):
+    """Opens associations; the real one speaks DLMS (edge_agent.dlms_driver)."""
+
+    def session(self, meter: Meter) -> AbstractContextManager[MeterLink]: ...
+
+
+def classify(exc: BaseException, meter: Meter | None = None) -> tuple[ReasonCode, str]:
+    """The reason code to report for a failed exchange."""
+    detail = str(exc)[:400]
+    if isinstance(exc, MeterError):
+        return exc.reason, exc.detail or detail
+    if isinstance(exc, NoResponse):
+        return ReasonCode.METER_NOT_RESPONDING, detail
+    if isinstance(exc, MalformedResponse):
+        return ReasonCode.INVALID_METER_RESPONSE, detail
+    if isinstance(exc, AssociationRefused):
+        if exc.diagnostic == DIAG_CONTEXT_NOT_SUPPORTED:
+            return ReasonCode.METER_NOT_COMMISSIONED, detail
+        return ReasonCode.AUTHENTICATION_FAILED, detail
+    if isinstance(exc, ActionRefused | AccessDenied):
+        return ReasonCode.METHOD_REFUSED, detail
+    if isinstance(exc, DataAccessError):
+        return ReasonCode.INVALID_METER_RESPONSE, detail
+    if isinstance(exc, TransportError):
+        if meter is not None and meter.transport == "tcp":
+            return ReasonCode.METER_UNREACHABLE, detail
+        return ReasonCode.CONCENTRATOR_SERIAL_FAULT, detail
+    if isinstance(exc, DlmsError):
+        return ReasonCode.INVALID_METER_RESPONSE, detail
+    return ReasonCode.INTERNAL_ERROR, f"{type(exc).__name__}: {detail}"
+
+
+@dataclass
+class AttemptResult:
+    outcome: Outcome | None = None  # None: failed, see reason
+    reason: ReasonCode | None = None
+    detail: str = ""
+    relay: RelayReading | None = None
+    energy: EnergyReading | None = None
+    already: bool = False
+
+
+_WANTED: dict[Action, frozenset[ControlState]] = {
+    Action.DISCONNECT: frozenset({ControlState.DISCONNECTED}),
+    Action.CONNECT: frozenset({ControlState.CONNECTED}),
+    Action.ARM: frozenset({ControlState.READY_FOR_RECONNECTION, ControlState.CONNECTED}),
+}
+
+_OUTCOME_OF_STATE = {
+    ControlState.DISCONNECTED: Outcome.DISCONNECTED,
+    ControlState.CONNECTED: Outcome.CONNECTED,
+    ControlState.READY_FOR_RECONNECTION: Outcome.ARMED,
+}
+
+
+def switch(link: MeterLink, action: Action) -> AttemptResult:
+    """The protocol of one attempt on an open association."""
+    before = link.read_state()
+    if before.control_state in _WANTED[action]:
+        return AttemptResult(
+            outcome=_OUTCOME_OF_STATE[before.control_state], relay=before, already=True
+        )
+    if action is not Action.DISCONNECT and before.control_mode == 0:
+        return AttemptResult(
+            reason=ReasonCode.CONTROL_MODE_FORBIDS,
+            detail="control_mode 0: the meter does not accept remote reconnection",
+            relay=before,
+        )
+    if action is Action.DISCONNECT:
+        link.disconnect()
+    else:
+        link.reconnect()
+    relay, energy = link.read_back()
+    if action is Action.DISCONNECT:
+        ok = relay.control_state is ControlState.DISCONNECTED
+    else:
+        ok = relay.control_state in (ControlState.CONNECTED, ControlState.READY_FOR_RECONNECTION)
+    if not ok:
+        return AttemptResult(
+            reason=ReasonCode.RELAY_DID_NOT_SWITCH,
+            detail=f"control_state still {relay.control_state.name.lower()} after the method",
+            relay=relay,
+            energy=energy,
+        )
+    return AttemptResult(outcome=_OUTCOME_OF_STATE[relay.control_state], relay=relay, energy=energy)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Executor:
+    """Claims orders from the store and runs them on a worker pool."""
+
+    def __init__(
+        self,
+        store: Store,
+        driver: MeterDriver,
+        *,
+        line_concurrency: dict[str, int] | None = None,
+        tcp_concurrency: int = 4,
+        idle_poll_s: float = 1.0,
+        on_result: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = utcnow,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._driver = driver
+        self._lines = dict(line_concurrency or {})
+        self._tcp_max = tcp_concurrency
+        self._idle = idle_poll_s
+        self._on_result = on_result
+        self._clock = clock
+        self._rng = rng
+        self._inflight: dict[str, int] = {}
+        self._tcp_inflight = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        workers = sum(self._lines.values()) + tcp_concurrency + 1
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcd-exec")
+        self.executed = 0  # attempts that reached a meter driver (for the bench)
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        recovered = self._store.recover_running()
+        for order_id in recovered:
+            log("order.recovered", order=order_id, note="was running when the agent stopped")
+        self._thread = threading.Thread(target=self._loop, name="rcd-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- scheduling -----------------------------------------------------------
+    def _line_key(self, meter: Meter | None, meter_id: str) -> str:
+        return meter.line_key if meter is not None else f"missing:{meter_id}"
+
+    def _blocked(self, meter_id: str) -> bool:
+        meter = self._store.meter(meter_id)
+        key = self._line_key(meter, meter_id)
+        with self._lock:
+            if meter is None:
+                return False
+            if meter.transport == "tcp":
+                return self._tcp_inflight >= self._tcp_max or self._inflight.get(key, 0) >= 1
+            return self._inflight.get(key, 0) >= self._lines.get(meter.line_id or "", 1)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._expire_due()
+                claimed = self._claim_all()
+            except EdgeError:
+                log("executor.error", logging.ERROR, exc_info=True)
+                claimed = 0
+            if claimed:
+                continue
+            self._wake.wait(self._sleep_time())
+            self._wake.clear()
+
+    def _sleep_time(self) -> float:
+        next_at = self._store.next_ready_at()
+        if next_at is None:
+            return self._idle
+        return max(0.0, min(self._idle, next_at - self._clock().timestamp()))
+
+    def _claim_all(self) -> int:
+        claimed = 0
+        while not self._stop.is_set():
+            order = self._store.claim_next(self._clock(), self._blocked)
+            if order is None:
+                return claimed
+            meter = self._store.meter(order.command.meter_id)
+            key = self._line_key(meter, order.command.meter_id)
+            with self._lock:
+                self._inflight[key] = self._inflight.get(key, 0) + 1
+                if meter is not None and meter.transport == "tcp":
+                    self._tcp_inflight += 1
+            self._pool.submit(self._run_guarded, order, meter, key)
+            claimed += 1
+        return claimed
+
+    def _release(self, key: str, meter: Meter | None) -> None:
+        with self._lock:
+            self._inflight[key] -= 1
+            if meter is not None and meter.transport == "tcp":
+                self._tcp_inflight -= 1
+        self._wake.set()
+
+    def _run_guarded(self, order: OrderRow, meter: Meter | None, key: str) -> None:
+        try:
+            self.run_attempt(order, meter)
+        except Exception:
+            log("order.crashed", logging.ERROR, exc_info=True, order=order.order_id)
+        finally:
+            self._release(key, meter)
+
+    def _expire_due(self) -> None:
+        now = self._clock()
+        for order in self._store.due_to_expire(now):
+            last = order.attempts[-1] if order.attempts else None
+            detail = "deadline passed before the order could run"
+            if last is not None and last.error is not None:
+                detail = f"deadline passed after {len(order.attempts)} attempts; last: {last.error.value}"
+            result = self._result(order, Outcome.EXPIRED, ReasonCode.EXPIRED, detail, order.attempts)
+            try:
+                self._store.finish(order.order_id, Event.EXPIRE, result)
+            except TransitionRefused:
+                continue  # claimed by a worker meanwhile
+            self._ended(order, result)
+
+    # -- one attempt ------------------------------------------------------------
+    def run_attempt(self, order: OrderRow, meter: Meter | None) -> None:
+        """Run one attempt of a claimed (running) order, then end or reschedule it."""
+        cmd = order.command
+        now = self._clock()
+        attempts = list(order.attempts)
+        if now >= cmd.deadline:
+            result = self._result(
+                order, Outcome.EXPIRED, ReasonCode.EXPIRED,
+                "deadline passed before the order could run", attempts,
+            )
+            self._store.finish(order.order_id, Event.EXPIRE, result)
+            self._ended(order, result)
+            return
+        if meter is None:
+            self._fail(order, attempts, ReasonCode.NOT_IN_CONCENTRATOR_TABLE,
+                       f"meter {cmd.meter_id} is not in this concentrator's table")
+            return
+        if not meter.commissioned:
+            self._fail(order, attempts, ReasonCode.METER_NOT_COMMISSIONED,
+                       f"meter {cmd.meter_id} is not commissioned in the meter table")
+            return
+        number = len(attempts) + 1
+        log("attempt.start", order=order.order_id, meter=meter.meter_id, action=cmd.action.value,
+            attempt=number, of=cmd.retry.max_attempts, line=meter.line_key)
+        started = self._clock()
+        try:
+            self.executed += 1
+            with self._driver.session(meter) as link:
+                outcome = switch(link, cmd.action)
+        except Exception as exc:  # classified below; anything unexpected is internal_error
+            reason, detail = classify(exc, meter)
+            if isinstance(exc, LineFault | TransportError) and meter.transport == "hdlc":
+                reason = ReasonCode.CONCENTRATOR_SERIAL_FAULT
+            outcome = AttemptResult(reason=reason, detail=detail)
+        finished = self._clock()
+        attempts.append(Attempt(number=number, started_at=started, finished_at=finished,
+                                error=outcome.reason, detail=outcome.detail[:500]))
+        reachable = outcome.reason not in (ReasonCode.METER_NOT_RESPONDING,
+                                           ReasonCode.METER_UNREACHABLE)
+        self._store.record_contact(meter.meter_id, reachable=reachable, relay=outcome.relay)
+        if outcome.outcome is not None:
+            result = self._result(order, outcome.outcome, None, outcome.detail, attempts,
+                                  relay=outcome.relay, energy=outcome.energy,
+                                  already=outcome.already)
+            self._store.finish(order.order_id, Event.SUCCEED, result)
+            self._ended(order, result)
+            return
+        reason = outcome.reason or ReasonCode.INTERNAL_ERROR
+        log("attempt.failed", logging.WARNING, order=order.order_id, meter=meter.meter_id,
+            attempt=number, reason=reason.value, detail=outcome.detail)
+        if reason in RETRYABLE_REASONS and number < cmd.retry.max_attempts:
+            delay = cmd.retry.delay_before(number + 1, self._rng())
+            next_at = self._clock() + timedelta(seconds=float(delay))
+            if next_at < cmd.deadline:
+                self._store.reschedule(order.order_id, attempts, next_at)
+                log("attempt.retry", order=order.order_id, next_attempt=number + 1,
+                    in_s=round(float(delay), 3))
+                return
+            outcome.detail = f"deadline reached after {number} attempts: {outcome.detail}"
+        self._fail(order, attempts, reason, outcome.detail, relay=outcome.relay,
+                   energy=outcome.energy)
+
+    def _fail(self, order: OrderRow, attempts: list[Attempt], reason: ReasonCode, detail: str,
+              relay: RelayReading | None = None, energy: EnergyReading | None = None) -> None:
+        result = self._result(order, Outcome.FAILED, reason, detail, attempts,
+                              relay=relay, energy=energy)
+        self._store.finish(order.order_id, Event.FAIL, result)
+        self._ended(order, result)
+
+    def _result(self, order: OrderRow, outcome: Outcome, reason: ReasonCode | None, detail: str,
+                attempts: list[Attempt], *, relay: RelayReading | None = None,
+                energy: EnergyReading | None = None, already: bool = False) -> OrderResult:
+        cmd = order.command
+        return OrderResult(
+            order_id=cmd.order_id, meter_id=cmd.meter_id, concentrator_id=cmd.concentrator_id,
+            outcome=outcome, reason=reason, detail=detail[:1000], already_in_state=already,
+            relay=relay, energy=energy, attempts=attempts[-50:], received_at=order.received_at,
+            started_at=order.started_at, finished_at=self._clock(), agent_version=AGENT_VERSION,
+        )
+
+    def _ended(self, order: OrderRow, result: OrderResult) -> None:
+        log("order.finished", order=order.order_id, meter=result.meter_id,
+            outcome=result.outcome.value, reason=result.reason.value if result.reason else None,
+            attempts=len(result.attempts), already_in_state=result.already_in_state or None)
+        self._on_result()

@@ -1,0 +1,581 @@
+"""The agent's local database (one SQLite file, through sqlite-utils).
+
+Tables:
+
+``meters``      the concentrator's meter table, with the last relay state read and the
+                DLMS invocation counter (``invocation_counter`` is the next value to use;
+                ``counter_reserved`` is the high-water mark handed out to a session)
+``orders``      the durable order queue and each order's lifecycle state and result
+``outbox``      results waiting for the broker's PUBACK
+``seen``        command ids already received (replay defence) until their deadline
+``meta``        small facts: meter table generation, link state
+
+Every write runs in one ``BEGIN IMMEDIATE`` transaction under a lock, with
+``synchronous=FULL``: what a method returned as stored survives kill -9 and a power cut.
+State changes of orders go through :func:`edge_agent.lifecycle.next_state`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlite_utils
+
+from edge_agent.errors import StoreError
+from edge_agent.lifecycle import ACTIVE, Event, State, next_state
+from shared.contracts import (
+    Attempt,
+    CancelCommand,
+    MeterEntry,
+    MeterTableSync,
+    OrderCommand,
+    OrderResult,
+    Outcome,
+    ReasonCode,
+    RelayReading,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meters (
+    meter_id TEXT PRIMARY KEY,
+    transport TEXT NOT NULL,
+    line_id TEXT,
+    hdlc_address INTEGER,
+    host TEXT,
+    port INTEGER,
+    logical_server INTEGER NOT NULL DEFAULT 1,
+    commissioned INTEGER NOT NULL DEFAULT 1,
+    keys_ref TEXT,
+    in_table INTEGER NOT NULL DEFAULT 1,
+    reachable INTEGER,
+    last_contact TEXT,
+    output_state INTEGER,
+    control_state INTEGER,
+    control_mode INTEGER,
+    invocation_counter INTEGER NOT NULL DEFAULT 0,
+    counter_reserved INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id TEXT PRIMARY KEY,
+    command_id TEXT NOT NULL,
+    meter_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    deadline REAL NOT NULL,
+    next_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    command TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    started_at TEXT,
+    attempts TEXT NOT NULL DEFAULT '[]',
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS orders_active ON orders(state, priority DESC, next_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT,
+    payload BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (
+    command_id TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT
+);
+"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Meter:
+    meter_id: str
+    transport: str
+    line_id: str | None
+    hdlc_address: int | None
+    host: str | None
+    port: int | None
+    logical_server: int
+    commissioned: bool
+    keys_ref: str | None
+
+    @property
+    def line_key(self) -> str:
+        """Exchanges on one key run one at a time (a serial line, or one TCP meter)."""
+        if self.transport == "hdlc":
+            return f"line:{self.line_id}"
+        return f"tcp:{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    order_id: str
+    state: State
+    command: OrderCommand
+    received_at: datetime
+    started_at: datetime | None
+    attempts: list[Attempt]
+
+
+StoreOutcome = Literal["stored", "duplicate", "resent"]
+
+
+class Store:
+    """Thread-safe access to the agent's SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None, timeout=30
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the agent database {self.path}: {exc}") from exc
+        self._conn = conn
+        self.db = sqlite_utils.Database(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot begin a transaction: {exc}") from exc
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise StoreError(f"cannot commit: {exc}") from exc
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                cursor = self._conn.execute(sql, tuple(params))
+                cols = [c[0] for c in cursor.description or ()]
+                return [dict(zip(cols, row, strict=True)) for row in cursor.fetchall()]
+            except sqlite3.Error as exc:
+                raise StoreError(f"query failed: {exc}") from exc
+
+    def _exec(self, conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> int:
+        try:
+            return conn.execute(sql, tuple(params)).rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"write failed: {exc}") from exc
+
+    # -- meta -----------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            self._exec(conn, "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- replay defence (shared.signing.SeenCommands) ---------------------------
+    def seen(self, command_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM seen WHERE command_id = ?", (command_id,)))
+
+    def remember(self, command_id: str, until: datetime) -> None:
+        with self.transaction() as conn:
+            self._remember(conn, command_id, until)
+
+    def _remember(self, conn: sqlite3.Connection, command_id: str, until: datetime) -> None:
+        self._exec(
+            conn,
+            "INSERT OR REPLACE INTO seen(command_id, until) VALUES (?, ?)",
+            (command_id, until.timestamp()),
+        )
+
+    def forget_seen_before(self, moment: datetime) -> int:
+        with self.transaction() as conn:
+            return self._exec(conn, "DELETE FROM seen WHERE until < ?", (moment.timestamp(),))
+
+    # -- meter table ----------------------------------------------------------
+    def _upsert_meter(self, conn: sqlite3.Connection, entry: MeterEntry) -> None:
+        self._exec(
+            conn,
+            """INSERT INTO meters(meter_id, transport, line_id, hdlc_address, host, port,
+                   logical_server, commissioned, keys_ref, in_table)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+               ON CONFLICT(meter_id) DO UPDATE SET transport=excluded.transport,
+                   line_id=excluded.line_id, hdlc_address=excluded.hdlc_address,
+                   host=excluded.host, port=excluded.port,
+                   logical_server=excluded.logical_server,
+                   commissioned=excluded.commissioned, keys_ref=excluded.keys_ref,
+                   in_table=1""",
+            (
+                entry.meter_id,
+                entry.transport,
+                entry.line_id,
+                entry.hdlc_address,
+                entry.host,
+                entry.port,
+                entry.logical_server,
+                int(entry.commissioned),
+                entry.keys_ref,
+            ),
+        )
+
+    def import_meters(self, entries: Iterable[MeterEntry]) -> int:
+        """Add or update meters (the counters of known meters are kept)."""
+        count = 0
+        with self.transaction() as conn:
+            for entry in entries:
+                self._upsert_meter(conn, entry)
+                count += 1
+        return count
+
+    def apply_meter_table(self, sync: MeterTableSync) -> bool:
+        """Replace the table if ``sync`` is newer; remembers its command id. False if stale."""
+        with self.transaction() as conn:
+            self._remember(conn, sync.command_id, sync.deadline)
+            current = conn.execute("SELECT value FROM meta WHERE key='meter_generation'").fetchone()
+            if current is not None and int(current[0]) >= sync.generation:
+                return False
+            # Meters that leave the table keep their row (and their invocation counter,
+            # which must never go backwards if they come back), flagged out of table.
+            self._exec(conn, "UPDATE meters SET in_table = 0")
+            for entry in sync.meters:
+                self._upsert_meter(conn, entry)
+            self._exec(
+                conn,
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('meter_generation', ?)",
+                (str(sync.generation),),
+            )
+        return True
+
+    def meter(self, meter_id: str) -> Meter | None:
+        rows = self._query("SELECT * FROM meters WHERE meter_id = ? AND in_table = 1", (meter_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return Meter(
+            meter_id=r["meter_id"],
+            transport=r["transport"],
+            line_id=r["line_id"],
+            hdlc_address=r["hdlc_address"],
+            host=r["host"],
+            port=r["port"],
+            logical_server=r["logical_server"],
+            commissioned=bool(r["commissioned"]),
+            keys_ref=r["keys_ref"],
+        )
+
+    def meter_row(self, meter_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM meters WHERE meter_id = ?", (meter_id,))
+        return dict(rows[0]) if rows else None
+
+    def meter_count(self) -> int:
+        return int(self._query("SELECT count(*) AS n FROM meters WHERE in_table = 1")[0]["n"])
+
+    def record_contact(
+        self, meter_id: str, *, reachable: bool, relay: RelayReading | None = None
+    ) -> None:
+        with self.transaction() as conn:
+            if relay is None:
+                self._exec(
+                    conn,
+                    "UPDATE meters SET reachable = ?, last_contact = CASE WHEN ? THEN ? "
+                    "ELSE last_contact END WHERE meter_id = ?",
+                    (int(reachable), int(reachable), utcnow().isoformat(), meter_id),
+                )
+            else:
+                self._exec(
+                    conn,
+                    "UPDATE meters SET reachable = 1, last_contact = ?, output_state = ?, "
+                    "control_state = ?, control_mode = ? WHERE meter_id = ?",
+                    (
+                        utcnow().isoformat(),
+                        None if relay.output_state is None else int(relay.output_state),
+                        int(relay.control_state),
+                        relay.control_mode,
+                        meter_id,
+                    ),
+                )
+
+    # -- invocation counters ----------------------------------------------------
+    def reserve_counter(self, meter_id: str, block: int) -> int:
+        """First counter value a new session may use; [start, start+block) is reserved.
+
+        The reservation is committed before the session opens, so after a crash the
+        next session starts above everything the dead one could have used.
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT invocation_counter, counter_reserved FROM meters WHERE meter_id = ?",
+                (meter_id,),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"meter {meter_id!r} is not in the meter table")
+            start = max(int(row[0]), int(row[1]))
+            self._exec(
+                conn,
+                "UPDATE meters SET counter_reserved = ? WHERE meter_id = ?",
+                (start + block, meter_id),
+            )
+        return start
+
+    def commit_counter(self, meter_id: str, next_value: int) -> None:
+        """The session ended; ``next_value`` is the first value not used."""
+        with self.transaction() as conn:
+            self._exec(
+                conn,
+                "UPDATE meters SET invocation_counter = max(invocation_counter, ?), "
+                "counter_reserved = max(invocation_counter, ?) WHERE meter_id = ?",
+                (next_value, next_value, meter_id),
+            )
+
+    # -- orders ---------------------------------------------------------------
+    def store_order(self, cmd: OrderCommand, received_at: datetime) -> StoreOutcome:
+        """Store a verified order and remember its command id, in one transaction.
+
+        A second order with a known order id is a duplicate (QoS 1 or a coordinator
+        retry); if that order already ended, its stored result is queued again.
+        """
+        with self.transaction() as conn:
+            self._remember(conn, cmd.command_id, cmd.deadline)
+            row = conn.execute(
+                "SELECT state, result FROM orders WHERE order_id = ?", (cmd.order_id,)
+            ).fetchone()
+            if row is not None:
+                if row[1] is not None:
+                    self._outbox_add(conn, cmd.order_id, row[1].encode())
+                    return "resent"
+                return "duplicate"
+            not_before = cmd.not_before.timestamp() if cmd.not_before else 0.0
+            self._exec(
+                conn,
+                """INSERT INTO orders(order_id, command_id, meter_id, action, priority, deadline,
+                       next_at, state, command, received_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    cmd.order_id,
+                    cmd.command_id,
+                    cmd.meter_id,
+                    cmd.action.value,
+                    cmd.priority,
+                    cmd.deadline.timestamp(),
+                    not_before,
+                    State.QUEUED.value,
+                    cmd.model_dump_json(),
+                    received_at.isoformat(),
+                ),
+            )
+        return "stored"
+
+    def _order(self, r: dict[str, Any]) -> OrderRow:
+        return OrderRow(
+            order_id=r["order_id"],
+            state=State(r["state"]),
+            command=OrderCommand.model_validate_json(r["command"]),
+            received_at=datetime.fromisoformat(r["received_at"]),
+            started_at=datetime.fromisoformat(r["started_at"]) if r["started_at"] else None,
+            attempts=[Attempt.model_validate(a) for a in json.loads(r["attempts"])],
+        )
+
+    def order(self, order_id: str) -> OrderRow | None:
+        rows = self._query("SELECT * FROM orders WHERE order_id = ?", (order_id,))
+        return self._order(rows[0]) if rows else None
+
+    def order_state(self, order_id: str) -> State | None:
+        rows = self._query("SELECT state FROM orders WHERE order_id = ?", (order_id,))
+        return State(rows[0]["state"]) if rows else None
+
+    def claim_next(
+        self, now: datetime, blocked: Callable[[str], bool] = lambda meter_id: False
+    ) -> OrderRow | None:
+        """Move the best ready order whose line is free to ``running`` and return it.
+
+        Best: highest priority, then oldest; ``blocked(meter_id)`` says a line is full.
+        """
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "SELECT * FROM orders WHERE state IN (?, ?) AND next_at <= ? "
+                "ORDER BY priority DESC, rowid ASC LIMIT 200",
+                (State.QUEUED.value, State.WAITING.value, now.timestamp()),
+            )
+            cols = [c[0] for c in cursor.description]
+            for raw in cursor.fetchall():
+                r = dict(zip(cols, raw, strict=True))
+                if blocked(r["meter_id"]):
+                    continue
+                state = next_state(r["order_id"], r["state"], Event.START)
+                started = r["started_at"] or now.isoformat()
+                self._exec(
+                    conn,
+                    "UPDATE orders SET state = ?, started_at = ? WHERE order_id = ?",
+                    (state.value, started, r["order_id"]),
+                )
+                r["state"], r["started_at"] = state.value, started
+                return self._order(r)
+        return None
+
+    def next_ready_at(self) -> float | None:
+        rows = self._query(
+            "SELECT min(next_at) AS t FROM orders WHERE state IN (?, ?)",
+            (State.QUEUED.value, State.WAITING.value),
+        )
+        t = rows[0]["t"]
+        return float(t) if t is not None else None
+
+    def reschedule(self, order_id: str, attempts: list[Attempt], next_at: datetime) -> None:
+        with self.transaction() as conn:
+            state = self._transition(conn, order_id, Event.RETRY)
+            self._exec(
+                conn,
+                "UPDATE orders SET state = ?, next_at = ?, attempts = ? WHERE order_id = ?",
+                (state.value, next_at.timestamp(), _attempts_json(attempts), order_id),
+            )
+
+    def finish(self, order_id: str, event: Event, result: OrderResult) -> None:
+        """End an order and queue its result, in one transaction (exactly one result)."""
+        payload = result.to_json()
+        with self.transaction() as conn:
+            state = self._transition(conn, order_id, event)
+            self._exec(
+                conn,
+                "UPDATE orders SET state = ?, result = ?, attempts = ? WHERE order_id = ?",
+                (state.value, payload.decode(), _attempts_json(result.attempts), order_id),
+            )
+            self._outbox_add(conn, order_id, payload)
+
+    def _transition(self, conn: sqlite3.Connection, order_id: str, event: Event) -> State:
+        row = conn.execute("SELECT state FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"order {order_id!r} is not in the queue")
+        return next_state(order_id, row[0], event)
+
+    def cancel(self, cmd: CancelCommand, now: datetime) -> OrderResult | None:
+        """Cancel a queued order; None if it is unknown or already started/ended."""
+        with self.transaction() as conn:
+            self._remember(conn, cmd.command_id, cmd.deadline)
+            row = conn.execute(
+                "SELECT state, command, received_at FROM orders WHERE order_id = ?",
+                (cmd.order_id,),
+            ).fetchone()
+            if row is None or State(row[0]) is not State.QUEUED:
+                return None
+            order = OrderCommand.model_validate_json(row[1])
+            result = OrderResult(
+                order_id=order.order_id,
+                meter_id=order.meter_id,
+                concentrator_id=order.concentrator_id,
+                outcome=Outcome.CANCELLED,
+                reason=ReasonCode.CANCELLED,
+                detail=f"cancelled by command {cmd.command_id}",
+                received_at=datetime.fromisoformat(row[2]),
+                finished_at=now,
+            )
+            state = next_state(cmd.order_id, row[0], Event.CANCEL)
+            payload = result.to_json()
+            self._exec(
+                conn,
+                "UPDATE orders SET state = ?, result = ? WHERE order_id = ?",
+                (state.value, payload.decode(), cmd.order_id),
+            )
+            self._outbox_add(conn, cmd.order_id, payload)
+        return result
+
+    def due_to_expire(self, now: datetime) -> list[OrderRow]:
+        rows = self._query(
+            "SELECT * FROM orders WHERE state IN (?, ?) AND deadline <= ?",
+            (State.QUEUED.value, State.WAITING.value, now.timestamp()),
+        )
+        return [self._order(r) for r in rows]
+
+    def recover_running(self) -> list[str]:
+        """Orders left running by a dead agent go back to the queue (see lifecycle)."""
+        ids = [r["order_id"] for r in self._query(
+            "SELECT order_id FROM orders WHERE state = ?", (State.RUNNING.value,)
+        )]
+        with self.transaction() as conn:
+            for order_id in ids:
+                state = self._transition(conn, order_id, Event.RECOVER)
+                self._exec(
+                    conn, "UPDATE orders SET state = ? WHERE order_id = ?", (state.value, order_id)
+                )
+        return ids
+
+    def counts_by_state(self) -> dict[str, int]:
+        rows = self._query("SELECT state, count(*) AS n FROM orders GROUP BY state")
+        return {r["state"]: int(r["n"]) for r in rows}
+
+    def queue_depth(self) -> int:
+        states = [s.value for s in ACTIVE]
+        rows = self._query(
+            f"SELECT count(*) AS n FROM orders WHERE state IN ({','.join('?' * len(states))})",
+            states,
+        )
+        return int(rows[0]["n"])
+
+    # -- outbox ---------------------------------------------------------------
+    def _outbox_add(self, conn: sqlite3.Connection, order_id: str | None, payload: bytes) -> None:
+        self._exec(
+            conn,
+            "INSERT INTO outbox(order_id, payload, created_at) VALUES (?, ?, ?)",
+            (order_id, payload, utcnow().isoformat()),
+        )
+
+    def outbox_add(self, order_id: str | None, payload: bytes) -> None:
+        with self.transaction() as conn:
+            self._outbox_add(conn, order_id, payload)
+
+    def outbox_pending(self, exclude: Iterable[int] = (), limit: int = 100) -> list[tuple[int, bytes]]:
+        skip = set(exclude)
+        rows = self._query("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit + len(skip),))
+        out = [(int(r["id"]), bytes(r["payload"])) for r in rows if int(r["id"]) not in skip]
+        return out[:limit]
+
+    def outbox_delete(self, outbox_id: int) -> None:
+        with self.transaction() as conn:
+            self._exec(conn, "DELETE FROM outbox WHERE id = ?", (outbox_id,))
+
+    def outbox_depth(self) -> int:
+        return int(self._query("SELECT count(*) AS n FROM outbox")[0]["n"])
+
+
+def _attempts_json(attempts: list[Attempt]) -> str:
+    return json.dumps([a.model_dump(mode="json") for a in attempts])
+
+
+def epoch(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from edge_agent.executor import Executor, classify
+from edge_agent.lifecycle import State
+from edge_agent.store import Store
+from shared.contracts import Action, ControlState, OrderResult, Outcome, ReasonCode
+from shared.dlms.errors import TransportError
+
+from .fakes import FakeDriver, FakeMeter, order, tcp_entry
+
+
+@pytest.fixture
+def store(sqlite_path: Path) -> Store:
+    s = Store(sqlite_path)
+    s.import_meters([tcp_entry(f"m{i}", port=5000 + i) for i in range(5)])
+    s.import_meters([tcp_entry("raw", commissioned=False)])
+    return s
+
+
+def run_to_end(store: Store, driver: FakeDriver, order_id: str, limit: int = 30) -> OrderResult:
+    ex = Executor(store, driver)
+    for _ in range(limit):
+        state = store.order_state(order_id)
+        if state in (State.SUCCEEDED, State.FAILED, State.EXPIRED, State.CANCELLED):
+            break
+        claimed = store.claim_next(datetime.now(UTC) + timedelta(hours=1))
+        if claimed is not None:
+            ex.run_attempt(claimed, store.meter(claimed.command.meter_id))
+    rows = store.db.execute("SELECT result FROM orders WHERE order_id = ?", [order_id]).fetchall()
+    return OrderResult.model_validate_json(rows[0][0])
+
+
+def submit(store: Store, *args: object, **kw: object) -> str:
+    cmd = order(*args, **kw)  # type: ignore[arg-type]
+    store.store_order(cmd, datetime.now(UTC))
+    return cmd.order_id
+
+
+def test_disconnect(store: Store) -> None:
+    driver = FakeDriver({"m1": FakeMeter(ControlState.CONNECTED)})
+    r = run_to_end(store, driver, submit(store, "o1", "m1"))
+    assert r.outcome is Outcome.DISCONNECTED and not r.already_in_state
+    assert r.relay is not None and r.relay.output_state is False
+    assert r.energy is not None and r.energy.value == 1234.5
+    assert len(r.attempts) == 1 and r.attempts[0].error is None
+    assert store.outbox_depth() == 1
+
+
+@pytest.mark.parametrize(("mode", "outcome"), [(2, Outcome.CONNECTED), (1, Outcome.ARMED),
+                                               (4, Outcome.CONNECTED), (6, Outcome.ARMED)])
+def test_reconnect_by_mode(store: Store, mode: int, outcome: Outcome) -> None:
+    driver = FakeDriver({"m1": FakeMeter(ControlState.DISCONNECTED, control_mode=mode)})
+    r = run_to_end(store, driver, submit(store, "o1", "m1", Action.CONNECT))
+    assert r.outcome is outcome
+
+
+def test_already_in_state_does_not_switch(store: Store) -> None:
+    meter = FakeMeter(ControlState.DISCONNECTED)
+    r = run_to_end(store, FakeDriver({"m1": meter}), submit(store, "o1", "m1"))
+    assert r.outcome is Outcome.DISCONNECTED and r.already_in_state
+    assert meter.switches == 0
+
+
+def test_mode_zero_forbids_reconnect(store: Store) -> None:
+    meter = FakeMeter(ControlState.DISCONNECTED, control_mode=0)
+    r = run_to_end(store, FakeDriver({"m1": meter}), submit(store, "o1", "m1", Action.CONNECT))
+    assert r.outcome is Outcome.FAILED and r.reason is ReasonCode.CONTROL_MODE_FORBIDS
+    assert len(r.attempts) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "attempts"),
+    [
+        ("no_answer", ReasonCode.METER_NOT_RESPONDING, 3),
+        ("garbage", ReasonCode.INVALID_METER_RESPONSE, 3),
+        ("relay_stuck", ReasonCode.RELAY_DID_NOT_SWITCH, 3),
+        ("relay_error", ReasonCode.METHOD_REFUSED, 1),
+        ("not_commissioned", ReasonCode.METER_NOT_COMMISSIONED, 1),
+    ],
+)
+def test_faults(store: Store, fault: str, reason: ReasonCode, attempts: int) -> None:
+    meter = FakeMeter(fault=fault)
+    r = run_to_end(store, FakeDriver({"m1": meter}), submit(store, "o1", "m1", attempts=3))
+    assert r.outcome is Outcome.FAILED and r.reason is reason
+    assert len(r.attempts) == attempts == meter.sessions
+    assert all(a.error is reason for a in r.attempts)
+
+
+def test_not_in_table_and_not_commissioned(store: Store) -> None:
+    driver = FakeDriver()
+    r = run_to_end(store, driver, submit(store, "o1", "ghost"))
+    assert r.reason is ReasonCode.NOT_IN_CONCENTRATOR_TABLE
+    r = run_to_end(store, driver, submit(store, "o2", "raw"))
+    assert r.reason is ReasonCode.METER_NOT_COMMISSIONED
+    assert driver.meters == {}  # never contacted
+
+
+def test_past_deadline_never_executed(store: Store) -> None:
+    meter = FakeMeter()
+    issued = datetime.now(UTC) - timedelta(minutes=10)
+    oid = submit(store, "o1", "m1", issued_at=issued, deadline_s=60)
+    r = run_to_end(store, FakeDriver({"m1": meter}), oid)
+    assert r.outcome is Outcome.EXPIRED and r.reason is ReasonCode.EXPIRED
+    assert meter.sessions == 0
+
+
+def test_retry_stops_at_deadline(store: Store) -> None:
+    meter = FakeMeter(fault="no_answer")
+    oid = submit(store, "o1", "m1", attempts=10, backoff=30.0, deadline_s=20)
+    r = run_to_end(store, FakeDriver({"m1": meter}), oid)
+    assert r.outcome is Outcome.FAILED and r.reason is ReasonCode.METER_NOT_RESPONDING
+    assert len(r.attempts) == 1 and "deadline" in r.detail
+
+
+def test_classify_transport_by_line(store: Store) -> None:
+    tcp = store.meter("m1")
+    assert classify(TransportError("refused"), tcp)[0] is ReasonCode.METER_UNREACHABLE
+    assert classify(ValueError("x"))[0] is ReasonCode.INTERNAL_ERROR
+
+
+def test_scheduler_thread_runs_batch(store: Store) -> None:
+    import time
+
+    driver = FakeDriver({f"m{i}": FakeMeter() for i in range(5)})
+    woke: list[int] = []
+    ex = Executor(store, driver, tcp_concurrency=2, idle_poll_s=0.05, on_result=lambda: woke.append(1))
+    for i in range(20):
+        submit(store, f"o{i}", f"m{i % 5}", Action.DISCONNECT if i % 2 else Action.CONNECT)
+    ex.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.queue_depth() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        ex.stop()
+    assert store.queue_depth() == 0
+    assert store.counts_by_state() == {"succeeded": 20}
+    assert len(woke) == 20

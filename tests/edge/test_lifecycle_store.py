@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import TransitionRefused
+from edge_agent.lifecycle import TRANSITIONS, Event, State, next_state
+from edge_agent.store import Store
+from shared.contracts import CancelCommand, MeterTableSync, Outcome
+
+from .fakes import order, tcp_entry
+
+
+def test_transition_table_refuses_unlisted_events() -> None:
+    assert next_state("o", State.QUEUED, Event.START) is State.RUNNING
+    with pytest.raises(TransitionRefused, match="'succeed' is not allowed in state 'queued'"):
+        next_state("o", State.QUEUED, Event.SUCCEED)
+    for terminal in (State.SUCCEEDED, State.FAILED, State.EXPIRED, State.CANCELLED):
+        for event in Event:
+            assert (terminal, event) not in TRANSITIONS
+            with pytest.raises(TransitionRefused):
+                next_state("o", terminal, event)
+    with pytest.raises(TransitionRefused):
+        next_state("o", State.WAITING, Event.CANCEL)  # started orders are not cancelled
+
+
+def test_order_stored_once_and_seen(sqlite_path: Path) -> None:
+    with Store(sqlite_path) as store:
+        cmd = order("o1", "m1")
+        now = datetime.now(UTC)
+        assert store.store_order(cmd, now) == "stored"
+        assert store.seen(cmd.command_id)
+        again = cmd.model_copy(update={"command_id": "other"})
+        assert store.store_order(again, now) == "duplicate"
+        assert store.queue_depth() == 1
+
+
+def test_priority_then_age(sqlite_path: Path) -> None:
+    with Store(sqlite_path) as store:
+        now = datetime.now(UTC)
+        store.store_order(order("low", "m1", priority=1), now)
+        store.store_order(order("high", "m2", priority=9), now)
+        store.store_order(order("high2", "m3", priority=9), now)
+        got = [store.claim_next(now + timedelta(seconds=1)) for _ in range(3)]
+        assert [o.order_id for o in got if o] == ["high", "high2", "low"]
+        assert store.claim_next(now) is None
+        assert store.order_state("low") is State.RUNNING
+
+
+def test_cancel_only_queued(sqlite_path: Path) -> None:
+    with Store(sqlite_path) as store:
+        now = datetime.now(UTC)
+        store.store_order(order("o1", "m1"), now)
+        store.store_order(order("o2", "m2"), now)
+        store.claim_next(now + timedelta(seconds=1), lambda m: m != "m2")
+        def cancel(oid: str) -> CancelCommand:
+            return CancelCommand(command_id=f"c-{oid}", order_id=oid, concentrator_id="conc-a",
+                                 issued_at=now, deadline=now + timedelta(minutes=1))
+        result = store.cancel(cancel("o1"), now)
+        assert result is not None and result.outcome is Outcome.CANCELLED
+        assert store.cancel(cancel("o2"), now) is None  # running
+        assert store.order_state("o1") is State.CANCELLED
+        assert store.outbox_depth() == 1
+
+
+def test_invocation_counter_never_goes_back(sqlite_path: Path) -> None:
+    with Store(sqlite_path) as store:
+        store.import_meters([tcp_entry("m1")])
+        first = store.reserve_counter("m1", 100)
+        assert first == 0
+        # crash: the session never commits; the next one starts above the block
+        second = store.reserve_counter("m1", 100)
+        assert second == 100
+        store.commit_counter("m1", 105)
+        assert store.reserve_counter("m1", 100) == 105
+    with Store(sqlite_path) as store:  # reopened after a "crash"
+        assert store.reserve_counter("m1", 100) == 205
+
+
+def test_meter_table_generation_and_counter_kept(sqlite_path: Path) -> None:
+    now = datetime.now(UTC)
+    def sync(gen: int, ids: list[str]) -> MeterTableSync:
+        return MeterTableSync(command_id=f"t{gen}", concentrator_id="conc-a", generation=gen,
+                              issued_at=now, deadline=now + timedelta(hours=1),
+                              meters=[tcp_entry(i) for i in ids])
+    with Store(sqlite_path) as store:
+        assert store.apply_meter_table(sync(2, ["m1", "m2"]))
+        store.commit_counter("m1", 50)
+        assert not store.apply_meter_table(sync(1, ["m9"]))
+        assert store.apply_meter_table(sync(3, ["m2"]))
+        assert store.meter("m1") is None and store.meter_count() == 1
+        assert store.apply_meter_table(sync(4, ["m1"]))
+        assert store.reserve_counter("m1", 10) == 50
