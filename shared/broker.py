@@ -9,6 +9,7 @@ queue limits.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -185,3 +187,85 @@ class MosquittoBroker:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class EmbeddedBroker:
+    """An in-process MQTT 3.1.1 broker (amqtt) for the zero-setup demo.
+
+    Only for machines without mosquitto: it has no ACL, no persistence across
+    restarts and no MQTT 5, so clients must be configured for MQTT 3.1.1.
+    Never use it in the field.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.password = ""
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        self._thread = threading.Thread(target=self._run, name="embedded-broker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10) or self._error is not None:
+            raise BrokerError(f"embedded broker did not start: {self._error}")
+        return self
+
+    def _run(self) -> None:
+        from amqtt.broker import Broker
+
+        async def serve() -> None:
+            config = {
+                "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            }
+            broker = Broker(config)
+            self._stop = asyncio.Event()
+            try:
+                await broker.start()
+            except BaseException as exc:
+                self._error = exc
+                self._ready.set()
+                raise
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await broker.shutdown()
+
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(serve())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    def stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    close = stop
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

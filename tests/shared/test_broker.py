@@ -170,3 +170,28 @@ def test_queued_orders_beyond_mosquittos_default_limit_are_all_kept(broker: Mosq
     finally:
         back.disconnect()
         back.loop_stop()
+
+
+def test_embedded_broker_for_machines_without_mosquitto() -> None:
+    from shared.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as embedded:
+        received: queue.Queue[bytes] = queue.Queue()
+        subscriber = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="emb-sub", protocol=mqtt.MQTTv311)
+        subscriber.on_message = lambda _c, _u, msg: received.put(msg.payload)
+        subscribed = threading.Event()
+        subscriber.on_subscribe = lambda *_args: subscribed.set()
+        subscriber.connect(embedded.host, embedded.port)
+        subscriber.loop_start()
+        publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="emb-pub", protocol=mqtt.MQTTv311)
+        publisher.connect(embedded.host, embedded.port)
+        publisher.loop_start()
+        try:
+            subscriber.subscribe(topics.results("conc-a"), qos=1)
+            assert subscribed.wait(5)
+            publisher.publish(topics.results("conc-a"), b"result", qos=1).wait_for_publish(5)
+            assert received.get(timeout=5) == b"result"
+        finally:
+            for client in (subscriber, publisher):
+                client.disconnect()
+                client.loop_stop()
