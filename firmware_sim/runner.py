@@ -459,7 +459,7 @@ class RunningFleet:
         self._http = ThreadingHTTPServer(("127.0.0.1", self.spec.control_port), Handler)
         self._http.daemon_threads = True
         self._http_thread = threading.Thread(
-            target=self._http.serve_forever, name="sim-control", daemon=True
+            target=self._http.serve_forever, args=(0.05,), name="sim-control", daemon=True
         )
         self._http_thread.start()
 
