@@ -1,0 +1,128 @@
+"""The real meter driver: shared.dlms MeterSession over a serial line or TCP.
+
+Invocation counters: before a session opens, a block of counter values is
+reserved in SQLite (committed); the session starts at the first value of the
+block; when it ends, the next unused value is written back. A crash between
+the two only skips values: the counter never goes backwards and never repeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from edge_agent.config import EdgeConfig
+from edge_agent.errors import LineFault, MeterError
+from edge_agent.store import Meter, Store
+from shared.contracts import ControlState, EnergyReading, ReasonCode, RelayReading
+from shared.dlms.client import MeterAddress, MeterKeys, MeterSession
+from shared.dlms.errors import TransportError
+from shared.dlms.transport import SerialTransport, TcpTransport, Transport
+
+
+class DlmsLink:
+    """Adapts a MeterSession to the executor's MeterLink protocol."""
+
+    def __init__(self, session: MeterSession) -> None:
+        self._s = session
+
+    def read_state(self) -> RelayReading:
+        st = self._s.read_disconnect_state()
+        return RelayReading(
+            output_state=st.output_state,
+            control_state=ControlState(st.control_state),
+            control_mode=st.control_mode,
+        )
+
+    def disconnect(self) -> None:
+        self._s.remote_disconnect()
+
+    def reconnect(self) -> None:
+        self._s.remote_reconnect()
+
+    def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
+        rb = self._s.read_back()
+        relay = RelayReading(
+            output_state=rb.output_state,
+            control_state=ControlState(rb.control_state),
+            control_mode=rb.control_mode,
+        )
+        energy = EnergyReading(
+            value=rb.energy_value,
+            unit=rb.energy_unit[:16],
+            meter_clock=rb.meter_clock,
+            read_at=datetime.now(UTC),
+        )
+        return relay, energy
+
+
+class DlmsDriver:
+    def __init__(self, store: Store, config: EdgeConfig) -> None:
+        self._store = store
+        self._config = config
+
+    def _keys(self, meter: Meter) -> MeterKeys:
+        name = meter.keys_ref or "default"
+        keys = self._config.keys.get(name)
+        if keys is None:
+            raise MeterError(
+                ReasonCode.AUTHENTICATION_FAILED,
+                f"no keys named {name!r} in this agent's configuration (keys.{name})",
+            )
+        return MeterKeys(
+            block_key=bytes.fromhex(keys.block_key),
+            auth_key=bytes.fromhex(keys.auth_key),
+            system_title=keys.system_title.encode()[:8],
+        )
+
+    def _open(self, meter: Meter) -> tuple[Transport, MeterAddress]:
+        timeout = self._config.executor.dlms_timeout_s
+        if meter.transport == "hdlc":
+            line = self._config.lines.get(meter.line_id or "")
+            if line is None:
+                raise MeterError(
+                    ReasonCode.CONCENTRATOR_SERIAL_FAULT,
+                    f"meter {meter.meter_id} is on line {meter.line_id!r}, "
+                    "which this agent's configuration does not define",
+                )
+            try:
+                transport: Transport = SerialTransport(
+                    line.port,
+                    baudrate=line.baudrate,
+                    bytesize=line.bytesize,
+                    parity=line.parity,
+                    stopbits=line.stopbits,
+                )
+            except TransportError as exc:
+                raise LineFault(f"serial line {meter.line_id} ({line.port}): {exc}") from exc
+            address = MeterAddress("hdlc", meter.logical_server, meter.hdlc_address)
+        else:
+            try:
+                transport = TcpTransport(meter.host or "", meter.port or 0, connect_timeout=timeout)
+            except TransportError as exc:
+                raise MeterError(ReasonCode.METER_UNREACHABLE, str(exc)) from exc
+            address = MeterAddress("wrapper", meter.logical_server)
+        return transport, address
+
+    @contextmanager
+    def session(self, meter: Meter) -> Iterator[DlmsLink]:
+        keys = self._keys(meter)
+        transport, address = self._open(meter)
+        try:
+            start = self._store.reserve_counter(meter.meter_id, self._config.executor.counter_block)
+            session = MeterSession(
+                transport,
+                address,
+                keys,
+                client_address=self._config.executor.client_address,
+                invocation_counter=start,
+                timeout=self._config.executor.dlms_timeout_s,
+            )
+            try:
+                with session as opened:
+                    yield DlmsLink(opened)
+            finally:
+                self._store.commit_counter(meter.meter_id, session.invocation_counter)
+        finally:
+            transport.close()

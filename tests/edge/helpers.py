@@ -1,0 +1,106 @@
+"""Building blocks for edge agent tests: keys, configs, signed commands, a result listener."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.config import EdgeConfig, parse_config
+from shared import topics
+from shared.broker import MosquittoBroker
+from shared.contracts import OrderResult
+from shared.signing import CommandSigner, generate_keypair, load_private_key
+
+DEMO_BLOCK = "000102030405060708090A0B0C0D0E0F"
+DEMO_AUTH = "D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF"
+
+
+def make_signer(tmp: Path) -> tuple[CommandSigner, Path]:
+    private, public = generate_keypair()
+    pub = tmp / "coordinator.pub"
+    pub.write_bytes(public)
+    return CommandSigner(load_private_key(private)), pub
+
+
+def config_dict(tmp: Path, pub: Path, concentrator_id: str, broker_url: str = "mqtt://127.0.0.1:1",
+                lines: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "agent": {"concentrator_id": concentrator_id, "data_dir": str(tmp / "data"),
+                  "status_interval_s": 0.5},
+        "broker": {"url": broker_url, "password": "secret", "reconnect_min_s": 0.1,
+                   "reconnect_max_s": 0.5, "keepalive_s": 5},
+        "coordinator": {"public_key_file": str(pub)},
+        "executor": {"dlms_timeout_s": 0.5, "idle_poll_s": 0.05, "counter_block": 100},
+        "lines": {k: {"port": v, "baudrate": 115200} for k, v in (lines or {}).items()},
+        "keys": {"default": {"block_key": DEMO_BLOCK, "auth_key": DEMO_AUTH}},
+    }
+
+
+def make_config(tmp: Path, pub: Path, concentrator_id: str, **kw: Any) -> EdgeConfig:
+    return parse_config(config_dict(tmp, pub, concentrator_id, **kw), environ={})
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Coordinator:
+    """A stand-in for the central coordinator: publishes commands, collects results."""
+
+    def __init__(self, broker: MosquittoBroker, concentrator_id: str, client_id: str) -> None:
+        self.cid = concentrator_id
+        self.results: list[OrderResult] = []
+        self.raw: list[bytes] = []
+        self.status: list[bytes] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        self.client.username_pw_set("coordinator", broker.password)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._ready.set()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(
+            [(topics.results(concentrator_id), 1), (topics.status(concentrator_id), 1)])
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self._ready.wait(10), "coordinator did not subscribe"
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            if msg.topic.endswith("/result"):
+                self.raw.append(msg.payload)
+                self.results.append(OrderResult.model_validate_json(msg.payload))
+            else:
+                self.status.append(msg.payload)
+
+    def publish(self, payload: bytes, topic: str | None = None, retain: bool = False) -> None:
+        info = self.client.publish(topic or topics.commands(self.cid), payload, qos=1, retain=retain)
+        info.wait_for_publish(10)
+
+    def by_order(self) -> dict[str, list[OrderResult]]:
+        out: dict[str, list[OrderResult]] = {}
+        with self._lock:
+            for r in self.results:
+                out.setdefault(r.order_id, []).append(r)
+        return out
+
+    def result(self, order_id: str, timeout: float = 10.0) -> OrderResult:
+        found: list[OrderResult] = wait_for(lambda: self.by_order().get(order_id), timeout,
+                                            f"result of {order_id}")
+        return found[0]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
