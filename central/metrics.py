@@ -1,0 +1,64 @@
+"""Prometheus metrics.
+
+Process-wide instruments (latency per step, results, publishes) live in
+``PROCESS_REGISTRY``; gauges that come from the database (orders by state,
+concentrators online) are computed at scrape time by :class:`DatabaseCollector`,
+registered per app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from central.models import Concentrator, Order
+
+PROCESS_REGISTRY = CollectorRegistry()
+
+STEP_LATENCY = Histogram(
+    "rcd_order_step_latency_seconds",
+    "Seconds from an order's previous transition to this one, by brief step and new state",
+    ["step", "state"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400),
+    registry=PROCESS_REGISTRY,
+)
+RESULTS = Counter(
+    "rcd_results_total", "Results consumed from agents", ["effect"], registry=PROCESS_REGISTRY
+)
+PUBLISHED = Counter(
+    "rcd_commands_published_total",
+    "Commands acknowledged by the broker",
+    ["kind"],
+    registry=PROCESS_REGISTRY,
+)
+
+
+class DatabaseCollector(Collector):
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self._factory = factory
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_state = GaugeMetricFamily("rcd_orders", "Orders by state", labels=["state"])
+        online = GaugeMetricFamily("rcd_concentrators_online", "Concentrators reporting online")
+        known = GaugeMetricFamily("rcd_concentrators", "Concentrators registered")
+        with self._factory() as session:
+            for state, count in session.execute(
+                select(Order.state, func.count()).group_by(Order.state)
+            ):
+                by_state.add_metric([state], count)
+            online.add_metric(
+                [], session.scalar(select(func.count()).where(Concentrator.online)) or 0
+            )
+            known.add_metric([], session.scalar(select(func.count(Concentrator.id))) or 0)
+        yield by_state
+        yield online
+        yield known
+
+
+def render(app_registry: CollectorRegistry) -> bytes:
+    return generate_latest(PROCESS_REGISTRY) + generate_latest(app_registry)

@@ -1,0 +1,222 @@
+"""The coordinator's tables (SQLAlchemy 2 typed ORM).
+
+Times are stored as UTC and always read back timezone-aware (SQLite keeps no
+zone, so :class:`UTCDateTime` restores it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Concentrator(Base):
+    __tablename__ = "concentrators"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    decommissioned: Mapped[bool] = mapped_column(Boolean, default=False)
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    queue_depth: Mapped[int] = mapped_column(Integer, default=0)
+    outbox_depth: Mapped[int] = mapped_column(Integer, default=0)
+    modem: Mapped[str] = mapped_column(String(16), default="unknown")
+    sim: Mapped[str] = mapped_column(String(16), default="unknown")
+    signal_dbm: Mapped[int | None] = mapped_column(Integer)
+    agent_version: Mapped[str] = mapped_column(String(32), default="")
+    table_generation: Mapped[int] = mapped_column(Integer, default=0)  # ours, bumped on change
+    table_pushed_generation: Mapped[int] = mapped_column(Integer, default=-1)  # published
+    agent_table_generation: Mapped[int | None] = mapped_column(Integer)  # as the agent reports
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Meter(Base):
+    __tablename__ = "meters"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    concentrator_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("concentrators.id"), index=True
+    )
+    topology: Mapped[str] = mapped_column(String(20), default="concentrated")  # or point_to_point
+    transport: Mapped[str] = mapped_column(String(8), default="hdlc")  # hdlc | tcp
+    line_id: Mapped[str | None] = mapped_column(String(64))
+    hdlc_address: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(253))
+    port: Mapped[int | None] = mapped_column(Integer)
+    logical_server: Mapped[int] = mapped_column(Integer, default=1)
+    keys_ref: Mapped[str | None] = mapped_column(String(64))
+    commissioned: Mapped[bool] = mapped_column(Boolean, default=True)
+    protected_customer: Mapped[bool] = mapped_column(Boolean, default=False)  # Ley 21.304
+    relay_state: Mapped[str] = mapped_column(String(16), default="unknown")
+    relay_state_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    energy_kwh: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    disconnects: Mapped[int] = mapped_column(Integer, default=0)
+    needs_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    approved_by: Mapped[str | None] = mapped_column(String(100))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_state_conc", "state", "concentrator_id"),
+        Index("ix_orders_meter_state", "meter_id", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    meter_id: Mapped[str] = mapped_column(String(64))  # not a FK: unknown meters are recorded too
+    concentrator_id: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    special: Mapped[bool] = mapped_column(Boolean, default=False)  # allowed outside working days
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    batch_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("batches.id"), index=True)
+    needs_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    approved_by: Mapped[str | None] = mapped_column(String(100))
+    # where it came from, for the SOAP gateway and Legacy
+    source: Mapped[str] = mapped_column(String(16), default="rest")
+    external_ref: Mapped[str | None] = mapped_column(String(200), index=True)
+    issuer_id: Mapped[str | None] = mapped_column(String(200))
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    correlation_id: Mapped[str | None] = mapped_column(String(200))
+    reply_address: Mapped[str | None] = mapped_column(String(500))
+    # validation / result
+    refusal_code: Mapped[str | None] = mapped_column(String(40))
+    refusal_detail: Mapped[str | None] = mapped_column(Text)
+    command_id: Mapped[str | None] = mapped_column(String(64))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    superseded_by: Mapped[str | None] = mapped_column(String(64))
+    result_reason: Mapped[str | None] = mapped_column(String(40))
+    result_detail: Mapped[str | None] = mapped_column(Text)
+    already_in_state: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    energy_value: Mapped[float | None] = mapped_column(Float)
+    energy_unit: Mapped[str | None] = mapped_column(String(16))
+    energy_read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    result_json: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    events: Mapped[list[OrderEvent]] = relationship(
+        back_populates="order", order_by="OrderEvent.id", lazy="raise_on_sql"
+    )
+
+
+class OrderEvent(Base):
+    """One line of an order's timeline: what happened, when, in which step, by whom."""
+
+    __tablename__ = "order_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(String(64), ForeignKey("orders.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    step: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(100))
+    event: Mapped[str] = mapped_column(String(40))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    order: Mapped[Order] = relationship(back_populates="events", lazy="raise_on_sql")
+
+
+class WorkOrder(Base):
+    """A field visit for an order that could not be done remotely (step 10)."""
+
+    __tablename__ = "work_orders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(String(64), ForeignKey("orders.id"), unique=True)
+    meter_id: Mapped[str] = mapped_column(String(64), index=True)
+    concentrator_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    last_relay_state: Mapped[str] = mapped_column(String(16), default="unknown")
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_by: Mapped[str | None] = mapped_column(String(100))
+    technician_outcome: Mapped[str | None] = mapped_column(String(40))
+    notes: Mapped[str | None] = mapped_column(Text)
+
+    order: Mapped[Order] = relationship(lazy="raise_on_sql")
+
+
+class LegacyNotification(Base):
+    """Outbox for step 9: one row per ended order, written in the same transaction
+    as the final state. The SOAP gateway's notifier consumes it (see docs/central.md)."""
+
+    __tablename__ = "legacy_notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(String(64), ForeignKey("orders.id"), unique=True)
+    final_state: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    order: Mapped[Order] = relationship(lazy="raise_on_sql")

@@ -1,0 +1,354 @@
+"""Step 4: send validated orders to their concentrators, safely.
+
+Outbox pattern: orders are moved to ``dispatched`` and committed *before* they
+are published, so a result can never arrive for an order the database still
+thinks unsent; ``published_at`` is set once the broker acknowledged (PUBACK).
+Orders dispatched but never acknowledged (crash, broker down) are published
+again by :func:`republish_unacked` with a new command id; agents are idempotent
+on ``order_id``.
+
+Limits that keep the off-switch safe, applied on every pass:
+
+* at most ``max_inflight_per_concentrator`` orders dispatched-but-unfinished per
+  concentrator;
+* at most ``disconnects_per_minute`` disconnects fleet-wide in any minute;
+* disconnects of a batch awaiting a second person's approval are held;
+* an order waits while another order of the same meter is in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from central import metrics
+from central.errors import DispatchError
+from central.models import Concentrator, Order
+from central.services import registry
+from central.services.lifecycle import SYSTEM, advance, note, utcnow
+from central.settings import Settings
+from central.state import IN_FLIGHT_STATES, Event, OrderState
+from shared import topics
+from shared.contracts import Action, CancelCommand, OrderCommand, OrderReason, RetryPolicy
+from shared.signing import CommandSigner
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = [s.value for s in IN_FLIGHT_STATES]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+class Publisher(Protocol):
+    """What dispatch needs from MQTT (``central.mqtt.MqttLink`` in production)."""
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish with QoS 1 and return once the broker acknowledged every one;
+        raise ``DispatchError`` otherwise."""
+        ...
+
+
+def new_command_id() -> str:
+    return "c" + uuid.uuid4().hex
+
+
+def build_command(order: Order, settings: Settings, command_id: str, now: datetime) -> OrderCommand:
+    retry = settings.retry_for(order.action)
+    assert order.concentrator_id is not None and order.deadline is not None
+    deadline = order.deadline if order.deadline > now else now + timedelta(seconds=1)
+    return OrderCommand(
+        command_id=command_id,
+        order_id=order.id,
+        meter_id=order.meter_id,
+        concentrator_id=order.concentrator_id,
+        action=Action(order.action),
+        reason=OrderReason(order.reason),
+        priority=order.priority,
+        issued_at=now,
+        not_before=order.not_before if order.not_before and order.not_before < deadline else None,
+        deadline=deadline,
+        retry=RetryPolicy(
+            max_attempts=retry.max_attempts,
+            backoff_initial_s=retry.backoff_initial_s,
+            backoff_max_s=retry.backoff_max_s,
+        ),
+    )
+
+
+def select_ready(
+    session: Session, settings: Settings, now: datetime, limit: int = 5000
+) -> list[Order]:
+    """Validated orders that may go now, within every limit. Locks them on PostgreSQL
+    (SKIP LOCKED) so that replicas do not pick the same ones."""
+    approved = (Order.needs_approval.is_(False)) | (Order.approved_by.is_not(None))
+    query = (
+        select(Order)
+        .where(Order.state == OrderState.VALIDATED.value, approved)
+        .order_by(Order.priority.desc(), Order.created_at, Order.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    candidates = list(session.scalars(query))
+    if not candidates:
+        return []
+    inflight: dict[str, int] = {
+        conc: count
+        for conc, count in session.execute(
+            select(Order.concentrator_id, func.count())
+            .where(Order.state.in_(IN_FLIGHT))
+            .group_by(Order.concentrator_id)
+        )
+        if conc is not None
+    }
+    busy_meters = set(
+        session.scalars(
+            select(Order.meter_id).where(
+                Order.state.in_(IN_FLIGHT), Order.meter_id.in_({o.meter_id for o in candidates})
+            )
+        )
+    )
+    recent_disconnects = (
+        session.scalar(
+            select(func.count()).where(
+                Order.action == Action.DISCONNECT.value,
+                Order.dispatched_at >= now - timedelta(seconds=60),
+            )
+        )
+        or 0
+    )
+    disconnect_budget = settings.disconnects_per_minute - recent_disconnects
+    ready: list[Order] = []
+    for order in candidates:
+        conc = order.concentrator_id
+        if conc is None or order.meter_id in busy_meters:
+            continue
+        if inflight.get(conc, 0) >= settings.max_inflight_per_concentrator:
+            continue
+        if order.action == Action.DISCONNECT.value:
+            if disconnect_budget <= 0:
+                continue
+            disconnect_budget -= 1
+        inflight[conc] = inflight.get(conc, 0) + 1
+        busy_meters.add(order.meter_id)
+        ready.append(order)
+    return ready
+
+
+def dispatch_ready(
+    session: Session,
+    publisher: Publisher,
+    signer: CommandSigner,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """One dispatch pass. Commits twice: the claim (``dispatched``), then the PUBACKs.
+    Returns how many orders the broker acknowledged."""
+    now = now or utcnow()
+    ready = select_ready(session, settings, now)
+    if not ready:
+        return 0
+    messages: list[Outgoing] = []
+    for order in ready:
+        command_id = new_command_id()
+        order.command_id = command_id
+        order.dispatched_at = now
+        advance(
+            session,
+            order,
+            Event.DISPATCH,
+            SYSTEM,
+            f"signed command {command_id} to concentrator {order.concentrator_id}",
+            at=now,
+        )
+        assert order.concentrator_id is not None
+        messages.append(
+            Outgoing(
+                topics.commands(order.concentrator_id),
+                signer.sign(build_command(order, settings, command_id, now)),
+            )
+        )
+    session.commit()
+    return _publish_and_mark(session, publisher, ready, messages)
+
+
+def _publish_and_mark(
+    session: Session, publisher: Publisher, orders: list[Order], messages: list[Outgoing]
+) -> int:
+    publisher.publish_many(messages)  # raises DispatchError: the sweeper republishes later
+    acked = utcnow()
+    ids = [o.id for o in orders]
+    for start in range(0, len(ids), 500):
+        session.execute(
+            update(Order).where(Order.id.in_(ids[start : start + 500])).values(published_at=acked),
+            execution_options={"synchronize_session": False},
+        )
+    session.commit()
+    metrics.PUBLISHED.labels(kind="order").inc(len(orders))
+    return len(orders)
+
+
+def republish_unacked(
+    session: Session,
+    publisher: Publisher,
+    signer: CommandSigner,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Publish again dispatched orders the broker never acknowledged."""
+    now = now or utcnow()
+    stale = list(
+        session.scalars(
+            select(Order)
+            .where(
+                Order.state == OrderState.DISPATCHED.value,
+                Order.published_at.is_(None),
+                Order.dispatched_at <= now - timedelta(seconds=settings.republish_after_s),
+            )
+            .limit(1000)
+        )
+    )
+    messages = []
+    for order in stale:
+        command_id = new_command_id()
+        order.command_id = command_id
+        note(
+            session,
+            order,
+            "republish",
+            SYSTEM,
+            f"no PUBACK seen; published again as {command_id}",
+            step=4,
+            at=now,
+        )
+        assert order.concentrator_id is not None
+        messages.append(
+            Outgoing(
+                topics.commands(order.concentrator_id),
+                signer.sign(build_command(order, settings, command_id, now)),
+            )
+        )
+    if not stale:
+        return 0
+    session.commit()
+    return _publish_and_mark(session, publisher, stale, messages)
+
+
+def send_cancels(
+    session: Session, publisher: Publisher, signer: CommandSigner, *, now: datetime | None = None
+) -> int:
+    """Send a signed cancel for in-flight orders whose cancel was requested."""
+    now = now or utcnow()
+    orders = list(
+        session.scalars(
+            select(Order).where(
+                Order.state.in_(IN_FLIGHT), Order.cancel_requested, Order.cancel_sent_at.is_(None)
+            )
+        )
+    )
+    if not orders:
+        return 0
+    messages = []
+    for order in orders:
+        assert order.concentrator_id is not None and order.deadline is not None
+        command = CancelCommand(
+            command_id=new_command_id(),
+            order_id=order.id,
+            concentrator_id=order.concentrator_id,
+            issued_at=now,
+            deadline=max(order.deadline, now + timedelta(minutes=5)),
+        )
+        messages.append(Outgoing(topics.commands(order.concentrator_id), signer.sign(command)))
+    publisher.publish_many(messages)
+    for order in orders:
+        order.cancel_sent_at = now
+        note(
+            session,
+            order,
+            "cancel_sent",
+            SYSTEM,
+            "cancel command acknowledged by the broker",
+            step=4,
+            at=now,
+        )
+    session.commit()
+    metrics.PUBLISHED.labels(kind="cancel").inc(len(orders))
+    return len(orders)
+
+
+def push_meter_tables(
+    session: Session, publisher: Publisher, signer: CommandSigner, *, now: datetime | None = None
+) -> int:
+    """Publish (retained) the signed meter table of every concentrator whose table changed."""
+    now = now or utcnow()
+    stale = list(
+        session.scalars(
+            select(Concentrator).where(
+                Concentrator.table_pushed_generation < Concentrator.table_generation,
+                Concentrator.decommissioned.is_(False),
+            )
+        )
+    )
+    for concentrator in stale:
+        table = registry.build_meter_table(session, concentrator.id, new_command_id(), now=now)
+        publisher.publish_many(
+            [Outgoing(topics.meter_table(concentrator.id), signer.sign(table), retain=True)]
+        )
+        concentrator.table_pushed_generation = table.generation
+        session.commit()
+        metrics.PUBLISHED.labels(kind="meter_table").inc()
+    return len(stale)
+
+
+def sweep_expired(session: Session, *, now: datetime | None = None, grace_s: float = 60.0) -> int:
+    """Orders past their deadline without a result end ``expired`` (with a work order).
+    In-flight ones get ``grace_s`` for a result already on its way. Commits."""
+    now = now or utcnow()
+    waiting = list(
+        session.scalars(
+            select(Order).where(Order.state == OrderState.VALIDATED.value, Order.deadline < now)
+        )
+    )
+    flying = list(
+        session.scalars(
+            select(Order).where(
+                Order.state.in_(IN_FLIGHT), Order.deadline < now - timedelta(seconds=grace_s)
+            )
+        )
+    )
+    for order in [*waiting, *flying]:
+        order.result_reason = "expired"
+        order.result_detail = (
+            "deadline passed before dispatch"
+            if order.state == OrderState.VALIDATED.value
+            else "deadline passed without a result from the agent"
+        )
+        advance(session, order, Event.EXPIRE, SYSTEM, order.result_detail, at=now)
+    session.commit()
+    return len(waiting) + len(flying)
+
+
+__all__ = [
+    "DispatchError",
+    "Outgoing",
+    "Publisher",
+    "dispatch_ready",
+    "push_meter_tables",
+    "republish_unacked",
+    "send_cancels",
+    "sweep_expired",
+]

@@ -1,0 +1,135 @@
+"""Applying state transitions to orders, with their timeline events and end hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from central import metrics
+from central.models import LegacyNotification, Meter, Order, OrderEvent, WorkOrder
+from central.state import FINAL_STATES, STEP_OF, WORK_ORDER_STATES, Event, OrderState, transition
+
+ROLES = ("viewer", "operator", "approver", "admin")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something: a person/token name with a role, or a system part."""
+
+    name: str
+    role: str = "operator"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def at_least(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role) if self.role in ROLES else False
+
+
+SYSTEM = Actor("central", "admin")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def note(
+    session: Session,
+    order: Order,
+    event: str,
+    actor: Actor | str,
+    detail: str = "",
+    *,
+    step: int,
+    at: datetime | None = None,
+) -> OrderEvent:
+    """A timeline line that is not a state change (e.g. "broker acknowledged")."""
+    line = OrderEvent(
+        order_id=order.id,
+        at=at or utcnow(),
+        step=step,
+        actor=str(actor),
+        event=event,
+        from_state=order.state,
+        to_state=order.state,
+        detail=detail,
+    )
+    session.add(line)
+    return line
+
+
+def advance(
+    session: Session,
+    order: Order,
+    event: Event,
+    actor: Actor | str,
+    detail: str = "",
+    *,
+    at: datetime | None = None,
+    step: int | None = None,
+) -> OrderState:
+    """Move ``order`` by ``event`` (refused by ``central.state`` if not allowed),
+    record the timeline event and, when the order ends, run :func:`on_order_finished`."""
+    now = at or utcnow()
+    before = OrderState(order.state)
+    after = transition(before, event)
+    used_step = step if step is not None else STEP_OF[event]
+    previous = order.updated_at
+    order.state = after.value
+    order.updated_at = now
+    session.add(
+        OrderEvent(
+            order_id=order.id,
+            at=now,
+            step=used_step,
+            actor=str(actor),
+            event=event.value,
+            from_state=before.value,
+            to_state=after.value,
+            detail=detail,
+        )
+    )
+    if previous is not None:
+        metrics.STEP_LATENCY.labels(step=str(used_step), state=after.value).observe(
+            max(0.0, (now - previous).total_seconds())
+        )
+    if after in FINAL_STATES:
+        order.finished_at = order.finished_at or now
+        on_order_finished(session, order, actor, now)
+    return after
+
+
+def on_order_finished(session: Session, order: Order, actor: Actor | str, now: datetime) -> None:
+    """Runs in the same transaction as the final state.
+
+    * writes the ``legacy_notifications`` outbox row the SOAP gateway's notifier
+      consumes (step 9);
+    * creates a field work order for failed and expired orders (step 10).
+    """
+    session.add(LegacyNotification(order_id=order.id, final_state=order.state, created_at=now))
+    if OrderState(order.state) in WORK_ORDER_STATES:
+        meter = session.get(Meter, order.meter_id)
+        reason = order.result_reason or ("expired" if order.state == "expired" else "failed")
+        work_order = WorkOrder(
+            order_id=order.id,
+            meter_id=order.meter_id,
+            concentrator_id=order.concentrator_id,
+            action=order.action,
+            reason=reason,
+            detail=order.result_detail or "",
+            last_relay_state=meter.relay_state if meter else "unknown",
+            created_at=now,
+        )
+        session.add(work_order)
+        session.flush()
+        note(
+            session,
+            order,
+            "work_order_created",
+            actor,
+            f"field work order {work_order.id}: {reason}",
+            step=10,
+            at=now,
+        )

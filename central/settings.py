@@ -1,0 +1,118 @@
+"""Configuration of the coordinator (pydantic-settings, environment prefix ``RCD_``).
+
+Built once by the caller (``central.app.create_app(settings)`` or the CLI), never at
+import time, so tests and replicas each hold their own. ``environment="production"``
+refuses to start with a default secret, a default API token or an ephemeral signing key.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Final, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from central.errors import ConfigurationError
+
+DEFAULT_SECRET: Final = "change-me"
+# Development tokens: usable only outside production.
+DEFAULT_TOKENS: Final[dict[str, dict[str, str]]] = {
+    "dev-viewer": {"name": "dev-viewer", "role": "viewer"},
+    "dev-operator": {"name": "dev-operator", "role": "operator"},
+    "dev-approver": {"name": "dev-approver", "role": "approver"},
+    "dev-admin": {"name": "dev-admin", "role": "admin"},
+}
+
+Role = Literal["viewer", "operator", "approver", "admin"]
+
+
+class TokenEntry(BaseModel):
+    name: str
+    role: Role
+
+
+class RetrySettings(BaseModel):
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    backoff_initial_s: float = Field(default=2.0, ge=0)
+    backoff_max_s: float = Field(default=60.0, ge=0)
+
+
+class DateWindow(BaseModel):
+    start: date
+    end: date  # inclusive
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RCD_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Literal["development", "production", "test"] = "development"
+    database_url: str = "sqlite:///var/rcd-central.sqlite3"
+    secret_key: str = DEFAULT_SECRET
+    # token -> {name, role}; JSON in RCD_API_TOKENS
+    api_tokens: dict[str, TokenEntry] = Field(
+        default_factory=lambda: {k: TokenEntry.model_validate(v) for k, v in DEFAULT_TOKENS.items()}
+    )
+
+    # MQTT
+    mqtt_enabled: bool = True
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str = "coordinator"
+    mqtt_password: str = DEFAULT_SECRET
+    mqtt_client_id: str = "rcd-central-1"
+    mqtt_share_group: str = "central"
+    mqtt_puback_timeout_s: float = 30.0
+    mqtt_tls_ca: Path | None = None
+    signing_key_path: Path | None = None
+    signing_key_pem: str | None = None  # for tests/demo; a file is preferred
+
+    # Orders
+    deadline_s: dict[str, int] = Field(
+        default_factory=lambda: {"disconnect": 4 * 3600, "connect": 2 * 3600, "arm": 2 * 3600}
+    )
+    retry: dict[str, RetrySettings] = Field(
+        default_factory=lambda: {
+            "disconnect": RetrySettings(),
+            "connect": RetrySettings(max_attempts=5),
+            "arm": RetrySettings(max_attempts=5),
+        }
+    )
+    priority: dict[str, int] = Field(
+        default_factory=lambda: {"disconnect": 5, "connect": 8, "arm": 8}
+    )
+    max_inflight_per_concentrator: int = Field(default=50, ge=1)
+    disconnects_per_minute: int = Field(default=600, ge=1)  # fleet-wide
+    approval_threshold: int = Field(default=100, ge=1)  # disconnects per batch
+    timezone: str = "America/Santiago"
+    holiday_country: str = "CL"
+    nonpayment_moratorium: list[DateWindow] = Field(default_factory=list)
+    nonpayment_moratorium_active: bool = False
+
+    # Background loops
+    sweep_interval_s: float = 5.0
+    republish_after_s: float = 60.0
+
+    @model_validator(mode="after")
+    def _refuse_defaults_in_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        problems = []
+        if self.secret_key == DEFAULT_SECRET or len(self.secret_key) < 16:
+            problems.append("RCD_SECRET_KEY is the default or shorter than 16 characters")
+        if any(token in DEFAULT_TOKENS or len(token) < 16 for token in self.api_tokens):
+            problems.append("RCD_API_TOKENS holds a default or short (<16) token")
+        if self.mqtt_enabled and self.mqtt_password == DEFAULT_SECRET:
+            problems.append("RCD_MQTT_PASSWORD is the default")
+        if self.mqtt_enabled and self.signing_key_path is None and self.signing_key_pem is None:
+            problems.append("RCD_SIGNING_KEY_PATH is not set")
+        if problems:
+            raise ConfigurationError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    def deadline_for(self, action: str) -> int:
+        return self.deadline_s.get(action, 3600)
+
+    def retry_for(self, action: str) -> RetrySettings:
+        return self.retry.get(action, RetrySettings())

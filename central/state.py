@@ -1,0 +1,130 @@
+"""The order lifecycle as an explicit transition table.
+
+::
+
+    received ──validate──▶ validated ──dispatch──▶ dispatched ──deliver──▶ delivered
+        │                      │                       │                      │
+        └──reject──▶ rejected  ├──cancel──▶ cancelled  ├── complete_* / fail / expire / cancel
+                               └──expire──▶ expired    │
+    completed_connected | completed_disconnected | completed_armed | failed | expired
+    | cancelled | rejected ──report──▶ reported
+
+``transition(state, event)`` is the only place that decides; anything not in
+``TRANSITIONS`` raises :class:`central.errors.InvalidTransition`. Each event also
+names the step of the brief (1-10) it belongs to, for the timeline.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+from central.errors import InvalidTransition
+
+
+class OrderState(StrEnum):
+    RECEIVED = "received"
+    VALIDATED = "validated"
+    REJECTED = "rejected"
+    DISPATCHED = "dispatched"
+    DELIVERED = "delivered"
+    COMPLETED_CONNECTED = "completed_connected"
+    COMPLETED_DISCONNECTED = "completed_disconnected"
+    COMPLETED_ARMED = "completed_armed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    REPORTED = "reported"
+
+
+class Event(StrEnum):
+    VALIDATE = "validate"
+    REJECT = "reject"
+    DISPATCH = "dispatch"
+    DELIVER = "deliver"
+    COMPLETE_CONNECTED = "complete_connected"
+    COMPLETE_DISCONNECTED = "complete_disconnected"
+    COMPLETE_ARMED = "complete_armed"
+    FAIL = "fail"
+    EXPIRE = "expire"
+    CANCEL = "cancel"
+    REPORT = "report"
+
+
+S = OrderState
+E = Event
+
+# Orders in these states still own their meter ("one active order per meter").
+ACTIVE_STATES: Final = frozenset({S.RECEIVED, S.VALIDATED, S.DISPATCHED, S.DELIVERED})
+IN_FLIGHT_STATES: Final = frozenset({S.DISPATCHED, S.DELIVERED})
+# The order has ended; Legacy must be told (then it becomes REPORTED).
+FINAL_STATES: Final = frozenset(
+    {
+        S.REJECTED,
+        S.COMPLETED_CONNECTED,
+        S.COMPLETED_DISCONNECTED,
+        S.COMPLETED_ARMED,
+        S.FAILED,
+        S.EXPIRED,
+        S.CANCELLED,
+    }
+)
+ENDED_STATES: Final = FINAL_STATES | {S.REPORTED}
+# Final states that need a field technician (step 10).
+WORK_ORDER_STATES: Final = frozenset({S.FAILED, S.EXPIRED})
+
+_OUTCOMES_FROM_FLIGHT: Final = {
+    E.COMPLETE_CONNECTED: S.COMPLETED_CONNECTED,
+    E.COMPLETE_DISCONNECTED: S.COMPLETED_DISCONNECTED,
+    E.COMPLETE_ARMED: S.COMPLETED_ARMED,
+    E.FAIL: S.FAILED,
+    E.EXPIRE: S.EXPIRED,
+    E.CANCEL: S.CANCELLED,
+}
+
+TRANSITIONS: Final[dict[tuple[OrderState, Event], OrderState]] = {
+    (S.RECEIVED, E.VALIDATE): S.VALIDATED,
+    (S.RECEIVED, E.REJECT): S.REJECTED,
+    (S.VALIDATED, E.DISPATCH): S.DISPATCHED,
+    (S.VALIDATED, E.CANCEL): S.CANCELLED,
+    (S.VALIDATED, E.EXPIRE): S.EXPIRED,
+    (S.DISPATCHED, E.DELIVER): S.DELIVERED,
+    **{(S.DISPATCHED, event): target for event, target in _OUTCOMES_FROM_FLIGHT.items()},
+    **{(S.DELIVERED, event): target for event, target in _OUTCOMES_FROM_FLIGHT.items()},
+    **{(final, E.REPORT): S.REPORTED for final in FINAL_STATES},
+}
+
+# The step of the brief (Table 2) each event belongs to.
+STEP_OF: Final[dict[Event, int]] = {
+    E.VALIDATE: 3,
+    E.REJECT: 3,
+    E.DISPATCH: 4,
+    E.DELIVER: 5,
+    E.COMPLETE_CONNECTED: 8,
+    E.COMPLETE_DISCONNECTED: 8,
+    E.COMPLETE_ARMED: 8,
+    E.FAIL: 8,
+    E.EXPIRE: 8,
+    E.CANCEL: 2,
+    E.REPORT: 9,
+}
+
+
+def transition(state: OrderState | str, event: Event | str) -> OrderState:
+    """The state after ``event`` in ``state``; refuses anything not in the table."""
+    try:
+        key = (OrderState(state), Event(event))
+    except ValueError as exc:
+        raise InvalidTransition(str(event), str(state)) from exc
+    target = TRANSITIONS.get(key)
+    if target is None:
+        raise InvalidTransition(key[1].value, key[0].value)
+    return target
+
+
+def can(state: OrderState | str, event: Event | str) -> bool:
+    try:
+        transition(state, event)
+    except InvalidTransition:
+        return False
+    return True

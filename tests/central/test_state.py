@@ -1,0 +1,50 @@
+"""The order lifecycle table: one test per allowed row, and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from central.errors import InvalidTransition
+from central.state import ENDED_STATES, TRANSITIONS, Event, OrderState, can, transition
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "target"),
+    [(s, e, t) for (s, e), t in TRANSITIONS.items()],
+    ids=[f"{s.value}-{e.value}" for (s, e) in TRANSITIONS],
+)
+def test_each_row_of_the_table(state: OrderState, event: Event, target: OrderState) -> None:
+    assert transition(state, event) is target
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [
+        (OrderState.RECEIVED, Event.DISPATCH),
+        (OrderState.VALIDATED, Event.COMPLETE_CONNECTED),
+        (OrderState.REJECTED, Event.VALIDATE),
+        (OrderState.DELIVERED, Event.DISPATCH),
+        (OrderState.COMPLETED_DISCONNECTED, Event.FAIL),
+        (OrderState.REPORTED, Event.REPORT),
+        (OrderState.CANCELLED, Event.CANCEL),
+    ],
+)
+def test_refused_event_names_event_and_state(state: OrderState, event: Event) -> None:
+    with pytest.raises(InvalidTransition) as info:
+        transition(state, event)
+    assert event.value in str(info.value) and state.value in str(info.value)
+    assert not can(state, event)
+
+
+def test_ended_states_accept_only_report() -> None:
+    for state in ENDED_STATES:
+        for event in Event:
+            if event is Event.REPORT and state is not OrderState.REPORTED:
+                assert can(state, event)
+            else:
+                assert not can(state, event), (state, event)
+
+
+def test_unknown_names_are_refused() -> None:
+    with pytest.raises(InvalidTransition):
+        transition("received", "teleport")
