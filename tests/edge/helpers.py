@@ -10,6 +10,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_agent.config import EdgeConfig, parse_config
 from shared import topics
@@ -73,7 +75,10 @@ class Coordinator:
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(
             [(topics.results(concentrator_id), 1), (topics.status(concentrator_id), 1)])
-        self.client.connect(broker.host, broker.port)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        self.client.reconnect_delay_set(1, 1)
+        self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
         self.client.loop_start()
         assert self._ready.wait(10), "coordinator did not subscribe"
 

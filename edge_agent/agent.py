@@ -1,0 +1,227 @@
+"""The edge agent: store + executor + MQTT link, wired together.
+
+``EdgeAgent(config).start()`` opens the SQLite store, puts orders a dead agent left
+running back in the queue, starts the executor and the MQTT link; ``stop()`` stops
+them in reverse order (results already stored stay in the outbox for the next start).
+``run_forever()`` is what ``rcd edge run`` and the systemd unit call: it stops cleanly
+on SIGTERM/SIGINT.
+
+Incoming commands (paho's network thread, :meth:`EdgeAgent.handle_message`): the
+signed envelope is verified (signature, recipient, deadline, replay), then the order is
+stored and its command id remembered in one transaction; only then does the link PUBACK
+it. Refused orders (unsigned, forged, expired, replayed, malformed) are reported on the
+result topic with outcome ``rejected`` and the refusal's reason code, when the payload
+names an order; a payload that names none is logged and dropped. Nothing a payload
+contains can stop the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from datetime import UTC, datetime, timedelta
+from types import FrameType, TracebackType
+from typing import Any
+
+from edge_agent.config import EdgeConfig
+from edge_agent.dlms_driver import DlmsDriver
+from edge_agent.errors import ConfigError
+from edge_agent.executor import AGENT_VERSION, Executor, MeterDriver
+from edge_agent.logs import log
+from edge_agent.mqtt_link import MqttLink
+from edge_agent.store import Store
+from shared import topics
+from shared.contracts import (
+    CancelCommand,
+    ConcentratorStatus,
+    MeterTableSync,
+    ModemState,
+    OrderCommand,
+    OrderResult,
+    Outcome,
+    ReasonCode,
+    SimState,
+)
+from shared.errors import CommandRejected, ContractError, TopicError
+from shared.signing import CommandVerifier, load_public_key_file
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class EdgeAgent:
+    def __init__(self, config: EdgeConfig, *, driver: MeterDriver | None = None) -> None:
+        self.config = config
+        self.cid = config.agent.concentrator_id
+        try:
+            public_key = load_public_key_file(config.coordinator.public_key_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("coordinator.public_key_file", f"not a usable key: {exc}") from exc
+        self.store = Store(config.database_path)
+        self.verifier = CommandVerifier(
+            public_key, self.cid, self.store,
+            clock_skew=timedelta(seconds=config.coordinator.clock_skew_s),
+        )
+        self.link = MqttLink(config, self.store, self.handle_message, self.status)
+        self.executor = Executor(
+            self.store,
+            driver if driver is not None else DlmsDriver(self.store, config),
+            line_concurrency={k: v.concurrency for k, v in config.lines.items()},
+            tcp_concurrency=config.executor.tcp_concurrency,
+            idle_poll_s=config.executor.idle_poll_s,
+            on_result=self.link.wake,
+        )
+        self._stopped = threading.Event()
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> EdgeAgent:
+        log("agent.start", concentrator=self.cid, version=AGENT_VERSION,
+            meters=self.store.meter_count(), queue=self.store.queue_depth(),
+            outbox=self.store.outbox_depth(), db=str(self.config.database_path))
+        self.store.forget_seen_before(utcnow() - timedelta(days=1))
+        self.executor.start()
+        self.link.start()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        if not self._started:
+            self.store.close()
+            return
+        self._started = False
+        log("agent.stopping", concentrator=self.cid)
+        try:
+            self.link.stop()
+        finally:
+            try:
+                self.executor.stop()
+            finally:
+                self.store.close()
+        log("agent.stopped", concentrator=self.cid)
+
+    def __enter__(self) -> EdgeAgent:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    def run_forever(self) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log("agent.signal", signal=signal.Signals(signum).name)
+            self._stopped.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not self._stopped.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # -- status ---------------------------------------------------------------
+    def _modem(self) -> dict[str, Any]:
+        path = self.config.agent.modem_status_file
+        if path is None:
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            return {
+                "modem": ModemState(data.get("modem", "unknown")),
+                "sim": SimState(data.get("sim", "unknown")),
+                "signal_dbm": data.get("signal_dbm"),
+            }
+        except (OSError, ValueError, AttributeError):
+            return {"modem": ModemState.UNKNOWN, "sim": SimState.UNKNOWN}
+
+    def status(self, online: bool) -> ConcentratorStatus:
+        generation = self.store.get_meta("meter_generation")
+        try:
+            return ConcentratorStatus(
+                concentrator_id=self.cid, online=online, at=utcnow(),
+                queue_depth=self.store.queue_depth(), outbox_depth=self.store.outbox_depth(),
+                meter_count=self.store.meter_count(),
+                meter_table_generation=int(generation) if generation else None,
+                agent_version=AGENT_VERSION, **self._modem(),
+            )
+        except ValueError:
+            return ConcentratorStatus(concentrator_id=self.cid, online=online, at=utcnow(),
+                                      agent_version=AGENT_VERSION)
+
+    # -- commands ---------------------------------------------------------------
+    def handle_message(self, topic: str, payload: bytes) -> None:
+        try:
+            _, leaf = topics.parse(topic)
+        except TopicError:
+            log("command.unknown_topic", logging.WARNING, topic=topic)
+            return
+        received = utcnow()
+        try:
+            command = self.verifier.verify(payload)
+        except CommandRejected as exc:
+            self._refused(leaf, payload, exc.reason, str(exc))
+            return
+        except ContractError as exc:
+            self._refused(leaf, payload, ReasonCode.MALFORMED_COMMAND, str(exc))
+            return
+        if isinstance(command, OrderCommand) and leaf == "cmd":
+            outcome = self.store.store_order(command, received)
+            log("order.received", order=command.order_id, meter=command.meter_id,
+                action=command.action.value, priority=command.priority,
+                deadline=command.deadline.isoformat(), stored=outcome)
+            self.executor.wake()
+            if outcome == "resent":
+                self.link.wake()
+        elif isinstance(command, CancelCommand) and leaf == "cmd":
+            result = self.store.cancel(command, received)
+            log("order.cancel", order=command.order_id,
+                done="cancelled" if result else "not cancelled: unknown, started or ended")
+            self.link.wake()
+        elif isinstance(command, MeterTableSync) and leaf == "meters":
+            applied = self.store.apply_meter_table(command)
+            log("meters.table", generation=command.generation, meters=len(command.meters),
+                applied=applied)
+        else:
+            log("command.wrong_topic", logging.WARNING, topic=topic, kind=command.kind)
+
+    def _refused(self, leaf: str, payload: bytes, reason: ReasonCode, detail: str) -> None:
+        body = _peek_body(payload)
+        order_id, meter_id = body.get("order_id"), body.get("meter_id")
+        if leaf == "meters" and reason in (ReasonCode.REPLAYED_COMMAND, ReasonCode.EXPIRED):
+            # the retained table comes back on every (re)subscribe: nothing to report
+            log("meters.table_ignored", logging.DEBUG, reason=reason.value)
+            return
+        log("command.refused", logging.WARNING, topic_leaf=leaf, reason=reason.value,
+            order=order_id, detail=detail[:300])
+        if body.get("kind") != "order" or not isinstance(order_id, str) or not isinstance(meter_id, str):
+            return
+        try:
+            result = OrderResult(
+                order_id=order_id, meter_id=meter_id, concentrator_id=self.cid,
+                outcome=Outcome.REJECTED, reason=reason,
+                detail=f"command {body.get('command_id')!r} refused: {detail}"[:1000],
+                received_at=utcnow(), finished_at=utcnow(), agent_version=AGENT_VERSION,
+            )
+        except ValueError:
+            return  # the ids themselves are not valid: nothing we can address a report to
+        self.store.outbox_add(order_id, result.to_json())
+        self.link.wake()
+
+
+def _peek_body(payload: bytes) -> dict[str, Any]:
+    """Best effort: the command inside an envelope we refused, for the report only."""
+    try:
+        outer = json.loads(payload)
+        inner = json.loads(outer["body"]) if isinstance(outer, dict) and "body" in outer else outer
+        return inner if isinstance(inner, dict) else {}
+    except (ValueError, TypeError, KeyError):
+        return {}

@@ -1,0 +1,192 @@
+"""The whole agent against the real mosquitto (shipped config + ACL), fake meters."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import EdgeConfig
+from shared import topics
+from shared.broker import MosquittoBroker
+from shared.contracts import (
+    Action,
+    CancelCommand,
+    ConcentratorStatus,
+    ControlState,
+    MeterTableSync,
+    Outcome,
+    ReasonCode,
+)
+from shared.signing import CommandSigner, generate_keypair, load_private_key
+
+from .fakes import FakeDriver, FakeMeter, order, tcp_entry
+from .helpers import Coordinator, make_config, make_signer, wait_for
+
+
+def new_cid() -> str:
+    return f"conc-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def env(broker: MosquittoBroker, tmp_path: Path) -> Iterator[tuple[EdgeConfig, CommandSigner, Coordinator]]:
+    cid = new_cid()
+    broker.add_user(cid)
+    signer, pub = make_signer(tmp_path)
+    config = make_config(tmp_path, pub, cid, broker_url=broker.url)
+    coord = Coordinator(broker, cid, f"coord-{cid}")
+    try:
+        yield config, signer, coord
+    finally:
+        coord.close()
+
+
+class _Started:
+    def __init__(self, agent: EdgeAgent) -> None:
+        self.agent = agent
+
+    def __enter__(self) -> EdgeAgent:
+        self.agent.start()
+        wait_for(lambda: self.agent.link.subscribed, what="agent subscribed")
+        return self.agent
+
+    def __exit__(self, *exc: object) -> None:
+        self.agent.stop()
+
+
+def agent_with(config: EdgeConfig, meters: dict[str, FakeMeter]) -> _Started:
+    agent = EdgeAgent(config, driver=FakeDriver(meters))
+    agent.store.import_meters([tcp_entry(m) for m in meters])
+    return _Started(agent)
+
+
+def test_order_result_and_status(env: tuple[EdgeConfig, CommandSigner, Coordinator]) -> None:
+    config, signer, coord = env
+    cid = config.agent.concentrator_id
+    with agent_with(config, {"m1": FakeMeter(ControlState.CONNECTED)}) as agent:
+        cmd = order("o1", "m1", concentrator_id=cid)
+        coord.publish(signer.sign(cmd))
+        r = coord.result("o1")
+        assert r.outcome is Outcome.DISCONNECTED and r.concentrator_id == cid
+        # same order again (new command id): a duplicate; the stored result goes out again
+        coord.publish(signer.sign(cmd.model_copy(update={"command_id": "again"})))
+        wait_for(lambda: len(coord.by_order()["o1"]) == 2, what="resent result")
+        assert coord.raw.count(coord.raw[0]) == 2  # identical payload
+        assert agent.store.counts_by_state() == {"succeeded": 1}
+        wait_for(lambda: agent.store.outbox_depth() == 0, what="outbox emptied on PUBACK")
+
+        def online() -> bool:
+            return any(ConcentratorStatus.model_validate_json(s).online for s in coord.status)
+        wait_for(online, what="online status")
+    last = ConcentratorStatus.model_validate_json(wait_for(lambda: coord.status[-1:], what="s")[0])
+    wait_for(lambda: not ConcentratorStatus.model_validate_json(coord.status[-1]).online,
+             what="offline status on stop")
+    assert last.concentrator_id == cid
+
+
+def _envelope(signer: CommandSigner, body: str, signature: str | None) -> bytes:
+    return json.dumps({"schema_version": 1, "key_id": signer.key_id if signature else "",
+                       "body": body, "signature": signature or ""}).encode()
+
+
+def test_refusals_reported_and_agent_keeps_going(env: tuple[EdgeConfig, CommandSigner, Coordinator]) -> None:
+    config, signer, coord = env
+    cid = config.agent.concentrator_id
+    meter = FakeMeter(ControlState.CONNECTED)
+    with agent_with(config, {"m1": meter}):
+        unsigned = order("o-unsigned", "m1", concentrator_id=cid)
+        coord.publish(_envelope(signer, unsigned.model_dump_json(), None))
+
+        forger = CommandSigner(load_private_key(generate_keypair()[0]))
+        forged = json.loads(forger.sign(order("o-forged", "m1", concentrator_id=cid)))
+        forged["key_id"] = signer.key_id  # claims the coordinator's key
+        coord.publish(json.dumps(forged).encode())
+
+        tampered = json.loads(signer.sign(order("o-tampered", "m1", concentrator_id=cid)))
+        tampered["body"] = tampered["body"].replace('"disconnect"', '"connect"')
+        coord.publish(json.dumps(tampered).encode())
+
+        old = datetime.now(UTC) - timedelta(hours=2)
+        coord.publish(signer.sign(order("o-expired", "m1", concentrator_id=cid, issued_at=old)))
+
+        ok = order("o-ok", "m1", concentrator_id=cid)
+        coord.publish(signer.sign(ok))
+        assert coord.result("o-ok").outcome is Outcome.DISCONNECTED
+        coord.publish(signer.sign(ok))  # the very same signed command again: a replay
+
+        for junk in (b"", b"not json", b"{}", b"[1,2]", b'{"schema_version":1,"body":"{}"}',
+                     base64.b64encode(b"\x00" * 64), signer.sign(order("o-x", "m1", concentrator_id="conc-other"))):
+            coord.publish(junk)
+
+        expected = {
+            "o-unsigned": ReasonCode.UNSIGNED_COMMAND,
+            "o-forged": ReasonCode.BAD_SIGNATURE,
+            "o-tampered": ReasonCode.BAD_SIGNATURE,
+            "o-expired": ReasonCode.EXPIRED,
+        }
+        for order_id, reason in expected.items():
+            r = coord.result(order_id)
+            assert (r.outcome, r.reason) == (Outcome.REJECTED, reason), r
+        wait_for(lambda: len(coord.by_order()["o-ok"]) == 2, what="replay report")
+        replay = coord.by_order()["o-ok"][1]
+        assert (replay.outcome, replay.reason) == (Outcome.REJECTED, ReasonCode.REPLAYED_COMMAND)
+        assert meter.switches == 1  # only the genuine order touched the relay
+
+        # still alive and working
+        coord.publish(signer.sign(order("o-after", "m1", Action.CONNECT, concentrator_id=cid)))
+        assert coord.result("o-after").outcome is Outcome.CONNECTED
+
+
+def test_cancel_and_meter_table(env: tuple[EdgeConfig, CommandSigner, Coordinator]) -> None:
+    config, signer, coord = env
+    cid = config.agent.concentrator_id
+    meter = FakeMeter()
+    with agent_with(config, {"m1": meter}) as agent:
+        now = datetime.now(UTC)
+        later = order("o-later", "m1", concentrator_id=cid).model_copy(
+            update={"not_before": now + timedelta(seconds=30)})
+        coord.publish(signer.sign(later))
+        coord.publish(signer.sign(CancelCommand(command_id="c1", order_id="o-later", concentrator_id=cid,
+                                                issued_at=now, deadline=now + timedelta(minutes=1))))
+        r = coord.result("o-later")
+        assert (r.outcome, r.reason) == (Outcome.CANCELLED, ReasonCode.CANCELLED)
+        assert meter.sessions == 0
+
+        table = MeterTableSync(command_id="t1", concentrator_id=cid, generation=7, issued_at=now,
+                               deadline=now + timedelta(days=30),
+                               meters=[tcp_entry("m1"), tcp_entry("m2"), tcp_entry("m3")])
+        coord.publish(signer.sign(table), topic=topics.meter_table(cid), retain=True)
+        wait_for(lambda: agent.store.meter_count() == 3, what="meter table applied")
+        assert agent.status(True).meter_table_generation == 7
+
+
+def test_results_wait_for_broker(broker_factory: Callable[..., MosquittoBroker], tmp_path: Path) -> None:
+    cid = new_cid()
+    broker = broker_factory(users=(cid,))
+    signer, pub = make_signer(tmp_path)
+    config = make_config(tmp_path, pub, cid, broker_url=broker.url)
+    coord = Coordinator(broker, cid, f"coord-{cid}")
+    try:
+        with agent_with(config, {f"m{i}": FakeMeter() for i in range(5)}) as agent:
+            wait_for(lambda: agent.link.connected, what="agent connected")
+            start = datetime.now(UTC) + timedelta(seconds=1.5)
+            for i in range(5):
+                cmd = order(f"o{i}", f"m{i}", concentrator_id=cid).model_copy(update={"not_before": start})
+                coord.publish(signer.sign(cmd))
+            wait_for(lambda: agent.store.queue_depth() == 5, what="orders stored")
+            broker.stop()
+            wait_for(lambda: agent.store.counts_by_state().get("succeeded") == 5, timeout=15,
+                     what="orders executed while the broker is down")
+            assert agent.store.outbox_depth() == 5
+            assert coord.results == []
+            broker.start()
+            wait_for(lambda: len(coord.by_order()) == 5, timeout=20, what="results after broker return")
+            wait_for(lambda: agent.store.outbox_depth() == 0, what="outbox drained")
+    finally:
+        coord.close()
