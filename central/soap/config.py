@@ -1,0 +1,47 @@
+"""Settings of the SOAP gateway (environment prefix ``RCD_SOAP_``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SoapSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RCD_SOAP_", extra="ignore")
+
+    # Where results go when an order has no ReplyAddress (and for non-SOAP orders
+    # when notify_all_orders is set).
+    legacy_endpoint: str | None = None
+    legacy_username: str | None = None
+    legacy_password: str | None = None
+    legacy_timeout_s: float = Field(default=10.0, gt=0)
+    # ReplyAddress values accepted from requests: URL prefixes. Empty: any http(s) URL.
+    # Production should list Legacy's own endpoints (a ReplyAddress is a place we POST to).
+    reply_address_prefixes: tuple[str, ...] = ()
+    notify_all_orders: bool = False
+
+    # Hostile-input limits
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_depth: int = Field(default=40, ge=8)
+    max_elements: int = Field(default=50_000, ge=100)
+    max_devices_per_message: int = Field(default=10_000, ge=1)
+
+    # Authentication: HTTP Basic (user name + API token as password), and/or a
+    # WS-Security UsernameToken (PasswordText) in the SOAP header.
+    auth_modes: tuple[Literal["basic", "wsse"], ...] = ("basic", "wsse")
+    realm: str = "ami-rcd"
+
+    # Outbox delivery
+    retry_initial_s: float = Field(default=2.0, gt=0)
+    retry_max_s: float = Field(default=600.0, gt=0)
+    retry_jitter: float = Field(default=0.2, ge=0, le=1)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    claim_s: float = Field(default=60.0, gt=0)  # a claimed row is left alone this long
+    batch_size: int = Field(default=50, ge=1)
+
+    # Header/Source of what we send
+    source: str = "ami-rcd"
+    # A MessageID being processed by another request is waited for this long.
+    in_progress_wait_s: float = Field(default=10.0, gt=0)

@@ -1,0 +1,98 @@
+"""The gateway's own table: request MessageID -> the Reply we gave.
+
+The same MessageID sent again gets the same stored Reply and creates nothing new.
+A row is claimed (reply NULL) before the request is processed, so two copies that
+arrive together do not both run; the second waits for the first's reply.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+metadata = MetaData()
+
+soap_messages = Table(
+    "soap_messages",
+    metadata,
+    Column("message_id", String(128), primary_key=True),
+    Column("operation", String(16), nullable=False),
+    Column("principal", String(100), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("reply_xml", LargeBinary, nullable=True),
+)
+
+
+class MessageLog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine, checkfirst=True)
+
+    def claim(self, message_id: str, operation: str, principal: str) -> bool:
+        """True if this request is the first with ``message_id``."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(soap_messages).values(
+                        message_id=message_id,
+                        operation=operation,
+                        principal=principal,
+                        received_at=datetime.now(UTC),
+                        reply_xml=None,
+                    )
+                )
+            return True
+        except IntegrityError:
+            return False
+
+    def reply(self, message_id: str) -> tuple[str, bytes | None] | None:
+        """(operation, stored reply or None while in progress), or None if unknown."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(soap_messages.c.operation, soap_messages.c.reply_xml).where(
+                    soap_messages.c.message_id == message_id
+                )
+            ).first()
+        if row is None:
+            return None
+        return str(row[0]), (bytes(row[1]) if row[1] is not None else None)
+
+    def wait_reply(self, message_id: str, timeout_s: float) -> tuple[str, bytes | None] | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.reply(message_id)
+            if found is None or found[1] is not None or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
+    def store(self, message_id: str, reply_xml: bytes) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(soap_messages)
+                .where(soap_messages.c.message_id == message_id)
+                .values(reply_xml=reply_xml)
+            )
+
+    def release(self, message_id: str) -> None:
+        """Forget a claim whose processing failed, so a retry can run."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(soap_messages).where(
+                    soap_messages.c.message_id == message_id, soap_messages.c.reply_xml.is_(None)
+                )
+            )

@@ -1,0 +1,274 @@
+"""Fixtures of the SOAP gateway tests: a real coordinator database (SQLite file,
+migrated), the app served by uvicorn on a free port in a thread, and a Legacy
+endpoint that is a real HTTP server recording what it receives."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from lxml import etree
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from central.db import make_engine, make_session_factory, migrate, session_scope
+from central.models import Concentrator, Meter, Order
+from central.services.lifecycle import advance
+from central.services.results import apply_result
+from central.settings import Settings
+from central.soap.adapter import install
+from central.soap.config import SoapSettings
+from central.soap.gateway import SoapGateway
+from central.state import Event
+from shared.contracts import EnergyReading, OrderResult, Outcome, ReasonCode
+
+OPERATOR = ("legacy", "legacy-operator-token-0001")
+VIEWER = ("auditor", "auditor-viewer-token-0002")
+
+METERS = {
+    # id: (commissioned, protected)
+    "MTR-001": (True, False),
+    "MTR-002": (True, False),
+    "MTR-003": (True, False),
+    "MTR-004": (True, False),
+    "MTR-PROT": (True, True),
+    "MTR-NEW": (False, False),
+}
+CONCENTRATOR = "conc-soap"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def central_settings(url: str) -> Settings:
+    return Settings(
+        environment="test",
+        database_url=url,
+        mqtt_enabled=False,
+        api_tokens={
+            OPERATOR[1]: {"name": OPERATOR[0], "role": "operator"},
+            VIEWER[1]: {"name": VIEWER[0], "role": "viewer"},
+        },
+    )
+
+
+@dataclass
+class Coordinator:
+    url: str
+    engine: Engine
+    sessions: sessionmaker[Session]
+    settings: Settings
+
+    def seed(self) -> None:
+        with session_scope(self.sessions) as session:
+            if session.get(Concentrator, CONCENTRATOR) is None:
+                session.add(Concentrator(id=CONCENTRATOR, name="SOAP tests", online=True))
+            for meter_id, (commissioned, protected) in METERS.items():
+                if session.get(Meter, meter_id) is None:
+                    session.add(
+                        Meter(
+                            id=meter_id,
+                            concentrator_id=CONCENTRATOR,
+                            commissioned=commissioned,
+                            protected_customer=protected,
+                        )
+                    )
+
+    def orders(self) -> list[Order]:
+        with session_scope(self.sessions) as session:
+            return list(session.scalars(select(Order).order_by(Order.created_at, Order.id)))
+
+    def finish(
+        self,
+        order_id: str,
+        outcome: Outcome,
+        *,
+        energy: float | None = None,
+        reason: ReasonCode | None = None,
+    ) -> None:
+        """What the dispatcher and the agent would do: dispatch, then a result (steps 4-8)."""
+        now = datetime.now(UTC)
+        with session_scope(self.sessions) as session:
+            order = session.get(Order, order_id)
+            assert order is not None
+            if order.state == "validated":
+                advance(session, order, Event.DISPATCH, "test-dispatcher", "test")
+            applied = apply_result(
+                session,
+                OrderResult(
+                    order_id=order.id,
+                    meter_id=order.meter_id,
+                    concentrator_id=CONCENTRATOR,
+                    outcome=outcome,
+                    reason=reason,
+                    energy=EnergyReading(value=energy, unit="kWh", read_at=now)
+                    if energy is not None
+                    else None,
+                    finished_at=now,
+                ),
+            )
+            assert applied == "applied", applied
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_coordinator(path: Path) -> Coordinator:
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    migrate(engine)
+    coordinator = Coordinator(url, engine, make_session_factory(engine), central_settings(url))
+    coordinator.seed()
+    return coordinator
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    running = open_coordinator(tmp_path / "central.sqlite3")
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+class AppServer:
+    """The coordinator's app (with the SOAP router) under uvicorn, in a thread."""
+
+    def __init__(self, coordinator: Coordinator, soap_settings: SoapSettings) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.app = FastAPI()
+        self.gateway: SoapGateway = install(
+            self.app, coordinator.settings, coordinator.sessions, soap_settings
+        )
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.base}/soap/cim"
+
+    def __enter__(self) -> AppServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+SOAP_ACK = b"""<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">
+<soapenv:Body>
+<m:CreatedEndDeviceEventsResponse xmlns:m="http://iec.ch/TC57/2011/EndDeviceEventsMessage"
+    xmlns:msg="http://iec.ch/TC57/2011/schema/message">
+<m:Header><msg:Verb>reply</msg:Verb><msg:Noun>EndDeviceEvents</msg:Noun></m:Header>
+<m:Reply><msg:Result>OK</msg:Result></m:Reply>
+</m:CreatedEndDeviceEventsResponse>
+</soapenv:Body></soapenv:Envelope>"""
+
+
+@dataclass
+class LegacyServer:
+    """Legacy's receiving endpoint: records every POST; ``up`` False answers 503."""
+
+    up: bool = True
+    received: list[bytes] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    port: int = 0
+    httpd: ThreadingHTTPServer | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/legacy/results"
+
+    def start(self) -> LegacyServer:
+        legacy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if not legacy.up:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                with legacy.lock:
+                    legacy.received.append(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/xml; charset=utf-8")
+                self.send_header("Content-Length", str(len(SOAP_ACK)))
+                self.end_headers()
+                self.wfile.write(SOAP_ACK)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        if self.thread is not None:
+            self.thread.join(5)
+
+    def events(self) -> list[etree._Element]:
+        with self.lock:
+            bodies = list(self.received)
+        return [etree.fromstring(body) for body in bodies]
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[etree._Element]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.received) >= count:
+                    break
+            time.sleep(0.05)
+        return self.events()
+
+
+@pytest.fixture
+def legacy() -> Iterator[LegacyServer]:
+    server = LegacyServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def fast_soap_settings(**overrides: object) -> SoapSettings:
+    values: dict[str, object] = {
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.3,
+        "poll_interval_s": 0.05,
+        "claim_s": 5.0,
+    }
+    values.update(overrides)
+    return SoapSettings(**values)  # type: ignore[arg-type]
