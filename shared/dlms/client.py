@@ -15,7 +15,9 @@ Workarounds for gurux-dlms 1.0.203 client behaviour (all handled here):
 * gurux prints to stdout and raises bare ``Exception``/``ValueError`` on bad frames and on
   an HLS-GMAC f(CtoS) mismatch; we translate by where in the exchange it happened.
 * gurux reports an action/data-access error through ``GXDLMSException.errorCode`` (or
-  ``reply.error``), not by type; we map codes to ActionRefused / AccessDenied.
+  ``reply.error``), not by type; we map codes to ActionRefused / AccessDenied /
+  DataAccessError. In a GET-with-list the first failed item fails the whole call.
+* gurux ``print()``s on every deciphered APDU; we shadow ``print`` in its modules.
 """
 
 from __future__ import annotations
@@ -185,6 +187,8 @@ class MeterSession:
         self._close_link()
 
     def read(self, obis: str, class_id: int, attribute: int) -> object:
+        """GET one attribute; the value as gurux converts it (bool, int, bytes, list,
+        GXDateTime for a clock, ...). A failed GET raises DataAccessError(result)."""
         obj = self._object(obis, class_id)
         with self._guard("read"):
             reply = self._exchange_all(self._client.read(obj, attribute))
@@ -259,9 +263,6 @@ class MeterSession:
                     values.extend(reply.value)
         if len(values) != len(items):
             raise MalformedResponse(f"expected {len(items)} values, got {len(values)}")
-        for v in values:
-            if isinstance(v, ErrorCodeValue):
-                raise v.error()
         return [bytes(v) if isinstance(v, bytearray) else v for v in values]
 
     def _method(self, index: int) -> None:
@@ -407,13 +408,6 @@ class MeterSession:
             for pdu in self._wrapper_reader.feed(data):
                 out.append(wrapper.encode(pdu.source, pdu.destination, pdu.apdu))
         return out
-
-
-class ErrorCodeValue:
-    """Placeholder type: gurux returns per-item errors of a with-list as ErrorCode ints."""
-
-    def error(self) -> DlmsError:  # pragma: no cover - never instantiated
-        return DlmsError("error")
 
 
 def _raise_result(code: int, action: bool, cause: BaseException | None = None) -> None:

@@ -1,0 +1,116 @@
+"""MeterSession over the in-memory LoopbackTransport (no port opened) and error mapping."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from firmware_sim.fleet import DEMO_AUTH_KEY, DEMO_BLOCK_KEY, MeterSpec
+from firmware_sim.meter import Association, SimulatedMeter
+from shared.dlms import wrapper
+from shared.dlms.client import MeterAddress, MeterKeys, MeterSession, parse_cosem_datetime
+from shared.dlms.errors import (
+    AccessDenied,
+    ActionRefused,
+    DataAccessError,
+    DlmsError,
+    MalformedResponse,
+    NoResponse,
+    TransportError,
+)
+from shared.dlms.transport import LoopbackTransport, SerialTransport, TcpTransport
+
+KEYS = MeterKeys(DEMO_BLOCK_KEY, DEMO_AUTH_KEY)
+
+
+@pytest.fixture
+def loop_meter() -> Iterator[tuple[LoopbackTransport, SimulatedMeter]]:
+    """A SimulatedMeter answering wrapper PDUs on the far end of a loopback pair."""
+    near, far = LoopbackTransport.pair()
+    meter = SimulatedMeter(MeterSpec("LB", control_mode=2))
+    stop = threading.Event()
+
+    def serve() -> None:
+        reader = wrapper.WrapperReader()
+        assocs: dict[int, Association] = {}
+        while not stop.is_set():
+            try:
+                data = far.receive(0.05)
+            except NoResponse:
+                continue
+            except TransportError:
+                return
+            for pdu in reader.feed(data):
+                a = assocs.setdefault(pdu.source, Association(pdu.source))
+                answer = meter.handle(a, pdu.apdu)
+                if "garbage" in meter.faults:
+                    far.send(b"\x00\x07garbage!")
+                else:
+                    far.send(wrapper.encode(1, pdu.source, answer))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield near, meter
+    finally:
+        stop.set()
+        far.close()
+        t.join(timeout=5)
+        near.close()
+
+
+def test_loopback_management_session(loop_meter: tuple[LoopbackTransport, SimulatedMeter]) -> None:
+    near, meter = loop_meter
+    with MeterSession(near, MeterAddress("wrapper"), KEYS, invocation_counter=3, timeout=2) as s:
+        s.remote_disconnect()
+        assert s.read_disconnect_state().control_state == 0
+        s.remote_reconnect()
+        rb = s.read_back()
+        assert (rb.output_state, rb.control_state, rb.control_mode) == (True, 1, 2)
+        assert s.read("0.0.43.1.0.255", 1, 2) == s.invocation_counter
+        with pytest.raises(DataAccessError) as err:
+            s.read("0.0.96.3.99.255", 70, 2)
+        assert err.value.result == 4
+    assert meter.counters.associations == 1
+
+
+def test_loopback_errors(loop_meter: tuple[LoopbackTransport, SimulatedMeter]) -> None:
+    near, meter = loop_meter
+    with MeterSession(near, MeterAddress("wrapper"), None, client_address=16, timeout=2) as s:
+        with pytest.raises(AccessDenied) as err:
+            s.remote_reconnect()
+        assert isinstance(err.value, ActionRefused)  # AccessDenied is also an ActionRefused
+    meter.set_fault("garbage")
+    with pytest.raises(MalformedResponse):
+        MeterSession(near, MeterAddress("wrapper"), KEYS, timeout=2).__enter__()
+
+
+def test_no_response_on_silent_loopback() -> None:
+    near, _far = LoopbackTransport.pair()
+    with pytest.raises(NoResponse):
+        MeterSession(near, MeterAddress("wrapper"), KEYS, timeout=0.05).__enter__()
+
+
+def test_transport_errors_are_mapped() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TransportError) as err:
+        TcpTransport("127.0.0.1", port, connect_timeout=1)
+    assert isinstance(err.value.__cause__, OSError)
+    with pytest.raises(TransportError):
+        SerialTransport("/dev/nonexistent-rcd-port")
+    a, b = LoopbackTransport.pair()
+    b.close()
+    with pytest.raises(TransportError):
+        a.send(b"x")
+    assert issubclass(TransportError, DlmsError)
+
+
+def test_parse_cosem_datetime() -> None:
+    dt = parse_cosem_datetime(bytes.fromhex("07EA0B1A040A1E00FF800000"))
+    assert dt is not None and (dt.year, dt.month, dt.day, dt.hour, dt.minute) == (2026, 11, 26, 10, 30)
+    assert parse_cosem_datetime(b"\xff" * 12) is None
