@@ -129,7 +129,9 @@ class EdgeConfig(_Section):
         return None
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Apply overrides; returns {dotted setting: variable name} for error messages."""
+    applied: dict[str, str] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -141,15 +143,19 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
                 if not isinstance(target, dict):
                     raise ConfigError(section, "must be a table")
                 target[key] = value
+                applied[f"{section}.{key}"] = name
                 break
         else:
             raise ConfigError(name, f"unknown section; use one of {', '.join(ENV_SECTIONS)}")
+    return applied
 
 
-def _first_problem(exc: ValidationError) -> ConfigError:
+def _first_problem(exc: ValidationError, from_env: Mapping[str, str]) -> ConfigError:
     error = exc.errors()[0]
     setting = ".".join(str(p) for p in error["loc"]) or "(file)"
     message = error["msg"]
+    if setting in from_env:
+        message += f" (set by environment variable {from_env[setting]})"
     if error["type"] == "missing":
         message = "missing (required)"
     count = len(exc.errors())
@@ -161,11 +167,11 @@ def _first_problem(exc: ValidationError) -> ConfigError:
 
 def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> EdgeConfig:
     merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    _apply_env(merged, os.environ if environ is None else environ)
+    from_env = _apply_env(merged, os.environ if environ is None else environ)
     try:
         config = EdgeConfig.model_validate(merged)
     except ValidationError as exc:
-        raise _first_problem(exc) from exc
+        raise _first_problem(exc, from_env) from exc
     _check_files(config)
     return config
 

@@ -109,3 +109,26 @@ class Coordinator:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Enough TOML for our config dicts (tables of scalars, one level of sub-tables)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    out: list[str] = []
+    for section, values in data.items():
+        subtables = {k: v for k, v in values.items() if isinstance(v, dict)}
+        plain = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        if plain or not subtables:
+            out.append(f"[{section}]")
+            out += [f"{k} = {scalar(v)}" for k, v in plain.items()]
+        for name, table in subtables.items():
+            out.append(f"[{section}.{name}]")
+            out += [f"{k} = {scalar(v)}" for k, v in table.items()]
+    return "\n".join(out) + "\n"
