@@ -1,0 +1,1 @@
+"""The ops REST API (FastAPI): one router per resource under ``routes/``."""

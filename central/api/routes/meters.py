@@ -1,0 +1,79 @@
+"""Meters: CSV import, read, change. Changes are pushed to the agents' meter tables."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+
+from central.api.deps import Admin, ContextDep, SessionDep, Viewer
+from central.api.schemas import ImportOut, MeterOut
+from central.errors import BadRequest
+from central.services import registry
+from central.services.registry import MeterChange, MeterFields
+
+router = APIRouter(tags=["meters"])
+
+
+@router.post("/meters/import", response_model=ImportOut)
+def import_meters(
+    session: SessionDep,
+    context: ContextDep,
+    _actor: Admin,
+    body: Annotated[bytes, Body(media_type="text/csv")],
+) -> ImportOut:
+    """CSV with a header row; see ``registry.import_meters_csv`` for the columns."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the CSV is not UTF-8") from exc
+    report = registry.import_meters_csv(session, text)
+    session.commit()
+    context.coordinator.kick()
+    return ImportOut(
+        created=report.created,
+        updated=report.updated,
+        concentrators_created=report.concentrators_created,
+        errors=report.errors,
+    )
+
+
+@router.get("/meters", response_model=list[MeterOut])
+def list_meters(
+    session: SessionDep,
+    _actor: Viewer,
+    concentrator_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[MeterOut]:
+    rows = registry.list_meters(
+        session, concentrator_id=concentrator_id, limit=limit, offset=offset
+    )
+    return [MeterOut.model_validate(row) for row in rows]
+
+
+@router.get("/meters/{meter_id}", response_model=MeterOut)
+def show_meter(meter_id: str, session: SessionDep, _actor: Viewer) -> MeterOut:
+    return MeterOut.model_validate(registry.get_meter(session, meter_id))
+
+
+@router.put("/meters/{meter_id}", response_model=MeterOut)
+def put_meter(
+    meter_id: str, body: MeterFields, session: SessionDep, context: ContextDep, _actor: Admin
+) -> MeterOut:
+    if body.id != meter_id:
+        raise BadRequest("the body's id differs from the path")
+    row = registry.upsert_meter(session, body)
+    session.commit()
+    context.coordinator.kick()
+    return MeterOut.model_validate(row)
+
+
+@router.patch("/meters/{meter_id}", response_model=MeterOut)
+def change_meter(
+    meter_id: str, body: MeterChange, session: SessionDep, context: ContextDep, _actor: Admin
+) -> MeterOut:
+    row = registry.change_meter(session, meter_id, body)
+    session.commit()
+    context.coordinator.kick()
+    return MeterOut.model_validate(row)

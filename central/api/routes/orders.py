@@ -1,0 +1,152 @@
+"""Orders: create one or a batch, list and filter, show with timeline, cancel, approve."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import BaseModel
+
+from central.api.deps import Approver, ContextDep, Operator, SessionDep, Viewer
+from central.api.schemas import (
+    BatchApprovalOut,
+    BatchIn,
+    BatchOut,
+    CancelIn,
+    ItemOut,
+    OrderDetail,
+    OrderOut,
+)
+from central.errors import DispatchError, StorageError
+from central.services import orders as service
+from central.services.orders import OrderRequest
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["orders"])
+
+
+class SingleOut(BaseModel):
+    item: ItemOut
+    order: OrderOut | None
+
+
+def _dispatch(context: ContextDep) -> int:
+    try:
+        return context.coordinator.dispatch_now()
+    except (DispatchError, StorageError) as exc:
+        # Stored and committed: the background loop publishes them later.
+        log.warning("immediate dispatch failed, left to the background loop: %s", exc)
+        return 0
+
+
+@router.post("/orders/batch", response_model=BatchOut)
+def create_batch(
+    body: BatchIn, session: SessionDep, context: ContextDep, actor: Operator
+) -> BatchOut:
+    """Create many orders; one item per request (accepted, or refused with a code)."""
+    outcome = service.create_orders(session, body.orders, actor, context.settings)
+    session.commit()
+    dispatched = _dispatch(context) if outcome.accepted else 0
+    return BatchOut(
+        batch_id=outcome.batch_id,
+        needs_approval=outcome.needs_approval,
+        accepted=outcome.accepted,
+        refused=outcome.refused,
+        dispatched=dispatched,
+        items=[ItemOut.model_validate(item, from_attributes=True) for item in outcome.items],
+    )
+
+
+@router.post("/orders", response_model=SingleOut, status_code=status.HTTP_201_CREATED)
+def create_order(
+    body: OrderRequest,
+    session: SessionDep,
+    context: ContextDep,
+    actor: Operator,
+    response: Response,
+) -> SingleOut:
+    outcome = service.create_orders(session, [body], actor, context.settings)
+    session.commit()
+    item = outcome.items[0]
+    if item.accepted and not item.duplicate:
+        _dispatch(context)
+    if item.duplicate or not item.accepted:
+        response.status_code = status.HTTP_200_OK
+    session.expire_all()
+    order = service.get_order(session, item.order_id, with_events=False) if item.order_id else None
+    return SingleOut(
+        item=ItemOut.model_validate(item, from_attributes=True),
+        order=OrderOut.model_validate(order) if order else None,
+    )
+
+
+@router.get("/orders", response_model=list[OrderOut])
+def list_orders(
+    session: SessionDep,
+    _actor: Viewer,
+    state: str | None = None,
+    meter_id: str | None = None,
+    concentrator_id: str | None = None,
+    action: str | None = None,
+    batch_id: str | None = None,
+    external_ref: str | None = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[OrderOut]:
+    rows = service.list_orders(
+        session,
+        state=state,
+        meter_id=meter_id,
+        concentrator_id=concentrator_id,
+        action=action,
+        batch_id=batch_id,
+        external_ref=external_ref,
+        since=since,
+        limit=limit,
+        offset=offset,
+    )
+    return [OrderOut.model_validate(row) for row in rows]
+
+
+@router.get("/orders/{order_id}", response_model=OrderDetail)
+def show_order(order_id: str, session: SessionDep, _actor: Viewer) -> OrderDetail:
+    """The order with its timeline: every step of the brief, when, by whom."""
+    return OrderDetail.model_validate(service.get_order(session, order_id))
+
+
+@router.post("/orders/{order_id}/cancel", response_model=OrderOut)
+def cancel_order(
+    order_id: str,
+    session: SessionDep,
+    context: ContextDep,
+    actor: Operator,
+    body: CancelIn | None = None,
+) -> OrderOut:
+    order = service.cancel_order(session, order_id, actor, detail=body.detail if body else "")
+    session.commit()
+    context.coordinator.kick()
+    return OrderOut.model_validate(order)
+
+
+@router.post("/orders/{order_id}/approve", response_model=BatchApprovalOut)
+def approve_order(
+    order_id: str, session: SessionDep, context: ContextDep, actor: Approver
+) -> BatchApprovalOut:
+    """Approve the mass-disconnect batch holding this order (a second person)."""
+    batch = service.approve_order(session, order_id, actor)
+    session.commit()
+    _dispatch(context)
+    return BatchApprovalOut.model_validate(batch)
+
+
+@router.post("/batches/{batch_id}/approve", response_model=BatchApprovalOut)
+def approve_batch(
+    batch_id: str, session: SessionDep, context: ContextDep, actor: Approver
+) -> BatchApprovalOut:
+    batch = service.approve_batch(session, batch_id, actor)
+    session.commit()
+    _dispatch(context)
+    return BatchApprovalOut.model_validate(batch)

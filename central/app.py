@@ -1,0 +1,107 @@
+"""The FastAPI application factory: ``create_app(settings)``.
+
+Nothing is built at import time: the factory creates the engine, runs the
+migrations, builds the coordinator (MQTT, background loop) and wires the
+routers. The lifespan starts and stops the coordinator and disposes the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+
+from central import metrics
+from central.api.deps import AppContext, hash_token
+from central.api.routes import concentrators, health, meters, orders, workorders
+from central.coordinator import Coordinator
+from central.db import make_engine, make_session_factory, migrate
+from central.errors import (
+    BadRequest,
+    CentralError,
+    Conflict,
+    DispatchError,
+    NotFound,
+    PermissionDenied,
+    StorageError,
+)
+from central.services.lifecycle import Actor
+from central.settings import Settings
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+_STATUS: list[tuple[type[CentralError], int]] = [
+    (NotFound, status.HTTP_404_NOT_FOUND),
+    (Conflict, status.HTTP_409_CONFLICT),
+    (PermissionDenied, status.HTTP_403_FORBIDDEN),
+    (BadRequest, status.HTTP_400_BAD_REQUEST),
+    (StorageError, status.HTTP_503_SERVICE_UNAVAILABLE),
+    (DispatchError, status.HTTP_503_SERVICE_UNAVAILABLE),
+]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    factory = make_session_factory(engine)
+    coordinator = Coordinator(settings, factory)
+    registry = CollectorRegistry()
+    registry.register(metrics.DatabaseCollector(factory))
+    context = AppContext(
+        settings=settings,
+        factory=factory,
+        coordinator=coordinator,
+        tokens={hash_token(t): Actor(e.name, e.role) for t, e in settings.api_tokens.items()},
+        metrics_registry=registry,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        coordinator.start()
+        try:
+            yield
+        finally:
+            coordinator.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="ami-rcd coordinator",
+        version="1.0",
+        description="Remote connect/disconnect of smart meters: orders, meters, concentrators, "
+        "field work orders. Authenticate with `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    app.state.context = context
+    app.state.settings = settings
+
+    @app.exception_handler(CentralError)
+    async def _central_error(_request: Request, exc: CentralError) -> JSONResponse:
+        code = next((c for kind, c in _STATUS if isinstance(exc, kind)), 500)
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=code)
+
+    for module in (orders, meters, concentrators, workorders):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    _include_optional(app)
+    return app
+
+
+def _include_optional(app: FastAPI) -> None:
+    """Routers of the other parts (dashboard, SOAP gateway) when installed."""
+    import importlib
+
+    for module_name in ("central.dashboard.routes", "central.soap.router"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        router = getattr(module, "router", None)
+        if router is not None:
+            app.include_router(router)

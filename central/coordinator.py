@@ -1,0 +1,138 @@
+"""The running coordinator: MQTT link, result/status consumers and the
+background loop (meter tables, dispatch, cancels, republish, expiry sweep).
+
+One per process; several processes may share one PostgreSQL (dispatch claims
+rows with SKIP LOCKED; results are split by the shared subscription).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from central.db import session_scope
+from central.errors import CentralError, ConfigurationError
+from central.mqtt import MqttLink
+from central.services import dispatch, results
+from central.settings import Settings
+from shared.contracts import ConcentratorStatus, OrderResult, decode
+from shared.errors import SharedError
+from shared.signing import CommandSigner, generate_keypair, load_private_key, load_private_key_file
+
+log = logging.getLogger(__name__)
+
+
+def load_signer(settings: Settings) -> CommandSigner:
+    if settings.signing_key_pem:
+        return CommandSigner(load_private_key(settings.signing_key_pem.encode()))
+    if settings.signing_key_path is not None:
+        try:
+            return CommandSigner(load_private_key_file(settings.signing_key_path))
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                f"cannot load signing key {settings.signing_key_path}: {exc}"
+            ) from exc
+    if settings.environment == "production":
+        raise ConfigurationError("production needs RCD_SIGNING_KEY_PATH")
+    signer = CommandSigner(load_private_key(generate_keypair()[0]))
+    log.warning(
+        "no signing key configured: using an ephemeral key %s (agents will refuse it)",
+        signer.key_id,
+    )
+    return signer
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.signer = load_signer(settings)
+        self.link: MqttLink | None = None
+        self._dispatch_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.mqtt_enabled:
+            self.link = MqttLink(
+                self.settings, on_result=self.handle_result, on_status=self.handle_status
+            ).start()
+        self._thread = threading.Thread(target=self._loop, name="rcd-central-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.link is not None:
+            self.link.close()
+
+    def kick(self) -> None:
+        """Wake the background loop now (e.g. after an approval or a registry change)."""
+        self._wake.set()
+
+    @property
+    def mqtt_connected(self) -> bool:
+        return self.link is not None and self.link.connected
+
+    # -- work ------------------------------------------------------------------------
+    def dispatch_now(self) -> int:
+        """One dispatch pass now (the API calls it after accepting orders)."""
+        if self.link is None:
+            return 0
+        with self._dispatch_lock, self.factory() as session:
+            return dispatch.dispatch_ready(session, self.link, self.signer, self.settings)
+
+    def run_once(self) -> None:
+        with self.factory() as session:
+            dispatch.sweep_expired(session)
+        if self.link is None or not self.link.connected:
+            return
+        with self._dispatch_lock, self.factory() as session:
+            dispatch.push_meter_tables(session, self.link, self.signer)
+            dispatch.send_cancels(session, self.link, self.signer)
+            dispatch.republish_unacked(session, self.link, self.signer, self.settings)
+            dispatch.dispatch_ready(session, self.link, self.signer, self.settings)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except CentralError as exc:
+                log.warning("background pass: %s", exc)
+            except Exception:
+                log.exception("background pass failed")
+            self._wake.wait(self.settings.sweep_interval_s)
+            self._wake.clear()
+
+    # -- consumers (paho thread) --------------------------------------------------
+    def handle_result(self, topic: str, payload: bytes) -> bool:
+        try:
+            result = decode(OrderResult, payload)
+        except SharedError as exc:
+            log.warning("dropping malformed result on %s: %s", topic, exc)
+            return True  # acknowledged: redelivery cannot fix it
+        if not topic.startswith(f"rcd/v1/c/{result.concentrator_id}/"):
+            log.warning("result for %s published on %s: ignored", result.concentrator_id, topic)
+            return True
+        with session_scope(self.factory) as session:
+            results.apply_result(session, result)
+        self._wake.set()  # a slot was freed: dispatch waiting orders
+        return True
+
+    def handle_status(self, topic: str, payload: bytes) -> bool:
+        try:
+            status = decode(ConcentratorStatus, payload)
+        except SharedError as exc:
+            log.warning("dropping malformed status on %s: %s", topic, exc)
+            return True
+        if not topic.startswith(f"rcd/v1/c/{status.concentrator_id}/"):
+            return True
+        with session_scope(self.factory) as session:
+            results.apply_status(session, status)
+        return True

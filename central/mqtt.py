@@ -1,0 +1,181 @@
+"""The one paho-mqtt adapter of the coordinator.
+
+MQTT v5, ``CallbackAPIVersion.VERSION2``, QoS 1 everywhere. Publishing waits
+for the broker's PUBACK of every message (``publish_many``). Results are
+consumed through a shared subscription (``$share/<group>/rcd/v1/c/+/result``)
+so replicas split them, with a persistent session (clean_start False) so that
+results published while the coordinator is down wait at the broker, and with
+``manual_ack``: a result is acknowledged only after the handler committed it.
+Status messages (retained) use a plain subscription: every replica sees them.
+paho errors are mapped to :class:`central.errors.DispatchError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from central.errors import DispatchError
+from central.services.dispatch import Outgoing
+from central.settings import Settings
+from shared import topics
+
+log = logging.getLogger(__name__)
+
+# handler(topic, payload) -> True when the message may be acknowledged
+Handler = Callable[[str, bytes], bool]
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_result: Handler | None = None,
+        on_status: Handler | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._on_result = on_result
+        self._on_status = on_status
+        self._connected = threading.Event()
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or settings.mqtt_client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=True,
+        )
+        self._client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+        if settings.mqtt_tls_ca is not None:
+            self._client.tls_set(
+                ca_certs=str(settings.mqtt_tls_ca), tls_version=ssl.PROTOCOL_TLS_CLIENT
+            )
+        self._client.max_inflight_messages_set(1000)
+        self._client.max_queued_messages_set(0)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> MqttLink:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        try:
+            self._client.connect(
+                self._settings.mqtt_host,
+                self._settings.mqtt_port,
+                keepalive=30,
+                clean_start=False,
+                properties=properties,
+            )
+        except (OSError, ValueError) as exc:
+            raise DispatchError(
+                f"cannot reach MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port}: {exc}"
+            ) from exc
+        self._client.loop_start()
+        self._started = True
+        if not self._connected.wait(timeout):
+            self.close()
+            raise DispatchError("MQTT broker did not accept the connection (credentials?)")
+        return self
+
+    def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- callbacks (paho's network thread) ------------------------------------
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        _userdata: object,
+        _flags: object,
+        reason: ReasonCode,
+        _props: object,
+    ) -> None:
+        if reason.is_failure:
+            log.error("MQTT connection refused: %s", reason)
+            return
+        subscriptions = []
+        if self._on_result is not None:
+            subscriptions.append(
+                (topics.shared_subscription(self._settings.mqtt_share_group, topics.ALL_RESULTS), 1)
+            )
+        if self._on_status is not None:
+            subscriptions.append((topics.ALL_STATUS, 1))
+        if subscriptions:
+            client.subscribe(subscriptions)
+        self._connected.set()
+
+    def _handle_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _flags: object,
+        reason: ReasonCode,
+        _props: object,
+    ) -> None:
+        self._connected.clear()
+        if reason.is_failure:
+            log.warning("MQTT disconnected: %s (paho reconnects)", reason)
+
+    def _handle_message(
+        self, client: paho.Client, _userdata: object, message: paho.MQTTMessage
+    ) -> None:
+        handler = self._on_status if message.topic.endswith("/status") else self._on_result
+        ok = True
+        if handler is not None:
+            try:
+                ok = handler(message.topic, bytes(message.payload))
+            except Exception:  # never let a handler kill paho's thread
+                log.exception("handler failed for %s", message.topic)
+                ok = False
+        if ok and message.qos > 0:
+            client.ack(message.mid, message.qos)
+
+    # -- publishing ---------------------------------------------------------------
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish all with QoS 1, then wait until the broker acknowledged each."""
+        if not self._connected.is_set():
+            raise DispatchError("not connected to the MQTT broker")
+        infos = []
+        for message in messages:
+            info = self._client.publish(
+                message.topic, message.payload, qos=topics.QOS, retain=message.retain
+            )
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                raise DispatchError(
+                    f"publish to {message.topic} failed: {paho.error_string(info.rc)}"
+                )
+            infos.append(info)
+        deadline = time.monotonic() + self._settings.mqtt_puback_timeout_s
+        for info in infos:
+            remaining = deadline - time.monotonic()
+            try:
+                info.wait_for_publish(max(remaining, 0.001))
+            except (RuntimeError, ValueError) as exc:
+                raise DispatchError(f"publish failed: {exc}") from exc
+            if not info.is_published():
+                raise DispatchError(
+                    f"no PUBACK within {self._settings.mqtt_puback_timeout_s}s "
+                    f"({sum(1 for i in infos if not i.is_published())} of {len(infos)} pending)"
+                )
