@@ -1,4 +1,5 @@
-"""Routes of the dashboard: the page, its two static files, and one aggregate.
+"""Routes of the dashboard: the page, its two static files, and one aggregate
+(``/dashboard/api/stats``, viewer role, see :mod:`central.dashboard.stats`).
 
 Token policy: outside production (``environment`` development or test, which is
 what ``rcd demo`` runs) the page is given a *viewer* token from the configured
@@ -16,6 +17,9 @@ from typing import Any, Final
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
+
+from central.api.deps import SessionDep, Viewer
+from central.dashboard.stats import DashboardStats, collect
 
 router = APIRouter(include_in_schema=False)
 
@@ -65,7 +69,7 @@ API_PATHS: Final = {
     "orders": "/api/v1/orders",
     "order": "/api/v1/orders/{id}",
     "concentrators": "/api/v1/concentrators",
-    "workorders": "/api/v1/work-orders",
+    "workorders": "/api/v1/work-orders?status=open&limit=500",
     "stats": "/dashboard/api/stats",
 }
 
@@ -96,3 +100,9 @@ def dashboard_static(name: str) -> Response:
         media_type=media_type,
         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
     )
+
+
+@router.get("/dashboard/api/stats", response_model=DashboardStats)
+def dashboard_stats(session: SessionDep, _actor: Viewer) -> DashboardStats:
+    """Counts over all orders and the newest ended orders with their final state."""
+    return collect(session)

@@ -15,7 +15,7 @@
       orders: "/api/v1/orders",
       order: "/api/v1/orders/{id}",
       concentrators: "/api/v1/concentrators",
-      workorders: "/api/v1/work-orders",
+      workorders: "/api/v1/work-orders?status=open&limit=500",
       stats: "/dashboard/api/stats",
     },
     CONFIG.api || {}
@@ -52,6 +52,7 @@
   let token = CONFIG.token || sessionStorage.getItem(TOKEN_KEY) || "";
   let selectedId = null;
   let lastOrders = [];
+  let finalStateOf = new Map(); // order id -> final state, for reported orders (from stats)
   let timer = null;
 
   // ---------------------------------------------------------------- helpers
@@ -99,6 +100,7 @@
 
   function fmtSeconds(s) {
     if (s === null || s === undefined || Number.isNaN(s)) return "";
+    if (s === 0) return "0";
     if (s < 1) return (s * 1000).toFixed(0) + " ms";
     if (s < 120) return s.toFixed(1) + " s";
     if (s < 7200) return (s / 60).toFixed(1) + " min";
@@ -116,8 +118,10 @@
 
   // ------------------------------------------------------------ order model
   function finalState(o) {
-    // A reported order keeps its final state somewhere; fall back to the state.
-    return o.final_state || o.outcome_state || o.state || "";
+    // A reported order no longer shows how it ended: the stats aggregate tells.
+    if (o.final_state) return o.final_state;
+    if (o.state === "reported" && finalStateOf.has(o.id)) return finalStateOf.get(o.id);
+    return o.state || "";
   }
 
   function outcomeOf(o) {
@@ -143,6 +147,14 @@
     if (state === "expired") return "warn";
     if (["dispatched", "delivered", "validated", "received"].includes(state)) return "run";
     if (state === "reported") return "ok";
+    return "";
+  }
+
+  function outcomeClass(outcome) {
+    if (outcome === "armed") return "armed";
+    if (["connected", "disconnected"].includes(outcome)) return "ok";
+    if (["failed", "rejected"].includes(outcome)) return "bad";
+    if (outcome === "expired") return "warn";
     return "";
   }
 
@@ -188,27 +200,25 @@
 
   // ---------------------------------------------------------------- renders
   function renderTiles(orders, concentrators, workorders, stats) {
-    const counts = (stats && stats.orders_by_state) || {};
-    const total = stats && typeof stats.orders_total === "number" ? stats.orders_total : orders.length;
-    const active = stats && typeof stats.active === "number" ? stats.active : orders.filter(isActive).length;
-    const ok =
-      stats && typeof stats.succeeded === "number"
-        ? stats.succeeded
-        : orders.filter((o) => ["connected", "disconnected", "armed"].includes(outcomeOf(o))).length;
-    const bad =
-      stats && typeof stats.failed === "number"
-        ? stats.failed
-        : orders.filter((o) => ["failed", "expired"].includes(outcomeOf(o))).length;
-    const online = concentrators.filter((c) => c.online).length;
-    const openWo = workorders.filter((w) => (w.status || "open") === "open").length;
+    const local = {
+      total: orders.length,
+      active: orders.filter(isActive).length,
+      ok: orders.filter((o) => ["connected", "disconnected", "armed"].includes(outcomeOf(o))).length,
+      bad: orders.filter((o) => ["failed", "expired"].includes(outcomeOf(o))).length,
+      rejected: orders.filter((o) => outcomeOf(o) === "rejected").length,
+    };
+    const s = stats || {};
+    const pick = (v, fallback) => (typeof v === "number" ? v : fallback);
+    const online = pick(s.concentrators_online, concentrators.filter((c) => c.online).length);
+    const known = pick(s.concentrators_total, concentrators.length);
     const tiles = [
-      ["tile-total", total, "orders"],
-      ["tile-active", active, "in progress"],
-      ["tile-ok", ok, "done remotely"],
-      ["tile-bad", bad, "failed / expired"],
-      ["tile-rejected", counts.rejected !== undefined ? counts.rejected : orders.filter((o) => outcomeOf(o) === "rejected").length, "rejected"],
-      ["tile-conc", online + " / " + concentrators.length, "concentrators online"],
-      ["tile-wo", openWo, "open work orders"],
+      ["tile-total", pick(s.orders_total, local.total), "orders"],
+      ["tile-active", pick(s.active, local.active), "in progress"],
+      ["tile-ok", pick(s.succeeded, local.ok), "done remotely"],
+      ["tile-bad", pick(s.failed, local.bad), "failed / expired"],
+      ["tile-rejected", pick(s.rejected, local.rejected), "refused at validation"],
+      ["tile-conc", online + " / " + known, "concentrators online"],
+      ["tile-wo", pick(s.work_orders_open, workorders.filter((w) => w.status === "open").length), "open work orders"],
     ];
     $("#tiles").replaceChildren(
       ...tiles.map(([id, n, label]) => el("div", { class: "tile", id }, el("div", { class: "n", text: String(n) }), el("div", { class: "l", text: label })))
@@ -240,11 +250,11 @@
           title: "open the timeline of " + o.id,
         },
         el("td", { text: fmtTime(o.created_at) }),
-        el("td", { class: "mono", text: o.id }),
+        el("td", { class: "mono", title: o.id, text: String(o.id).slice(0, 8) }),
         el("td", { class: "mono", text: o.meter_id }),
         el("td", { text: o.action }),
         el("td", {}, badge(o.state, stateClass(o.state))),
-        el("td", {}, outcome ? badge(outcome, stateClass(outcome === "rejected" ? "rejected" : "completed_" + outcome) || stateClass(outcome)) : ""),
+        el("td", {}, outcome ? badge(outcome, outcomeClass(outcome)) : ""),
         el("td", { class: "wrap", text: [o.reason, reasonOf(o)].filter(Boolean).join(" · ") }),
         el("td", { text: o.attempts === undefined || o.attempts === null ? "" : String(o.attempts) })
       );
@@ -317,9 +327,11 @@
     });
     const extra = events.filter((e) => !(stepOfEvent(e) >= 1 && stepOfEvent(e) <= 10));
     $("#detail").replaceChildren(
-      facts,
-      el("ol", { class: "steps", id: "timeline" }, items),
-      extra.length ? el("p", { class: "hint", text: extra.length + " event(s) outside the ten steps." }) : null
+      ...[
+        facts,
+        el("ol", { class: "steps", id: "timeline" }, items),
+        extra.length ? el("p", { class: "hint", text: extra.length + " event(s) outside the ten steps." }) : null,
+      ].filter(Boolean)
     );
     $("#detail-close").hidden = false;
   }
@@ -347,7 +359,8 @@
   }
 
   function renderWorkOrders(wos) {
-    const rows = wos.map((w) =>
+    const newest = wos.slice().sort((a, b) => Number(b.id) - Number(a.id));
+    const rows = newest.map((w) =>
       el(
         "tr",
         {},
@@ -359,10 +372,10 @@
         el("td", { class: "wrap", text: w.reason + (w.detail ? " · " + w.detail : "") }),
         el("td", { text: w.last_relay_state || "" }),
         el("td", {}, badge(w.status, w.status === "open" ? "warn" : "ok")),
-        el("td", { class: "mono" }, el("a", { href: "#", onclick: (e) => { e.preventDefault(); selectOrder(w.order_id); }, text: w.order_id }))
+        el("td", { class: "mono" }, el("a", { href: "#", title: w.order_id, onclick: (e) => { e.preventDefault(); selectOrder(w.order_id); }, text: String(w.order_id).slice(0, 8) }))
       )
     );
-    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "9", class: "hint", text: "No field work orders." })));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "9", class: "hint", text: "No open field work orders." })));
     $("#workorders tbody").replaceChildren(...rows);
   }
 
@@ -407,7 +420,7 @@
 
   function drawOutcomes(target, points) {
     if (!points.length) return emptyChart(target, "No ended orders yet.");
-    const W = 560, H = 200, L = 34, R = 8, T = 8, B = 24;
+    const W = 420, H = 190, L = 34, R = 8, T = 8, B = 24;
     const t0 = points[0].t, t1 = points[points.length - 1].t;
     const bucket = pickBucket(Math.max(1, (t1 - t0) / 1000));
     const first = Math.floor(t0 / 1000 / bucket) * bucket;
@@ -425,7 +438,7 @@
     for (const frac of [0, 0.5, 1]) {
       const v = ymax * frac;
       parts.push(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#dde3e8" }));
-      parts.push(svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 10, fill: "#66727f" }, String(Math.round(v * 10) / 10)));
+      parts.push(svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#66727f" }, String(Math.round(v * 10) / 10)));
     }
     counts.forEach((c, i) => {
       let acc = 0;
@@ -443,7 +456,7 @@
     const ticks = Math.min(n, 6);
     for (let k = 0; k < ticks; k++) {
       const i = Math.round((k * (n - 1)) / Math.max(1, ticks - 1));
-      parts.push(svg("text", { x: L + (i + 0.5) * bw, y: H - 8, "text-anchor": "middle", "font-size": 10, fill: "#66727f" }, axisLabel((first + i * bucket) * 1000, bucket)));
+      parts.push(svg("text", { x: L + (i + 0.5) * bw, y: H - 8, "text-anchor": "middle", "font-size": 11, fill: "#66727f" }, axisLabel((first + i * bucket) * 1000, bucket)));
     }
     const present = OUTCOME_ORDER.filter((k) => points.some((p) => p.outcome === k));
     target.replaceChildren(
@@ -463,7 +476,7 @@
     // Rejected and cancelled orders never ran on a meter: their latency says nothing.
     const points = allPoints.filter((p) => p.latency !== null && !["rejected", "cancelled"].includes(p.outcome));
     if (!points.length) return emptyChart(target, "No executed orders yet.");
-    const W = 560, H = 200, L = 46, R = 8, T = 8, B = 24;
+    const W = 420, H = 190, L = 46, R = 8, T = 8, B = 24;
     const t0 = points[0].t, t1 = points[points.length - 1].t;
     const span = Math.max(1000, t1 - t0);
     const ymax = niceMax(Math.max(...points.map((p) => p.latency)));
@@ -473,7 +486,7 @@
     for (const frac of [0, 0.5, 1]) {
       const v = ymax * frac;
       parts.push(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#dde3e8" }));
-      parts.push(svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 10, fill: "#66727f" }, fmtSeconds(v)));
+      parts.push(svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#66727f" }, fmtSeconds(v)));
     }
     // median per bucket as a line
     const bucket = pickBucket(span / 1000);
@@ -494,8 +507,8 @@
       parts.push(c);
     }
     if (med.length > 1) parts.push(svg("polyline", { points: med.map((m) => m.join(",")).join(" "), fill: "none", stroke: "#264f78", "stroke-width": 2 }));
-    for (const t of [t0, t0 + span / 2, t0 + span]) {
-      parts.push(svg("text", { x: x(t), y: H - 8, "text-anchor": "middle", "font-size": 10, fill: "#66727f" }, axisLabel(t, bucket)));
+    for (const [t, anchor] of [[t0, "start"], [t0 + span / 2, "middle"], [t0 + span, "end"]]) {
+      parts.push(svg("text", { x: x(t), y: H - 8, "text-anchor": anchor, "font-size": 11, fill: "#66727f" }, axisLabel(t, bucket)));
     }
     const sorted = points.map((p) => p.latency).sort((a, b) => a - b);
     target.replaceChildren(
@@ -540,6 +553,9 @@
         getJSON(API.workorders),
         API.stats ? optional(API.stats) : Promise.resolve(null),
       ]);
+      if (stats && Array.isArray(stats.recent)) {
+        finalStateOf = new Map(stats.recent.map((r) => [r.id, r.final_state]));
+      }
       lastOrders = listOf(orders, "orders");
       const concList = listOf(concs, "concentrators");
       const woList = listOf(wos, "work_orders", "workorders");
@@ -547,7 +563,7 @@
       renderOrders(lastOrders);
       renderConcentrators(concList);
       renderWorkOrders(woList);
-      const points = endedPoints(lastOrders);
+      const points = endedPoints(stats && Array.isArray(stats.recent) ? stats.recent : lastOrders);
       drawOutcomes($("#chart-outcomes"), points);
       drawLatency($("#chart-latency"), points);
       await refreshDetail();

@@ -1,0 +1,108 @@
+"""The one aggregate the dashboard needs that the REST API does not give.
+
+The REST list of orders is paged (newest first, at most 1,000) and a ``reported``
+order no longer shows how it ended. The dashboard's tiles count *all* orders,
+and its charts need, for the most recent ended orders, the final state (from the
+Legacy outbox row written in the same transaction as that state) with the times
+to place them and measure their latency.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from central.models import Concentrator, LegacyNotification, Order, WorkOrder
+from central.services.lifecycle import utcnow
+from central.state import ACTIVE_STATES, OrderState
+
+RECENT_LIMIT: Final = 1000
+SUCCESS: Final = frozenset(
+    {OrderState.COMPLETED_CONNECTED, OrderState.COMPLETED_DISCONNECTED, OrderState.COMPLETED_ARMED}
+)
+NEEDS_FIELD: Final = frozenset({OrderState.FAILED, OrderState.EXPIRED})
+
+
+class EndedOrder(BaseModel):
+    id: str
+    final_state: str
+    action: str
+    created_at: datetime
+    dispatched_at: datetime | None
+    finished_at: datetime
+
+
+class DashboardStats(BaseModel):
+    generated_at: datetime
+    orders_total: int
+    orders_by_state: dict[str, int]
+    final_states: dict[str, int]  # every ended order, reported ones by how they ended
+    active: int
+    succeeded: int
+    failed: int  # failed or expired: a field visit
+    rejected: int
+    concentrators_total: int
+    concentrators_online: int
+    work_orders_open: int
+    recent: list[EndedOrder]  # newest first, at most RECENT_LIMIT
+
+
+def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:
+    by_state = {
+        str(state): int(count)
+        for state, count in session.execute(select(Order.state, func.count()).group_by(Order.state))
+    }
+    final_states: dict[str, int] = {
+        str(state): int(count)
+        for state, count in session.execute(
+            select(LegacyNotification.final_state, func.count()).group_by(
+                LegacyNotification.final_state
+            )
+        )
+    }
+    rows = session.execute(
+        select(
+            Order.id,
+            LegacyNotification.final_state,
+            Order.action,
+            Order.created_at,
+            Order.dispatched_at,
+            Order.finished_at,
+        )
+        .join(LegacyNotification, LegacyNotification.order_id == Order.id)
+        .where(Order.finished_at.is_not(None))
+        .order_by(Order.finished_at.desc())
+        .limit(limit)
+    )
+    recent = [
+        EndedOrder(
+            id=order_id,
+            final_state=final_state,
+            action=action,
+            created_at=created_at,
+            dispatched_at=dispatched_at,
+            finished_at=finished_at or created_at,
+        )
+        for order_id, final_state, action, created_at, dispatched_at, finished_at in rows
+    ]
+    online = session.scalar(select(func.count()).where(Concentrator.online)) or 0
+    total_conc = session.scalar(select(func.count(Concentrator.id))) or 0
+    open_wo = session.scalar(select(func.count()).where(WorkOrder.status == "open")) or 0
+    return DashboardStats(
+        generated_at=utcnow(),
+        orders_total=sum(by_state.values()),
+        orders_by_state=by_state,
+        final_states=final_states,
+        active=sum(n for s, n in by_state.items() if s in ACTIVE_STATES),
+        succeeded=sum(n for s, n in final_states.items() if s in SUCCESS),
+        failed=sum(n for s, n in final_states.items() if s in NEEDS_FIELD),
+        rejected=final_states.get(OrderState.REJECTED, 0),
+        concentrators_total=int(total_conc),
+        concentrators_online=int(online),
+        work_orders_open=int(open_wo),
+        recent=recent,
+    )
