@@ -1,0 +1,127 @@
+"""The happy path through a real mosquitto (shipped config and ACL) with a test agent,
+on SQLite and PostgreSQL: signed dispatch, results twice, failure -> work order,
+cancel sent to the agent, meter table pushed, concentrator status."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from central.app import create_app
+from central.settings import Settings
+from shared.broker import MosquittoBroker
+
+from .agent import TestAgent, wait_until
+
+ADMIN = {"Authorization": "Bearer dev-admin"}
+OPERATOR = {"Authorization": "Bearer dev-operator"}
+
+
+@pytest.fixture
+def concentrator(broker: MosquittoBroker) -> str:
+    name = f"conc-{uuid.uuid4().hex[:8]}"
+    broker.add_user(name)
+    return name
+
+
+@pytest.fixture
+def app_client(
+    database_url: str, broker: MosquittoBroker, keypair: tuple[bytes, bytes]
+) -> Iterator[TestClient]:
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(
+        environment="test",
+        database_url=database_url,
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+        mqtt_password=broker.password,
+        mqtt_client_id=f"central-{tag}",
+        mqtt_share_group=f"g{tag}",
+        signing_key_pem=keypair[0].decode(),
+        sweep_interval_s=0.2,
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def states(client: TestClient, ids: list[str]) -> list[str]:
+    return [client.get(f"/api/v1/orders/{i}", headers=OPERATOR).json()["state"] for i in ids]
+
+
+def test_orders_through_broker_and_agent(
+    app_client: TestClient, concentrator: str, broker: MosquittoBroker, public_key
+) -> None:  # type: ignore[no-untyped-def]
+    csv = "meter_id,concentrator_id,line_id,hdlc_address\n" + "".join(
+        f"{m},{concentrator},l1,{17 + n}\n" for n, m in enumerate(["m0", "m1", "bad2", "slow3"])
+    )
+    assert (
+        app_client.post(
+            "/api/v1/meters/import", content=csv, headers={**ADMIN, "Content-Type": "text/csv"}
+        ).json()["created"]
+        == 4
+    )
+    agent = TestAgent(broker.host, broker.port, concentrator, public_key)
+    try:
+        # the meter table arrives signed (retained), and the status is recorded
+        assert wait_until(lambda: len(agent.tables) >= 1)
+        assert {m.meter_id for m in agent.tables[-1].meters} == {"m0", "m1", "bad2", "slow3"}
+        agent.publish_status(online=True, queue_depth=3)
+        assert wait_until(
+            lambda: app_client.get(
+                f"/api/v1/concentrators/{concentrator}", headers=OPERATOR
+            ).json()["online"]
+        )
+        agent.answer = True
+        body = {
+            "orders": [
+                {"meter_id": "m0", "action": "disconnect", "reason": "losses", "special": True},
+                {"meter_id": "m1", "action": "connect", "reason": "payment_restored"},
+                {"meter_id": "bad2", "action": "disconnect", "reason": "losses", "special": True},
+            ]
+        }
+        batch = app_client.post("/api/v1/orders/batch", json=body, headers=OPERATOR).json()
+        assert batch["accepted"] == 3 and batch["dispatched"] == 3, batch
+        ids = [item["order_id"] for item in batch["items"]]
+        assert wait_until(
+            lambda: (
+                states(app_client, ids)
+                == ["completed_disconnected", "completed_connected", "failed"]
+            )
+        ), states(app_client, ids)
+        # every result was published twice: the second changed nothing
+        order = app_client.get(f"/api/v1/orders/{ids[0]}", headers=OPERATOR).json()
+        assert [e["event"] for e in order["events"]] == [
+            "receive",
+            "validate",
+            "dispatch",
+            "deliver",
+            "complete_disconnected",
+        ]
+        assert [e["step"] for e in order["events"]] == [2, 3, 4, 5, 8]
+        assert order["energy_value"] == 42.5 and order["published_at"] is not None
+        assert (
+            app_client.get("/api/v1/meters/m0", headers=OPERATOR).json()["relay_state"]
+            == "disconnected"
+        )
+        work = app_client.get("/api/v1/work-orders", headers=OPERATOR).json()
+        assert [(w["order_id"], w["reason"]) for w in work] == [(ids[2], "meter_not_responding")]
+        assert len(agent.orders) == 3 and agent.rejected == []
+        # cancel of an in-flight order goes to the agent, whose answer ends it
+        agent.answer = False
+        slow = app_client.post(
+            "/api/v1/orders",
+            json={"meter_id": "slow3", "action": "connect", "reason": "payment_restored"},
+            headers=OPERATOR,
+        ).json()["order"]
+        assert slow["state"] == "dispatched"
+        app_client.post(f"/api/v1/orders/{slow['id']}/cancel", headers=OPERATOR)
+        assert wait_until(lambda: len(agent.cancels) == 1)
+        from shared.contracts import Outcome, ReasonCode
+
+        agent.answer_order(agent.orders[-1], Outcome.CANCELLED, ReasonCode.CANCELLED)
+        assert wait_until(lambda: states(app_client, [slow["id"]]) == ["cancelled"])
+    finally:
+        agent.close()
