@@ -25,17 +25,27 @@ from shared.dlms import hdlc, wrapper
 from shared.dlms.errors import MalformedResponse
 
 
-def _garbage(meter: SimulatedMeter, n: int = 24) -> bytes:
-    return meter._random(n)
+def _garbage(meter: SimulatedMeter, data: bytes, framing: str) -> bytes:
+    """A damaged answer the client must reject: an HDLC frame whose body (and so its
+    HCS/FCS check) is scrambled, or a wrapper PDU with an impossible version."""
+    noise = meter._random(max(len(data), 16))
+    if framing == "hdlc" and len(data) >= 9:
+        body = bytes(a ^ (b | 1) for a, b in zip(data[3:-3], noise, strict=False))
+        return data[:3] + body + data[-3:]
+    return b"\x00\x07" + noise
 
 
 class _LinkDriver:
     """Applies link-level faults and the channel around one meter exchange."""
 
-    def __init__(self, meter: SimulatedMeter, channel: Channel | None, stop: threading.Event):
+    def __init__(
+        self, meter: SimulatedMeter, channel: Channel | None, stop: threading.Event,
+        framing: str = "wrapper",
+    ) -> None:
         self.meter = meter
         self.channel = channel
         self.stop = stop
+        self.framing = framing
 
     def inbound(self, nbytes: int) -> bool:
         """A frame travels to the meter; False when it never arrives or is ignored."""
@@ -61,7 +71,7 @@ class _LinkDriver:
             if self.stop.wait(m.late_answer_s):
                 return None
         if m.has_fault("garbage"):
-            data = _garbage(m, len(data))
+            data = _garbage(m, data, self.framing)
         if self.channel is not None:
             ok, t = self.channel.transmit(len(data), m.spec.reachability)
             m.counters.channel_time_s += t
@@ -79,7 +89,9 @@ class _LinkDriver:
 class TcpMeterServer:
     """One listening port per meter; one association per connection and client wport."""
 
-    def __init__(self, meter: SimulatedMeter, channel: Channel | None, stop: threading.Event):
+    def __init__(
+        self, meter: SimulatedMeter, channel: Channel | None, stop: threading.Event
+    ) -> None:
         self.meter = meter
         self.driver = _LinkDriver(meter, channel, stop)
         self.stop = stop
@@ -187,7 +199,9 @@ class HdlcLine:
         for m in meters:
             assert m.spec.hdlc_address is not None
             self.meters[m.spec.hdlc_address] = m
-        self.drivers = {a: _LinkDriver(m, self.channel, stop) for a, m in self.meters.items()}
+        self.drivers = {
+            a: _LinkDriver(m, self.channel, stop, "hdlc") for a, m in self.meters.items()
+        }
         self.links: dict[tuple[int, bytes], _HdlcLink] = {}
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)

@@ -72,11 +72,10 @@ def server_address(logical: int, physical: int | None) -> bytes:
     """Server (meter) address: logical only (1 byte) or logical+physical (2 or 4 bytes)."""
     if physical is None:
         return encode_address(logical, 1)
-    if logical < 0x80 and physical < 0x80:
-        return bytes(((logical << 1) & 0xFE,)) + encode_address(physical, 1)
-    return encode_address(logical, 2)[:1] + bytes(((encode_address(logical, 2)[1]) & 0xFE,)) + (
-        encode_address(physical, 2)
-    )
+    size = 1 if logical < 0x80 and physical < 0x80 else 2
+    upper = bytearray(encode_address(logical, size))
+    upper[-1] &= 0xFE  # the address continues with the lower part
+    return bytes(upper) + encode_address(physical, size)
 
 
 def decode_address(raw: bytes) -> tuple[int, int | None]:
