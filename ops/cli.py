@@ -109,6 +109,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--poll", type=float, default=1.0, help="seconds between polls (default 1)")
     run.add_argument("--strict", action="store_true", help="exit 4 when any order did not succeed")
     run.set_defaults(handler=_guard(_campaign_run))
+    approve = campaign_sub.add_parser(
+        "approve", parents=[common], help="approve a batch that waits (approver role)"
+    )
+    approve.add_argument("batch_id")
+    approve.set_defaults(handler=_guard(_campaign_approve))
 
     meters = subparsers.add_parser("meters", help="the meter registry")
     meters_sub = meters.add_subparsers(dest="meters_command", metavar="ACTION")
@@ -442,7 +447,7 @@ def _campaign_run(args: argparse.Namespace) -> int:
         if needs_approval:
             print(
                 f"batch {batch_id} waits for a second person's approval "
-                f"(an approver: POST /api/v1/batches/{batch_id}/approve); not following it",
+                f"(another person, role approver: rcd campaign approve {batch_id})",
                 file=sys.stderr,
             )
         ids = [str(i.get("order_id") or i.get("id")) for i in accepted]
@@ -556,6 +561,15 @@ def _work_orders_by_order(client: RcdClient) -> dict[str, str]:
         if wo.get("order_id"):
             found[str(wo["order_id"])] = str(wo.get("id"))
     return found
+
+
+def _campaign_approve(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        batch = client.json("POST", f"batches/{args.batch_id}/approve")
+    print(
+        f"batch {args.batch_id} approved by {batch.get('approved_by')} ({batch.get('size')} orders)"
+    )
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------ registry, work orders

@@ -81,3 +81,100 @@ def serve(app: FastAPI, startup_timeout_s: float = 20.0) -> Iterator[LiveServer]
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+# ---------------------------------------------------------------- the field, simulated
+# With MQTT off the coordinator stores orders but does not publish them. These
+# helpers play the broker and the agents through the coordinator's own entry
+# points: a dispatch pass with a recording publisher, then results and status
+# payloads handed to the same consumers the MQTT link calls.
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def publish_many(self, messages: Any) -> None:
+        self.sent.extend(messages)
+
+
+def dispatch_all(app: FastAPI) -> int:
+    from central.services import dispatch
+
+    context = app.state.context
+    with context.factory() as session:
+        return dispatch.dispatch_ready(
+            session, RecordingPublisher(), context.coordinator.signer, context.settings
+        )
+
+
+def report_result(
+    app: FastAPI,
+    order_id: str,
+    meter_id: str,
+    concentrator_id: str,
+    outcome: str,
+    *,
+    reason: str | None = None,
+    detail: str = "",
+    attempts: int = 1,
+    energy_kwh: float | None = 1234.5,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from shared import topics
+    from shared.contracts import OrderResult
+
+    now = datetime.now(UTC)
+    tries = [
+        {
+            "number": n,
+            "started_at": now - timedelta(seconds=2 * (attempts - n + 1)),
+            "finished_at": now - timedelta(seconds=2 * (attempts - n)),
+            "error": reason if (n < attempts or outcome == "failed") and reason else None,
+        }
+        for n in range(1, attempts + 1)
+    ]
+    result = OrderResult.model_validate(
+        {
+            "order_id": order_id,
+            "meter_id": meter_id,
+            "concentrator_id": concentrator_id,
+            "outcome": outcome,
+            "reason": reason,
+            "detail": detail,
+            "energy": None
+            if energy_kwh is None
+            else {"value": energy_kwh, "unit": "kWh", "read_at": now},
+            "attempts": tries,
+            "received_at": now - timedelta(seconds=2 * attempts + 1),
+            "finished_at": now,
+        }
+    )
+    handled = app.state.context.coordinator.handle_result(
+        topics.results(concentrator_id), result.to_json()
+    )
+    assert handled
+
+
+def report_status(app: FastAPI, concentrator_id: str, *, online: bool, queue_depth: int) -> None:
+    from datetime import UTC, datetime
+
+    from shared import topics
+    from shared.contracts import ConcentratorStatus
+
+    status = ConcentratorStatus(
+        concentrator_id=concentrator_id,
+        online=online,
+        at=datetime.now(UTC),
+        queue_depth=queue_depth,
+    )
+    app.state.context.coordinator.handle_status(topics.status(concentrator_id), status.to_json())
+
+
+METERS_CSV = """meter_id,concentrator_id,line_id,hdlc_address,commissioned,protected_customer
+MTR-001,conc-north,line1,16,true,false
+MTR-002,conc-north,line1,17,true,false
+MTR-003,conc-north,line1,18,true,false
+MTR-004,conc-south,line1,16,true,false
+MTR-005,conc-south,line1,17,true,true
+MTR-006,conc-south,line1,18,false,false
+"""
