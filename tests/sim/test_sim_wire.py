@@ -187,3 +187,18 @@ def test_rcd_sim_cli_starts_and_stops_cleanly(sig: signal.Signals) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_read_back_is_one_get_with_list_and_threads_are_joined() -> None:
+    import threading
+
+    from tests.sim.conftest import tcp_session
+
+    with running_fleet(FleetSpec(meters=(MeterSpec("T1"),))) as fleet:
+        t, s = tcp_session(fleet, "T1")
+        with t, s:
+            before = fleet.meter("T1").counters.apdus
+            s.read_back()
+            assert fleet.meter("T1").counters.apdus == before + 1
+    names = {th.name for th in threading.enumerate() if th.is_alive()}
+    assert not {n for n in names if n.startswith(("tcp-", "hdlc-", "sim-control"))}
