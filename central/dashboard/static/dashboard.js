@@ -299,7 +299,13 @@
     );
     const items = STEPS.map(([n, title, what]) => {
       const evs = byStep.get(n) || [];
-      const bad = evs.some((e) => BAD_EVENTS.has(String(e.event || "").toLowerCase()) || BAD_EVENTS.has(String(e.to_state || "")));
+      // A step went wrong when one of its events is a refusal or failure, or moved
+      // the order into such a state (notes keep the state and do not count).
+      const bad = evs.some(
+        (e) =>
+          BAD_EVENTS.has(String(e.event || "").toLowerCase()) ||
+          (e.from_state !== e.to_state && BAD_EVENTS.has(String(e.to_state || "")))
+      );
       const cls = evs.length ? (bad ? "bad" : "done") : ended ? "skip" : "";
       return el(
         "li",
