@@ -33,7 +33,8 @@ class SoapSettings(BaseSettings):
     auth_modes: tuple[Literal["basic", "wsse"], ...] = ("basic", "wsse")
     realm: str = "ami-rcd"
 
-    # Outbox delivery
+    # Outbox delivery (the notifier runs with the app unless disabled)
+    notifier_enabled: bool = True
     retry_initial_s: float = Field(default=2.0, gt=0)
     retry_max_s: float = Field(default=600.0, gt=0)
     retry_jitter: float = Field(default=0.2, ge=0, le=1)

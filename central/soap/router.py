@@ -1,15 +1,22 @@
 """FastAPI router of the SOAP gateway: POST /soap/cim, GET /soap/cim?wsdl and the XSDs.
 
-The app must hold a :class:`central.soap.gateway.SoapGateway` in
-``app.state.soap_gateway`` (see :func:`central.soap.adapter.install`).
+The gateway lives in ``app.state.soap_gateway``. Either the caller puts it there
+(:func:`central.soap.adapter.install`), or the router's lifespan, merged into the
+app's by ``include_router``, builds it from the coordinator's ``app.state.context``
+(settings + session factory) and runs the :class:`~central.soap.notifier.LegacyNotifier`
+for as long as the app runs. ``app.state.soap_settings`` overrides the
+``RCD_SOAP_*`` environment.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cache
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +24,35 @@ from central.soap.cim import SCHEMA_DIR, SCHEMA_FILES, WSDL_FILE
 from central.soap.faults import SoapFault, fault_xml
 from central.soap.gateway import XML_CONTENT_TYPE, SoapGateway
 
-router = APIRouter(tags=["soap"])
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    from central.soap.adapter import build_gateway
+    from central.soap.config import SoapSettings
+    from central.soap.notifier import LegacyNotifier
+
+    state = app.state
+    context = getattr(state, "context", None)
+    notifier: LegacyNotifier | None = None
+    if context is not None:
+        soap_settings = getattr(state, "soap_settings", None) or SoapSettings()
+        if getattr(state, "soap_gateway", None) is None:
+            state.soap_gateway = build_gateway(context.settings, context.factory, soap_settings)
+        if soap_settings.notifier_enabled and getattr(state, "soap_notifier", None) is None:
+            notifier = LegacyNotifier(context.factory, soap_settings)
+            notifier.start()
+            state.soap_notifier = notifier
+    try:
+        yield
+    finally:
+        if notifier is not None:
+            notifier.stop()
+            state.soap_notifier = None
+
+
+router = APIRouter(tags=["soap"], lifespan=_lifespan)
 
 _LOCATION = re.compile(r'schemaLocation="([A-Za-z0-9_.-]+\.xsd)"')
 _ADDRESS = re.compile(r'<soap:address location="[^"]*"/>')

@@ -147,18 +147,37 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
 class AppServer:
     """The coordinator's app (with the SOAP router) under uvicorn, in a thread."""
 
-    def __init__(self, coordinator: Coordinator, soap_settings: SoapSettings) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator | None,
+        soap_settings: SoapSettings,
+        app: FastAPI | None = None,
+    ) -> None:
+        """With ``app`` (e.g. from ``central.app.create_app``) its lifespan runs and the
+        SOAP router wires itself; without, a bare app gets the gateway installed."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.app = FastAPI()
-        self.gateway: SoapGateway = install(
-            self.app, coordinator.settings, coordinator.sessions, soap_settings
-        )
+        if app is None:
+            assert coordinator is not None
+            self.app = FastAPI()
+            install(self.app, coordinator.settings, coordinator.sessions, soap_settings)
+        else:
+            self.app = app
+            self.app.state.soap_settings = soap_settings
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off" if app is None else "on",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def gateway(self) -> SoapGateway:
+        gateway: SoapGateway = self.app.state.soap_gateway
+        return gateway
 
     @property
     def endpoint(self) -> str:
