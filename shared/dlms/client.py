@@ -60,7 +60,10 @@ def _silent(*_args: object, **_kwargs: object) -> None:
 # some errors. Shadow ``print`` in those modules only (thread-safe, unlike
 # contextlib.redirect_stdout, which swaps sys.stdout for the whole process).
 # (gurux_dlms/__init__ rebinds module names to classes, hence import_module.)
-for _name in ("GXDLMSChippering", "GXDLMSClient", "_GXAPDU", "GXDLMS"):
+for _name in (
+    "GXDLMSChippering", "GXDLMSChipperingStream", "GXDLMSClient", "_GXAPDU", "GXDLMS",
+    "GXDLMSSettings", "GXSecure", "GXDLMSConverter",
+):
     importlib.import_module(f"gurux_dlms.{_name}").print = _silent  # type: ignore[attr-defined]
 
 DISCONNECT_CONTROL_OBIS = "0.0.96.3.10.255"

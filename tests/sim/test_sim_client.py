@@ -287,3 +287,18 @@ def test_hdlc_relay_faults(fleet: RunningFleet, pty_line: SerialTransport) -> No
     with pytest.raises(AssociationRefused) as err:
         hdlc_session(pty_line, 17, ic=100).__enter__()
     assert err.value.reason == "not_provisioned"
+
+
+def test_hdlc_retry_after_late_answer_on_same_meter(
+    fleet: RunningFleet, pty_line: SerialTransport
+) -> None:
+    """The agent's retry right after a timeout must not be confused by the stale answer."""
+    fleet.meter("H1").late_answer_s = 0.3
+    with hdlc_session(pty_line, 17, public=True, timeout=1.0) as s:
+        fleet.set_fault("H1", "late_answer")
+        with pytest.raises(NoResponse):
+            s._timeout = 0.1
+            s.read(DC, 70, 3)
+    fleet.set_fault("H1", None)
+    with hdlc_session(pty_line, 17, public=True, timeout=1.0) as s:
+        assert s.read(DC, 70, 3) == 1
