@@ -219,9 +219,8 @@ class SimulatedMeter:
         aarq = A.parse_aarq(req)
         self.release(assoc)
         if assoc.client == PUBLIC_CLIENT:
-            if aarq.ciphered:
-                return self._refuse(DIAG_CONTEXT_NOT_SUPPORTED, aarq.context)
-            if aarq.mechanism not in (None, A.MECH_NONE):
+            # mechanism first: diagnostic 2 is reserved for "not provisioned" (see errors.py)
+            if aarq.mechanism not in (None, A.MECH_NONE) or aarq.ciphered:
                 return self._refuse(DIAG_MECHANISM_NOT_RECOGNISED, aarq.context)
             if aarq.user_information is None:
                 return self._refuse(DIAG_NO_REASON, aarq.context)

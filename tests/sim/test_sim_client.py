@@ -302,3 +302,14 @@ def test_hdlc_retry_after_late_answer_on_same_meter(
     fleet.set_fault("H1", None)
     with hdlc_session(pty_line, 17, public=True, timeout=1.0) as s:
         assert s.read(DC, 70, 3) == 1
+
+
+def test_public_client_with_keys_is_refused_as_mechanism(fleet: RunningFleet) -> None:
+    from shared.dlms.client import MeterAddress, MeterSession
+    from shared.dlms.transport import TcpTransport
+
+    with TcpTransport("127.0.0.1", fleet.tcp_port("T1")) as t:
+        s = MeterSession(t, MeterAddress("wrapper"), KEYS, client_address=16, timeout=1)
+        with pytest.raises(AssociationRefused) as err:
+            s.__enter__()
+    assert err.value.reason == "mechanism_not_recognised"
