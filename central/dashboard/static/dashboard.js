@@ -262,7 +262,9 @@
     });
     $("#orders tbody").replaceChildren(...rows);
     $("#orders-note").textContent =
-      rows.length === 0 ? "No orders yet." : rows.length + " of the newest " + orders.length + " orders shown.";
+      rows.length === 0
+        ? "No orders to show."
+        : rows.length + " shown of the " + orders.length + " newest orders (the tiles count all).";
   }
 
   function stepOfEvent(ev) {
@@ -297,6 +299,15 @@
       el("dt", { text: "attempts" }), el("dd", { text: String(order.attempts ?? "") }),
       el("dt", { text: "source" }), el("dd", { text: (order.source || "") + (order.created_by ? " by " + order.created_by : "") })
     );
+    // Steps the coordinator does not log itself, told from what it did log.
+    const fromAgent = (byStep.get(8) || []).some((e) => String(e.actor || "").startsWith("agent:"));
+    const implied = {
+      1: order.source && order.source !== "soap" ? "created through the " + order.source.toUpperCase() + " API: no SOAP message" : "",
+      6: fromAgent ? "in the agent's result: see step 8" : "",
+      7: fromAgent ? "in the agent's result: see step 8" : "",
+      9: ended ? "waiting for delivery to Legacy" : "",
+      10: ended && !["failed", "expired"].includes(outcomeOf(order)) ? "not needed" : "",
+    };
     const items = STEPS.map(([n, title, what]) => {
       const evs = byStep.get(n) || [];
       // A step went wrong when one of its events is a refusal or failure, or moved
@@ -306,7 +317,7 @@
           BAD_EVENTS.has(String(e.event || "").toLowerCase()) ||
           (e.from_state !== e.to_state && BAD_EVENTS.has(String(e.to_state || "")))
       );
-      const cls = evs.length ? (bad ? "bad" : "done") : ended ? "skip" : "";
+      const cls = evs.length ? (bad ? "bad" : "done") : implied[n] && (n === 6 || n === 7) ? "implied" : ended ? "skip" : "";
       return el(
         "li",
         { class: cls, "data-step": String(n) },
@@ -327,7 +338,7 @@
                   e.detail ? " · " + (typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail)) : ""
                 )
               )
-            : el("div", { class: "ev", text: what })
+            : el("div", { class: "ev", text: implied[n] || what })
         )
       );
     });
