@@ -46,3 +46,5 @@ class SoapSettings(BaseSettings):
     source: str = "ami-rcd"
     # A MessageID being processed by another request is waited for this long.
     in_progress_wait_s: float = Field(default=10.0, gt=0)
+    # A claim with no reply after this long belongs to a request that died: retaken.
+    stale_claim_s: float = Field(default=120.0, gt=0)

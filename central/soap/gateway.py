@@ -93,7 +93,12 @@ class SoapGateway:
         message_id = env.message_id if env.operation in REPLAYED_OPERATIONS else None
         if message_id:
             if not self.message_log.claim(message_id, env.operation, principal.name):
-                return self._replayed(message_id, env.operation)
+                stale = self.settings.stale_claim_s
+                if not (
+                    self.message_log.take_over_stale(message_id, stale)
+                    and self.message_log.claim(message_id, env.operation, principal.name)
+                ):
+                    return self._replayed(message_id, env.operation)
             try:
                 reply = self._run(env, principal)
             except BaseException:

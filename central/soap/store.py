@@ -2,18 +2,20 @@
 
 The same MessageID sent again gets the same stored Reply and creates nothing new.
 A row is claimed (reply NULL) before the request is processed, so two copies that
-arrive together do not both run; the second waits for the first's reply.
+arrive together do not both run; the second waits for the first's reply. A claim
+left without a reply (the process died mid-request) goes stale and the next copy
+takes it over; the coordinator's idempotency keys (derived from the MessageID) make
+that re-run return the orders already created instead of new ones.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from sqlalchemy import (
     Column,
-    DateTime,
     Engine,
+    Float,
     LargeBinary,
     MetaData,
     String,
@@ -33,7 +35,7 @@ soap_messages = Table(
     Column("message_id", String(128), primary_key=True),
     Column("operation", String(16), nullable=False),
     Column("principal", String(100), nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_ts", Float, nullable=False),  # epoch seconds
     Column("reply_xml", LargeBinary, nullable=True),
 )
 
@@ -52,7 +54,7 @@ class MessageLog:
                         message_id=message_id,
                         operation=operation,
                         principal=principal,
-                        received_at=datetime.now(UTC),
+                        received_ts=time.time(),
                         reply_xml=None,
                     )
                 )
@@ -87,6 +89,18 @@ class MessageLog:
                 .where(soap_messages.c.message_id == message_id)
                 .values(reply_xml=reply_xml)
             )
+
+    def take_over_stale(self, message_id: str, older_than_s: float) -> bool:
+        """Drop a reply-less claim older than ``older_than_s``; True if one was dropped."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(soap_messages).where(
+                    soap_messages.c.message_id == message_id,
+                    soap_messages.c.reply_xml.is_(None),
+                    soap_messages.c.received_ts < time.time() - older_than_s,
+                )
+            )
+            return bool(result.rowcount)
 
     def release(self, message_id: str) -> None:
         """Forget a claim whose processing failed, so a retry can run."""

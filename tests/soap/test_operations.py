@@ -208,3 +208,30 @@ def test_internal_error_is_a_server_fault_and_the_message_can_be_retried(
         response = test_client.post("/soap/cim", content=body, headers=basic())
         assert response.status_code == 200
         assert reply_of(response.content)[0] == "OK"
+
+
+def test_a_claim_left_by_a_dead_request_is_taken_over(
+    coordinator: Coordinator,
+) -> None:
+    """The process died after creating the orders but before storing the reply: the
+    retry with the same MessageID runs again and finds the same orders."""
+    app = FastAPI()
+    gateway = install(
+        app, coordinator.settings, coordinator.sessions, fast_soap_settings(stale_claim_s=0.1)
+    )
+    with TestClient(app) as test_client:
+        body = create(control(["MTR-001", "MTR-002"]), message_id="dies-midway")
+        first = test_client.post("/soap/cim", content=body, headers=basic())
+        assert reply_of(first.content)[0] == "OK"
+        # forget the stored reply, as if the process died before writing it
+        from sqlalchemy import update
+
+        from central.soap.store import soap_messages
+
+        with coordinator.engine.begin() as conn:
+            conn.execute(update(soap_messages).values(reply_xml=None, received_ts=0.0))
+        again = test_client.post("/soap/cim", content=body, headers=basic())
+        assert reply_of(again.content)[0] == "OK"
+        assert len(coordinator.orders()) == 2
+        stored = gateway.message_log.reply("dies-midway")
+        assert stored is not None and stored[1] == again.content
