@@ -107,8 +107,8 @@ class Coordinator:
         return found[0]
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def dump_toml(data: dict[str, Any]) -> str:
