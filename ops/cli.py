@@ -582,11 +582,14 @@ def _meters_import(args: argparse.Namespace) -> int:
         answer = client.json(
             "POST", "meters/import", content=content, headers={"Content-Type": "text/csv"}
         )
-    if isinstance(answer, dict):
-        parts = [f"{k}: {v}" for k, v in answer.items() if isinstance(v, int | float | str)]
-        print("meters imported: " + (", ".join(parts) or "ok"))
-    else:
-        print("meters imported")
+    report = answer if isinstance(answer, dict) else {}
+    counts = [f"{k}: {v}" for k, v in report.items() if isinstance(v, int)]
+    print("meters imported: " + (", ".join(counts) or "ok"))
+    errors = report.get("errors") or []
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    if errors:
+        return EXIT_USAGE
     return EXIT_OK
 
 

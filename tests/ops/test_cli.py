@@ -249,3 +249,14 @@ def test_workorders_export(
     assert "written to" in capsys.readouterr().err
     assert rcd(live, VIEWER, "workorders", "export", "--status", "open") == 0
     assert order_id in capsys.readouterr().out
+
+
+def test_meters_import_reports_bad_lines(
+    live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("meter_id,concentrator_id,hdlc_address\nOK-1,conc-east,16\nBAD-1,conc-east,x\n")
+    assert rcd(live, ADMIN, "meters", "import", str(path)) == 2
+    out, err = capsys.readouterr()
+    assert "created: 1" in out
+    assert "line 3" in err

@@ -40,7 +40,7 @@
   const BAD_EVENTS = new Set(["reject", "fail", "expire", "rejected", "failed", "expired"]);
   const OUTCOME_COLORS = {
     connected: "#2e8540",
-    disconnected: "#5b8c2a",
+    disconnected: "#16a085",
     armed: "#2a7ab0",
     failed: "#c0392b",
     expired: "#d98c00",
@@ -459,8 +459,8 @@
     }
     counts.forEach((c, i) => {
       let acc = 0;
-      const x = L + i * bw + Math.max(1, bw * 0.12);
-      const w = Math.max(1, bw * 0.76);
+      const w = Math.max(1, Math.min(bw * 0.76, 36));
+      const x = L + i * bw + (bw - w) / 2;
       for (const outcome of OUTCOME_ORDER.concat(Object.keys(c).filter((k) => !OUTCOME_ORDER.includes(k)))) {
         const v = c[outcome] || 0;
         if (!v) continue;

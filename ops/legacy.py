@@ -1,0 +1,167 @@
+"""A stand-in for Legacy's result endpoint (step 9), for the demo and tests.
+
+It accepts the coordinator's ``CreatedEndDeviceEvents`` SOAP messages over
+HTTP, records what each one says (meter, event code, reason, work order,
+energy, CorrelationID, MessageID), drops duplicates by MessageID as Legacy
+should, and acknowledges with a SOAP reply whose Result is OK.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+
+from lxml import etree
+
+MSG_NS = "http://iec.ch/TC57/2011/schema/message"
+EVENTS_NS = "http://iec.ch/TC57/2011/EndDeviceEvents#"
+
+ACK = b"""<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">
+<soapenv:Body>
+<m:CreatedEndDeviceEventsResponse xmlns:m="http://iec.ch/TC57/2011/EndDeviceEventsMessage"
+    xmlns:msg="http://iec.ch/TC57/2011/schema/message">
+<m:Header><msg:Verb>reply</msg:Verb><msg:Noun>EndDeviceEvents</msg:Noun></m:Header>
+<m:Reply><msg:Result>OK</msg:Result></m:Reply>
+</m:CreatedEndDeviceEventsResponse>
+</soapenv:Body></soapenv:Envelope>"""
+
+
+@dataclass(frozen=True)
+class LegacyEvent:
+    message_id: str
+    correlation_id: str
+    meter_id: str
+    event_code: str
+    reason: str
+    details: dict[str, str]
+
+    @property
+    def work_order(self) -> str:
+        return self.details.get("fieldWorkOrder", "")
+
+
+def parse_events(body: bytes) -> list[LegacyEvent]:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+    root = etree.fromstring(body, parser)
+    message_id = root.findtext(f".//{{{MSG_NS}}}MessageID") or ""
+    correlation_id = root.findtext(f".//{{{MSG_NS}}}CorrelationID") or ""
+    events = []
+    for event in root.iter(f"{{{EVENTS_NS}}}EndDeviceEvent"):
+        code = event.find(f"{{{EVENTS_NS}}}EndDeviceEventType")
+        details = {
+            d.findtext(f"{{{EVENTS_NS}}}name") or "": d.findtext(f"{{{EVENTS_NS}}}value") or ""
+            for d in event.findall(f"{{{EVENTS_NS}}}EndDeviceEventDetails")
+        }
+        events.append(
+            LegacyEvent(
+                message_id=message_id,
+                correlation_id=correlation_id,
+                meter_id=event.findtext(
+                    f"{{{EVENTS_NS}}}EndDevice/{{{EVENTS_NS}}}Names/{{{EVENTS_NS}}}name"
+                )
+                or "",
+                event_code=code.get("ref", "") if code is not None else "",
+                reason=event.findtext(f"{{{EVENTS_NS}}}reason") or "",
+                details=details,
+            )
+        )
+    return events
+
+
+class LegacyStandIn:
+    """HTTP server on 127.0.0.1 that records result messages."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._lock = threading.Condition()
+        self.events: list[LegacyEvent] = []
+        self.message_ids: set[str] = set()
+        self.duplicates = 0
+        self.malformed = 0
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._httpd.daemon_threads = True
+        self.port = int(self._httpd.server_address[1])
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/legacy/results"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(min(length, 10 * 1024 * 1024))
+                try:
+                    events = parse_events(body)
+                except etree.XMLSyntaxError:
+                    with standin._lock:
+                        standin.malformed += 1
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                standin._record(events)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/xml; charset=utf-8")
+                self.send_header("Content-Length", str(len(ACK)))
+                self.end_headers()
+                self.wfile.write(ACK)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        return Handler
+
+    def _record(self, events: list[LegacyEvent]) -> None:
+        with self._lock:
+            for event in events:
+                key = f"{event.message_id}/{event.meter_id}"
+                if event.message_id and key in self.message_ids:
+                    self.duplicates += 1
+                    continue
+                self.message_ids.add(key)
+                self.events.append(event)
+            self._lock.notify_all()
+
+    def by_meter(self) -> dict[str, LegacyEvent]:
+        with self._lock:
+            return {event.meter_id: event for event in self.events}
+
+    def wait_for(self, meters: set[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not meters <= {event.meter_id for event in self.events}:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+            return True
+
+    def start(self) -> LegacyStandIn:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="legacy", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> LegacyStandIn:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
