@@ -457,6 +457,10 @@ def _campaign_run(args: argparse.Namespace) -> int:
             orders, complete = _follow(client, ids, args.wait_timeout, args.poll)
         else:
             complete = not needs_approval
+        for item in items:  # the API's items say nothing of the action: take it from the file
+            index = item.get("index")
+            if isinstance(index, int) and 0 <= index < len(requests):
+                item.setdefault("action", requests[index]["action"])
         rows = _summary_rows(client, items, orders)
     print(table(SUMMARY_HEADERS, rows))
     tally: dict[str, int] = {}

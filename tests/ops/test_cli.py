@@ -205,6 +205,7 @@ def test_campaign_run_with_progress_and_summary(live: LiveServer, tmp_path: Path
     assert "disconnected" in rows["MTR-002"]
     assert "failed" in rows["MTR-003"] and "meter_not_responding" in rows["MTR-003"]
     assert "armed" in rows["MTR-004"]
+    assert rows["MTR-005"].split()[1] == "disconnect"
     assert "rejected" in rows["MTR-005"] and "protected" in rows["MTR-005"]
     assert "rejected" in rows["MTR-006"] and "commission" in rows["MTR-006"]
     assert rows["MTR-003"].split()[-1].isdigit()  # its field work order

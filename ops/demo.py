@@ -1,0 +1,668 @@
+"""``rcd demo``: the whole system, end to end, on one machine.
+
+What it starts (and stops again, whatever happens):
+
+* an MQTT broker: mosquitto with our shipped configuration and ACL when it is
+  installed, otherwise an embedded broker (amqtt, MQTT 3.1.1) so that pip alone
+  suffices;
+* the coordinator (FastAPI on uvicorn, SQLite) with its SOAP gateway and
+  dashboard;
+* a simulated fleet speaking real DLMS bytes: three concentrators with twenty
+  meters each on an HDLC line (a pty) with a PLC channel model, plus one
+  point-to-point meter over TCP behind a router;
+* one edge agent per concentrator / router;
+* a Legacy stand-in that receives the results (step 9).
+
+Then it does what Legacy does: one SOAP ``CreateEndDeviceControls`` (sent with
+zeep from the served WSDL) carrying disconnects and reconnects, including the
+hard cases, and waits for every order to end. It prints a summary and checks
+each scenario's outcome: the exit status says whether every one was as
+expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import httpx
+
+from ops.legacy import LegacyStandIn
+
+log = logging.getLogger("rcd.demo")
+
+CONTROL_CODES = {"disconnect": "3.31.0.23", "connect": "3.31.0.18"}
+# Result event codes Legacy must receive (IEC 61968-9, domain 31 RCDSwitch).
+EVENT_CODES = {
+    "disconnected": "3.31.0.68",
+    "connected": "3.31.0.42",
+    "armed": "3.31.0.11",
+    ("failed", "disconnect"): "3.31.0.84",
+    ("failed", "connect"): "3.31.0.67",
+}
+
+BrokerKind = Literal["auto", "mosquitto", "embedded"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    meter_id: str
+    action: Literal["disconnect", "connect"]
+    expect: str  # disconnected, connected, armed, failed, refused
+    reason: str | None  # expected reason code (failures and refusals)
+    what: str
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("DC01-M01", "disconnect", "disconnected", None, "disconnect for non-payment"),
+    Scenario("DC01-M02", "disconnect", "disconnected", None, "disconnect for non-payment"),
+    Scenario("DC01-M03", "disconnect", "disconnected", None, "disconnect for non-payment"),
+    Scenario("DC02-M01", "disconnect", "disconnected", None, "already disconnected: nothing switched"),
+    Scenario("P2P-0001", "disconnect", "disconnected", None, "point-to-point meter over TCP"),
+    Scenario("DC01-M05", "disconnect", "failed", "meter_not_responding", "meter does not answer"),
+    Scenario("DC02-M02", "disconnect", "failed", "meter_unreachable", "meter unreachable on the PLC"),
+    Scenario("DC03-M01", "disconnect", "failed", "relay_did_not_switch", "relay stuck"),
+    Scenario("DC03-M02", "disconnect", "failed", "method_refused", "relay hardware error"),
+    Scenario("DC03-M05", "disconnect", "failed", "meter_not_commissioned", "meter has no keys yet"),
+    Scenario("DC03-M03", "disconnect", "refused", "protected_customer", "electro-dependent patient (Ley 21.304)"),
+    Scenario("DC03-M04", "disconnect", "refused", "not_commissioned", "not commissioned in the registry"),
+    Scenario("MTR-UNKNOWN", "disconnect", "refused", "unknown_meter", "meter not in the registry"),
+    Scenario("DC02-M03", "connect", "connected", None, "reconnect after payment (control mode 2)"),
+    Scenario("DC02-M04", "connect", "armed", None, "reconnect that only arms (control mode 1)"),
+    Scenario("DC01-M06", "connect", "connected", None, "reconnect after payment (control mode 4)"),
+)
+
+CONCENTRATORS = ("DC-01", "DC-02", "DC-03")
+ROUTER = "RT-01"
+METERS_PER_LINE = 20
+
+
+@dataclass
+class MeterPlan:
+    """How one simulated meter starts, and how the registry knows it."""
+
+    meter_id: str
+    concentrator_id: str
+    transport: Literal["hdlc", "tcp"] = "hdlc"
+    hdlc_address: int | None = None
+    control_mode: int = 2
+    relay: Literal["connected", "disconnected", "ready_for_reconnection"] = "connected"
+    fault: str | None = None
+    sim_commissioned: bool = True
+    registry_commissioned: bool = True
+    protected: bool = False
+
+
+def fleet_plan() -> list[MeterPlan]:
+    plans: list[MeterPlan] = []
+    for concentrator in CONCENTRATORS:
+        short = concentrator.replace("-", "")
+        for n in range(1, METERS_PER_LINE + 1):
+            plans.append(MeterPlan(f"{short}-M{n:02d}", concentrator, hdlc_address=0x10 + n))
+    plans.append(MeterPlan("P2P-0001", ROUTER, transport="tcp"))
+    by_id = {plan.meter_id: plan for plan in plans}
+    by_id["DC01-M05"].fault = "no_answer"
+    by_id["DC02-M02"].fault = "unreachable"
+    by_id["DC03-M01"].fault = "relay_stuck"
+    by_id["DC03-M02"].fault = "relay_error"
+    by_id["DC03-M05"].sim_commissioned = False
+    by_id["DC03-M03"].protected = True
+    by_id["DC03-M04"].registry_commissioned = False
+    by_id["DC02-M01"].relay = "disconnected"
+    for meter_id, mode in (("DC02-M03", 2), ("DC02-M04", 1), ("DC01-M06", 4)):
+        by_id[meter_id].relay = "disconnected"
+        by_id[meter_id].control_mode = mode
+    return plans
+
+
+@dataclass
+class Row:
+    scenario: Scenario
+    outcome: str = "pending"
+    reason: str = ""
+    energy: str = ""
+    attempts: int = 0
+    seconds: float | None = None
+    work_order: str = ""
+    legacy_event: str = ""
+    order_id: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class DemoReport:
+    rows: list[Row]
+    dashboard_url: str
+    broker: str
+    elapsed_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "ok": self.ok,
+                "broker": self.broker,
+                "elapsed_s": round(self.elapsed_s, 1),
+                "rows": [
+                    {**asdict(row.scenario), **{k: v for k, v in asdict(row).items() if k != "scenario"}}
+                    for row in self.rows
+                ],
+            },
+            indent=2,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts
+
+
+@contextlib.contextmanager
+def start_broker(kind: BrokerKind, users: list[str]) -> Iterator[tuple[str, int, str, str]]:
+    """Yield (host, port, password, description); the protocol is '5' or '3.1.1'."""
+    from shared.broker import BrokerError, EmbeddedBroker, MosquittoBroker, mosquitto_binary
+
+    use_mosquitto = kind == "mosquitto"
+    if kind == "auto":
+        try:
+            mosquitto_binary()
+            use_mosquitto = True
+        except BrokerError:
+            use_mosquitto = False
+    if use_mosquitto:
+        password = secrets.token_urlsafe(12)
+        with MosquittoBroker(users=users, password=password) as broker:
+            yield broker.host, broker.port, password, "mosquitto (shipped config and ACL)"
+    else:
+        with EmbeddedBroker() as embedded:
+            yield embedded.host, embedded.port, "", "embedded amqtt (MQTT 3.1.1, no ACL: demo only)"
+
+
+class CentralServer:
+    """The coordinator app on uvicorn in a thread."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        import uvicorn
+
+        self.port = port
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="central", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> CentralServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the coordinator did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=20)
+
+
+class Demo:
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        broker: BrokerKind = "auto",
+        port: int = 0,
+        out: TextIO = sys.stdout,
+        timeout_s: float = 180.0,
+    ) -> None:
+        self.work_dir = work_dir
+        self.broker_kind = broker
+        self.port = port
+        self.out = out
+        self.timeout_s = timeout_s
+        self.tokens = {role: f"demo-{role}-{secrets.token_hex(8)}" for role in ("viewer", "operator", "approver", "admin")}
+        self.plans = fleet_plan()
+
+    # -- output -------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # -- the run -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def running(self) -> Iterator[DemoRunning]:
+        from shared.broker import free_port
+        from shared.signing import generate_keypair
+
+        private_pem, public_pem = generate_keypair()
+        key_dir = self.work_dir / "keys"
+        key_dir.mkdir(parents=True, exist_ok=True)
+        (key_dir / "coordinator.pub").write_bytes(public_pem)
+        users = [*CONCENTRATORS, ROUTER]
+        with contextlib.ExitStack() as stack:
+            host, mqtt_port, password, broker_text = stack.enter_context(start_broker(self.broker_kind, users))
+            protocol = "3.1.1" if "embedded" in broker_text else "5"
+            self.say(f"broker      {broker_text} on {host}:{mqtt_port}")
+            fleet = stack.enter_context(self._fleet())
+            self.say(f"meters      {len(self.plans)} simulated DLMS meters, control {fleet.control_url}")
+            legacy = stack.enter_context(LegacyStandIn())
+            self.say(f"legacy      stand-in receiving results at {legacy.url}")
+            central = self._central(host, mqtt_port, password, protocol, private_pem.decode(), legacy.url)
+            server = CentralServer(central, self.port or free_port()).start()
+            stack.callback(server.stop)
+            self.say(f"coordinator {server.url}  (dashboard {server.url}/dashboard)")
+            self._import_registry(server.url)
+            for concentrator in users:
+                agent = self._agent(concentrator, fleet, host, mqtt_port, password, protocol, key_dir)
+                stack.enter_context(agent)
+            self.say(f"agents      {len(users)} edge agents: {', '.join(users)}")
+            yield DemoRunning(self, server, fleet, legacy)
+
+    @contextlib.contextmanager
+    def _fleet(self) -> Iterator[Any]:
+        from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
+        from firmware_sim.runner import running_fleet
+
+        lines = tuple(
+            # A PLC segment: 20 ms per frame, 9.6 kbit/s, reproducible.
+            LineSpec(line_id=f"{c}-plc1", latency_s=0.02, bit_rate=9600, loss=0.0, seed=n)
+            for n, c in enumerate(CONCENTRATORS)
+        )
+        meters = []
+        for plan in self.plans:
+            meters.append(
+                MeterSpec(
+                    meter_id=plan.meter_id,
+                    transport=plan.transport,
+                    line_id=f"{plan.concentrator_id}-plc1" if plan.transport == "hdlc" else None,
+                    hdlc_address=plan.hdlc_address,
+                    control_mode=plan.control_mode,
+                    relay=plan.relay,
+                    commissioned=plan.sim_commissioned,
+                    faults=(plan.fault,) if plan.fault else (),
+                    energy_wh=10_000.0 + 137.0 * len(meters),
+                    late_answer_s=3.0,
+                )
+            )
+        with running_fleet(FleetSpec(meters=tuple(meters), lines=lines)) as fleet:
+            yield fleet
+
+    def _central(
+        self, host: str, port: int, password: str, protocol: str, private_pem: str, legacy_url: str
+    ) -> Any:
+        from central.app import create_app
+        from central.settings import RetrySettings, Settings, TokenEntry
+        from central.soap.config import SoapSettings
+
+        quick = RetrySettings(max_attempts=3, backoff_initial_s=0.5, backoff_max_s=2.0)
+        settings = Settings(
+            environment="development",
+            database_url=f"sqlite:///{self.work_dir / 'central.sqlite3'}",
+            api_tokens={token: TokenEntry(name=f"demo-{role}", role=role) for role, token in self.tokens.items()},  # type: ignore[arg-type]
+            mqtt_host=host,
+            mqtt_port=port,
+            mqtt_password=password or "unused",
+            mqtt_protocol=protocol,
+            signing_key_pem=private_pem,
+            retry={"disconnect": quick, "connect": quick, "arm": quick},
+            deadline_s={"disconnect": 600, "connect": 600, "arm": 600},
+            sweep_interval_s=0.5,
+            dashboard_token=self.tokens["viewer"],
+        )
+        app = create_app(settings)
+        app.state.soap_settings = SoapSettings(
+            legacy_endpoint=legacy_url,
+            retry_initial_s=0.2,
+            retry_max_s=2.0,
+            poll_interval_s=0.2,
+        )
+        return app
+
+    def _import_registry(self, url: str) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(
+            ["meter_id", "concentrator_id", "topology", "transport", "line_id", "hdlc_address",
+             "host", "port", "commissioned", "protected_customer"]
+        )
+        for plan in self.plans:
+            writer.writerow(
+                [
+                    plan.meter_id,
+                    plan.concentrator_id,
+                    "concentrated" if plan.transport == "hdlc" else "point_to_point",
+                    plan.transport,
+                    "plc1" if plan.transport == "hdlc" else "",
+                    plan.hdlc_address or "",
+                    "127.0.0.1" if plan.transport == "tcp" else "",
+                    self._tcp_ports.get(plan.meter_id, "") if plan.transport == "tcp" else "",
+                    str(plan.registry_commissioned).lower(),
+                    str(plan.protected).lower(),
+                ]
+            )
+        response = httpx.post(
+            f"{url}/api/v1/meters/import",
+            content=buffer.getvalue(),
+            headers={"Authorization": f"Bearer {self.tokens['admin']}", "Content-Type": "text/csv"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        self.say(f"registry    {len(self.plans)} meters imported through the REST API")
+
+    _tcp_ports: dict[str, int] = {}
+
+    def _agent(
+        self,
+        concentrator: str,
+        fleet: Any,
+        host: str,
+        port: int,
+        password: str,
+        protocol: str,
+        key_dir: Path,
+    ) -> Any:
+        from edge_agent.agent import EdgeAgent
+        from edge_agent.config import parse_config
+
+        lines = {}
+        if concentrator in CONCENTRATORS:
+            lines["plc1"] = {"port": fleet.serial_path(f"{concentrator}-plc1"), "baudrate": 9600}
+        data_dir = self.work_dir / "agents" / concentrator
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config = parse_config(
+            {
+                "agent": {
+                    "concentrator_id": concentrator,
+                    "data_dir": str(data_dir),
+                    "status_interval_s": 2,
+                    "log_format": "kv",
+                    "log_level": "warning",
+                },
+                "broker": {
+                    "url": f"mqtt://{host}:{port}",
+                    "password": password or None,
+                    "protocol": protocol,
+                    "reconnect_min_s": 0.2,
+                    "reconnect_max_s": 2,
+                },
+                "coordinator": {"public_key_file": str(key_dir / "coordinator.pub")},
+                "executor": {"dlms_timeout_s": 1.0, "idle_poll_s": 0.1},
+                "lines": lines,
+                "keys": {
+                    "default": {
+                        "block_key": "000102030405060708090A0B0C0D0E0F",
+                        "auth_key": "D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF",
+                    }
+                },
+            },
+            environ={},
+        )
+        return EdgeAgent(config).start()
+
+
+class DemoRunning:
+    def __init__(self, demo: Demo, server: CentralServer, fleet: Any, legacy: LegacyStandIn) -> None:
+        self.demo = demo
+        self.server = server
+        self.fleet = fleet
+        self.legacy = legacy
+        self.headers = {"Authorization": f"Bearer {demo.tokens['viewer']}"}
+
+    def wait_for_agents(self, timeout: float = 30) -> None:
+        """Every concentrator online and holding the registry's meter table."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = httpx.get(f"{self.server.url}/api/v1/concentrators", headers=self.headers, timeout=10).json()
+            ready = [
+                row["id"] for row in rows
+                if row["online"] and row["agent_table_generation"] == row["table_generation"]
+            ]
+            if len(ready) == len(CONCENTRATORS) + 1:
+                self.demo.say(f"agents      online with their meter tables: {', '.join(sorted(ready))}")
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"agents not ready after {timeout}s: {rows}")
+
+    def send_orders(self) -> dict[str, Any]:
+        """What Legacy does: one CreateEndDeviceControls, through zeep from the served WSDL."""
+        import requests
+        import zeep
+        from requests.auth import HTTPBasicAuth
+        from zeep.transports import Transport
+
+        session = requests.Session()
+        session.auth = HTTPBasicAuth("demo-operator", self.demo.tokens["operator"])
+        client = zeep.Client(f"{self.server.url}/soap/cim?wsdl", transport=Transport(session=session, timeout=30))
+        controls = []
+        for action in ("disconnect", "connect"):
+            meters = [s.meter_id for s in SCENARIOS if s.action == action]
+            controls.append(
+                {
+                    "issuerID": "LEGACY",
+                    "issuerTrackingID": f"DEMO-{action.upper()}",
+                    "reason": "nonPayment" if action == "disconnect" else "paymentReceived",
+                    "EndDeviceControlType": {"ref": CONTROL_CODES[action]},
+                    "EndDevices": [{"Names": [{"name": meter}]} for meter in meters],
+                }
+            )
+        reply = client.service.CreateEndDeviceControls(
+            Header={
+                "Verb": "create",
+                "Noun": "EndDeviceControls",
+                "Source": "LEGACY",
+                "AsyncReplyFlag": True,
+                "ReplyAddress": self.legacy.url,
+                "MessageID": f"demo-{secrets.token_hex(6)}",
+                "CorrelationID": "demo-correlation",
+            },
+            # The demo may run on a weekend or holiday: its disconnects are flagged special.
+            Request={"Option": [{"name": "special", "value": "true"}]},
+            Payload={"EndDeviceControls": {"EndDeviceControl": controls}},
+        )
+        refused = {}
+        for error in reply.Reply.Error or []:
+            meter = getattr(getattr(error, "ID", None), "_value_1", None) or ""
+            refused[meter] = error.reason
+        self.demo.say(
+            f"legacy      sent {sum(len(c['EndDevices']) for c in controls)} orders over SOAP: "
+            f"Reply {reply.Reply.Result}, {len(refused)} refused at once"
+        )
+        return refused
+
+    def orders(self) -> dict[str, dict[str, Any]]:
+        rows = httpx.get(
+            f"{self.server.url}/api/v1/orders", params={"limit": 1000}, headers=self.headers, timeout=10
+        ).json()
+        return {row["meter_id"]: row for row in rows}
+
+    def order_detail(self, order_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.server.url}/api/v1/orders/{order_id}", headers=self.headers, timeout=10)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def work_orders(self) -> dict[str, dict[str, Any]]:
+        rows = httpx.get(f"{self.server.url}/api/v1/work-orders", headers=self.headers, timeout=10).json()
+        return {row["order_id"]: row for row in rows}
+
+    def wait_until_reported(self, progress: Callable[[int, int], None], timeout: float) -> None:
+        expected = {s.meter_id for s in SCENARIOS}
+        deadline = time.monotonic() + timeout
+        ended = 0
+        while time.monotonic() < deadline:
+            orders = self.orders()
+            ended = sum(1 for m in expected if orders.get(m, {}).get("state") == "reported")
+            progress(ended, len(expected))
+            if ended == len(expected) and self.legacy.wait_for(expected - _refused_ids(), 0):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"only {ended} of {len(expected)} orders ended within {timeout:.0f}s")
+
+
+def _refused_ids() -> set[str]:
+    return {s.meter_id for s in SCENARIOS if s.expect == "refused"}
+
+
+def final_outcome(detail: dict[str, Any]) -> str:
+    """The order's end state from its timeline (reported orders keep it in their events)."""
+    names = {
+        "completed_connected": "connected",
+        "completed_disconnected": "disconnected",
+        "completed_armed": "armed",
+        "failed": "failed",
+        "expired": "expired",
+        "cancelled": "cancelled",
+        "rejected": "refused",
+    }
+    outcome = "pending"
+    for event in detail.get("events", []):
+        state = event.get("to_state")
+        if state in names:
+            outcome = names[state]
+    return outcome
+
+
+def check_rows(running: DemoRunning, refused_now: dict[str, str]) -> list[Row]:
+    orders = running.orders()
+    work_orders = running.work_orders()
+    legacy = running.legacy.by_meter()
+    rows = []
+    for scenario in SCENARIOS:
+        row = Row(scenario)
+        order = orders.get(scenario.meter_id)
+        if order is not None:
+            detail = running.order_detail(order["id"])
+            row.order_id = order["id"]
+            row.outcome = final_outcome(detail)
+            row.reason = order.get("result_reason") or order.get("refusal_code") or ""
+            if order.get("energy_value") is not None:
+                row.energy = f"{order['energy_value']:.0f} {order.get('energy_unit') or ''}".strip()
+            row.attempts = int(order.get("attempts") or 0)
+            if order.get("finished_at"):
+                started = _parse_time(order["created_at"])
+                row.seconds = (_parse_time(order["finished_at"]) - started)
+            wo = work_orders.get(order["id"])
+            row.work_order = f"WO-{wo['id']}" if wo else ""
+        elif scenario.meter_id in refused_now:
+            row.outcome = "refused"
+            row.reason = refused_now[scenario.meter_id]
+        event = legacy.get(scenario.meter_id)
+        row.legacy_event = event.event_code if event else ""
+        _check(row, scenario, refused_now, event)
+        rows.append(row)
+    return rows
+
+
+def _parse_time(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _check(row: Row, scenario: Scenario, refused_now: dict[str, str], event: Any) -> None:
+    if scenario.expect == "refused":
+        if scenario.meter_id not in refused_now:
+            row.problems.append("expected a refusal in the synchronous Reply")
+        elif scenario.reason and scenario.reason.replace("_", " ") not in refused_now[scenario.meter_id].lower() \
+                and scenario.reason not in (row.reason or ""):
+            row.problems.append(f"refused for {refused_now[scenario.meter_id]!r}, expected {scenario.reason}")
+        return
+    if row.outcome != scenario.expect:
+        row.problems.append(f"ended {row.outcome}, expected {scenario.expect}")
+    if scenario.reason and row.reason != scenario.reason:
+        row.problems.append(f"reason {row.reason or '-'}, expected {scenario.reason}")
+    if scenario.expect == "failed" and not row.work_order:
+        row.problems.append("no field work order")
+    key: Any = (scenario.expect, scenario.action) if scenario.expect == "failed" else scenario.expect
+    wanted = EVENT_CODES.get(key)
+    if wanted and (event is None or event.event_code != wanted):
+        row.problems.append(f"Legacy got {event.event_code if event else 'nothing'}, expected {wanted}")
+    if scenario.expect in ("disconnected", "connected", "armed") and not row.energy:
+        row.problems.append("no energy reading")
+
+
+def render_table(rows: list[Row]) -> str:
+    headers = ["meter", "action", "outcome", "reason", "energy", "tries", "time", "work order", "Legacy", "check"]
+    body = [
+        [
+            row.scenario.meter_id,
+            row.scenario.action,
+            row.outcome,
+            row.reason or "-",
+            row.energy or "-",
+            str(row.attempts) if row.attempts else "-",
+            f"{row.seconds:.1f}s" if row.seconds is not None else "-",
+            row.work_order or "-",
+            row.legacy_event or "-",
+            "ok" if row.ok else "FAIL: " + "; ".join(row.problems),
+        ]
+        for row in rows
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
+    return "\n".join(lines)
+
+
+def run_demo(
+    *,
+    work_dir: Path | None = None,
+    broker: BrokerKind = "auto",
+    serve: bool = False,
+    port: int = 0,
+    out: TextIO = sys.stdout,
+    timeout_s: float = 180.0,
+    stop_event: threading.Event | None = None,
+) -> DemoReport:
+    started = time.monotonic()
+    own_dir = work_dir is None
+    directory = work_dir or Path(tempfile.mkdtemp(prefix="rcd-demo-"))
+    demo = Demo(directory, broker=broker, port=port, out=out, timeout_s=timeout_s)
+    try:
+        with demo.running() as running:
+            running.wait_for_agents()
+            refused_now = running.send_orders()
+            last = [-1]
+
+            def progress(done: int, total: int) -> None:
+                if done != last[0]:
+                    last[0] = done
+                    demo.say(f"progress    {done}/{total} orders ended and reported to Legacy")
+
+            running.wait_until_reported(progress, timeout_s)
+            rows = check_rows(running, refused_now)
+            report = DemoReport(rows, f"{running.server.url}/dashboard", "", time.monotonic() - started)
+            demo.say("")
+            demo.say(render_table(rows))
+            demo.say("")
+            good = sum(row.ok for row in rows)
+            demo.say(f"{good} of {len(rows)} scenarios as expected in {report.elapsed_s:.1f}s")
+            demo.say(f"dashboard   {report.dashboard_url}  (viewer token {demo.tokens['viewer']})")
+            if serve:
+                demo.say("serving     until Ctrl-C")
+                (stop_event or threading.Event()).wait()
+            return report
+    finally:
+        if own_dir and not serve:
+            shutil.rmtree(directory, ignore_errors=True)
