@@ -131,6 +131,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     exp.set_defaults(handler=_guard(_workorders_export))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Only the ops commands (``python -m ops.cli``); ``rcd`` is the usual way in."""
+    parser = argparse.ArgumentParser(prog="rcd", description="ami-rcd operations over the REST API")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    register(sub)
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
 def _guard(handler: Handler) -> Handler:
     """One clear line on stderr and a non-zero exit instead of a traceback."""
 
@@ -616,3 +627,7 @@ def _workorders_export(args: argparse.Namespace) -> int:
         lines = max(0, len(text.strip().splitlines()) - 1)
         print(f"{lines} work orders written to {args.out}", file=sys.stderr)
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.cli import main
+from ops.cli import main
 
 from .live import (
     ADMIN,

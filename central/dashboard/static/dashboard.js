@@ -246,7 +246,14 @@
         {
           "data-order-id": o.id,
           class: o.id === selectedId ? "selected" : null,
+          tabindex: "0",
           onclick: () => selectOrder(o.id),
+          onkeydown: (e) => {
+            if (e.key === "Enter" || e.key === " ") {
+              e.preventDefault();
+              selectOrder(o.id);
+            }
+          },
           title: "open the timeline of " + o.id,
         },
         el("td", { text: fmtTime(o.created_at) }),
