@@ -261,7 +261,15 @@
         el("td", { class: "mono", text: o.meter_id }),
         el("td", { text: o.action }),
         el("td", {}, badge(o.state, stateClass(o.state))),
-        el("td", {}, outcome ? badge(outcome, outcomeClass(outcome)) : ""),
+        el(
+          "td",
+          {},
+          outcome
+            ? badge(outcome, outcomeClass(outcome))
+            : o.needs_approval && !o.approved_by && isActive(o)
+              ? badge("awaiting approval", "warn")
+              : ""
+        ),
         el("td", { class: "wrap", text: [o.reason, reasonOf(o)].filter(Boolean).join(" · ") }),
         el("td", { text: o.attempts === undefined || o.attempts === null ? "" : String(o.attempts) })
       );
