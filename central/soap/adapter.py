@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from central.db import session_scope
@@ -79,9 +80,10 @@ class CentralServicePort:
         self.sessions = sessions
         self.settings = settings
 
-    def create(self, requests: Sequence[ControlRequest], actor: Principal) -> list[ItemOutcome]:
-        wanted = [
-            order_service.OrderRequest(
+    @staticmethod
+    def _order_request(r: ControlRequest) -> order_service.OrderRequest | ItemOutcome:
+        try:
+            return order_service.OrderRequest(
                 meter_id=r.meter_id,
                 action=Action(r.action.value),
                 reason=OrderReason(r.reason),
@@ -96,8 +98,25 @@ class CentralServicePort:
                 reply_address=r.reply_address,
                 source=SOURCE,
             )
-            for r in requests
-        ]
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                for error in exc.errors()
+            )
+            return ItemOutcome(meter_id=r.meter_id, refusal=Refusal.MISSING_DATA, detail=problems)
+
+    def create(self, requests: Sequence[ControlRequest], actor: Principal) -> list[ItemOutcome]:
+        built = [self._order_request(r) for r in requests]
+        wanted = [b for b in built if isinstance(b, order_service.OrderRequest)]
+        created: list[ItemOutcome] = []
+        if wanted:
+            created = self._create(wanted, actor)
+        answers = iter(created)
+        return [b if isinstance(b, ItemOutcome) else next(answers) for b in built]
+
+    def _create(
+        self, wanted: list[order_service.OrderRequest], actor: Principal
+    ) -> list[ItemOutcome]:
         with session_scope(self.sessions) as session:
             batch = order_service.create_orders(session, wanted, _actor(actor), self.settings)
         answers: list[ItemOutcome] = []

@@ -384,11 +384,18 @@ def read_create(env: Envelope, correlation_id: str) -> list[Item]:
         else:
             reason = "payment_restored"
         interval = control.find(f"{{{EDC}}}scheduledInterval")
-        not_before = _parse_dt(_text(interval, f"{{{EDC}}}start"))
-        deadline = _parse_dt(_text(interval, f"{{{EDC}}}end"))
+        not_before = deadline = None
+        try:
+            not_before = _parse_dt(_text(interval, f"{{{EDC}}}start"))
+            deadline = _parse_dt(_text(interval, f"{{{EDC}}}end"))
+        except ValueError as exc:
+            problem = problem or (Refusal.MISSING_DATA, f"scheduledInterval: {exc}")
         if not_before and deadline and deadline <= not_before and problem is None:
             problem = (Refusal.MISSING_DATA, "scheduledInterval end is not after its start")
         priority_raw = _text(control, f"{{{EDC}}}priority")
+        priority = int(priority_raw) if priority_raw is not None else None
+        if priority is not None and not 0 <= priority <= 9 and problem is None:
+            problem = (Refusal.MISSING_DATA, f"priority {priority} is not between 0 and 9")
         for meter in meters:
             item = Item(meter_id=meter, control_index=index)
             if meter is None:
@@ -414,7 +421,7 @@ def read_create(env: Envelope, correlation_id: str) -> list[Item]:
                     reason=reason,
                     issuer_id=_text(control, f"{{{EDC}}}issuerID"),
                     issuer_tracking_id=_text(control, f"{{{EDC}}}issuerTrackingID"),
-                    priority=int(priority_raw) if priority_raw is not None else None,
+                    priority=priority,
                     not_before=not_before,
                     deadline=deadline,
                     special=special,

@@ -43,6 +43,7 @@ def control(
     reason: str = "payment",
     tracking: str = "T-1",
     extra: str = "",
+    after_reason: str = "",
 ) -> str:
     devices = "".join(
         f"<edc:EndDevices><edc:Names><edc:name>{m}</edc:name></edc:Names></edc:EndDevices>"
@@ -51,7 +52,7 @@ def control(
     return (
         f"<edc:EndDeviceControl><edc:issuerID>LEGACY</edc:issuerID>"
         f"<edc:issuerTrackingID>{tracking}</edc:issuerTrackingID>{extra}"
-        f"<edc:reason>{reason}</edc:reason>"
+        f"<edc:reason>{reason}</edc:reason>{after_reason}"
         f'<edc:EndDeviceControlType ref="{code}"/>{devices}</edc:EndDeviceControl>'
     )
 

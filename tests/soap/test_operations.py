@@ -235,3 +235,31 @@ def test_a_claim_left_by_a_dead_request_is_taken_over(
         assert len(coordinator.orders()) == 2
         stored = gateway.message_log.reply("dies-midway")
         assert stored is not None and stored[1] == again.content
+
+
+def test_values_the_coordinator_cannot_take_are_refused_per_meter(
+    client: TestClient, coordinator: Coordinator
+) -> None:
+    long_issuer = "I" * 250  # the schema allows 256, the coordinator stores 200
+    body = create(
+        control(["MTR-001"], extra="<edc:priority>99</edc:priority>")
+        + control(["MTR-002"], tracking="T-long").replace(
+            "<edc:issuerID>LEGACY</edc:issuerID>", f"<edc:issuerID>{long_issuer}</edc:issuerID>"
+        )
+        + control(
+            ["MTR-003"],
+            tracking="T-late",
+            after_reason="<edc:scheduledInterval><edc:end>2026-11-26T10:00:00Z</edc:end>"
+            "<edc:start>2026-11-26T12:00:00Z</edc:start></edc:scheduledInterval>",
+        )
+        + control(["MTR-004"], tracking="T-ok")
+    )
+    result, errors, _ = send(client, body)
+    assert result == "PARTIAL"
+    by_meter = {e["ID"]: e for e in errors}
+    assert set(by_meter) == {"MTR-001", "MTR-002", "MTR-003"}
+    assert "priority 99" in by_meter["MTR-001"]["details"]
+    assert "issuer_id" in by_meter["MTR-002"]["details"]
+    assert "end is not after its start" in by_meter["MTR-003"]["details"]
+    assert all(e["code"] == "2.11" for e in errors)
+    assert [o.meter_id for o in coordinator.orders()] == ["MTR-004"]
