@@ -21,17 +21,17 @@ import json
 import logging
 import signal
 import threading
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import FrameType, TracebackType
 from typing import Any
 
 from edge_agent.config import EdgeConfig
-from edge_agent.dlms_driver import DlmsDriver
 from edge_agent.errors import ConfigError
-from edge_agent.executor import AGENT_VERSION, Executor, MeterDriver
+from edge_agent.executor import AGENT_VERSION, Executor, MeterDriver, MeterLink
 from edge_agent.logs import log
 from edge_agent.mqtt_link import MqttLink
-from edge_agent.store import Store
+from edge_agent.store import Meter, Store
 from shared import topics
 from shared.contracts import (
     CancelCommand,
@@ -52,6 +52,23 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class _LazyDlmsDriver:
+    """Loads the DLMS stack (gurux-dlms, about 8 MB) at the first exchange, not at start-up,
+    so an idle concentrator does not carry it."""
+
+    def __init__(self, store: Store, config: EdgeConfig) -> None:
+        self._store = store
+        self._config = config
+        self._driver: MeterDriver | None = None
+
+    def session(self, meter: Meter) -> AbstractContextManager[MeterLink]:
+        if self._driver is None:
+            from edge_agent.dlms_driver import DlmsDriver
+
+            self._driver = DlmsDriver(self._store, self._config)
+        return self._driver.session(meter)
+
+
 class EdgeAgent:
     def __init__(self, config: EdgeConfig, *, driver: MeterDriver | None = None) -> None:
         self.config = config
@@ -68,7 +85,7 @@ class EdgeAgent:
         self.link = MqttLink(config, self.store, self.handle_message, self.status)
         self.executor = Executor(
             self.store,
-            driver if driver is not None else DlmsDriver(self.store, config),
+            driver if driver is not None else _LazyDlmsDriver(self.store, config),
             line_concurrency={k: v.concurrency for k, v in config.lines.items()},
             tcp_concurrency=config.executor.tcp_concurrency,
             idle_poll_s=config.executor.idle_poll_s,

@@ -1,4 +1,4 @@
-"""The agent's local database (one SQLite file, through sqlite-utils).
+"""The agent's local database (one SQLite file; ``Store.db`` gives it as sqlite-utils).
 
 Tables:
 
@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-
-import sqlite_utils
 
 from edge_agent.errors import StoreError
 from edge_agent.lifecycle import ACTIVE, Event, State, next_state
@@ -151,7 +149,19 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the agent database {self.path}: {exc}") from exc
         self._conn = conn
-        self.db = sqlite_utils.Database(conn)
+        self._db: Any = None
+
+    @property
+    def db(self) -> Any:
+        """The same connection as a ``sqlite_utils.Database`` (tools, tests, exports).
+
+        Imported on first use: sqlite-utils costs a few MB the running agent does not need.
+        """
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self._conn)
+        return self._db
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,161 @@
+"""Edge agent figures: resident memory and idle CPU with 1,000 meters in its table, and
+orders per second against zero-latency simulated meters.
+
+    .venv/bin/python bench/bench_edge.py [--meters 1000] [--idle-s 10] [--orders 400] [--sim-meters 8]
+
+The agent runs as it is deployed, as ``rcd edge run`` in its own process, against a
+private mosquitto with our shipped configuration; the simulated meters (real DLMS over
+TCP, HLS-GMAC) and the stand-in coordinator run in this process. Figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.store import Store  # noqa: E402
+from firmware_sim.fleet import FleetSpec, MeterSpec  # noqa: E402
+from firmware_sim.runner import running_fleet  # noqa: E402
+from shared.broker import MosquittoBroker  # noqa: E402
+from shared.contracts import Action, ConcentratorStatus, MeterEntry  # noqa: E402
+from tests.edge.fakes import order  # noqa: E402
+from tests.edge.helpers import Coordinator, config_dict, dump_toml, make_signer, wait_for  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+BENCH_LOGS = "warning"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def spawn(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "MALLOC_ARENA_MAX": "2"},  # as in deploy/systemd/rcd-edge.service
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def setup(work: Path, broker: MosquittoBroker, cid: str, meters: list[MeterEntry],
+          tcp_concurrency: int) -> tuple[Path, object]:
+    broker.add_user(cid)
+    signer, pub = make_signer(work)
+    conf = config_dict(work, pub, cid, broker_url=broker.url)
+    conf["agent"]["status_interval_s"] = 60
+    conf["agent"]["log_level"] = "warning"
+    conf["executor"].update(tcp_concurrency=tcp_concurrency, dlms_timeout_s=5.0, idle_poll_s=1.0,
+                            counter_block=1000)
+    cfg = work / "edge.toml"
+    cfg.write_text(dump_toml(conf))
+    with Store(work / "data" / "agent.sqlite3") as store:
+        store.import_meters(meters)
+    return cfg, signer
+
+
+def bench_idle(broker: MosquittoBroker, n_meters: int, idle_s: float) -> None:
+    work = Path(tempfile.mkdtemp(prefix="rcd-bench-idle-"))
+    cid = "bench-idle"
+    meters = [MeterEntry(meter_id=f"M{i:05d}", transport="hdlc", line_id="plc1",
+                         hdlc_address=16 + i, keys_ref="default") for i in range(n_meters)]
+    cfg, _ = setup(work, broker, cid, meters, 4)
+    coord = Coordinator(broker, cid, "bench-idle-coord")
+    proc = spawn(cfg, work / "agent.log")
+    try:
+        wait_for(lambda: any(ConcentratorStatus.model_validate_json(s).online for s in coord.status),
+                 timeout=20, what="agent online")
+        time.sleep(1.0)  # let start-up settle
+        cpu0, t0 = cpu_s(proc.pid), time.monotonic()
+        time.sleep(idle_s)
+        cpu1, t1 = cpu_s(proc.pid), time.monotonic()
+        status = ConcentratorStatus.model_validate_json(coord.status[-1])
+        print(f"idle agent, {status.meter_count} meters in table:")
+        print(f"  resident memory (VmRSS)   {rss_mb(proc.pid):8.1f} MB   (goal < 40 MB)")
+        print(f"  idle CPU over {t1 - t0:4.1f} s     {100 * (cpu1 - cpu0) / (t1 - t0):8.2f} %")
+    finally:
+        stop(proc)
+        coord.close()
+
+
+def bench_throughput(broker: MosquittoBroker, n_orders: int, n_sim: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="rcd-bench-run-"))
+    cid = "bench-run"
+    specs = tuple(MeterSpec(f"S{i}", "tcp", control_mode=2) for i in range(n_sim))
+    with running_fleet(FleetSpec(meters=specs)) as fleet:
+        meters = [MeterEntry(meter_id=s.meter_id, transport="tcp", host="127.0.0.1",
+                             port=fleet.tcp_port(s.meter_id), keys_ref="default") for s in specs]
+        cfg, signer = setup(work, broker, cid, meters, n_sim)
+        coord = Coordinator(broker, cid, "bench-run-coord")
+        proc = spawn(cfg, work / "agent.log")
+        try:
+            wait_for(lambda: any(ConcentratorStatus.model_validate_json(s).online
+                                 for s in coord.status), timeout=20, what="agent online")
+            commands = [
+                signer.sign(order(f"b{i:05d}", f"S{i % n_sim}",  # type: ignore[attr-defined]
+                                  Action.DISCONNECT if (i // n_sim) % 2 == 0 else Action.CONNECT,
+                                  concentrator_id=cid, deadline_s=600))
+                for i in range(n_orders)
+            ]
+            t0, cpu0 = time.monotonic(), cpu_s(proc.pid)
+            for payload in commands:
+                coord.client.publish(f"rcd/v1/c/{cid}/cmd", payload, qos=1)
+            wait_for(lambda: len(coord.by_order()) >= n_orders, timeout=600, what="all results")
+            elapsed = time.monotonic() - t0
+            agent_cpu = cpu_s(proc.pid) - cpu0
+            outcomes: dict[str, int] = {}
+            for results in coord.by_order().values():
+                outcomes[results[0].outcome.value] = outcomes.get(results[0].outcome.value, 0) + 1
+            print(f"throughput, {n_orders} orders on {n_sim} zero-latency TCP meters "
+                  f"(HLS-GMAC, switch + read-back each):")
+            print(f"  elapsed                   {elapsed:8.2f} s")
+            print(f"  orders per second         {n_orders / elapsed:8.1f}")
+            print(f"  agent CPU during batch    {100 * agent_cpu / elapsed:8.1f} % of one core "
+                  "(the simulator shares this process's interpreter)")
+            print(f"  outcomes                  {outcomes}")
+            print(f"  agent RSS after the batch {rss_mb(proc.pid):8.1f} MB")
+        finally:
+            stop(proc)
+            coord.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--meters", type=int, default=1000)
+    parser.add_argument("--idle-s", type=float, default=10.0)
+    parser.add_argument("--orders", type=int, default=400)
+    parser.add_argument("--sim-meters", type=int, default=8)
+    args = parser.parse_args()
+    with MosquittoBroker() as broker:
+        bench_idle(broker, args.meters, args.idle_s)
+        bench_throughput(broker, args.orders, args.sim_meters)
+
+
+if __name__ == "__main__":
+    main()
