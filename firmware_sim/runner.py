@@ -47,8 +47,14 @@ class _LinkDriver:
         self.stop = stop
         self.framing = framing
 
-    def inbound(self, nbytes: int) -> bool:
-        """A frame travels to the meter; False when it never arrives or is ignored."""
+    def inbound(self, nbytes: int, *, link_layer: bool = False) -> bool:
+        """A frame travels to the meter; False when it never arrives or is ignored.
+
+        ``link_layer`` marks HDLC link management (SNRM, DISC): a meter whose
+        application hangs (``no_answer``) still answers those from its
+        communication module, which is how the concentrator tells a silent
+        meter from one it cannot reach (``unreachable``: nothing gets through).
+        """
         m = self.meter
         if self.channel is not None:
             ok, t = self.channel.transmit(nbytes, m.spec.reachability)
@@ -60,7 +66,7 @@ class _LinkDriver:
         with m.lock:
             m.counters.frames_rx += 1
             m.counters.bytes_rx += nbytes
-        if m.has_fault("no_answer"):
+        if m.has_fault("no_answer") and not link_layer:
             return False
         return True
 
@@ -250,7 +256,8 @@ class HdlcLine:
             self.channel.transmit(raw_len)
             return
         driver = self.drivers[lower]  # type: ignore[index]
-        if not driver.inbound(raw_len):
+        link_layer = (f.control | 0x10) in (hdlc.SNRM, hdlc.DISC)
+        if not driver.inbound(raw_len, link_layer=link_layer):
             return
         client = hdlc.decode_address(f.src)[0]
         key = (lower or 0, f.src)

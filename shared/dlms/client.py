@@ -46,6 +46,7 @@ from shared.dlms.errors import (
     DataAccessError,
     DlmsError,
     MalformedResponse,
+    MeterUnreachable,
     NoResponse,
     TransportError,
 )
@@ -306,7 +307,10 @@ class MeterSession:
         try:
             if self._hdlc:
                 snrm = self._client.snrmRequest()
-                reply = self._exchange(snrm)
+                try:
+                    reply = self._exchange(snrm)
+                except NoResponse as exc:
+                    raise MeterUnreachable(f"no HDLC link answer (UA) from the meter: {exc}") from exc
                 self._client.parseUAResponse(reply.data)
             reply = self._exchange_all(self._client.aarqRequest())
             self._client.parseAareResponse(reply.data)

@@ -4,6 +4,7 @@
 
     DlmsError                    base class; catch this to catch everything below
     +-- NoResponse               the meter did not answer within the timeout
+    |   +-- MeterUnreachable     not even the HDLC link layer answered (no route to it)
     +-- MalformedResponse        garbage on the line: bad HCS/FCS, bad framing, undecodable APDU
     +-- AssociationRefused       the AARE rejected the association; ``diagnostic`` says why
     +-- ActionRefused            ACTION answered with action-result != success; ``result``
@@ -46,6 +47,14 @@ class DlmsError(Exception):
 
 class NoResponse(DlmsError):
     """The meter did not answer in time (timeout)."""
+
+
+class MeterUnreachable(NoResponse):
+    """Not even the data link answered (no UA to SNRM): no route to the meter.
+
+    A meter that answers the link layer but not the application is a plain
+    :class:`NoResponse` (meter not responding); this one never heard us.
+    """
 
 
 class MalformedResponse(DlmsError):

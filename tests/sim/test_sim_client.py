@@ -13,6 +13,7 @@ from shared.dlms.errors import (
     ActionRefused,
     AssociationRefused,
     MalformedResponse,
+    MeterUnreachable,
     NoResponse,
 )
 from shared.dlms.transport import SerialTransport
@@ -261,8 +262,10 @@ def test_hdlc_silent_faults(
 ) -> None:
     fleet.meter("H1").late_answer_s = 0.3
     fleet.set_fault("H1", fault)
-    with pytest.raises(NoResponse):
+    with pytest.raises(NoResponse) as err:
         hdlc_session(pty_line, 17, timeout=0.15).__enter__()
+    # Only a meter nothing reaches is unreachable; a hung meter still answers SNRM.
+    assert isinstance(err.value, MeterUnreachable) == (fault in ("unreachable", "late_answer"))
     fleet.set_fault("H1", None)
     # the other meter on the line is unaffected (stale late frames are dropped by address)
     with hdlc_session(pty_line, 18, public=True, timeout=1.0) as s:
