@@ -1,0 +1,93 @@
+"""What the gateway writes is valid against its own schemas; result codes per outcome."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from lxml import etree
+
+from central.soap import cim
+from central.soap.service_port import (
+    ControlAction,
+    ItemOutcome,
+    OrderEnded,
+    OrderView,
+    Outcome,
+    Refusal,
+)
+
+SOAP = "{http://schemas.xmlsoap.org/soap/envelope/}"
+
+
+def body_child(xml: bytes) -> etree._Element:
+    root = etree.fromstring(xml)
+    body = root.find(f"{SOAP}Body")
+    assert body is not None
+    return etree.fromstring(etree.tostring(body[0]))
+
+
+@pytest.mark.parametrize(
+    ("outcome", "action", "code"),
+    [
+        (Outcome.DISCONNECTED, ControlAction.DISCONNECT, "3.31.0.68"),
+        (Outcome.CONNECTED, ControlAction.CONNECT, "3.31.0.42"),
+        (Outcome.ARMED, ControlAction.ARM, "3.31.0.11"),
+        (Outcome.FAILED, ControlAction.DISCONNECT, "3.31.0.84"),
+        (Outcome.FAILED, ControlAction.CONNECT, "3.31.0.67"),
+        (Outcome.FAILED, ControlAction.ARM, "3.31.0.67"),
+        (Outcome.EXPIRED, ControlAction.DISCONNECT, "3.31.0.64"),
+        (Outcome.CANCELLED, ControlAction.CONNECT, "3.31.0.10"),
+    ],
+)
+def test_result_event_code_and_schema(outcome: Outcome, action: ControlAction, code: str) -> None:
+    ended = OrderEnded(
+        order_id="o-1",
+        meter_id="MTR-1",
+        action=action,
+        outcome=outcome,
+        ended_at=datetime(2026, 11, 26, 12, 0, tzinfo=UTC),
+        energy_value=12.5,
+        energy_unit="kWh",
+        failure_reason=None if outcome in (Outcome.CONNECTED,) else "meter_not_responding",
+        work_order_ref="WO-7",
+        issuer_tracking_id="T-1",
+    )
+    message_id = cim.result_message_id(ended)
+    assert message_id == cim.result_message_id(ended)  # stable
+    xml = cim.build_event(ended, correlation_id="c-1", source="ami-rcd", message_id=message_id)
+    element = body_child(xml)
+    cim.validate(element)
+    ede = "{http://iec.ch/TC57/2011/EndDeviceEvents#}"
+    assert element.find(f".//{ede}EndDeviceEventType").get("ref") == code  # type: ignore[union-attr]
+
+
+def test_replies_are_valid_against_the_schema() -> None:
+    outcomes = [
+        ItemOutcome(meter_id="MTR-1", order_id="o-1", state="validated"),
+        ItemOutcome(meter_id="MTR-2", refusal=Refusal.UNKNOWN_METER, detail="not registered"),
+        ItemOutcome(meter_id="MTR-3", order_id="o-3", existing=True, state="dispatched"),
+    ]
+    for operation in ("create", "cancel"):
+        xml = cim.build_reply(
+            operation=operation, outcomes=outcomes, source="ami-rcd", correlation_id="c"
+        )
+        cim.validate(body_child(xml))
+    view = OrderView(
+        order_id="o-1",
+        meter_id="MTR-1",
+        action=ControlAction.ARM,
+        state="completed_armed",
+        reason="payment_restored",
+        issuer_id="LEGACY",
+        issuer_tracking_id="T-1",
+        updated_at=datetime.now(UTC),
+        detail="x" * 400,
+    )
+    xml = cim.build_reply(
+        operation="get", outcomes=[], source="s", correlation_id=None, views=[view], result="OK"
+    )
+    cim.validate(body_child(xml))
+    assert cim.result_of(outcomes) == "PARTIAL"
+    assert cim.result_of(outcomes[:1]) == "OK"
+    assert cim.result_of(outcomes[1:2]) == "FAILED"
