@@ -99,7 +99,6 @@ class EdgeAgent:
         log("agent.start", concentrator=self.cid, version=AGENT_VERSION,
             meters=self.store.meter_count(), queue=self.store.queue_depth(),
             outbox=self.store.outbox_depth(), db=str(self.config.database_path))
-        self.store.forget_seen_before(utcnow() - timedelta(days=1))
         self.executor.start()
         self.link.start()
         self._started = True

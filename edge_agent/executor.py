@@ -191,6 +191,7 @@ class Executor:
         workers = sum(self._lines.values()) + tcp_concurrency + 1
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcd-exec")
         self.executed = 0  # attempts that reached a meter driver (for the bench)
+        self._last_prune = 0.0
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -275,7 +276,12 @@ class Executor:
             self._release(key, meter)
 
     def _expire_due(self) -> None:
+        # Runs on the scheduler thread, the only one that claims orders: an order listed
+        # here as queued/waiting cannot be claimed by a worker in between.
         now = self._clock()
+        if now.timestamp() - self._last_prune > 3600:
+            self._last_prune = now.timestamp()
+            self._store.forget_seen_before(now - timedelta(days=1))
         for order in self._store.due_to_expire(now):
             last = order.attempts[-1] if order.attempts else None
             detail = "deadline passed before the order could run"

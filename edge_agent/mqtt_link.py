@@ -227,7 +227,7 @@ class MqttLink:
                 continue  # status message, or a stale one already re-sent
             if ok:
                 self._store.outbox_delete(entry[0])
-                log("result.acknowledged", level=logging.DEBUG, outbox_id=entry[0])
+                log("result.delivered", outbox_id=entry[0], note="broker acknowledged; removed from outbox")
             else:
                 log("result.refused_by_broker", logging.ERROR, outbox_id=entry[0], reason=why)
 
