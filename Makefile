@@ -28,10 +28,10 @@ test: check pytest
 check: lint typecheck
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared edge_agent central firmware_sim tests bench
+	$(BIN)/ruff check shared edge_agent central firmware_sim ops tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy shared edge_agent central firmware_sim
+	$(BIN)/mypy shared edge_agent central firmware_sim ops
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
