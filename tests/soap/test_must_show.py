@@ -129,3 +129,35 @@ def test_partial_reply_then_results_reach_legacy(
     assert states["MTR-001"] == "reported" and states["MTR-002"] == "reported"
     # refused in the synchronous Reply; closed as reported without a second message
     assert states["MTR-UNKNOWN"] == "reported"
+
+
+def test_zeep_with_ws_security_cancels_by_order_and_gets_by_meter(
+    coordinator: Coordinator,
+) -> None:
+    from zeep.wsse.username import UsernameToken
+
+    with AppServer(coordinator, fast_soap_settings()) as server:
+        client = zeep.Client(
+            f"{server.endpoint}?wsdl", wsse=UsernameToken(OPERATOR[0], OPERATOR[1])
+        )
+        created = client.service.CreateEndDeviceControls(
+            Header=header("wsse-1"),
+            Payload=create_payload(["MTR-003"], "3.31.0.5", "ARM-1", "paymentReceived"),
+        )
+        assert created.Reply.Result == "OK"
+        order_id = created.Payload.EndDeviceControls.EndDeviceControl[0].mRID
+        cancelled = client.service.CancelEndDeviceControls(
+            Header=header("wsse-2", verb="cancel"),
+            Payload={"EndDeviceControls": {"EndDeviceControl": [{"mRID": order_id}]}},
+        )
+        assert cancelled.Reply.Result == "OK"
+        assert cancelled.Header.CorrelationID == "corr-wsse-2"
+        found = client.service.GetEndDeviceControls(
+            Header=header("wsse-3", verb="get"),
+            Request={"GetEndDeviceControls": {"EndDevice": [{"Names": [{"name": "MTR-003"}]}]}},
+        )
+        control = found.Payload.EndDeviceControls.EndDeviceControl[0]
+        assert control.mRID == order_id
+        assert control.status.value == "cancelled"
+        assert control.EndDeviceControlType.ref == "3.31.0.5"
+        assert control.issuerTrackingID == "ARM-1"
