@@ -22,10 +22,11 @@ from sqlalchemy import (
     Table,
     delete,
     insert,
+    inspect,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 metadata = MetaData()
 
@@ -43,7 +44,12 @@ soap_messages = Table(
 class MessageLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine, checkfirst=True)
+        try:
+            metadata.create_all(engine, checkfirst=True)
+        except DBAPIError:
+            # another replica created it between our check and our CREATE
+            if not inspect(engine).has_table(soap_messages.name):
+                raise
 
     def claim(self, message_id: str, operation: str, principal: str) -> bool:
         """True if this request is the first with ``message_id``."""

@@ -126,8 +126,9 @@ class Coordinator:
         self.engine.dispose()
 
 
-def open_coordinator(path: Path) -> Coordinator:
-    url = f"sqlite:///{path}"
+def open_coordinator(where: Path | str) -> Coordinator:
+    """A migrated, seeded coordinator database: a SQLite file path or a database URL."""
+    url = f"sqlite:///{where}" if isinstance(where, Path) else where
     engine = make_engine(url)
     migrate(engine)
     coordinator = Coordinator(url, engine, make_session_factory(engine), central_settings(url))
@@ -136,8 +137,9 @@ def open_coordinator(path: Path) -> Coordinator:
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
-    running = open_coordinator(tmp_path / "central.sqlite3")
+def coordinator(database_url: str) -> Iterator[Coordinator]:
+    """Once on SQLite, once on PostgreSQL (``database_url`` of tests/conftest.py)."""
+    running = open_coordinator(database_url)
     try:
         yield running
     finally:

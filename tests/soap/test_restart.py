@@ -5,7 +5,6 @@ Legacy's acknowledgement and our commit re-sends with the same MessageID."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
 from sqlalchemy import select
@@ -24,8 +23,8 @@ def message_ids(events: list) -> list[str]:
     return [e.findtext(f".//{EDEM}Header/{MSG}MessageID") for e in events]
 
 
-def test_results_survive_a_coordinator_restart(tmp_path: Path, legacy: LegacyServer) -> None:
-    db = tmp_path / "central.sqlite3"
+def test_results_survive_a_coordinator_restart(database_url: str, legacy: LegacyServer) -> None:
+    db = database_url
     settings = fast_soap_settings()
     legacy.up = False  # Legacy is down while the first coordinator runs
 
@@ -100,9 +99,9 @@ class CrashAfterAck(LegacyNotifier):
         super()._close(delivery, detail)
 
 
-def test_resend_after_crash_keeps_the_message_id(tmp_path: Path, legacy: LegacyServer) -> None:
+def test_resend_after_crash_keeps_the_message_id(database_url: str, legacy: LegacyServer) -> None:
     settings = fast_soap_settings(claim_s=0.2, legacy_endpoint=legacy.url)
-    coordinator = open_coordinator(tmp_path / "central.sqlite3")
+    coordinator = open_coordinator(database_url)
     try:
         with AppServer(coordinator, settings) as server:
             body = create(control(["MTR-001"]), message_id="msg-crash", options=special())
