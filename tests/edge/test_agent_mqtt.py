@@ -190,3 +190,22 @@ def test_results_wait_for_broker(broker_factory: Callable[..., MosquittoBroker],
             wait_for(lambda: agent.store.outbox_depth() == 0, what="outbox drained")
     finally:
         coord.close()
+
+
+def test_starts_while_broker_down(broker_factory: Callable[..., MosquittoBroker], tmp_path: Path) -> None:
+    cid = new_cid()
+    broker = broker_factory(users=(cid,))
+    broker.stop()
+    _, pub = make_signer(tmp_path)
+    config = make_config(tmp_path, pub, cid, broker_url=broker.url)
+    agent = EdgeAgent(config, driver=FakeDriver())
+    agent.start()
+    try:
+        import time
+
+        time.sleep(1.2)  # a few failed connection attempts
+        assert not agent.link.connected
+        broker.start()
+        wait_for(lambda: agent.link.subscribed, timeout=15, what="connected after broker start")
+    finally:
+        agent.stop()
