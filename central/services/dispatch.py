@@ -23,18 +23,18 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from central import metrics
 from central.errors import DispatchError
-from central.models import Concentrator, Order
+from central.models import Concentrator, Order, OrderEvent
 from central.services import registry
 from central.services.lifecycle import SYSTEM, advance, note, utcnow
 from central.settings import Settings
-from central.state import IN_FLIGHT_STATES, Event, OrderState
+from central.state import IN_FLIGHT_STATES, STEP_OF, Event, OrderState, transition
 from shared import topics
 from shared.contracts import Action, CancelCommand, OrderCommand, OrderReason, RetryPolicy
 from shared.signing import CommandSigner
@@ -64,7 +64,21 @@ def new_command_id() -> str:
     return "c" + uuid.uuid4().hex
 
 
-def build_command(order: Order, settings: Settings, command_id: str, now: datetime) -> OrderCommand:
+class _Ready(Protocol):
+    id: str
+    meter_id: str
+    concentrator_id: str | None
+    action: str
+    reason: str
+    priority: int
+    deadline: datetime | None
+    not_before: datetime | None
+    updated_at: datetime
+
+
+def build_command(
+    order: _Ready, settings: Settings, command_id: str, now: datetime
+) -> OrderCommand:
     retry = settings.retry_for(order.action)
     assert order.concentrator_id is not None and order.deadline is not None
     deadline = order.deadline if order.deadline > now else now + timedelta(seconds=1)
@@ -87,21 +101,34 @@ def build_command(order: Order, settings: Settings, command_id: str, now: dateti
     )
 
 
+_READY_COLUMNS = (
+    Order.id,
+    Order.meter_id,
+    Order.concentrator_id,
+    Order.action,
+    Order.reason,
+    Order.priority,
+    Order.deadline,
+    Order.not_before,
+    Order.updated_at,
+)
+
+
 def select_ready(
     session: Session, settings: Settings, now: datetime, limit: int = 5000
-) -> list[Order]:
-    """Validated orders that may go now, within every limit. Locks them on PostgreSQL
-    (SKIP LOCKED) so that replicas do not pick the same ones."""
+) -> list[Any]:
+    """Validated orders that may go now, within every limit (rows of ``_READY_COLUMNS``).
+    Locks them on PostgreSQL (SKIP LOCKED) so that replicas do not pick the same ones."""
     approved = (Order.needs_approval.is_(False)) | (Order.approved_by.is_not(None))
     query = (
-        select(Order)
+        select(*_READY_COLUMNS)
         .where(Order.state == OrderState.VALIDATED.value, approved)
         .order_by(Order.priority.desc(), Order.created_at, Order.id)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    candidates = list(session.scalars(query))
+    candidates = list(session.execute(query))
     if not candidates:
         return []
     inflight: dict[str, int] = {
@@ -113,13 +140,16 @@ def select_ready(
         )
         if conc is not None
     }
-    busy_meters = set(
-        session.scalars(
-            select(Order.meter_id).where(
-                Order.state.in_(IN_FLIGHT), Order.meter_id.in_({o.meter_id for o in candidates})
+    busy_meters: set[str] = set()
+    wanted = sorted({o.meter_id for o in candidates})
+    for start in range(0, len(wanted), 500):
+        busy_meters.update(
+            session.scalars(
+                select(Order.meter_id).where(
+                    Order.state.in_(IN_FLIGHT), Order.meter_id.in_(wanted[start : start + 500])
+                )
             )
         )
-    )
     recent_disconnects = (
         session.scalar(
             select(func.count()).where(
@@ -130,7 +160,7 @@ def select_ready(
         or 0
     )
     disconnect_budget = settings.disconnects_per_minute - recent_disconnects
-    ready: list[Order] = []
+    ready: list[Any] = []
     for order in candidates:
         conc = order.concentrator_id
         if conc is None or order.meter_id in busy_meters:
@@ -155,50 +185,70 @@ def dispatch_ready(
     *,
     now: datetime | None = None,
 ) -> int:
-    """One dispatch pass. Commits twice: the claim (``dispatched``), then the PUBACKs.
-    Returns how many orders the broker acknowledged."""
+    """One dispatch pass. Commits twice: the claim (``dispatched``, with its timeline
+    events, in bulk), then the PUBACKs. Returns how many orders the broker acknowledged."""
     now = now or utcnow()
     ready = select_ready(session, settings, now)
     if not ready:
         return 0
+    target = transition(OrderState.VALIDATED, Event.DISPATCH).value
+    step = STEP_OF[Event.DISPATCH]
     messages: list[Outgoing] = []
+    updates: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    latency = metrics.STEP_LATENCY.labels(step=str(step), state=target)
     for order in ready:
         command_id = new_command_id()
-        order.command_id = command_id
-        order.dispatched_at = now
-        advance(
-            session,
-            order,
-            Event.DISPATCH,
-            SYSTEM,
-            f"signed command {command_id} to concentrator {order.concentrator_id}",
-            at=now,
-        )
         assert order.concentrator_id is not None
+        updates.append(
+            {
+                "id": order.id,
+                "state": target,
+                "command_id": command_id,
+                "dispatched_at": now,
+                "updated_at": now,
+            }
+        )
+        events.append(
+            {
+                "order_id": order.id,
+                "at": now,
+                "step": step,
+                "actor": SYSTEM.name,
+                "event": Event.DISPATCH.value,
+                "from_state": OrderState.VALIDATED.value,
+                "to_state": target,
+                "detail": f"signed command {command_id} to concentrator {order.concentrator_id}",
+            }
+        )
         messages.append(
             Outgoing(
                 topics.commands(order.concentrator_id),
                 signer.sign(build_command(order, settings, command_id, now)),
             )
         )
+        latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
+    session.execute(update(Order), updates)
+    session.execute(cast(Table, OrderEvent.__table__).insert(), events)
     session.commit()
-    return _publish_and_mark(session, publisher, ready, messages)
+    session.expire_all()
+    return _publish_and_mark(session, publisher, [o.id for o in ready], messages)
 
 
 def _publish_and_mark(
-    session: Session, publisher: Publisher, orders: list[Order], messages: list[Outgoing]
+    session: Session, publisher: Publisher, ids: list[str], messages: list[Outgoing]
 ) -> int:
     publisher.publish_many(messages)  # raises DispatchError: the sweeper republishes later
     acked = utcnow()
-    ids = [o.id for o in orders]
     for start in range(0, len(ids), 500):
         session.execute(
             update(Order).where(Order.id.in_(ids[start : start + 500])).values(published_at=acked),
             execution_options={"synchronize_session": False},
         )
     session.commit()
-    metrics.PUBLISHED.labels(kind="order").inc(len(orders))
-    return len(orders)
+    session.expire_all()
+    metrics.PUBLISHED.labels(kind="order").inc(len(ids))
+    return len(ids)
 
 
 def republish_unacked(
@@ -245,7 +295,7 @@ def republish_unacked(
     if not stale:
         return 0
     session.commit()
-    return _publish_and_mark(session, publisher, stale, messages)
+    return _publish_and_mark(session, publisher, [o.id for o in stale], messages)
 
 
 def send_cancels(

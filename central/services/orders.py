@@ -16,10 +16,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, cast
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Select, select
+from sqlalchemy import Select, Table, select
 from sqlalchemy.orm import Session, selectinload
 
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
@@ -27,7 +27,15 @@ from central.models import Batch, Concentrator, LegacyNotification, Meter, Order
 from central.services import validation
 from central.services.lifecycle import Actor, advance, note, on_order_finished, utcnow
 from central.settings import Settings
-from central.state import ACTIVE_STATES, IN_FLIGHT_STATES, Event, OrderState
+from central.state import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    IN_FLIGHT_STATES,
+    STEP_OF,
+    Event,
+    OrderState,
+    transition,
+)
 from shared.contracts import Action, OrderReason
 
 __all__ = [
@@ -103,19 +111,21 @@ def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
         yield values[start : start + _CHUNK]
 
 
-_Row = TypeVar("_Row", Meter, Concentrator)
-
-
-def _load_by_id(session: Session, model: type[_Row], ids: Iterable[str]) -> dict[str, _Row]:
+def _load_rows(session: Session, columns: Sequence[Any], ids: Iterable[str]) -> dict[str, Any]:
+    """Rows (not ORM objects: cheaper) of ``columns`` by id; the first column is the id."""
     wanted = sorted(set(ids))
-    found: dict[str, _Row] = {}
+    found: dict[str, Any] = {}
     for chunk in _chunks(wanted):
-        for row in session.scalars(select(model).where(model.id.in_(chunk))):
-            found[row.id] = row
+        for row in session.execute(select(*columns).where(columns[0].in_(chunk))):
+            found[row[0]] = row
     return found
 
 
-def _item_from_existing(index: int, order: Order) -> ItemResult:
+_METER_COLUMNS = (Meter.id, Meter.concentrator_id, Meter.commissioned, Meter.protected_customer)
+_CONCENTRATOR_COLUMNS = (Concentrator.id, Concentrator.decommissioned)
+
+
+def _item_from_existing(index: int, order: Order | _Pending) -> ItemResult:
     refused = order.state == OrderState.REJECTED or order.refusal_code is not None
     return ItemResult(
         index=index,
@@ -128,6 +138,86 @@ def _item_from_existing(index: int, order: Order) -> ItemResult:
         duplicate=True,
         needs_approval=order.needs_approval and order.approved_by is None,
     )
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An order being created: written with one bulk INSERT (the hot path of a batch)."""
+
+    id: str
+    meter_id: str
+    action: str
+    state: str
+    row: dict[str, Any]
+    refusal_code: str | None = None
+    refusal_detail: str | None = None
+    needs_approval: bool = False
+    approved_by: str | None = None
+
+
+class _Writer:
+    """Collects rows of new orders, their timeline events and outbox rows."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.orders: list[_Pending] = []
+        self.events: list[dict[str, Any]] = []
+        self.notifications: list[dict[str, Any]] = []
+
+    def event(
+        self,
+        order: _Pending,
+        event: str,
+        actor: str,
+        detail: str,
+        step: int,
+        before: str | None,
+        after: str | None,
+    ) -> None:
+        self.events.append(
+            {
+                "order_id": order.id,
+                "at": self.now,
+                "step": step,
+                "actor": actor,
+                "event": event,
+                "from_state": before,
+                "to_state": after,
+                "detail": detail,
+            }
+        )
+
+    def advance(self, order: _Pending, event: Event, actor: str, detail: str) -> None:
+        before = order.state
+        after = transition(before, event).value
+        order.state = after
+        self.event(order, event.value, actor, detail, STEP_OF[event], before, after)
+        if after in _FINAL:
+            order.row["finished_at"] = self.now
+            self.notifications.append(
+                {"order_id": order.id, "final_state": after, "created_at": self.now}
+            )
+
+    def flush(self, session: Session) -> None:
+        rows = []
+        for pending in self.orders:
+            row = pending.row
+            row["state"] = pending.state
+            row["refusal_code"] = pending.refusal_code
+            row["refusal_detail"] = pending.refusal_detail
+            row["needs_approval"] = pending.needs_approval
+            rows.append(row)
+        for start in range(0, len(rows), 2000):
+            session.execute(cast(Table, Order.__table__).insert(), rows[start : start + 2000])
+        for start in range(0, len(self.events), 2000):
+            session.execute(
+                cast(Table, OrderEvent.__table__).insert(), self.events[start : start + 2000]
+            )
+        if self.notifications:
+            session.execute(cast(Table, LegacyNotification.__table__).insert(), self.notifications)
+
+
+_FINAL = frozenset(s.value for s in FINAL_STATES)
 
 
 def create_orders(
@@ -154,16 +244,18 @@ def create_orders(
         raise BadRequest("no orders given")
     now = now or utcnow()
     keys = [r.idempotency_key for r in requests if r.idempotency_key]
-    by_key: dict[str, Order] = {}
+    by_key: dict[str, Order | _Pending] = {}
     for chunk in _chunks(sorted(set(keys))):
         for order in session.scalars(select(Order).where(Order.idempotency_key.in_(chunk))):
             assert order.idempotency_key is not None
             by_key[order.idempotency_key] = order
-    meters = _load_by_id(session, Meter, (r.meter_id for r in requests))
-    concentrators = _load_by_id(
-        session, Concentrator, (m.concentrator_id for m in meters.values() if m.concentrator_id)
+    meters = _load_rows(session, _METER_COLUMNS, (r.meter_id for r in requests))
+    concentrators = _load_rows(
+        session,
+        _CONCENTRATOR_COLUMNS,
+        (m.concentrator_id for m in meters.values() if m.concentrator_id),
     )
-    active: dict[str, list[Order]] = defaultdict(list)
+    active: dict[str, list[Order | _Pending]] = defaultdict(list)
     for chunk in _chunks(sorted(meters)):
         for order in session.scalars(
             select(Order).where(
@@ -174,8 +266,10 @@ def create_orders(
 
     batch = Batch(id=new_id(), created_by=actor.name, created_at=now, size=len(requests))
     session.add(batch)
+    session.flush()
     outcome = BatchOutcome(batch_id=batch.id, needs_approval=False)
-    accepted_disconnects: list[Order] = []
+    writer = _Writer(now)
+    accepted_disconnects: list[_Pending] = []
     received = f"received from {actor.name}"
 
     for index, request in enumerate(requests):
@@ -184,7 +278,8 @@ def create_orders(
             outcome.items.append(_item_from_existing(index, by_key[key]))
             continue
         meter = meters.get(request.meter_id)
-        same = [o for o in active.get(request.meter_id, []) if o.action == request.action.value]
+        others = active.get(request.meter_id, [])
+        same = [o for o in others if o.action == request.action.value]
         if same:
             outcome.items.append(_item_from_existing(index, same[0]))
             continue
@@ -201,111 +296,122 @@ def create_orders(
             settings,
             now,
         )
-        others = active.get(request.meter_id, [])
         if refusal is None and request.action is Action.DISCONNECT and others:
             refusal = validation.Refusal(
                 validation.RefusalCode.METER_BUSY,
                 f"meter {request.meter_id} has an active {others[0].action} order {others[0].id}",
             )
         action = request.action.value
-        order = Order(
-            id=new_id(),
-            idempotency_key=key,
+        order_id = new_id()
+        pending = _Pending(
+            id=order_id,
             meter_id=request.meter_id,
-            concentrator_id=meter.concentrator_id if meter else None,
             action=action,
-            reason=request.reason.value,
-            special=request.special,
-            priority=request.priority
-            if request.priority is not None
-            else settings.priority.get(action, 5),
             state=OrderState.RECEIVED.value,
-            created_by=actor.name,
-            created_at=now,
-            updated_at=now,
-            deadline=request.deadline or now + timedelta(seconds=settings.deadline_for(action)),
-            not_before=request.not_before,
-            issuer_id=request.issuer_id,
-            max_attempts=settings.retry_for(action).max_attempts,
-            batch_id=batch.id,
-            source=request.source,
-            external_ref=request.external_ref,
-            correlation_id=request.correlation_id,
-            reply_address=request.reply_address,
+            row={
+                "id": order_id,
+                "idempotency_key": key,
+                "meter_id": request.meter_id,
+                "concentrator_id": meter.concentrator_id if meter else None,
+                "action": action,
+                "reason": request.reason.value,
+                "special": request.special,
+                "priority": request.priority
+                if request.priority is not None
+                else settings.priority.get(action, 5),
+                "created_by": actor.name,
+                "created_at": now,
+                "updated_at": now,
+                "deadline": request.deadline
+                or now + timedelta(seconds=settings.deadline_for(action)),
+                "not_before": request.not_before,
+                "issuer_id": request.issuer_id,
+                "max_attempts": settings.retry_for(action).max_attempts,
+                "batch_id": batch.id,
+                "source": request.source,
+                "external_ref": request.external_ref,
+                "correlation_id": request.correlation_id,
+                "reply_address": request.reply_address,
+                "finished_at": None,
+                "superseded_by": None,
+                "result_reason": None,
+            },
         )
-        session.add(order)
-        session.add(
-            OrderEvent(
-                order_id=order.id,
-                at=now,
-                step=2,
-                actor=actor.name,
-                event="receive",
-                from_state=None,
-                to_state=OrderState.RECEIVED.value,
-                detail=f"{received}: {action} ({request.reason.value}) via {request.source}",
-            )
+        writer.orders.append(pending)
+        writer.event(
+            pending,
+            "receive",
+            actor.name,
+            f"{received}: {action} ({request.reason.value}) via {request.source}",
+            2,
+            None,
+            OrderState.RECEIVED.value,
         )
         if refusal is not None:
-            order.refusal_code = refusal.code.value
-            order.refusal_detail = refusal.message
-            advance(
-                session,
-                order,
-                Event.REJECT,
-                "central",
-                f"{refusal.code}: {refusal.message}",
-                at=now,
-            )
+            pending.refusal_code = refusal.code.value
+            pending.refusal_detail = refusal.message
+            writer.advance(pending, Event.REJECT, "central", f"{refusal.code}: {refusal.message}")
             outcome.items.append(
                 ItemResult(
                     index,
                     request.meter_id,
                     False,
-                    order.id,
-                    order.state,
+                    order_id,
+                    pending.state,
                     refusal.code.value,
                     refusal.message,
                 )
             )
         else:
             for other in others:  # connect/arm supersedes a pending disconnect
-                _supersede(session, other, order, now)
-            advance(session, order, Event.VALIDATE, "central", "all checks passed", at=now)
+                if isinstance(other, _Pending):
+                    _supersede_pending(writer, other, pending)
+                else:
+                    _supersede(session, other, pending, now)
+            writer.advance(pending, Event.VALIDATE, "central", "all checks passed")
             if request.action is Action.DISCONNECT:
-                accepted_disconnects.append(order)
+                accepted_disconnects.append(pending)
             outcome.items.append(
-                ItemResult(index, request.meter_id, True, order.id, order.state, None, "accepted")
+                ItemResult(index, request.meter_id, True, order_id, pending.state, None, "accepted")
             )
-            active[request.meter_id] = [*others, order]
+            active[request.meter_id] = [o for o in others if o.state in _ACTIVE] + [pending]
         if key:
-            by_key[key] = order
+            by_key[key] = pending
 
     batch.disconnects = len(accepted_disconnects)
     if len(accepted_disconnects) > settings.approval_threshold:
         batch.needs_approval = True
         outcome.needs_approval = True
         held = {o.id for o in accepted_disconnects}
-        for order in accepted_disconnects:
-            order.needs_approval = True
-            note(
-                session,
-                order,
-                "approval_required",
-                "central",
-                f"batch {batch.id} holds {len(accepted_disconnects)} disconnects, over the "
-                f"threshold of {settings.approval_threshold}: a second person must approve",
-                step=3,
-                at=now,
+        detail = (
+            f"batch {batch.id} holds {len(accepted_disconnects)} disconnects, over the "
+            f"threshold of {settings.approval_threshold}: a second person must approve"
+        )
+        for pending in accepted_disconnects:
+            pending.needs_approval = True
+            writer.event(
+                pending, "approval_required", "central", detail, 3, pending.state, pending.state
             )
         for item in outcome.items:
             if item.order_id in held:
                 item.needs_approval = True
+    writer.flush(session)
     session.flush()
     return outcome
 
 
-def _supersede(session: Session, old: Order, new: Order, now: datetime) -> None:
+_ACTIVE = frozenset(s.value for s in ACTIVE_STATES)
+
+
+def _supersede_pending(writer: _Writer, old: _Pending, new: _Pending) -> None:
+    if old.action != Action.DISCONNECT.value or old.state not in _ACTIVE:
+        return
+    old.row["superseded_by"] = new.id
+    old.row["result_reason"] = "cancelled"
+    writer.advance(old, Event.CANCEL, "central", f"superseded by {new.action} order {new.id}")
+
+
+def _supersede(session: Session, old: Order, new: Order | _Pending, now: datetime) -> None:
     if old.action != Action.DISCONNECT.value:
         return
     old.superseded_by = new.id

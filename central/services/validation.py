@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from functools import lru_cache
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import holidays
 
-from central.models import Concentrator, Meter
 from central.settings import Settings
 from shared.contracts import Action, OrderReason
 
@@ -27,6 +27,26 @@ class RefusalCode(StrEnum):
     METER_BUSY = "meter_busy"
     UNSUPPORTED_ACTION = "unsupported_action"
     INVALID_REQUEST = "invalid_request"
+
+
+class MeterLike(Protocol):
+    """What validation reads of a meter (an ORM ``Meter`` or a row of its columns)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def concentrator_id(self) -> str | None: ...
+    @property
+    def commissioned(self) -> bool: ...
+    @property
+    def protected_customer(self) -> bool: ...
+
+
+class ConcentratorLike(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def decommissioned(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -59,8 +79,8 @@ def check(
     action: Action,
     reason: OrderReason,
     special: bool,
-    meter: Meter | None,
-    concentrator: Concentrator | None,
+    meter: MeterLike | None,
+    concentrator: ConcentratorLike | None,
     settings: Settings,
     now: datetime,
 ) -> Refusal | None:

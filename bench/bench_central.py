@@ -1,0 +1,200 @@
+"""Coordinator throughput: orders/s through the REST batch route (validated,
+stored in SQLite, signed, published with QoS 1 and acknowledged by mosquitto)
+next to the raw paho -> mosquitto QoS 1 publish rate measured in the same run.
+
+    .venv/bin/python bench/bench_central.py [--orders 20000] [--batch 1000]
+
+Goal (issue 5): >= 2,000 orders/s and a ratio >= 0.3 on a 2-core machine.
+Both runs use the shipped mosquitto configuration; the orders go to 100
+concentrators with no agent connected (the broker acknowledges and drops them),
+so the figure is the coordinator's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from shared import topics
+from shared.broker import MosquittoBroker, free_port
+from shared.signing import generate_keypair
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCENTRATORS = 100
+TOKEN = {"Authorization": "Bearer dev-operator"}
+ADMIN = {"Authorization": "Bearer dev-admin"}
+
+
+def raw_publish_rate(broker: MosquittoBroker, count: int, payload: bytes) -> float:
+    """QoS 1 publishes with PUBACK, from one paho client, as fast as it goes."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=paho.MQTTv5)
+    client.username_pw_set("coordinator", broker.password)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        time.sleep(0.3)
+        started = time.perf_counter()
+        infos = [
+            client.publish(topics.commands(f"bc{n % CONCENTRATORS}"), payload, qos=1)
+            for n in range(count)
+        ]
+        for info in infos:
+            info.wait_for_publish(60)
+        elapsed = time.perf_counter() - started
+        assert all(i.is_published() for i in infos)
+        return count / elapsed
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def central_rate(
+    broker: MosquittoBroker, orders: int, batch: int, work: Path
+) -> tuple[float, list[float], int]:
+    """The coordinator runs as its own process (``rcd central run``), as in production."""
+    private_pem, _ = generate_keypair()
+    key_path = work / "coordinator.key"
+    key_path.write_bytes(private_pem)
+    database = work / "bench.sqlite3"
+    port = free_port()
+    env = {
+        **os.environ,
+        "RCD_ENVIRONMENT": "test",
+        "RCD_DATABASE_URL": f"sqlite:///{database}",
+        "RCD_MQTT_HOST": broker.host,
+        "RCD_MQTT_PORT": str(broker.port),
+        "RCD_MQTT_PASSWORD": broker.password,
+        "RCD_MQTT_CLIENT_ID": "bench-central",
+        "RCD_SIGNING_KEY_PATH": str(key_path),
+        "RCD_MAX_INFLIGHT_PER_CONCENTRATOR": "1000000",
+        "RCD_DISCONNECTS_PER_MINUTE": "10000000",
+        "RCD_APPROVAL_THRESHOLD": "10000000",
+        "RCD_SWEEP_INTERVAL_S": "3600",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "central",
+            "run",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=120) as http:
+            _wait_ready(http, server)
+            csv = "meter_id,concentrator_id,line_id,hdlc_address\n" + "".join(
+                f"bm{n},bc{n % CONCENTRATORS},l1,{16 + n // CONCENTRATORS % 4000}\n"
+                for n in range(orders)
+            )
+            answer = http.post(
+                "/api/v1/meters/import", content=csv, headers={**ADMIN, "Content-Type": "text/csv"}
+            )
+            answer.raise_for_status()
+            time.sleep(1.0)  # let the meter tables go out first
+            per_batch: list[float] = []
+            started = time.perf_counter()
+            for start in range(0, orders, batch):
+                body = {
+                    "orders": [
+                        {
+                            "meter_id": f"bm{n}",
+                            "action": "disconnect",
+                            "reason": "losses",
+                            "special": True,
+                        }
+                        for n in range(start, min(start + batch, orders))
+                    ]
+                }
+                t0 = time.perf_counter()
+                answer = http.post("/api/v1/orders/batch", json=body, headers=TOKEN)
+                answer.raise_for_status()
+                result = answer.json()
+                per_batch.append(time.perf_counter() - t0)
+                if result["refused"]:
+                    raise SystemExit(f"refused orders in the bench: {result['items'][:3]}")
+            elapsed = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # Every order must have been acknowledged by the broker by now (some may have
+    # gone out in the background loop's pass rather than in the request's).
+    with sqlite3.connect(database) as db:
+        acked = db.execute("SELECT count(*) FROM orders WHERE published_at IS NOT NULL").fetchone()[
+            0
+        ]
+    return orders / elapsed, per_batch, int(acked)
+
+
+def _wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        if server.poll() is not None:
+            raise SystemExit("the coordinator exited at start")
+        try:
+            if http.get("/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("the coordinator did not become ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--orders", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+    users = [f"bc{n}" for n in range(CONCENTRATORS)]
+    with (
+        tempfile.TemporaryDirectory(prefix="rcd-bench-") as tmp,
+        MosquittoBroker(users=users) as broker,
+    ):
+        work = Path(tmp)
+        # a payload of the size of a real signed order command
+        sample = b"x" * 720
+        raw = raw_publish_rate(broker, args.orders, sample)
+        rate, per_batch, dispatched = central_rate(broker, args.orders, args.batch, work)
+        raw_after = raw_publish_rate(broker, args.orders, sample)
+    raw_mean = (raw + raw_after) / 2
+    ratio = rate / raw_mean
+    print(
+        f"orders: {args.orders} in batches of {args.batch}, {CONCENTRATORS} concentrators, SQLite"
+    )
+    print(f"raw paho->mosquitto QoS1 publish+PUBACK: {raw:,.0f}/s before, {raw_after:,.0f}/s after")
+    print(
+        f"coordinator REST batch -> validated, stored, signed, published, PUBACK: {rate:,.0f} orders/s"
+    )
+    print(f"  acknowledged by the broker: {dispatched} of {args.orders}")
+    print(
+        f"  batch latency: median {statistics.median(per_batch) * 1000:.0f} ms, max {max(per_batch) * 1000:.0f} ms"
+    )
+    print(f"ratio coordinator/raw: {ratio:.2f}")
+    goal = rate >= 2000 and ratio >= 0.3 and dispatched == args.orders
+    print(f"goal (>= 2,000 orders/s, ratio >= 0.3): {'met' if goal else 'NOT met'}")
+    return 0 if goal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
