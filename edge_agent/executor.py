@@ -192,6 +192,7 @@ class Executor:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcd-exec")
         self.executed = 0  # attempts that reached a meter driver (for the bench)
         self._last_prune = 0.0
+        self._meters: dict[str, Meter | None] = {}
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -215,8 +216,13 @@ class Executor:
     def _line_key(self, meter: Meter | None, meter_id: str) -> str:
         return meter.line_key if meter is not None else f"missing:{meter_id}"
 
+    def _meter(self, meter_id: str) -> Meter | None:
+        if meter_id not in self._meters:
+            self._meters[meter_id] = self._store.meter(meter_id)
+        return self._meters[meter_id]
+
     def _blocked(self, meter_id: str) -> bool:
-        meter = self._store.meter(meter_id)
+        meter = self._meter(meter_id)
         key = self._line_key(meter, meter_id)
         with self._lock:
             if meter is None:
@@ -245,12 +251,13 @@ class Executor:
         return max(0.0, min(self._idle, next_at - self._clock().timestamp()))
 
     def _claim_all(self) -> int:
+        self._meters = {}  # cached per round only: the meter table may change in between
         claimed = 0
         while not self._stop.is_set():
             order = self._store.claim_next(self._clock(), self._blocked)
             if order is None:
                 return claimed
-            meter = self._store.meter(order.command.meter_id)
+            meter = self._meter(order.command.meter_id)
             key = self._line_key(meter, order.command.meter_id)
             with self._lock:
                 self._inflight[key] = self._inflight.get(key, 0) + 1

@@ -436,7 +436,7 @@ class Store:
         with self.transaction() as conn:
             cursor = conn.execute(
                 "SELECT * FROM orders WHERE state IN (?, ?) AND next_at <= ? "
-                "ORDER BY priority DESC, rowid ASC LIMIT 200",
+                "ORDER BY priority DESC, rowid ASC LIMIT 1000",
                 (State.QUEUED.value, State.WAITING.value, now.timestamp()),
             )
             cols = [c[0] for c in cursor.description]
