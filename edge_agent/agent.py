@@ -82,7 +82,11 @@ class EdgeAgent:
             public_key, self.cid, self.store,
             clock_skew=timedelta(seconds=config.coordinator.clock_skew_s),
         )
-        self.link = MqttLink(config, self.store, self.handle_message, self.status)
+        try:
+            self.link = MqttLink(config, self.store, self.handle_message, self.status)
+        except BaseException:
+            self.store.close()
+            raise
         self.executor = Executor(
             self.store,
             driver if driver is not None else _LazyDlmsDriver(self.store, config),
