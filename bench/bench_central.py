@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -62,7 +63,7 @@ def raw_publish_rate(broker: MosquittoBroker, count: int, payload: bytes) -> flo
 
 
 def central_rate(
-    broker: MosquittoBroker, orders: int, batch: int, work: Path
+    broker: MosquittoBroker, orders: int, batch: int, clients: int, work: Path
 ) -> tuple[float, list[float], int]:
     """The coordinator runs as its own process (``rcd central run``), as in production."""
     private_pem, _ = generate_keypair()
@@ -112,10 +113,8 @@ def central_rate(
             )
             answer.raise_for_status()
             time.sleep(1.0)  # let the meter tables go out first
-            per_batch: list[float] = []
-            started = time.perf_counter()
-            for start in range(0, orders, batch):
-                body = {
+            batches = [
+                {
                     "orders": [
                         {
                             "meter_id": f"bm{n}",
@@ -126,13 +125,24 @@ def central_rate(
                         for n in range(start, min(start + batch, orders))
                     ]
                 }
-                t0 = time.perf_counter()
-                answer = http.post("/api/v1/orders/batch", json=body, headers=TOKEN)
-                answer.raise_for_status()
-                result = answer.json()
-                per_batch.append(time.perf_counter() - t0)
-                if result["refused"]:
-                    raise SystemExit(f"refused orders in the bench: {result['items'][:3]}")
+                for start in range(0, orders, batch)
+            ]
+            per_batch: list[float] = []
+
+            def send(bodies: list[dict[str, object]]) -> None:
+                with httpx.Client(base_url=base, timeout=120) as own:
+                    for body in bodies:
+                        t0 = time.perf_counter()
+                        answer = own.post("/api/v1/orders/batch", json=body, headers=TOKEN)
+                        answer.raise_for_status()
+                        per_batch.append(time.perf_counter() - t0)
+                        if answer.json()["refused"]:
+                            raise SystemExit(f"refused orders in the bench: {answer.text[:300]}")
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                for future in [pool.submit(send, batches[k::clients]) for k in range(clients)]:
+                    future.result()
             elapsed = time.perf_counter() - started
     finally:
         server.terminate()
@@ -165,6 +175,7 @@ def main() -> int:
     )
     parser.add_argument("--orders", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=2, help="concurrent REST clients")
     args = parser.parse_args()
     users = [f"bc{n}" for n in range(CONCENTRATORS)]
     with (
@@ -175,12 +186,15 @@ def main() -> int:
         # a payload of the size of a real signed order command
         sample = b"x" * 720
         raw = raw_publish_rate(broker, args.orders, sample)
-        rate, per_batch, dispatched = central_rate(broker, args.orders, args.batch, work)
+        rate, per_batch, dispatched = central_rate(
+            broker, args.orders, args.batch, args.clients, work
+        )
         raw_after = raw_publish_rate(broker, args.orders, sample)
     raw_mean = (raw + raw_after) / 2
     ratio = rate / raw_mean
     print(
-        f"orders: {args.orders} in batches of {args.batch}, {CONCENTRATORS} concentrators, SQLite"
+        f"orders: {args.orders} in batches of {args.batch} from {args.clients} concurrent "
+        f"clients, {CONCENTRATORS} concentrators, SQLite"
     )
     print(f"raw paho->mosquitto QoS1 publish+PUBACK: {raw:,.0f}/s before, {raw_after:,.0f}/s after")
     print(

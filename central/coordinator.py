@@ -85,8 +85,12 @@ class Coordinator:
         """One dispatch pass now (the API calls it after accepting orders)."""
         if self.link is None:
             return 0
-        with self._dispatch_lock, self.factory() as session:
-            return dispatch.dispatch_ready(session, self.link, self.signer, self.settings)
+        with self.factory() as session:
+            with self._dispatch_lock:  # claims are serialised; publishing overlaps
+                claim = dispatch.claim_ready(session, self.signer, self.settings)
+            if not claim.ids:
+                return 0
+            return dispatch.publish_claimed(session, self.link, claim)
 
     def run_once(self) -> None:
         with self.factory() as session:
@@ -97,7 +101,7 @@ class Coordinator:
             dispatch.push_meter_tables(session, self.link, self.signer)
             dispatch.send_cancels(session, self.link, self.signer)
             dispatch.republish_unacked(session, self.link, self.signer, self.settings)
-            dispatch.dispatch_ready(session, self.link, self.signer, self.settings)
+        self.dispatch_now()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

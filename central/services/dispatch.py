@@ -177,6 +177,14 @@ def select_ready(
     return ready
 
 
+@dataclass
+class Claim:
+    """Orders moved to ``dispatched`` (committed) with their signed commands, to publish."""
+
+    ids: list[str]
+    messages: list[Outgoing]
+
+
 def dispatch_ready(
     session: Session,
     publisher: Publisher,
@@ -185,12 +193,24 @@ def dispatch_ready(
     *,
     now: datetime | None = None,
 ) -> int:
-    """One dispatch pass. Commits twice: the claim (``dispatched``, with its timeline
-    events, in bulk), then the PUBACKs. Returns how many orders the broker acknowledged."""
+    """One dispatch pass: :func:`claim_ready` then :func:`publish_claimed`.
+    Returns how many orders the broker acknowledged."""
+    claim = claim_ready(session, signer, settings, now=now)
+    if not claim.ids:
+        return 0
+    return publish_claimed(session, publisher, claim)
+
+
+def claim_ready(
+    session: Session, signer: CommandSigner, settings: Settings, *, now: datetime | None = None
+) -> Claim:
+    """Select what may go, move it to ``dispatched`` with its timeline events (in bulk),
+    sign the commands, and commit. Callers serialise claims (one at a time per process;
+    SKIP LOCKED between replicas); publishing may then overlap the next claim."""
     now = now or utcnow()
     ready = select_ready(session, settings, now)
     if not ready:
-        return 0
+        return Claim([], [])
     target = transition(OrderState.VALIDATED, Event.DISPATCH).value
     step = STEP_OF[Event.DISPATCH]
     messages: list[Outgoing] = []
@@ -232,7 +252,12 @@ def dispatch_ready(
     session.execute(cast(Table, OrderEvent.__table__).insert(), events)
     session.commit()
     session.expire_all()
-    return _publish_and_mark(session, publisher, [o.id for o in ready], messages)
+    return Claim([o.id for o in ready], messages)
+
+
+def publish_claimed(session: Session, publisher: Publisher, claim: Claim) -> int:
+    """Publish claimed commands, wait for every PUBACK, record ``published_at``."""
+    return _publish_and_mark(session, publisher, claim.ids, claim.messages)
 
 
 def _publish_and_mark(
