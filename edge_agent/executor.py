@@ -49,6 +49,7 @@ from shared.dlms.errors import (
     DataAccessError,
     DlmsError,
     MalformedResponse,
+    MeterUnreachable,
     NoResponse,
     TransportError,
 )
@@ -79,6 +80,8 @@ def classify(exc: BaseException, meter: Meter | None = None) -> tuple[ReasonCode
     detail = str(exc)[:400]
     if isinstance(exc, MeterError):
         return exc.reason, exc.detail or detail
+    if isinstance(exc, MeterUnreachable):  # not even the HDLC link layer answered
+        return ReasonCode.METER_UNREACHABLE, detail
     if isinstance(exc, NoResponse):
         return ReasonCode.METER_NOT_RESPONDING, detail
     if isinstance(exc, MalformedResponse):

@@ -124,6 +124,27 @@ def test_fault_ends_with_its_reason(rig: tuple[EdgeAgent, CommandSigner, Coordin
     assert [a.error for a in r.attempts] == [reason] * attempts
 
 
+@pytest.mark.parametrize(
+    ("meter", "reason"),
+    [
+        # HDLC: no UA to SNRM means no route to the meter; a hung meter still answers SNRM
+        ("HX", ReasonCode.METER_UNREACHABLE),
+        # TCP wrapper has no link layer: silence is all the agent sees
+        ("TX", ReasonCode.METER_NOT_RESPONDING),
+    ],
+)
+def test_unreachable_meter(rig: tuple[EdgeAgent, CommandSigner, Coordinator, str],
+                           fleet: RunningFleet, meter: str, reason: ReasonCode) -> None:
+    _, _, coord, _ = rig
+    fleet.set_fault(meter, "unreachable")
+    try:
+        send(rig, "unreach", meter, Action.DISCONNECT, attempts=2, backoff=0.05)
+        r = coord.result("unreach", timeout=20)
+    finally:
+        fleet.set_fault(meter, None)
+    assert (r.outcome, r.reason, len(r.attempts)) == (Outcome.FAILED, reason, 2), r
+
+
 def test_order_past_deadline_never_executed(rig: tuple[EdgeAgent, CommandSigner, Coordinator, str],
                                             fleet: RunningFleet) -> None:
     _, _, coord, _ = rig
