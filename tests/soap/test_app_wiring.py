@@ -4,6 +4,7 @@ Legacy notifier, with no extra wiring."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from central.app import create_app
@@ -29,12 +30,18 @@ def test_create_app_serves_soap_and_notifies_legacy(tmp_path: Path, legacy: Lega
             assert len(events) == 1
             assert b"3.31.0.42" in legacy.received[0]
             assert b"corr-wired-1" in legacy.received[0]
-            found = client.service.GetEndDeviceControls(
-                Header=header("wired-2", verb="get"),
-                Request={
-                    "GetEndDeviceControls": {"EndDeviceControl": [{"issuerTrackingID": "W-1"}]}
-                },
-            )
-            assert found.Payload.EndDeviceControls.EndDeviceControl[0].status.value == "reported"
+            # Legacy's acknowledgement is committed just after Legacy has answered
+            deadline = time.monotonic() + 10
+            state = ""
+            while state != "reported" and time.monotonic() < deadline:
+                found = client.service.GetEndDeviceControls(
+                    Header=header("wired-2", verb="get"),
+                    Request={
+                        "GetEndDeviceControls": {"EndDeviceControl": [{"issuerTrackingID": "W-1"}]}
+                    },
+                )
+                state = found.Payload.EndDeviceControls.EndDeviceControl[0].status.value
+                time.sleep(0.05)
+            assert state == "reported"
     finally:
         coordinator.close()
