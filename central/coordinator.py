@@ -94,7 +94,7 @@ class Coordinator:
 
     def run_once(self) -> None:
         with self.factory() as session:
-            dispatch.sweep_expired(session)
+            dispatch.sweep_expired(session, grace_s=self.settings.expiry_grace_s)
         if self.link is None or not self.link.connected:
             return
         with self._dispatch_lock, self.factory() as session:

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     # Background loops
     sweep_interval_s: float = 5.0
     republish_after_s: float = 60.0
+    expiry_grace_s: float = 60.0  # in-flight orders get this long past the deadline
 
     @model_validator(mode="after")
     def _refuse_defaults_in_production(self) -> Settings:

@@ -42,6 +42,7 @@ def app_client(
         mqtt_share_group=f"g{tag}",
         signing_key_pem=keypair[0].decode(),
         sweep_interval_s=0.2,
+        expiry_grace_s=0.5,
     )
     with TestClient(create_app(settings)) as client:
         yield client
@@ -123,5 +124,40 @@ def test_orders_through_broker_and_agent(
 
         agent.answer_order(agent.orders[-1], Outcome.CANCELLED, ReasonCode.CANCELLED)
         assert wait_until(lambda: states(app_client, [slow["id"]]) == ["cancelled"])
+    finally:
+        agent.close()
+
+
+def test_no_answer_expires_into_a_work_order(
+    app_client: TestClient, concentrator: str, broker: MosquittoBroker, public_key
+) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+
+    csv = f"meter_id,concentrator_id,line_id,hdlc_address\nq0,{concentrator},l1,17\n"
+    app_client.post(
+        "/api/v1/meters/import", content=csv, headers={**ADMIN, "Content-Type": "text/csv"}
+    )
+    agent = TestAgent(broker.host, broker.port, concentrator, public_key, answer=False)
+    try:
+        deadline = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        order = app_client.post(
+            "/api/v1/orders",
+            json={
+                "meter_id": "q0",
+                "action": "connect",
+                "reason": "payment_restored",
+                "deadline": deadline,
+            },
+            headers=OPERATOR,
+        ).json()["order"]
+        assert order["state"] == "dispatched"
+        assert wait_until(lambda: len(agent.orders) == 1)
+        assert wait_until(lambda: states(app_client, [order["id"]]) == ["expired"], timeout=10)
+        work = app_client.get(
+            "/api/v1/work-orders", params={"meter_id": "q0"}, headers=OPERATOR
+        ).json()
+        assert [(w["order_id"], w["reason"]) for w in work] == [(order["id"], "expired")]
+        events = app_client.get(f"/api/v1/orders/{order['id']}", headers=OPERATOR).json()["events"]
+        assert [e["step"] for e in events][-2:] == [8, 10]
     finally:
         agent.close()
