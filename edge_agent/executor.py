@@ -130,8 +130,11 @@ def switch(link: MeterLink, action: Action) -> AttemptResult:
     """The protocol of one attempt on an open association."""
     before = link.read_state()
     if before.control_state in _WANTED[action]:
+        # Nothing to switch, but Legacy still wants the reading (step 6 of the brief).
+        relay, energy = link.read_back()
         return AttemptResult(
-            outcome=_OUTCOME_OF_STATE[before.control_state], relay=before, already=True
+            outcome=_OUTCOME_OF_STATE[relay.control_state], relay=relay, energy=energy,
+            already=True,
         )
     if action is not Action.DISCONNECT and before.control_mode == 0:
         return AttemptResult(
