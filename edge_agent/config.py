@@ -51,6 +51,8 @@ class BrokerSettings(_Section):
     reconnect_min_s: float = Field(default=1.0, gt=0, le=600)
     reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
     session_expiry_s: int = Field(default=14 * 86400, ge=0)
+    # "5" in the field; "3.1.1" only for the demo's embedded broker (no MQTT 5 there)
+    protocol: Literal["5", "3.1.1"] = "5"
 
     @field_validator("url")
     @classmethod

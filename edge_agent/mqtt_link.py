@@ -68,10 +68,14 @@ class MqttLink:
         self._subscribed = threading.Event()
         self._pump: threading.Thread | None = None
         self.published = 0
+        # MQTT 5 in the field; 3.1.1 only for the demo's embedded broker, where a
+        # persistent session is asked for with clean_session=False instead.
+        self._v5 = config.broker.protocol == "5"
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=cid,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else False,
             manual_ack=True,
             reconnect_on_failure=True,
         )
@@ -110,13 +114,16 @@ class MqttLink:
 
     def start(self) -> None:
         broker = self._config.broker
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = broker.session_expiry_s
         try:
-            self._client.connect_async(
-                broker.host, broker.port, keepalive=broker.keepalive_s,
-                clean_start=False, properties=props,
-            )
+            if self._v5:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = broker.session_expiry_s
+                self._client.connect_async(
+                    broker.host, broker.port, keepalive=broker.keepalive_s,
+                    clean_start=False, properties=props,
+                )
+            else:
+                self._client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
         except (OSError, ValueError) as exc:
             raise LinkError(f"cannot connect to {broker.url}: {exc}") from exc
         self._client.loop_start()
