@@ -28,7 +28,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
-from central import metrics
+from central import bulk, metrics
 from central.errors import DispatchError
 from central.models import Concentrator, Order, OrderEvent
 from central.services import registry
@@ -248,8 +248,8 @@ def claim_ready(
             )
         )
         latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
-    session.execute(update(Order), updates)
-    session.execute(cast(Table, OrderEvent.__table__).insert(), events)
+    bulk.update_rows(session, cast(Table, Order.__table__), updates)
+    bulk.insert_rows(session, cast(Table, OrderEvent.__table__), events)
     session.commit()
     session.expire_all()
     return Claim([o.id for o in ready], messages)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Select, Table, select
 from sqlalchemy.orm import Session, selectinload
 
+from central import bulk
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
 from central.services import validation
@@ -208,13 +209,13 @@ class _Writer:
             row["needs_approval"] = pending.needs_approval
             rows.append(row)
         for start in range(0, len(rows), 2000):
-            session.execute(cast(Table, Order.__table__).insert(), rows[start : start + 2000])
+            bulk.insert_rows(session, cast(Table, Order.__table__), rows[start : start + 2000])
         for start in range(0, len(self.events), 2000):
-            session.execute(
-                cast(Table, OrderEvent.__table__).insert(), self.events[start : start + 2000]
+            bulk.insert_rows(
+                session, cast(Table, OrderEvent.__table__), self.events[start : start + 2000]
             )
         if self.notifications:
-            session.execute(cast(Table, LegacyNotification.__table__).insert(), self.notifications)
+            bulk.insert_rows(session, cast(Table, LegacyNotification.__table__), self.notifications)
 
 
 _FINAL = frozenset(s.value for s in FINAL_STATES)

@@ -1,0 +1,111 @@
+"""Bulk writes for the order hot path (thousands of rows per batch).
+
+SQLAlchemy's executemany spends most of its time building parameters per row;
+here the statement is compiled once per (dialect, table, columns), each value
+goes through its column type's bind processor (so stored values are exactly
+what the ORM would store, e.g. SQLite's datetime text), and the DBAPI's
+executemany does the rest. Runs on the session's connection and transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Table, bindparam
+from sqlalchemy.orm import Session
+
+_Processor = Callable[[Any], Any] | None
+_CACHE: dict[
+    tuple[str, str, str, tuple[str, ...]], tuple[str, list[tuple[str, _Processor]], bool]
+] = {}
+
+
+def _prepare(
+    session: Session, table: Table, kind: str, keys: tuple[str, ...], where_key: str | None
+) -> tuple[str, list[tuple[str, _Processor]], bool]:
+    dialect = session.get_bind().dialect
+    cache_key = (dialect.name, table.name, kind, keys)
+    cached = _CACHE.get(cache_key)
+    if cached is not None:
+        return cached
+    if kind == "insert":
+        statement: Any = table.insert().values({k: bindparam(k) for k in keys})
+    else:
+        assert where_key is not None
+        values: dict[str, Any] = {k: bindparam(k) for k in keys if k != where_key}
+        statement = (
+            table.update().where(table.c[where_key] == bindparam(f"w_{where_key}")).values(values)
+        )
+    compiled = statement.compile(dialect=dialect)
+    names = (
+        list(compiled.positiontup)
+        if compiled.positional and compiled.positiontup
+        else list(compiled.binds)
+    )
+    processors: list[tuple[str, _Processor]] = []
+    for name in names:
+        column = name[2:] if name.startswith("w_") and name[2:] == where_key else name
+        processors.append((name, table.c[column].type.bind_processor(dialect)))
+    prepared = (str(compiled), processors, bool(compiled.positional))
+    _CACHE[cache_key] = prepared
+    return prepared
+
+
+def _params(
+    rows: Sequence[dict[str, Any]],
+    processors: list[tuple[str, _Processor]],
+    positional: bool,
+    where_key: str | None,
+) -> list[Any]:
+    out: list[Any] = []
+    for row in rows:
+        values: list[Any] = []
+        for name, process in processors:
+            key = where_key if where_key is not None and name == f"w_{where_key}" else name
+            value = row[key]
+            values.append(process(value) if process is not None and value is not None else value)
+        out.append(
+            tuple(values)
+            if positional
+            else dict(zip([n for n, _ in processors], values, strict=True))
+        )
+    return out
+
+
+def _defaults(table: Table, given: Sequence[str]) -> dict[str, Any]:
+    """Python-side column defaults for the columns the rows do not give."""
+    found: dict[str, Any] = {}
+    for column in table.columns:
+        default = column.default
+        if column.key in given or default is None or column.autoincrement is True:
+            continue
+        if getattr(default, "is_scalar", False):
+            found[column.key] = default.arg  # type: ignore[attr-defined]
+        elif getattr(default, "is_callable", False):
+            found[column.key] = default.arg(None)  # type: ignore[attr-defined]
+    return found
+
+
+def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT all ``rows`` (dicts with the same keys) in one executemany; columns the
+    rows leave out get their Python-side defaults, as with an ORM insert."""
+    if not rows:
+        return
+    extra = _defaults(table, tuple(rows[0]))
+    if extra:
+        rows = [{**extra, **row} for row in rows]
+    keys = tuple(rows[0])
+    sql, processors, positional = _prepare(session, table, "insert", keys, None)
+    session.connection().exec_driver_sql(sql, _params(rows, processors, positional, None))
+
+
+def update_rows(
+    session: Session, table: Table, rows: Sequence[dict[str, Any]], key: str = "id"
+) -> None:
+    """UPDATE each row by ``key`` with its other values, in one executemany."""
+    if not rows:
+        return
+    keys = tuple(rows[0])
+    sql, processors, positional = _prepare(session, table, "update", keys, key)
+    session.connection().exec_driver_sql(sql, _params(rows, processors, positional, key))
