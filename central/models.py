@@ -123,7 +123,7 @@ class Order(Base):
     reason: Mapped[str] = mapped_column(String(32))
     special: Mapped[bool] = mapped_column(Boolean, default=False)  # allowed outside working days
     priority: Mapped[int] = mapped_column(Integer, default=5)
-    state: Mapped[str] = mapped_column(String(32), index=True)
+    state: Mapped[str] = mapped_column(String(32))  # see ix_orders_state_conc
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
