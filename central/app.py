@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from central import metrics
 from central.api.deps import AppContext, hash_token
@@ -83,6 +84,23 @@ def create_app(settings: Settings) -> FastAPI:
     async def _central_error(_request: Request, exc: CentralError) -> JSONResponse:
         code = next((c for kind, c in _STATUS if isinstance(exc, kind)), 500)
         return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=code)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:
+        # e.g. two requests racing with the same idempotency key: the second one retries
+        log.info("integrity error: %s", exc.orig)
+        return JSONResponse(
+            {"detail": "conflicting concurrent change; retry the request", "error": "Conflict"},
+            status_code=status.HTTP_409_CONFLICT,
+        )
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database_error(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return JSONResponse(
+            {"detail": "database unavailable", "error": "StorageError"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
 
     for module in (orders, meters, concentrators, workorders):
         app.include_router(module.router, prefix=API_PREFIX)

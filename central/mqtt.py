@@ -49,12 +49,22 @@ class MqttLink:
         self._on_result = on_result
         self._on_status = on_status
         self._connected = threading.Event()
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or settings.mqtt_client_id,
-            protocol=paho.MQTTv5,
-            manual_ack=True,
-        )
+        self._v5 = settings.mqtt_protocol == "5"
+        if self._v5:
+            self._client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id or settings.mqtt_client_id,
+                protocol=paho.MQTTv5,
+                manual_ack=True,
+            )
+        else:
+            self._client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id or settings.mqtt_client_id,
+                protocol=paho.MQTTv311,
+                clean_session=False,
+                manual_ack=True,
+            )
         self._client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
         if settings.mqtt_tls_ca is not None:
             self._client.tls_set(
@@ -69,16 +79,21 @@ class MqttLink:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MqttLink:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = SESSION_EXPIRY_S
         try:
-            self._client.connect(
-                self._settings.mqtt_host,
-                self._settings.mqtt_port,
-                keepalive=30,
-                clean_start=False,
-                properties=properties,
-            )
+            if self._v5:
+                properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                properties.SessionExpiryInterval = SESSION_EXPIRY_S
+                self._client.connect(
+                    self._settings.mqtt_host,
+                    self._settings.mqtt_port,
+                    keepalive=30,
+                    clean_start=False,
+                    properties=properties,
+                )
+            else:
+                self._client.connect(
+                    self._settings.mqtt_host, self._settings.mqtt_port, keepalive=30
+                )
         except (OSError, ValueError) as exc:
             raise DispatchError(
                 f"cannot reach MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port}: {exc}"
@@ -117,9 +132,12 @@ class MqttLink:
             return
         subscriptions = []
         if self._on_result is not None:
-            subscriptions.append(
-                (topics.shared_subscription(self._settings.mqtt_share_group, topics.ALL_RESULTS), 1)
+            results_filter = (
+                topics.shared_subscription(self._settings.mqtt_share_group, topics.ALL_RESULTS)
+                if self._v5
+                else topics.ALL_RESULTS
             )
+            subscriptions.append((results_filter, 1))
         if self._on_status is not None:
             subscriptions.append((topics.ALL_STATUS, 1))
         if subscriptions:

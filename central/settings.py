@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     mqtt_password: str = DEFAULT_SECRET
     mqtt_client_id: str = "rcd-central-1"
     mqtt_share_group: str = "central"
+    # "5" always in production; "3.1.1" only for the demo's embedded broker (amqtt), where
+    # results are consumed with a plain subscription (one coordinator, no shared groups)
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_puback_timeout_s: float = 30.0
     mqtt_tls_ca: Path | None = None
     signing_key_path: Path | None = None

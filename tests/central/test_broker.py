@@ -161,3 +161,28 @@ def test_no_answer_expires_into_a_work_order(
         assert [e["step"] for e in events][-2:] == [8, 10]
     finally:
         agent.close()
+
+
+def test_mqtt_311_link_publishes_and_consumes(broker: MosquittoBroker, concentrator: str) -> None:
+    """The demo's embedded broker speaks only MQTT 3.1.1: the link works there too."""
+    import threading
+
+    from central.mqtt import MqttLink
+    from central.services.dispatch import Outgoing
+    from shared import topics
+
+    got = threading.Event()
+    settings = Settings(
+        environment="test",
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+        mqtt_password=broker.password,
+        mqtt_client_id=f"central311-{uuid.uuid4().hex[:6]}",
+        mqtt_protocol="3.1.1",
+    )
+    link = MqttLink(settings, on_result=lambda _t, _p: got.set() or True).start()
+    try:
+        link.publish_many([Outgoing(topics.results(concentrator), b"{}")])
+        assert got.wait(5)
+    finally:
+        link.close()
