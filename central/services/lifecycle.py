@@ -106,9 +106,22 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
 
     * writes the ``legacy_notifications`` outbox row the SOAP gateway's notifier
       consumes (step 9);
-    * creates a field work order for failed and expired orders (step 10).
+    * creates a field work order for failed and expired orders (step 10), except for
+      a mass disconnect that never got its second-person approval.
     """
     session.add(LegacyNotification(order_id=order.id, final_state=order.state, created_at=now))
+    if order.needs_approval and order.approved_by is None:
+        # Never approved: a field visit would bypass the second person's approval.
+        note(
+            session,
+            order,
+            "no_work_order",
+            actor,
+            "ended without the required approval",
+            step=10,
+            at=now,
+        )
+        return
     if OrderState(order.state) in WORK_ORDER_STATES:
         meter = session.get(Meter, order.meter_id)
         reason = order.result_reason or ("expired" if order.state == "expired" else "failed")

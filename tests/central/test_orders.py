@@ -363,6 +363,19 @@ def test_mass_disconnect_needs_second_person(
     )
 
 
+def test_unapproved_mass_disconnect_expires_without_work_orders(
+    session: Session, settings: Settings, meters: Meters
+) -> None:
+    ids = meters(8)
+    orders.create_orders(session, [req(m) for m in ids], OPERATOR, settings, now=WORKDAY)
+    session.commit()
+    later = WORKDAY + timedelta(seconds=settings.deadline_for("disconnect") + 1)
+    assert dispatch.sweep_expired(session, now=later) == 8
+    assert workorders.list_work_orders(session) == []
+    assert len(orders.list_orders(session, state="expired")) == 8
+
+
+
 def test_fleet_disconnect_rate_and_inflight_cap(
     session: Session,
     settings: Settings,
