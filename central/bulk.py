@@ -58,18 +58,27 @@ def _params(
     positional: bool,
     where_key: str | None,
 ) -> list[Any]:
+    # Rows of one batch share most values (the same ``now``, state, actor...): each
+    # distinct value goes through its column's processor once.
+    plan: list[tuple[str, _Processor, dict[Any, Any]]] = [
+        (where_key if where_key is not None and name == f"w_{where_key}" else name, process, {})
+        for name, process in processors
+    ]
+    names = [name for name, _ in processors]
     out: list[Any] = []
     for row in rows:
         values: list[Any] = []
-        for name, process in processors:
-            key = where_key if where_key is not None and name == f"w_{where_key}" else name
+        for key, process, memo in plan:
             value = row[key]
-            values.append(process(value) if process is not None and value is not None else value)
-        out.append(
-            tuple(values)
-            if positional
-            else dict(zip([n for n, _ in processors], values, strict=True))
-        )
+            if process is not None and value is not None:
+                try:
+                    value = memo[value]
+                except KeyError:
+                    memo[value] = value = process(value)
+                except TypeError:  # unhashable (e.g. JSON)
+                    value = process(value)
+            values.append(value)
+        out.append(tuple(values) if positional else dict(zip(names, values, strict=True)))
     return out
 
 

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, func, select, update
@@ -93,12 +94,13 @@ def build_command(
         issued_at=now,
         not_before=order.not_before if order.not_before and order.not_before < deadline else None,
         deadline=deadline,
-        retry=RetryPolicy(
-            max_attempts=retry.max_attempts,
-            backoff_initial_s=retry.backoff_initial_s,
-            backoff_max_s=retry.backoff_max_s,
-        ),
+        retry=_policy(retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s),
     )
+
+
+@lru_cache(maxsize=64)
+def _policy(max_attempts: int, initial: float, maximum: float) -> RetryPolicy:
+    return RetryPolicy(max_attempts=max_attempts, backoff_initial_s=initial, backoff_max_s=maximum)
 
 
 _READY_COLUMNS = (
