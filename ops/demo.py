@@ -55,6 +55,9 @@ EVENT_CODES = {
 }
 
 BrokerKind = Literal["auto", "mosquitto", "embedded"]
+Role = Literal["viewer", "operator", "approver", "admin"]
+MqttProtocol = Literal["5", "3.1.1"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "approver", "admin")
 
 
 @dataclass(frozen=True)
@@ -70,15 +73,27 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("DC01-M01", "disconnect", "disconnected", None, "disconnect for non-payment"),
     Scenario("DC01-M02", "disconnect", "disconnected", None, "disconnect for non-payment"),
     Scenario("DC01-M03", "disconnect", "disconnected", None, "disconnect for non-payment"),
-    Scenario("DC02-M01", "disconnect", "disconnected", None, "already disconnected: nothing switched"),
+    Scenario(
+        "DC02-M01", "disconnect", "disconnected", None, "already disconnected: nothing switched"
+    ),
     Scenario("P2P-0001", "disconnect", "disconnected", None, "point-to-point meter over TCP"),
     Scenario("DC01-M05", "disconnect", "failed", "meter_not_responding", "meter does not answer"),
-    Scenario("DC02-M02", "disconnect", "failed", "meter_unreachable", "meter unreachable on the PLC"),
+    Scenario(
+        "DC02-M02", "disconnect", "failed", "meter_unreachable", "meter unreachable on the PLC"
+    ),
     Scenario("DC03-M01", "disconnect", "failed", "relay_did_not_switch", "relay stuck"),
     Scenario("DC03-M02", "disconnect", "failed", "method_refused", "relay hardware error"),
     Scenario("DC03-M05", "disconnect", "failed", "meter_not_commissioned", "meter has no keys yet"),
-    Scenario("DC03-M03", "disconnect", "refused", "protected_customer", "electro-dependent patient (Ley 21.304)"),
-    Scenario("DC03-M04", "disconnect", "refused", "not_commissioned", "not commissioned in the registry"),
+    Scenario(
+        "DC03-M03",
+        "disconnect",
+        "refused",
+        "protected_customer",
+        "electro-dependent patient (Ley 21.304)",
+    ),
+    Scenario(
+        "DC03-M04", "disconnect", "refused", "not_commissioned", "not commissioned in the registry"
+    ),
     Scenario("MTR-UNKNOWN", "disconnect", "refused", "unknown_meter", "meter not in the registry"),
     Scenario("DC02-M03", "connect", "connected", None, "reconnect after payment (control mode 2)"),
     Scenario("DC02-M04", "connect", "armed", None, "reconnect that only arms (control mode 1)"),
@@ -164,7 +179,10 @@ class DemoReport:
                 "broker": self.broker,
                 "elapsed_s": round(self.elapsed_s, 1),
                 "rows": [
-                    {**asdict(row.scenario), **{k: v for k, v in asdict(row).items() if k != "scenario"}}
+                    {
+                        **asdict(row.scenario),
+                        **{k: v for k, v in asdict(row).items() if k != "scenario"},
+                    }
                     for row in self.rows
                 ],
             },
@@ -204,7 +222,9 @@ class CentralServer:
         import uvicorn
 
         self.port = port
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="central", daemon=True)
 
@@ -241,7 +261,9 @@ class Demo:
         self.port = port
         self.out = out
         self.timeout_s = timeout_s
-        self.tokens = {role: f"demo-{role}-{secrets.token_hex(8)}" for role in ("viewer", "operator", "approver", "admin")}
+        self.tokens: dict[Role, str] = {
+            role: f"demo-{role}-{secrets.token_hex(8)}" for role in ROLES
+        }
         self.plans = fleet_plan()
 
     # -- output -------------------------------------------------------------------------
@@ -260,27 +282,36 @@ class Demo:
         (key_dir / "coordinator.pub").write_bytes(public_pem)
         users = [*CONCENTRATORS, ROUTER]
         with contextlib.ExitStack() as stack:
-            host, mqtt_port, password, broker_text = stack.enter_context(start_broker(self.broker_kind, users))
-            protocol = "3.1.1" if "embedded" in broker_text else "5"
+            host, mqtt_port, password, broker_text = stack.enter_context(
+                start_broker(self.broker_kind, users)
+            )
+            protocol: MqttProtocol = "3.1.1" if "embedded" in broker_text else "5"
             self.say(f"broker      {broker_text} on {host}:{mqtt_port}")
             fleet = stack.enter_context(self._fleet())
-            self.say(f"meters      {len(self.plans)} simulated DLMS meters, control {fleet.control_url}")
+            self.say(
+                f"meters      {len(self.plans)} simulated DLMS meters, control {fleet.control_url}"
+            )
             legacy = stack.enter_context(LegacyStandIn())
             self.say(f"legacy      stand-in receiving results at {legacy.url}")
-            central = self._central(host, mqtt_port, password, protocol, private_pem.decode(), legacy.url)
+            central = self._central(
+                host, mqtt_port, password, protocol, private_pem.decode(), legacy.url
+            )
             server = CentralServer(central, self.port or free_port()).start()
             stack.callback(server.stop)
             self.say(f"coordinator {server.url}  (dashboard {server.url}/dashboard)")
-            self._import_registry(server.url)
+            self._import_registry(server.url, {"P2P-0001": fleet.tcp_port("P2P-0001")})
             for concentrator in users:
-                agent = self._agent(concentrator, fleet, host, mqtt_port, password, protocol, key_dir)
+                agent = self._agent(
+                    concentrator, fleet, host, mqtt_port, password, protocol, key_dir
+                )
                 stack.enter_context(agent)
             self.say(f"agents      {len(users)} edge agents: {', '.join(users)}")
             yield DemoRunning(self, server, fleet, legacy)
 
     @contextlib.contextmanager
     def _fleet(self) -> Iterator[Any]:
-        from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
+        from firmware_sim.fleet import FleetSpec, LineSpec
+        from firmware_sim.fleet import MeterSpec as MeterSpec
         from firmware_sim.runner import running_fleet
 
         lines = tuple(
@@ -288,7 +319,7 @@ class Demo:
             LineSpec(line_id=f"{c}-plc1", latency_s=0.02, bit_rate=9600, loss=0.0, seed=n)
             for n, c in enumerate(CONCENTRATORS)
         )
-        meters = []
+        meters: list[MeterSpec] = []
         for plan in self.plans:
             meters.append(
                 MeterSpec(
@@ -308,7 +339,13 @@ class Demo:
             yield fleet
 
     def _central(
-        self, host: str, port: int, password: str, protocol: str, private_pem: str, legacy_url: str
+        self,
+        host: str,
+        port: int,
+        password: str,
+        protocol: MqttProtocol,
+        private_pem: str,
+        legacy_url: str,
     ) -> Any:
         from central.app import create_app
         from central.settings import RetrySettings, Settings, TokenEntry
@@ -318,7 +355,10 @@ class Demo:
         settings = Settings(
             environment="development",
             database_url=f"sqlite:///{self.work_dir / 'central.sqlite3'}",
-            api_tokens={token: TokenEntry(name=f"demo-{role}", role=role) for role, token in self.tokens.items()},  # type: ignore[arg-type]
+            api_tokens={
+                token: TokenEntry(name=f"demo-{role}", role=role)
+                for role, token in self.tokens.items()
+            },
             mqtt_host=host,
             mqtt_port=port,
             mqtt_password=password or "unused",
@@ -327,7 +367,6 @@ class Demo:
             retry={"disconnect": quick, "connect": quick, "arm": quick},
             deadline_s={"disconnect": 600, "connect": 600, "arm": 600},
             sweep_interval_s=0.5,
-            dashboard_token=self.tokens["viewer"],
         )
         app = create_app(settings)
         app.state.soap_settings = SoapSettings(
@@ -338,12 +377,22 @@ class Demo:
         )
         return app
 
-    def _import_registry(self, url: str) -> None:
+    def _import_registry(self, url: str, tcp_ports: dict[str, int]) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(
-            ["meter_id", "concentrator_id", "topology", "transport", "line_id", "hdlc_address",
-             "host", "port", "commissioned", "protected_customer"]
+            [
+                "meter_id",
+                "concentrator_id",
+                "topology",
+                "transport",
+                "line_id",
+                "hdlc_address",
+                "host",
+                "port",
+                "commissioned",
+                "protected_customer",
+            ]
         )
         for plan in self.plans:
             writer.writerow(
@@ -355,7 +404,7 @@ class Demo:
                     "plc1" if plan.transport == "hdlc" else "",
                     plan.hdlc_address or "",
                     "127.0.0.1" if plan.transport == "tcp" else "",
-                    self._tcp_ports.get(plan.meter_id, "") if plan.transport == "tcp" else "",
+                    tcp_ports.get(plan.meter_id, ""),
                     str(plan.registry_commissioned).lower(),
                     str(plan.protected).lower(),
                 ]
@@ -368,8 +417,6 @@ class Demo:
         )
         response.raise_for_status()
         self.say(f"registry    {len(self.plans)} meters imported through the REST API")
-
-    _tcp_ports: dict[str, int] = {}
 
     def _agent(
         self,
@@ -421,7 +468,9 @@ class Demo:
 
 
 class DemoRunning:
-    def __init__(self, demo: Demo, server: CentralServer, fleet: Any, legacy: LegacyStandIn) -> None:
+    def __init__(
+        self, demo: Demo, server: CentralServer, fleet: Any, legacy: LegacyStandIn
+    ) -> None:
         self.demo = demo
         self.server = server
         self.fleet = fleet
@@ -432,13 +481,18 @@ class DemoRunning:
         """Every concentrator online and holding the registry's meter table."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rows = httpx.get(f"{self.server.url}/api/v1/concentrators", headers=self.headers, timeout=10).json()
+            rows = httpx.get(
+                f"{self.server.url}/api/v1/concentrators", headers=self.headers, timeout=10
+            ).json()
             ready = [
-                row["id"] for row in rows
+                row["id"]
+                for row in rows
                 if row["online"] and row["agent_table_generation"] == row["table_generation"]
             ]
             if len(ready) == len(CONCENTRATORS) + 1:
-                self.demo.say(f"agents      online with their meter tables: {', '.join(sorted(ready))}")
+                self.demo.say(
+                    f"agents      online with their meter tables: {', '.join(sorted(ready))}"
+                )
                 return
             time.sleep(0.2)
         raise RuntimeError(f"agents not ready after {timeout}s: {rows}")
@@ -452,7 +506,8 @@ class DemoRunning:
 
         session = requests.Session()
         session.auth = HTTPBasicAuth("demo-operator", self.demo.tokens["operator"])
-        client = zeep.Client(f"{self.server.url}/soap/cim?wsdl", transport=Transport(session=session, timeout=30))
+        transport = Transport(session=session, timeout=30)  # type: ignore[no-untyped-call]
+        client = zeep.Client(f"{self.server.url}/soap/cim?wsdl", transport=transport)  # type: ignore[no-untyped-call]
         controls = []
         for action in ("disconnect", "connect"):
             meters = [s.meter_id for s in SCENARIOS if s.action == action]
@@ -491,18 +546,25 @@ class DemoRunning:
 
     def orders(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(
-            f"{self.server.url}/api/v1/orders", params={"limit": 1000}, headers=self.headers, timeout=10
+            f"{self.server.url}/api/v1/orders",
+            params={"limit": 1000},
+            headers=self.headers,
+            timeout=10,
         ).json()
         return {row["meter_id"]: row for row in rows}
 
     def order_detail(self, order_id: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.server.url}/api/v1/orders/{order_id}", headers=self.headers, timeout=10)
+        response = httpx.get(
+            f"{self.server.url}/api/v1/orders/{order_id}", headers=self.headers, timeout=10
+        )
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
 
     def work_orders(self) -> dict[str, dict[str, Any]]:
-        rows = httpx.get(f"{self.server.url}/api/v1/work-orders", headers=self.headers, timeout=10).json()
+        rows = httpx.get(
+            f"{self.server.url}/api/v1/work-orders", headers=self.headers, timeout=10
+        ).json()
         return {row["order_id"]: row for row in rows}
 
     def wait_until_reported(self, progress: Callable[[int, int], None], timeout: float) -> None:
@@ -560,7 +622,7 @@ def check_rows(running: DemoRunning, refused_now: dict[str, str]) -> list[Row]:
             row.attempts = int(order.get("attempts") or 0)
             if order.get("finished_at"):
                 started = _parse_time(order["created_at"])
-                row.seconds = (_parse_time(order["finished_at"]) - started)
+                row.seconds = _parse_time(order["finished_at"]) - started
             wo = work_orders.get(order["id"])
             row.work_order = f"WO-{wo['id']}" if wo else ""
         elif scenario.meter_id in refused_now:
@@ -583,9 +645,14 @@ def _check(row: Row, scenario: Scenario, refused_now: dict[str, str], event: Any
     if scenario.expect == "refused":
         if scenario.meter_id not in refused_now:
             row.problems.append("expected a refusal in the synchronous Reply")
-        elif scenario.reason and scenario.reason.replace("_", " ") not in refused_now[scenario.meter_id].lower() \
-                and scenario.reason not in (row.reason or ""):
-            row.problems.append(f"refused for {refused_now[scenario.meter_id]!r}, expected {scenario.reason}")
+        elif (
+            scenario.reason
+            and scenario.reason.replace("_", " ") not in refused_now[scenario.meter_id].lower()
+            and scenario.reason not in (row.reason or "")
+        ):
+            row.problems.append(
+                f"refused for {refused_now[scenario.meter_id]!r}, expected {scenario.reason}"
+            )
         return
     if row.outcome != scenario.expect:
         row.problems.append(f"ended {row.outcome}, expected {scenario.expect}")
@@ -593,16 +660,31 @@ def _check(row: Row, scenario: Scenario, refused_now: dict[str, str], event: Any
         row.problems.append(f"reason {row.reason or '-'}, expected {scenario.reason}")
     if scenario.expect == "failed" and not row.work_order:
         row.problems.append("no field work order")
-    key: Any = (scenario.expect, scenario.action) if scenario.expect == "failed" else scenario.expect
+    key: Any = (
+        (scenario.expect, scenario.action) if scenario.expect == "failed" else scenario.expect
+    )
     wanted = EVENT_CODES.get(key)
     if wanted and (event is None or event.event_code != wanted):
-        row.problems.append(f"Legacy got {event.event_code if event else 'nothing'}, expected {wanted}")
+        row.problems.append(
+            f"Legacy got {event.event_code if event else 'nothing'}, expected {wanted}"
+        )
     if scenario.expect in ("disconnected", "connected", "armed") and not row.energy:
         row.problems.append("no energy reading")
 
 
 def render_table(rows: list[Row]) -> str:
-    headers = ["meter", "action", "outcome", "reason", "energy", "tries", "time", "work order", "Legacy", "check"]
+    headers = [
+        "meter",
+        "action",
+        "outcome",
+        "reason",
+        "energy",
+        "tries",
+        "time",
+        "work order",
+        "Legacy",
+        "check",
+    ]
     body = [
         [
             row.scenario.meter_id,
@@ -652,7 +734,9 @@ def run_demo(
 
             running.wait_until_reported(progress, timeout_s)
             rows = check_rows(running, refused_now)
-            report = DemoReport(rows, f"{running.server.url}/dashboard", "", time.monotonic() - started)
+            report = DemoReport(
+                rows, f"{running.server.url}/dashboard", "", time.monotonic() - started
+            )
             demo.say("")
             demo.say(render_table(rows))
             demo.say("")
