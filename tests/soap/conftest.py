@@ -29,6 +29,7 @@ from central.soap.adapter import install
 from central.soap.config import SoapSettings
 from central.soap.gateway import SoapGateway
 from central.state import Event
+from ops.legacy import ACK as LEGACY_ACK
 from shared.contracts import EnergyReading, OrderResult, Outcome, ReasonCode
 
 OPERATOR = ("legacy", "legacy-operator-token-0001")
@@ -199,15 +200,8 @@ class AppServer:
         self.thread.join(10)
 
 
-SOAP_ACK = b"""<?xml version="1.0" encoding="UTF-8"?>
-<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">
-<soapenv:Body>
-<m:CreatedEndDeviceEventsResponse xmlns:m="http://iec.ch/TC57/2011/EndDeviceEventsMessage"
-    xmlns:msg="http://iec.ch/TC57/2011/schema/message">
-<m:Header><msg:Verb>reply</msg:Verb><msg:Noun>EndDeviceEvents</msg:Noun></m:Header>
-<m:Reply><msg:Result>OK</msg:Result></m:Reply>
-</m:CreatedEndDeviceEventsResponse>
-</soapenv:Body></soapenv:Envelope>"""
+# Legacy's acknowledgement, the same one the demo's Legacy stand-in sends.
+SOAP_ACK = LEGACY_ACK
 
 
 @dataclass
