@@ -112,7 +112,7 @@ def central_rate(
                 "/api/v1/meters/import", content=csv, headers={**ADMIN, "Content-Type": "text/csv"}
             )
             answer.raise_for_status()
-            time.sleep(1.0)  # let the meter tables go out first
+            _wait_tables_pushed(http)  # the signed meter tables go out first
             batches = [
                 {
                     "orders": [
@@ -154,6 +154,17 @@ def central_rate(
             0
         ]
     return orders / elapsed, per_batch, int(acked)
+
+
+def _wait_tables_pushed(http: httpx.Client) -> None:
+    for _ in range(600):
+        rows = http.get("/api/v1/concentrators", headers=TOKEN).json()
+        if len(rows) == CONCENTRATORS and all(
+            r["table_pushed_generation"] == r["table_generation"] for r in rows
+        ):
+            return
+        time.sleep(0.1)
+    raise SystemExit("meter tables were not pushed")
 
 
 def _wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
