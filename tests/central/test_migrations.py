@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -23,5 +24,17 @@ def test_migrations_match_models(database_url: str) -> None:
             if not (d[0] == "remove_table" and d[1].name not in Base.metadata.tables)
         ]
         assert ours == []
+    finally:
+        engine.dispose()
+
+
+def test_soap_messages_revision_matches_the_gateway_table(database_url: str) -> None:
+    store = pytest.importorskip("central.soap.store")
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        with engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), store.metadata)
+        assert [d for d in diff if "soap_messages" in str(d)] == []
     finally:
         engine.dispose()

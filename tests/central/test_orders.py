@@ -375,7 +375,6 @@ def test_unapproved_mass_disconnect_expires_without_work_orders(
     assert len(orders.list_orders(session, state="expired")) == 8
 
 
-
 def test_fleet_disconnect_rate_and_inflight_cap(
     session: Session,
     settings: Settings,
