@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import Select, Table, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -68,8 +68,8 @@ class OrderRequest(BaseModel):
     idempotency_key: str | None = Field(default=None, max_length=200)
     external_ref: str | None = Field(default=None, max_length=200)  # e.g. issuerTrackingID
     issuer_id: str | None = Field(default=None, max_length=200)
-    not_before: datetime | None = None
-    deadline: datetime | None = None  # overrides the configured activity duration
+    not_before: AwareDatetime | None = None
+    deadline: AwareDatetime | None = None  # overrides the configured activity duration
     correlation_id: str | None = Field(default=None, max_length=200)
     reply_address: str | None = Field(default=None, max_length=500)
     source: str = Field(default="rest", max_length=16)
@@ -297,6 +297,11 @@ def create_orders(
             settings,
             now,
         )
+        if refusal is None and request.deadline is not None and request.deadline <= now:
+            refusal = validation.Refusal(
+                validation.RefusalCode.INVALID_REQUEST,
+                f"deadline {request.deadline.isoformat()} has already passed",
+            )
         if refusal is None and request.action is Action.DISCONNECT and others:
             refusal = validation.Refusal(
                 validation.RefusalCode.METER_BUSY,

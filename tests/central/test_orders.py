@@ -139,6 +139,12 @@ def test_disconnect_only_on_working_days_unless_special(
     ).accepted
 
 
+def test_past_deadline_is_refused(session: Session, settings: Settings, meters: Meters) -> None:
+    meters(1)
+    item = create_one(session, settings, req("m0", deadline=WORKDAY - timedelta(minutes=1)))
+    assert item.code == "invalid_request" and "deadline" in item.message
+
+
 def test_moratorium_refuses_non_payment_disconnects(
     session: Session, settings: Settings, meters: Meters
 ) -> None:
