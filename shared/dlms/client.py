@@ -394,7 +394,7 @@ class MeterSession:
                     return
             left = deadline - time.monotonic()
             if left <= 0:
-                raise NoResponse(f"no answer within {timeout} s")
+                raise NoResponse(f"no answer within {timeout:.2f} s")
             self._pending = self._transport.receive(left)
 
     _pending: bytes = b""

@@ -68,7 +68,7 @@ class TcpTransport(Transport):
             self._sock.settimeout(timeout if timeout > 0 else 0.0)
             data = self._sock.recv(65536)
         except (TimeoutError, BlockingIOError) as exc:
-            raise NoResponse(f"no data within {timeout} s") from exc
+            raise NoResponse(f"no data within {timeout:.2f} s") from exc
         except OSError as exc:
             raise TransportError(f"receive failed: {exc}") from exc
         if not data:
@@ -106,7 +106,7 @@ class SerialTransport(Transport):
             self._port.timeout = timeout
             first = bytes(self._port.read(1))
             if not first:
-                raise NoResponse(f"no data within {timeout} s")
+                raise NoResponse(f"no data within {timeout:.2f} s")
             waiting = self._port.in_waiting
             return first + (bytes(self._port.read(waiting)) if waiting else b"")
         except (self._serial_mod.SerialException, OSError) as exc:
@@ -146,7 +146,7 @@ class LoopbackTransport(Transport):
                 return self._inbox.get_nowait()
             return self._inbox.get(timeout=timeout)
         except queue.Empty as exc:
-            raise NoResponse(f"no data within {timeout} s") from exc
+            raise NoResponse(f"no data within {timeout:.2f} s") from exc
 
     def close(self) -> None:
         self._closed.set()
