@@ -1,11 +1,16 @@
 """Edge agent figures: resident memory and idle CPU with 1,000 meters in its table, and
 orders per second against zero-latency simulated meters.
 
-    .venv/bin/python bench/bench_edge.py [--meters 1000] [--idle-s 10] [--orders 400] [--sim-meters 8]
+    .venv/bin/python bench/bench_edge.py [--meters 1000] [--idle-s 10] [--idle-runs 3]
+                                         [--idle-only] [--orders 400] [--sim-meters 8]
 
-The agent runs as it is deployed, as ``rcd edge run`` in its own process, against a
-private mosquitto with our shipped configuration; the simulated meters (real DLMS over
-TCP, HLS-GMAC) and the stand-in coordinator run in this process. Figures are printed.
+The agent runs as it is deployed, as ``python -m edge_agent run`` (what the systemd unit
+starts) in its own process with the unit's ``MALLOC_ARENA_MAX=2``, against a private
+mosquitto with our shipped configuration; the simulated meters (real DLMS over TCP,
+HLS-GMAC) and the stand-in coordinator run in this process. Before that, a fresh
+interpreter imports what the agent imports, group by group, and prints the resident memory
+after each group: where the idle figure comes from (docs/edge_agent.md, "Memory").
+Figures are printed.
 """
 
 from __future__ import annotations
@@ -34,11 +39,69 @@ TICKS = os.sysconf("SC_CLK_TCK")
 BENCH_LOGS = "warning"
 
 
-def rss_mb(pid: int) -> float:
+def proc_status_mb(pid: int, key: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    return proc_status_mb(pid, "VmRSS")
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return -1
+
+
+# What the agent's resident memory is made of: a fresh interpreter imports, in the agent's
+# own order, one group at a time and prints its VmRSS after each (MALLOC_ARENA_MAX=2).
+IMPORT_STEPS: tuple[tuple[str, str], ...] = (
+    ("interpreter + site", ""),
+    ("stdlib the agent uses", "import argparse, csv, json, logging, queue, signal, sqlite3, "
+                              "threading, tomllib, concurrent.futures, urllib.parse, pathlib"),
+    ("ssl (paho imports it; system libssl/libcrypto)", "import ssl"),
+    ("pydantic, pydantic.main (+ typing_extensions, inspect)", "import pydantic.main"),
+    ("shared.contracts (model schemas; pydantic's plugin loader "
+     "imports importlib.metadata, email, zipfile)", "import shared.contracts"),
+    ("edge_agent.config (config models)", "import edge_agent.config"),
+    ("cryptography Ed25519 + serialization (own OpenSSL in _rust.abi3.so)",
+     "import shared.signing"),
+    ("paho-mqtt (+ urllib.request, http.client, socks)", "import paho.mqtt.client"),
+    ("rest of edge_agent (store, executor, mqtt_link, agent, cli)",
+     "import edge_agent.agent, edge_agent.__main__"),
+)
+
+_IMPORT_PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+for stmt in sys.argv[1:]:
+    exec(stmt)
+    print(rss(), len(sys.modules), flush=True)
+"""
+
+
+def bench_imports() -> None:
+    """RSS after each import group, in a fresh interpreter each time the script runs."""
+    probe = _IMPORT_PROBE.format(root=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *(stmt or "pass" for _, stmt in IMPORT_STEPS)],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "MALLOC_ARENA_MAX": "2"},
+    ).stdout.split("\n")
+    print("resident memory by import (fresh interpreter, agent's import order):")
+    prev = 0.0
+    for (label, _), line in zip(IMPORT_STEPS, out, strict=False):
+        rss, modules = float(line.split()[0]), int(line.split()[1])
+        print(f"  {rss - prev:+6.1f} MB = {rss:5.1f} MB  {modules:4d} modules  {label}")
+        prev = rss
 
 
 def cpu_s(pid: int) -> float:
@@ -80,13 +143,13 @@ def setup(work: Path, broker: MosquittoBroker, cid: str, meters: list[MeterEntry
     return cfg, signer
 
 
-def bench_idle(broker: MosquittoBroker, n_meters: int, idle_s: float) -> None:
+def bench_idle(broker: MosquittoBroker, n_meters: int, idle_s: float, run: int = 0) -> float:
     work = Path(tempfile.mkdtemp(prefix="rcd-bench-idle-"))
-    cid = "bench-idle"
+    cid = f"bench-idle{run}"
     meters = [MeterEntry(meter_id=f"M{i:05d}", transport="hdlc", line_id="plc1",
                          hdlc_address=16 + i, keys_ref="default") for i in range(n_meters)]
     cfg, _ = setup(work, broker, cid, meters, 4)
-    coord = Coordinator(broker, cid, "bench-idle-coord")
+    coord = Coordinator(broker, cid, f"{cid}-coord")
     proc = spawn(cfg, work / "agent.log")
     try:
         wait_for(lambda: any(ConcentratorStatus.model_validate_json(s).online for s in coord.status),
@@ -96,9 +159,15 @@ def bench_idle(broker: MosquittoBroker, n_meters: int, idle_s: float) -> None:
         time.sleep(idle_s)
         cpu1, t1 = cpu_s(proc.pid), time.monotonic()
         status = ConcentratorStatus.model_validate_json(coord.status[-1])
-        print(f"idle agent, {status.meter_count} meters in table:")
-        print(f"  resident memory (VmRSS)   {rss_mb(proc.pid):8.1f} MB   (goal < 40 MB)")
+        rss = rss_mb(proc.pid)
+        print(f"idle agent (run {run + 1}), {status.meter_count} meters in table:")
+        print(f"  resident memory (VmRSS)   {rss:8.1f} MB   (goal < 40 MB)")
+        print(f"    of which anonymous      {proc_status_mb(proc.pid, 'RssAnon'):8.1f} MB   "
+              f"(heap, stacks), file-backed {proc_status_mb(proc.pid, 'RssFile'):.1f} MB "
+              "(interpreter, .so libraries)")
+        print(f"  threads                   {threads(proc.pid):8d}")
         print(f"  idle CPU over {t1 - t0:4.1f} s     {100 * (cpu1 - cpu0) / (t1 - t0):8.2f} %")
+        return rss
     finally:
         stop(proc)
         coord.close()
@@ -151,10 +220,18 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=10.0)
     parser.add_argument("--orders", type=int, default=400)
     parser.add_argument("--sim-meters", type=int, default=8)
+    parser.add_argument("--idle-runs", type=int, default=3,
+                        help="start the idle agent this many times (RSS varies a little)")
+    parser.add_argument("--idle-only", action="store_true", help="skip the throughput part")
     args = parser.parse_args()
+    bench_imports()
     with MosquittoBroker() as broker:
-        bench_idle(broker, args.meters, args.idle_s)
-        bench_throughput(broker, args.orders, args.sim_meters)
+        rss = [bench_idle(broker, args.meters, args.idle_s, run) for run in range(args.idle_runs)]
+        if len(rss) > 1:
+            print(f"idle RSS over {len(rss)} runs: min {min(rss):.1f}, max {max(rss):.1f}, "
+                  f"mean {sum(rss) / len(rss):.1f} MB")
+        if not args.idle_only:
+            bench_throughput(broker, args.orders, args.sim_meters)
 
 
 if __name__ == "__main__":
