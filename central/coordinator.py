@@ -17,7 +17,7 @@ from central.errors import CentralError, ConfigurationError
 from central.mqtt import MqttLink
 from central.services import dispatch, results
 from central.settings import Settings
-from shared.contracts import ConcentratorStatus, OrderResult, decode
+from shared.contracts import ConcentratorStatus, OrderResult, decode, parse_agent_message
 from shared.errors import SharedError
 from shared.signing import CommandSigner, generate_keypair, load_private_key, load_private_key_file
 
@@ -116,17 +116,22 @@ class Coordinator:
 
     # -- consumers (paho thread) --------------------------------------------------
     def handle_result(self, topic: str, payload: bytes) -> bool:
+        """A message on a result topic: an :class:`OrderReceipt` (step 5) or an
+        :class:`OrderResult` (steps 6-8)."""
         try:
-            result = decode(OrderResult, payload)
+            message = parse_agent_message(payload)
         except SharedError as exc:
-            log.warning("dropping malformed result on %s: %s", topic, exc)
+            log.warning("dropping malformed agent message on %s: %s", topic, exc)
             return True  # acknowledged: redelivery cannot fix it
-        if not topic.startswith(f"rcd/v1/c/{result.concentrator_id}/"):
-            log.warning("result for %s published on %s: ignored", result.concentrator_id, topic)
+        if not topic.startswith(f"rcd/v1/c/{message.concentrator_id}/"):
+            log.warning(
+                "%s for %s published on %s: ignored", message.kind, message.concentrator_id, topic
+            )
             return True
         with session_scope(self.factory) as session:
-            results.apply_result(session, result)
-        self._wake.set()  # a slot was freed: dispatch waiting orders
+            results.apply_agent_message(session, message)
+        if isinstance(message, OrderResult):
+            self._wake.set()  # a slot was freed: dispatch waiting orders
         return True
 
     def handle_status(self, topic: str, payload: bytes) -> bool:

@@ -30,6 +30,12 @@ STEP_LATENCY = Histogram(
 RESULTS = Counter(
     "rcd_results_total", "Results consumed from agents", ["effect"], registry=PROCESS_REGISTRY
 )
+RECEIPTS = Counter(
+    "rcd_receipts_total",
+    "Delivery receipts consumed from agents",
+    ["effect"],
+    registry=PROCESS_REGISTRY,
+)
 PUBLISHED = Counter(
     "rcd_commands_published_total",
     "Commands acknowledged by the broker",

@@ -199,8 +199,8 @@ class EdgeAgent:
                 action=command.action.value, priority=command.priority,
                 deadline=command.deadline.isoformat(), stored=outcome)
             self.executor.wake()
-            if outcome == "resent":
-                self.link.wake()
+            if outcome in ("stored", "resent"):
+                self.link.wake()  # publish the receipt (or the result sent again) now
         elif isinstance(command, CancelCommand) and leaf == "cmd":
             result = self.store.cancel(command, received)
             log("order.cancel", order=command.order_id,

@@ -6,7 +6,7 @@ Tables:
                 DLMS invocation counter (``invocation_counter`` is the next value to use;
                 ``counter_reserved`` is the high-water mark handed out to a session)
 ``orders``      the durable order queue and each order's lifecycle state and result
-``outbox``      results waiting for the broker's PUBACK
+``outbox``      receipts and results waiting for the broker's PUBACK
 ``seen``        command ids already received (replay defence) until their deadline
 ``meta``        small facts: meter table generation, link state
 
@@ -36,6 +36,7 @@ from shared.contracts import (
     MeterEntry,
     MeterTableSync,
     OrderCommand,
+    OrderReceipt,
     OrderResult,
     Outcome,
     ReasonCode,
@@ -374,8 +375,11 @@ class Store:
     def store_order(self, cmd: OrderCommand, received_at: datetime) -> StoreOutcome:
         """Store a verified order and remember its command id, in one transaction.
 
-        A second order with a known order id is a duplicate (QoS 1 or a coordinator
-        retry); if that order already ended, its stored result is queued again.
+        The same transaction puts an :class:`OrderReceipt` in the outbox, so the
+        coordinator learns the order reached the concentrator (step 5) once it is on
+        disk. A second order with a known order id is a duplicate (QoS 1 or a
+        coordinator retry) and gets no second receipt; if that order already ended,
+        its stored result is queued again.
         """
         with self.transaction() as conn:
             self._remember(conn, cmd.command_id, cmd.deadline)
@@ -406,6 +410,15 @@ class Store:
                     received_at.isoformat(),
                 ),
             )
+            receipt = OrderReceipt(
+                order_id=cmd.order_id,
+                command_id=cmd.command_id,
+                meter_id=cmd.meter_id,
+                concentrator_id=cmd.concentrator_id,
+                received_at=received_at,
+                queue_depth=self._queue_depth(conn),
+            )
+            self._outbox_add(conn, cmd.order_id, receipt.to_json())
         return "stored"
 
     def _order(self, r: dict[str, Any]) -> OrderRow:
@@ -546,12 +559,14 @@ class Store:
         return {r["state"]: int(r["n"]) for r in rows}
 
     def queue_depth(self) -> int:
-        states = [s.value for s in ACTIVE]
-        rows = self._query(
-            f"SELECT count(*) AS n FROM orders WHERE state IN ({','.join('?' * len(states))})",
-            states,
-        )
+        rows = self._query(_QUEUE_DEPTH_SQL, _ACTIVE_VALUES)
         return int(rows[0]["n"])
+
+    def _queue_depth(self, conn: sqlite3.Connection) -> int:
+        try:
+            return int(conn.execute(_QUEUE_DEPTH_SQL, _ACTIVE_VALUES).fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
 
     # -- outbox ---------------------------------------------------------------
     def _outbox_add(self, conn: sqlite3.Connection, order_id: str | None, payload: bytes) -> None:
@@ -577,6 +592,12 @@ class Store:
 
     def outbox_depth(self) -> int:
         return int(self._query("SELECT count(*) AS n FROM outbox")[0]["n"])
+
+
+_ACTIVE_VALUES: tuple[str, ...] = tuple(s.value for s in ACTIVE)
+_QUEUE_DEPTH_SQL = (
+    f"SELECT count(*) AS n FROM orders WHERE state IN ({','.join('?' * len(_ACTIVE_VALUES))})"
+)
 
 
 def _attempts_json(attempts: list[Attempt]) -> str:

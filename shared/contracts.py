@@ -6,8 +6,9 @@ limit of the kind before parsing and turns pydantic's errors into
 :class:`shared.errors.InvalidPayload` naming each offending field.
 
 Commands (order, cancel, meter table) travel inside a signed envelope (see
-``shared.signing``); results and status are published by the agent on topics
-only it may write (see ``deploy/mosquitto/acl``).
+``shared.signing``); receipts, results and status are published by the agent on
+topics only it may write (see ``deploy/mosquitto/acl``). Receipts and results share
+the result topic: :func:`parse_agent_message` tells them apart by ``kind``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SCHEMA_VERSION: Final = 1
 # Size limits per message kind, checked before any parsing.
 MAX_COMMAND_BYTES: Final = 16 * 1024
 MAX_RESULT_BYTES: Final = 64 * 1024
+MAX_RECEIPT_BYTES: Final = 2 * 1024
 MAX_STATUS_BYTES: Final = 8 * 1024
 MAX_METER_TABLE_BYTES: Final = 4 * 1024 * 1024
 
@@ -265,6 +267,25 @@ class OrderResult(Contract):
         return self
 
 
+class OrderReceipt(Contract):
+    """Agent → coordinator: the order is stored durably on the concentrator (step 5).
+
+    Published on the result topic, through the same outbox as results, right after
+    the order was stored; a duplicate of an already stored order sends none.
+    """
+
+    kind: Literal["receipt"] = "receipt"
+    order_id: Identifier
+    command_id: Identifier  # the command that delivered it (republishes get new ones)
+    meter_id: Identifier
+    concentrator_id: Identifier
+    received_at: AwareDatetime  # when the agent stored the order
+    queue_depth: int = Field(ge=0)  # active orders on the agent, this one included
+
+
+AgentMessage = OrderResult | OrderReceipt
+
+
 class ModemState(StrEnum):
     OK = "ok"
     DEGRADED = "degraded"
@@ -301,6 +322,7 @@ _LIMITS: Final[dict[str, int]] = {
     "CancelCommand": MAX_COMMAND_BYTES,
     "MeterTableSync": MAX_METER_TABLE_BYTES,
     "OrderResult": MAX_RESULT_BYTES,
+    "OrderReceipt": MAX_RECEIPT_BYTES,
     "ConcentratorStatus": MAX_STATUS_BYTES,
 }
 
@@ -356,6 +378,36 @@ def parse_command(data: bytes) -> Command:
     if not isinstance(kind, str) or kind not in kinds:
         raise InvalidPayload("command", [("kind", f"must be one of {sorted(kinds)}, got {kind!r}")])
     return validate(kinds[kind], obj)
+
+
+def parse_agent_message(data: bytes | str) -> AgentMessage:
+    """Parse a payload from the result topic into the message its ``kind`` names.
+
+    ``kind`` is ``"result"`` (:class:`OrderResult`) or ``"receipt"``
+    (:class:`OrderReceipt`); a payload without ``kind`` is refused naming it.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > MAX_RESULT_BYTES:
+        raise PayloadTooLarge("agent message", len(raw), MAX_RESULT_BYTES)
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidPayload("agent message", [("(message)", f"not JSON: {exc}")]) from exc
+    if not isinstance(obj, dict):
+        raise InvalidPayload("agent message", [("(message)", "not a JSON object")])
+    kinds: dict[str, type[OrderResult] | type[OrderReceipt]] = {
+        "result": OrderResult,
+        "receipt": OrderReceipt,
+    }
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in kinds:
+        raise InvalidPayload(
+            "agent message", [("kind", f"must be one of {sorted(kinds)}, got {kind!r}")]
+        )
+    model = kinds[kind]
+    if len(raw) > size_limit(model):
+        raise PayloadTooLarge(model.__name__, len(raw), size_limit(model))
+    return validate(model, obj)
 
 
 def utc_iso(moment: datetime) -> str:

@@ -1,9 +1,21 @@
-"""Steps 7-8: results from agents, concentrator status, relay reconciliation.
+"""Steps 5-8: receipts and results from agents, concentrator status, relay reconciliation.
 
-Idempotent on ``order_id``: a result delivered twice (QoS 1) changes nothing the
-second time. A result for an order that already ended (e.g. expired) is kept
-once as a late result and still reconciles the meter's relay state, because it
-is the field's truth.
+A receipt (:class:`OrderReceipt`: the agent stored the order) moves a dispatched
+order to ``delivered`` (step 5); a copy, or a receipt that arrives after the order
+moved on, changes nothing.
+
+Results are idempotent on ``order_id``: a result delivered twice (QoS 1) changes
+nothing the second time. The first copy writes one timeline event per DLMS attempt
+it lists, then the final transition. The rule for the step of an attempt event:
+
+* every attempt but the last failed and was retried: step 7 (``attempt_retried``,
+  "on KO, retry");
+* the last attempt is the meter's answer the outcome rests on: step 6
+  (``attempt``), whether it succeeded or failed.
+
+A result for an order that already ended (e.g. expired) is kept once as a late
+result (its attempts are recorded too) and still reconciles the meter's relay
+state, because it is the field's truth.
 """
 
 from __future__ import annotations
@@ -17,7 +29,15 @@ from central import metrics
 from central.models import Concentrator, Meter, Order
 from central.services.lifecycle import advance, note, utcnow
 from central.state import ENDED_STATES, Event, OrderState
-from shared.contracts import ConcentratorStatus, ControlState, OrderResult, Outcome
+from shared.contracts import (
+    AgentMessage,
+    Attempt,
+    ConcentratorStatus,
+    ControlState,
+    OrderReceipt,
+    OrderResult,
+    Outcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +106,7 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
     state = OrderState(order.state)
     summary = _summary(result, relay)
     if state in ENDED_STATES or state is OrderState.VALIDATED:
+        _record_attempts(session, order, result.attempts, actor)
         note(
             session,
             order,
@@ -108,9 +129,70 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
             + (f" at {result.received_at.isoformat()}" if result.received_at else ""),
             at=result.received_at if result.received_at and result.received_at <= now else now,
         )
+    _record_attempts(session, order, result.attempts, actor)
     advance(session, order, _EVENT_OF[result.outcome], actor, summary, at=now)
     order.finished_at = result.finished_at
     return _count("applied")
+
+
+def apply_receipt(session: Session, receipt: OrderReceipt, *, now: datetime | None = None) -> str:
+    """Apply one delivery receipt (step 5); returns ``delivered``, ``duplicate`` (the
+    order is already delivered or ended: nothing changes), ``unknown_order`` or
+    ``wrong_concentrator``. Does not commit."""
+    now = now or utcnow()
+    order = session.get(Order, receipt.order_id)
+    if order is None:
+        log.warning("receipt for unknown order %s", receipt.order_id)
+        return _count_receipt("unknown_order")
+    if order.concentrator_id != receipt.concentrator_id or order.meter_id != receipt.meter_id:
+        log.warning("receipt for order %s from the wrong concentrator/meter", receipt.order_id)
+        return _count_receipt("wrong_concentrator")
+    if OrderState(order.state) is not OrderState.DISPATCHED:
+        return _count_receipt("duplicate")
+    advance(
+        session,
+        order,
+        Event.DELIVER,
+        f"agent:{receipt.concentrator_id}",
+        f"stored by the agent at {receipt.received_at.isoformat()}, "
+        f"queue depth {receipt.queue_depth} (command {receipt.command_id})",
+        at=receipt.received_at if receipt.received_at <= now else now,
+    )
+    return _count_receipt("delivered")
+
+
+def apply_agent_message(
+    session: Session, message: AgentMessage, *, now: datetime | None = None
+) -> str:
+    """A message from the result topic: a receipt or a result. Does not commit."""
+    if isinstance(message, OrderReceipt):
+        return apply_receipt(session, message, now=now)
+    return apply_result(session, message, now=now)
+
+
+def _record_attempts(session: Session, order: Order, attempts: list[Attempt], actor: str) -> None:
+    """One timeline event per DLMS attempt (rule in the module docstring)."""
+    last = len(attempts) - 1
+    for index, attempt in enumerate(attempts):
+        outcome = attempt.error.value if attempt.error is not None else "ok"
+        detail = f"attempt {attempt.number}: {outcome}"
+        if attempt.detail:
+            detail += f" {attempt.detail}"
+        retried = index < last
+        note(
+            session,
+            order,
+            "attempt_retried" if retried else "attempt",
+            actor,
+            detail,
+            step=7 if retried else 6,
+            at=attempt.finished_at,
+        )
+
+
+def _count_receipt(effect: str) -> str:
+    metrics.RECEIPTS.labels(effect=effect).inc()
+    return effect
 
 
 def _summary(result: OrderResult, relay: str | None) -> str:

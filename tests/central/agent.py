@@ -22,6 +22,7 @@ from shared.contracts import (
     EnergyReading,
     MeterTableSync,
     OrderCommand,
+    OrderReceipt,
     OrderResult,
     Outcome,
     ReasonCode,
@@ -60,12 +61,14 @@ class TestAgent:
         script: Script = default_script,
         repeat: int = 2,
         answer: bool = True,
+        receipts: bool = True,
     ) -> None:
         self.concentrator_id = concentrator_id
         self.verifier = CommandVerifier(public_key, concentrator_id, MemorySeenCommands())
         self.script = script
         self.repeat = repeat
         self.answer = answer
+        self.receipts = receipts
         self.orders: list[OrderCommand] = []
         self.cancels: list[CancelCommand] = []
         self.tables: list[MeterTableSync] = []
@@ -120,8 +123,23 @@ class TestAgent:
                 self.cancels.append(command)
                 return
             self.orders.append(command)
+        if self.receipts:
+            self.send_receipt(command)
         if self.answer:
             self.answer_order(command)
+
+    def send_receipt(self, command: OrderCommand) -> None:
+        """Step 5, as the real agent does once the order is stored."""
+        receipt = OrderReceipt(
+            order_id=command.order_id,
+            command_id=command.command_id,
+            meter_id=command.meter_id,
+            concentrator_id=self.concentrator_id,
+            received_at=datetime.now(UTC),
+            queue_depth=1,
+        )
+        for _ in range(self.repeat):
+            self.client.publish(topics.results(self.concentrator_id), receipt.to_json(), qos=1)
 
     def answer_order(
         self,

@@ -235,7 +235,7 @@ def test_happy_path_result_twice_changes_nothing(
     order = orders.get_order(session, item.order_id or "")
     events_before = len(order.events)
     assert order.state == "completed_disconnected" and order.energy_value == 1234.5
-    assert [e.step for e in order.events] == [2, 3, 4, 5, 8]
+    assert [e.step for e in order.events] == [2, 3, 4, 5, 6, 8]
     meter = session.get(Meter, "m0")
     assert meter is not None and meter.relay_state == "disconnected"
     assert results.apply_result(session, result) == "duplicate"

@@ -199,6 +199,14 @@ def test_dashboard_shows_orders_and_opens_a_timeline(
     assert "done" in by_step["3"].get_attribute("class")  # validated
     assert "done" in by_step["4"].get_attribute("class")  # dispatched
     assert "bad" in by_step["8"].get_attribute("class")  # failed
+    # steps 5-7 from the agent's receipt and the attempts in its result, not inferred
+    assert "done" in by_step["5"].get_attribute("class") and "queue depth 1" in by_step["5"].text
+    assert "bad" in by_step["6"].get_attribute("class")  # the last attempt: no answer
+    assert "attempt 3: meter_not_responding" in by_step["6"].text
+    assert "done" in by_step["7"].get_attribute("class")  # two attempts retried
+    assert "attempt 1: meter_not_responding" in by_step["7"].text
+    assert "attempt 2: meter_not_responding" in by_step["7"].text
+    assert "see step 8" not in by_step["6"].text
     assert "done" in by_step["10"].get_attribute("class")  # field work order
     assert "meter_not_responding" in browser.find_element("css selector", "#detail").text
     shot = Path(os.environ.get("RCD_DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))

@@ -16,7 +16,7 @@ from paho.mqtt.properties import Properties
 from edge_agent.config import EdgeConfig, parse_config
 from shared import topics
 from shared.broker import MosquittoBroker
-from shared.contracts import OrderResult
+from shared.contracts import OrderReceipt, OrderResult, parse_agent_message
 from shared.signing import CommandSigner, generate_keypair, load_private_key
 
 DEMO_BLOCK = "000102030405060708090A0B0C0D0E0F"
@@ -59,11 +59,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
 
 
 class Coordinator:
-    """A stand-in for the central coordinator: publishes commands, collects results."""
+    """A stand-in for the central coordinator: publishes commands, collects receipts and results."""
 
     def __init__(self, broker: MosquittoBroker, concentrator_id: str, client_id: str) -> None:
         self.cid = concentrator_id
         self.results: list[OrderResult] = []
+        self.receipts: list[OrderReceipt] = []
         self.raw: list[bytes] = []
         self.status: list[bytes] = []
         self._lock = threading.Lock()
@@ -85,8 +86,12 @@ class Coordinator:
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             if msg.topic.endswith("/result"):
-                self.raw.append(msg.payload)
-                self.results.append(OrderResult.model_validate_json(msg.payload))
+                message = parse_agent_message(msg.payload)
+                if isinstance(message, OrderReceipt):
+                    self.receipts.append(message)
+                else:
+                    self.raw.append(msg.payload)
+                    self.results.append(message)
             else:
                 self.status.append(msg.payload)
 
@@ -98,6 +103,13 @@ class Coordinator:
         out: dict[str, list[OrderResult]] = {}
         with self._lock:
             for r in self.results:
+                out.setdefault(r.order_id, []).append(r)
+        return out
+
+    def receipts_by_order(self) -> dict[str, list[OrderReceipt]]:
+        out: dict[str, list[OrderReceipt]] = {}
+        with self._lock:
+            for r in self.receipts:
                 out.setdefault(r.order_id, []).append(r)
         return out
 

@@ -74,10 +74,15 @@ def test_order_result_and_status(env: tuple[EdgeConfig, CommandSigner, Coordinat
         coord.publish(signer.sign(cmd))
         r = coord.result("o1")
         assert r.outcome is Outcome.DISCONNECTED and r.concentrator_id == cid
+        # the receipt (step 5) went out first, through the same outbox
+        receipt = wait_for(lambda: coord.receipts_by_order().get("o1"), what="receipt")[0]
+        assert (receipt.command_id, receipt.meter_id, receipt.concentrator_id) == (cmd.command_id, "m1", cid)
+        assert receipt.queue_depth == 1 and r.received_at == receipt.received_at
         # same order again (new command id): a duplicate; the stored result goes out again
         coord.publish(signer.sign(cmd.model_copy(update={"command_id": "again"})))
         wait_for(lambda: len(coord.by_order()["o1"]) == 2, what="resent result")
         assert coord.raw.count(coord.raw[0]) == 2  # identical payload
+        assert len(coord.receipts) == 1  # a duplicate order sends no second receipt
         assert agent.store.counts_by_state() == {"succeeded": 1}
         wait_for(lambda: agent.store.outbox_depth() == 0, what="outbox emptied on PUBACK")
 
@@ -141,6 +146,9 @@ def test_refusals_reported_and_agent_keeps_going(env: tuple[EdgeConfig, CommandS
         # still alive and working
         coord.publish(signer.sign(order("o-after", "m1", Action.CONNECT, concentrator_id=cid)))
         assert coord.result("o-after").outcome is Outcome.CONNECTED
+        # refused commands are never stored, so only stored orders got a receipt
+        assert sorted(coord.receipts_by_order()) == ["o-after", "o-ok"]
+        assert [len(v) for v in coord.receipts_by_order().values()] == [1, 1]
 
 
 def test_cancel_and_meter_table(env: tuple[EdgeConfig, CommandSigner, Coordinator]) -> None:
@@ -180,6 +188,8 @@ def test_results_wait_for_broker(broker_factory: Callable[..., MosquittoBroker],
                 cmd = order(f"o{i}", f"m{i}", concentrator_id=cid).model_copy(update={"not_before": start})
                 coord.publish(signer.sign(cmd))
             wait_for(lambda: agent.store.queue_depth() == 5, what="orders stored")
+            wait_for(lambda: len(coord.receipts) == 5, what="receipts before the broker stops")
+            wait_for(lambda: agent.store.outbox_depth() == 0, what="receipts acknowledged")
             broker.stop()
             wait_for(lambda: agent.store.counts_by_state().get("succeeded") == 5, timeout=15,
                      what="orders executed while the broker is down")

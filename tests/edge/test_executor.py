@@ -48,7 +48,7 @@ def test_disconnect(store: Store) -> None:
     assert r.relay is not None and r.relay.output_state is False
     assert r.energy is not None and r.energy.value == 1234.5
     assert len(r.attempts) == 1 and r.attempts[0].error is None
-    assert store.outbox_depth() == 1
+    assert store.outbox_depth() == 2  # the receipt and the result
 
 
 @pytest.mark.parametrize(("mode", "outcome"), [(2, Outcome.CONNECTED), (1, Outcome.ARMED),

@@ -8,7 +8,13 @@ import pytest
 from edge_agent.errors import TransitionRefused
 from edge_agent.lifecycle import TRANSITIONS, Event, State, next_state
 from edge_agent.store import Store
-from shared.contracts import CancelCommand, MeterTableSync, Outcome
+from shared.contracts import (
+    CancelCommand,
+    MeterTableSync,
+    OrderReceipt,
+    Outcome,
+    parse_agent_message,
+)
 
 from .fakes import order, tcp_entry
 
@@ -37,6 +43,36 @@ def test_order_stored_once_and_seen(sqlite_path: Path) -> None:
         assert store.queue_depth() == 1
 
 
+def test_stored_order_puts_one_receipt_in_the_outbox(sqlite_path: Path) -> None:
+    with Store(sqlite_path) as store:
+        now = datetime.now(UTC)
+        first, second = order("o1", "m1"), order("o2", "m2")
+        store.store_order(first, now)
+        store.store_order(second, now)
+        store.store_order(first.model_copy(update={"command_id": "again"}), now)  # duplicate
+        receipts = [parse_agent_message(payload) for _, payload in store.outbox_pending()]
+        assert all(isinstance(r, OrderReceipt) for r in receipts)
+        assert [(r.order_id, r.command_id, r.queue_depth) for r in receipts if isinstance(r, OrderReceipt)] == [
+            ("o1", first.command_id, 1), ("o2", second.command_id, 2)]
+        assert receipts[0].received_at == now and receipts[0].concentrator_id == first.concentrator_id
+        oid = store.outbox_pending()[0][0]
+        store.outbox_delete(oid)  # PUBACK: gone, and a later duplicate does not bring it back
+        store.store_order(first.model_copy(update={"command_id": "third"}), now)
+        assert store.outbox_depth() == 1
+
+
+def test_receipt_rolls_back_with_the_order(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Store(sqlite_path) as store:
+        def broken(*_: object) -> int:
+            raise RuntimeError("disk gone")
+        monkeypatch.setattr(store, "_queue_depth", broken)
+        with pytest.raises(RuntimeError):
+            store.store_order(order("o1", "m1"), datetime.now(UTC))
+        monkeypatch.undo()
+        assert store.order_state("o1") is None and store.outbox_depth() == 0
+        assert not store.seen(order("o1", "m1").command_id)
+
+
 def test_priority_then_age(sqlite_path: Path) -> None:
     with Store(sqlite_path) as store:
         now = datetime.now(UTC)
@@ -62,7 +98,7 @@ def test_cancel_only_queued(sqlite_path: Path) -> None:
         assert result is not None and result.outcome is Outcome.CANCELLED
         assert store.cancel(cancel("o2"), now) is None  # running
         assert store.order_state("o1") is State.CANCELLED
-        assert store.outbox_depth() == 1
+        assert store.outbox_depth() == 3  # two receipts and the cancellation result
 
 
 def test_invocation_counter_never_goes_back(sqlite_path: Path) -> None:

@@ -117,13 +117,28 @@ def report_result(
     detail: str = "",
     attempts: int = 1,
     energy_kwh: float | None = 1234.5,
+    receipt: bool = True,
 ) -> None:
+    """What the agent sends: its receipt (step 5, unless ``receipt=False``), then the
+    result with one attempt per try (steps 6-7)."""
     from datetime import UTC, datetime, timedelta
 
     from shared import topics
-    from shared.contracts import OrderResult
+    from shared.contracts import OrderReceipt, OrderResult
 
     now = datetime.now(UTC)
+    if receipt:
+        stored = OrderReceipt(
+            order_id=order_id,
+            command_id=f"cmd-{order_id}",
+            meter_id=meter_id,
+            concentrator_id=concentrator_id,
+            received_at=now - timedelta(seconds=2 * attempts + 1),
+            queue_depth=1,
+        )
+        assert app.state.context.coordinator.handle_result(
+            topics.results(concentrator_id), stored.to_json()
+        )
     tries = [
         {
             "number": n,

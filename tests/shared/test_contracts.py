@@ -68,6 +68,7 @@ EXAMPLES: list[c.Contract] = [
     ),
     result(),
     result(outcome=c.Outcome.FAILED, reason=c.ReasonCode.RELAY_DID_NOT_SWITCH, energy=None),
+    c.OrderReceipt(order_id="ord-1", command_id="cmd-1", meter_id="MTR-0001", concentrator_id="conc-a", received_at=NOW, queue_depth=4),
     c.ConcentratorStatus(concentrator_id="conc-a", online=True, at=NOW, modem=c.ModemState.OK, sim=c.SimState.OK, queue_depth=3, meter_count=120, agent_version="0.1.0"),
 ]
 
@@ -169,3 +170,59 @@ def test_hdlc_meter_needs_its_line_address() -> None:
 def test_backoff_doubles_with_jitter_and_cap(attempt: int, unit: float, expected: float) -> None:
     policy = c.RetryPolicy(max_attempts=10, backoff_initial_s=1, backoff_max_s=30, jitter=0.2)
     assert policy.delay_before(attempt, unit) == pytest.approx(expected, rel=1e-5)
+
+
+def receipt(**overrides: object) -> c.OrderReceipt:
+    fields: dict[str, object] = {
+        "order_id": "ord-1",
+        "command_id": "cmd-1",
+        "meter_id": "MTR-0001",
+        "concentrator_id": "conc-a",
+        "received_at": NOW,
+        "queue_depth": 2,
+    }
+    fields.update(overrides)
+    return c.OrderReceipt.model_validate(fields)
+
+
+def test_agent_messages_parse_by_kind() -> None:
+    assert c.parse_agent_message(result().to_json()) == result()
+    assert c.parse_agent_message(receipt().to_json()) == receipt()
+    assert isinstance(c.parse_agent_message(receipt().to_json().decode()), c.OrderReceipt)
+
+
+@pytest.mark.parametrize("kind", [None, "status", 3])
+def test_agent_message_without_known_kind_names_kind(kind: object) -> None:
+    payload = json.loads(receipt().to_json())
+    if kind is None:
+        del payload["kind"]
+    else:
+        payload["kind"] = kind
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(json.dumps(payload).encode())
+    assert info.value.fields == ["kind"]
+
+
+def test_agent_message_names_the_bad_field() -> None:
+    payload = json.loads(receipt().to_json())
+    payload["queue_depth"] = -1
+    payload["extra"] = 1
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(json.dumps(payload).encode())
+    assert info.value.kind == "OrderReceipt"
+    assert set(info.value.fields) == {"queue_depth", "extra"}
+
+
+@pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b"\x00\xff"])
+def test_agent_message_not_an_object_is_refused(data: bytes) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(data)
+    assert info.value.fields == ["(message)"]
+
+
+def test_oversized_receipt_is_refused_before_parsing() -> None:
+    padded = receipt().to_json()[:-1] + b" " * c.MAX_RECEIPT_BYTES + b"}"
+    with pytest.raises(PayloadTooLarge):
+        c.parse_agent_message(padded)
+    with pytest.raises(PayloadTooLarge):
+        c.parse_agent_message(b"{" + b" " * c.MAX_RESULT_BYTES + b"}")

@@ -30,9 +30,9 @@
     [2, "Routed to the head-end", "mapped to an order and stored"],
     [3, "Meter validated", "registered, commissioned, linked, working day, protected customer"],
     [4, "Sent to the concentrator", "signed order published over MQTT"],
-    [5, "Executed on the meter", "edge agent runs the DLMS Disconnect control"],
-    [6, "Meter answers", "relay state and energy register read back"],
-    [7, "Result to the head-end", "local retries on KO, then the result is published"],
+    [5, "Executed on the meter", "edge agent stores the order (receipt), then runs the DLMS control"],
+    [6, "Meter answers", "the attempt the outcome rests on: relay state and energy read back"],
+    [7, "Result to the head-end", "attempts that failed and were retried locally, then the result"],
     [8, "Result collected", "order reconciled, relay state updated"],
     [9, "Reported to Legacy", "EndDeviceEvents delivered"],
     [10, "Field work order", "remote execution failed: a technician goes"],
@@ -314,25 +314,31 @@
       el("dt", { text: "attempts" }), el("dd", { text: String(order.attempts ?? "") }),
       el("dt", { text: "source" }), el("dd", { text: (order.source || "") + (order.created_by ? " by " + order.created_by : "") })
     );
-    // Steps the coordinator does not log itself, told from what it did log.
-    const fromAgent = (byStep.get(8) || []).some((e) => String(e.actor || "").startsWith("agent:"));
+    // Steps 5-7 are recorded from the agent's receipt and the attempts in its result
+    // (step 7: attempts that failed and were retried; step 6: the last attempt).
+    // What is left unsaid is told here.
+    const attempted = (byStep.get(6) || []).length > 0;
     const implied = {
       1: order.source && order.source !== "soap" ? "created through the " + order.source.toUpperCase() + " API: no SOAP message" : "",
-      6: fromAgent ? "in the agent's result: see step 8" : "",
-      7: fromAgent ? "in the agent's result: see step 8" : "",
+      7: attempted ? "no retry needed" : "",
       9: ended ? "waiting for delivery to Legacy" : "",
       10: ended && !["failed", "expired"].includes(outcomeOf(order)) ? "not needed" : "",
     };
+    // An attempt event's detail reads "attempt N: ok ..." or "attempt N: <reason> ...".
+    const failedAttempt = (e) =>
+      String(e.event || "") === "attempt" && !/^attempt \d+: ok\b/.test(String(e.detail || ""));
     const items = STEPS.map(([n, title, what]) => {
       const evs = byStep.get(n) || [];
-      // A step went wrong when one of its events is a refusal or failure, or moved
-      // the order into such a state (notes keep the state and do not count).
+      // A step went wrong when one of its events is a refusal or failure, moved the
+      // order into such a state (notes keep the state and do not count), or is the
+      // meter's final answer and that answer was a KO.
       const bad = evs.some(
         (e) =>
           BAD_EVENTS.has(String(e.event || "").toLowerCase()) ||
-          (e.from_state !== e.to_state && BAD_EVENTS.has(String(e.to_state || "")))
+          (e.from_state !== e.to_state && BAD_EVENTS.has(String(e.to_state || ""))) ||
+          failedAttempt(e)
       );
-      const cls = evs.length ? (bad ? "bad" : "done") : implied[n] && (n === 6 || n === 7) ? "implied" : ended ? "skip" : "";
+      const cls = evs.length ? (bad ? "bad" : "done") : implied[n] && n === 7 ? "implied" : ended ? "skip" : "";
       return el(
         "li",
         { class: cls, "data-step": String(n) },
