@@ -62,9 +62,18 @@ def raw_publish_rate(broker: MosquittoBroker, count: int, payload: bytes) -> flo
         client.loop_stop()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def central_rate(
     broker: MosquittoBroker, orders: int, batch: int, clients: int, work: Path
-) -> tuple[float, list[float], int]:
+) -> tuple[float, list[float], int, float]:
     """The coordinator runs as its own process (``rcd central run``), as in production."""
     private_pem, _ = generate_keypair()
     key_path = work / "coordinator.key"
@@ -139,11 +148,13 @@ def central_rate(
                         if answer.json()["refused"]:
                             raise SystemExit(f"refused orders in the bench: {answer.text[:300]}")
 
+            cpu_before = _cpu_seconds(server.pid)
             started = time.perf_counter()
             with ThreadPoolExecutor(clients) as pool:
                 for future in [pool.submit(send, batches[k::clients]) for k in range(clients)]:
                     future.result()
             elapsed = time.perf_counter() - started
+            cpu_share = (_cpu_seconds(server.pid) - cpu_before) / elapsed
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -153,7 +164,7 @@ def central_rate(
         acked = db.execute("SELECT count(*) FROM orders WHERE published_at IS NOT NULL").fetchone()[
             0
         ]
-    return orders / elapsed, per_batch, int(acked)
+    return orders / elapsed, per_batch, int(acked), cpu_share
 
 
 def _wait_tables_pushed(http: httpx.Client) -> None:
@@ -197,7 +208,7 @@ def main() -> int:
         # a payload of the size of a real signed order command
         sample = b"x" * 720
         raw = raw_publish_rate(broker, args.orders, sample)
-        rate, per_batch, dispatched = central_rate(
+        rate, per_batch, dispatched, cpu_share = central_rate(
             broker, args.orders, args.batch, args.clients, work
         )
         raw_after = raw_publish_rate(broker, args.orders, sample)
@@ -212,6 +223,7 @@ def main() -> int:
         f"coordinator REST batch -> validated, stored, signed, published, PUBACK: {rate:,.0f} orders/s"
     )
     print(f"  acknowledged by the broker: {dispatched} of {args.orders}")
+    print(f"  coordinator process CPU: {cpu_share:.0%} of one core (of {os.cpu_count()} cores)")
     print(
         f"  batch latency: median {statistics.median(per_batch) * 1000:.0f} ms, max {max(per_batch) * 1000:.0f} ms"
     )

@@ -46,7 +46,11 @@ def _prepare(
     processors: list[tuple[str, _Processor]] = []
     for name in names:
         column = name[2:] if name.startswith("w_") and name[2:] == where_key else name
-        processors.append((name, table.c[column].type.bind_processor(dialect)))
+        # the dialect's implementation, as the ORM uses: e.g. SQLite's DateTime formats
+        # the text itself (the generic type left it to sqlite3's adapter, which wrote
+        # whole seconds without ".000000", unlike the ORM)
+        impl = table.c[column].type.dialect_impl(dialect)
+        processors.append((name, impl.bind_processor(dialect)))
     prepared = (str(compiled), processors, bool(compiled.positional))
     _CACHE[cache_key] = prepared
     return prepared

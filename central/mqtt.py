@@ -12,6 +12,7 @@ paho errors are mapped to :class:`central.errors.DispatchError`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -186,6 +187,12 @@ class MqttLink:
                 )
             infos.append(info)
         deadline = time.monotonic() + self._settings.mqtt_puback_timeout_s
+        # The broker acknowledges one connection's QoS 1 messages in order: wait for the
+        # last one first (one sleep instead of one wake-up per message), then check
+        # every one of them (already set: no waiting) - each PUBACK is still required.
+        if infos:
+            with contextlib.suppress(RuntimeError, ValueError):  # re-raised below
+                infos[-1].wait_for_publish(self._settings.mqtt_puback_timeout_s)
         for info in infos:
             remaining = deadline - time.monotonic()
             try:

@@ -19,7 +19,6 @@ Limits that keep the off-switch safe, applied on every pass:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,10 +29,12 @@ from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from central import bulk, metrics
+from central.db import sqlite_write_lock
 from central.errors import DispatchError
 from central.models import Concentrator, Order, OrderEvent
 from central.services import registry
 from central.services.lifecycle import SYSTEM, advance, note, utcnow
+from central.services.orders import new_id
 from central.settings import Settings
 from central.state import IN_FLIGHT_STATES, STEP_OF, Event, OrderState, transition
 from shared import topics
@@ -62,7 +63,7 @@ class Publisher(Protocol):
 
 
 def new_command_id() -> str:
-    return "c" + uuid.uuid4().hex
+    return "c" + new_id()
 
 
 class _Ready(Protocol):
@@ -78,9 +79,15 @@ class _Ready(Protocol):
 
 
 def build_command(
-    order: _Ready, settings: Settings, command_id: str, now: datetime
+    order: _Ready,
+    settings: Settings,
+    command_id: str,
+    now: datetime,
+    policy: RetryPolicy | None = None,
 ) -> OrderCommand:
-    retry = settings.retry_for(order.action)
+    if policy is None:
+        retry = settings.retry_for(order.action)
+        policy = _policy(retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s)
     assert order.concentrator_id is not None and order.deadline is not None
     deadline = order.deadline if order.deadline > now else now + timedelta(seconds=1)
     return OrderCommand(
@@ -94,7 +101,7 @@ def build_command(
         issued_at=now,
         not_before=order.not_before if order.not_before and order.not_before < deadline else None,
         deadline=deadline,
-        retry=_policy(retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s),
+        retry=policy,
     )
 
 
@@ -219,7 +226,14 @@ def claim_ready(
     updates: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     latency = metrics.STEP_LATENCY.labels(step=str(step), state=target)
+    policies: dict[str, RetryPolicy] = {}
     for order in ready:
+        policy = policies.get(order.action)
+        if policy is None:
+            retry = settings.retry_for(order.action)
+            policy = policies[order.action] = _policy(
+                retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s
+            )
         command_id = new_command_id()
         assert order.concentrator_id is not None
         updates.append(
@@ -246,13 +260,14 @@ def claim_ready(
         messages.append(
             Outgoing(
                 topics.commands(order.concentrator_id),
-                signer.sign(build_command(order, settings, command_id, now)),
+                signer.sign(build_command(order, settings, command_id, now, policy)),
             )
         )
         latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
-    bulk.update_rows(session, cast(Table, Order.__table__), updates)
-    bulk.insert_rows(session, cast(Table, OrderEvent.__table__), events)
-    session.commit()
+    with sqlite_write_lock(session):
+        bulk.update_rows(session, cast(Table, Order.__table__), updates)
+        bulk.insert_rows(session, cast(Table, OrderEvent.__table__), events)
+        session.commit()
     session.expire_all()
     return Claim([o.id for o in ready], messages)
 
@@ -267,12 +282,15 @@ def _publish_and_mark(
 ) -> int:
     publisher.publish_many(messages)  # raises DispatchError: the sweeper republishes later
     acked = utcnow()
-    for start in range(0, len(ids), 500):
-        session.execute(
-            update(Order).where(Order.id.in_(ids[start : start + 500])).values(published_at=acked),
-            execution_options={"synchronize_session": False},
-        )
-    session.commit()
+    with sqlite_write_lock(session):
+        for start in range(0, len(ids), 500):
+            session.execute(
+                update(Order)
+                .where(Order.id.in_(ids[start : start + 500]))
+                .values(published_at=acked),
+                execution_options={"synchronize_session": False},
+            )
+        session.commit()
     session.expire_all()
     metrics.PUBLISHED.labels(kind="order").inc(len(ids))
     return len(ids)
