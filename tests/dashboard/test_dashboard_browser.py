@@ -172,16 +172,29 @@ def test_dashboard_shows_orders_and_opens_a_timeline(
     assert "rejected" in row_text("rejected") and "protected" in row_text("rejected")
     assert "dispatched" in row_text("running")
 
-    # tiles, concentrators, work orders, charts
-    assert browser.find_element("css selector", "#tile-total .n").text == "5"
+    # tiles, concentrators, work orders, charts: each panel has its own fetch, so
+    # wait for each rather than assume it landed with the orders table
+    _wait(browser, lambda d: d.find_element("css selector", "#tile-total .n").text == "5", "tiles")
+    _wait(
+        browser,
+        lambda d: d.find_elements("css selector", '[data-concentrator="conc-south"]'),
+        "concentrators",
+    )
     north = browser.find_element("css selector", '[data-concentrator="conc-north"]')
     south = browser.find_element("css selector", '[data-concentrator="conc-south"]')
     assert "online" in north.get_attribute("class") and "queue 4" in north.text
     assert "offline" in south.get_attribute("class")
+    _wait(
+        browser,
+        lambda d: "MTR-002" in d.find_element("css selector", "#workorders tbody").text,
+        "work orders",
+    )
     workorders = browser.find_element("css selector", "#workorders tbody").text
-    assert "MTR-002" in workorders and "meter_not_responding" in workorders
-    assert browser.find_elements("css selector", "#svg-outcomes rect")
-    assert browser.find_elements("css selector", "#svg-latency circle")
+    assert "meter_not_responding" in workorders
+    _wait(browser, lambda d: d.find_elements("css selector", "#svg-outcomes rect"), "outcome chart")
+    _wait(
+        browser, lambda d: d.find_elements("css selector", "#svg-latency circle"), "latency chart"
+    )
 
     # a click opens the failed order's timeline through the ten steps
     _row(browser, ids["failed"]).click()
