@@ -15,12 +15,13 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm.exc import StaleDataError
 
 from central import metrics
 from central.api.deps import AppContext, hash_token
 from central.api.routes import concentrators, health, meters, orders, workorders
 from central.coordinator import Coordinator
-from central.db import make_engine, make_session_factory, migrate
+from central.db import CHANGED_MEANWHILE, make_engine, make_session_factory, migrate
 from central.errors import (
     BadRequest,
     CentralError,
@@ -91,6 +92,15 @@ def create_app(settings: Settings) -> FastAPI:
         log.info("integrity error: %s", exc.orig)
         return JSONResponse(
             {"detail": "conflicting concurrent change; retry the request", "error": "Conflict"},
+            status_code=status.HTTP_409_CONFLICT,
+        )
+
+    @app.exception_handler(StaleDataError)
+    async def _stale_error(_request: Request, exc: StaleDataError) -> JSONResponse:
+        # an order written from a stale read (compare-and-set on its state): retry
+        log.info("stale write refused: %s", exc)
+        return JSONResponse(
+            {"detail": CHANGED_MEANWHILE, "error": "Conflict"},
             status_code=status.HTTP_409_CONFLICT,
         )
 

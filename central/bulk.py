@@ -17,15 +17,21 @@ from sqlalchemy.orm import Session
 
 _Processor = Callable[[Any], Any] | None
 _CACHE: dict[
-    tuple[str, str, str, tuple[str, ...]], tuple[str, list[tuple[str, _Processor]], bool]
+    tuple[str, str, str, tuple[str, ...], tuple[str, ...]],
+    tuple[str, list[tuple[str, _Processor]], bool],
 ] = {}
 
 
 def _prepare(
-    session: Session, table: Table, kind: str, keys: tuple[str, ...], where_key: str | None
+    session: Session,
+    table: Table,
+    kind: str,
+    keys: tuple[str, ...],
+    where_key: str | None,
+    expect: tuple[str, ...] = (),
 ) -> tuple[str, list[tuple[str, _Processor]], bool]:
     dialect = session.get_bind().dialect
-    cache_key = (dialect.name, table.name, kind, keys)
+    cache_key = (dialect.name, table.name, kind, keys, expect)
     cached = _CACHE.get(cache_key)
     if cached is not None:
         return cached
@@ -34,9 +40,10 @@ def _prepare(
     else:
         assert where_key is not None
         values: dict[str, Any] = {k: bindparam(k) for k in keys if k != where_key}
-        statement = (
-            table.update().where(table.c[where_key] == bindparam(f"w_{where_key}")).values(values)
-        )
+        statement = table.update().where(table.c[where_key] == bindparam(f"w_{where_key}"))
+        for column in expect:  # compare-and-set: the row must still hold these values
+            statement = statement.where(table.c[column] == bindparam(f"e_{column}"))
+        statement = statement.values(values)
     compiled = statement.compile(dialect=dialect)
     names = (
         list(compiled.positiontup)
@@ -45,7 +52,11 @@ def _prepare(
     )
     processors: list[tuple[str, _Processor]] = []
     for name in names:
-        column = name[2:] if name.startswith("w_") and name[2:] == where_key else name
+        column = name
+        if name.startswith("w_") and name[2:] == where_key:
+            column = name[2:]
+        elif name.startswith("e_") and name[2:] in expect:
+            column = name[2:]
         # the dialect's implementation, as the ORM uses: e.g. SQLite's DateTime formats
         # the text itself (the generic type left it to sqlite3's adapter, which wrote
         # whole seconds without ".000000", unlike the ORM)
@@ -61,18 +72,28 @@ def _params(
     processors: list[tuple[str, _Processor]],
     positional: bool,
     where_key: str | None,
+    expected: dict[str, Any] | None = None,
 ) -> list[Any]:
     # Rows of one batch share most values (the same ``now``, state, actor...): each
     # distinct value goes through its column's processor once.
+    constants = {f"e_{column}": value for column, value in (expected or {}).items()}
     plan: list[tuple[str, _Processor, dict[Any, Any]]] = [
         (where_key if where_key is not None and name == f"w_{where_key}" else name, process, {})
         for name, process in processors
     ]
     names = [name for name, _ in processors]
+    fixed: dict[str, Any] = {}  # expected values, the same for every row: processed once
+    for name, process, _memo in plan:
+        if name in constants:
+            value = constants[name]
+            fixed[name] = process(value) if process is not None and value is not None else value
     out: list[Any] = []
     for row in rows:
         values: list[Any] = []
         for key, process, memo in plan:
+            if fixed and key in fixed:
+                values.append(fixed[key])
+                continue
             value = row[key]
             if process is not None and value is not None:
                 try:
@@ -114,11 +135,21 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
 
 
 def update_rows(
-    session: Session, table: Table, rows: Sequence[dict[str, Any]], key: str = "id"
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    key: str = "id",
+    *,
+    expect: dict[str, Any] | None = None,
 ) -> None:
-    """UPDATE each row by ``key`` with its other values, in one executemany."""
+    """UPDATE each row by ``key`` with its other values, in one executemany.
+
+    ``expect`` (column -> value, the same for every row) makes it a compare-and-set:
+    a row no longer holding those values is left alone. Which rows changed is for the
+    caller to read back (executemany row counts are not reliable on every driver)."""
     if not rows:
         return
     keys = tuple(rows[0])
-    sql, processors, positional = _prepare(session, table, "update", keys, key)
-    session.connection().exec_driver_sql(sql, _params(rows, processors, positional, key))
+    guard = tuple(sorted(expect or {}))
+    sql, processors, positional = _prepare(session, table, "update", keys, key, guard)
+    session.connection().exec_driver_sql(sql, _params(rows, processors, positional, key, expect))

@@ -13,7 +13,7 @@ import threading
 from sqlalchemy.orm import Session, sessionmaker
 
 from central.db import session_scope
-from central.errors import CentralError, ConfigurationError
+from central.errors import CentralError, ConfigurationError, Conflict
 from central.mqtt import MqttLink
 from central.services import dispatch, results
 from central.settings import Settings
@@ -128,8 +128,17 @@ class Coordinator:
                 "%s for %s published on %s: ignored", message.kind, message.concentrator_id, topic
             )
             return True
-        with session_scope(self.factory) as session:
-            results.apply_agent_message(session, message)
+        for attempt in (1, 2):
+            try:
+                with session_scope(self.factory) as session:
+                    results.apply_agent_message(session, message)
+                break
+            except Conflict:
+                # the order changed between read and write (e.g. the expiry sweep):
+                # read it again once; it is then applied or recorded as late
+                if attempt == 2:
+                    raise
+                log.info("%s for %s raced another change; retrying", message.kind, topic)
         if isinstance(message, OrderResult):
             self._wake.set()  # a slot was freed: dispatch waiting orders
         return True

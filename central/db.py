@@ -20,8 +20,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
-from central.errors import StorageError
+from central.errors import Conflict, StorageError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -95,6 +96,21 @@ def migrate(engine: Engine) -> None:
         raise StorageError(f"database migration failed: {exc}") from exc
 
 
+CHANGED_MEANWHILE = "the order changed meanwhile (another request or the dispatcher); retry"
+
+
+@contextmanager
+def stale_to_conflict(session: Session, what: str = "") -> Iterator[None]:
+    """Around a flush or commit of order changes: a write from a stale read (the order's
+    state is not the one read; see ``Order.__mapper_args__``) rolls back and raises
+    ``Conflict`` (HTTP 409) instead of ``StaleDataError``."""
+    try:
+        yield
+    except StaleDataError as exc:
+        session.rollback()
+        raise Conflict(f"{what}: {CHANGED_MEANWHILE}" if what else CHANGED_MEANWHILE) from exc
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session committed on success, rolled back on error, always closed."""
@@ -102,6 +118,9 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     try:
         yield session
         session.commit()
+    except StaleDataError as exc:
+        session.rollback()
+        raise Conflict(CHANGED_MEANWHILE) from exc
     except SQLAlchemyError as exc:
         session.rollback()
         raise StorageError(f"database error: {exc}") from exc

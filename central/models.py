@@ -162,6 +162,14 @@ class Order(Base):
         back_populates="order", order_by="OrderEvent.id", lazy="raise_on_sql"
     )
 
+    # Compare-and-set on the state: every ORM UPDATE of an order carries
+    # ``WHERE state = <the state it was read in>`` (the state is the "version", set by
+    # the application, hence no generator). A write from a stale read (e.g. a cancel of
+    # an order another session dispatched meanwhile) matches no row and raises
+    # ``sqlalchemy.orm.exc.StaleDataError`` instead of overwriting the newer state;
+    # callers map it to ``central.errors.Conflict`` (see ``central.db.stale_to_conflict``).
+    __mapper_args__ = {"version_id_col": state, "version_id_generator": False}
+
 
 class OrderEvent(Base):
     """One line of an order's timeline: what happened, when, in which step, by whom."""

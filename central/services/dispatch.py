@@ -29,7 +29,7 @@ from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from central import bulk, metrics
-from central.db import sqlite_write_lock
+from central.db import sqlite_write_lock, stale_to_conflict
 from central.errors import DispatchError
 from central.models import Concentrator, Order, OrderEvent
 from central.services import registry
@@ -222,11 +222,12 @@ def claim_ready(
         return Claim([], [])
     target = transition(OrderState.VALIDATED, Event.DISPATCH).value
     step = STEP_OF[Event.DISPATCH]
-    messages: list[Outgoing] = []
+    messages: dict[str, Outgoing] = {}
     updates: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
+    events: dict[str, dict[str, Any]] = {}
     latency = metrics.STEP_LATENCY.labels(step=str(step), state=target)
     policies: dict[str, RetryPolicy] = {}
+    sent: dict[str, str] = {}  # order id -> command id
     for order in ready:
         policy = policies.get(order.action)
         if policy is None:
@@ -234,7 +235,7 @@ def claim_ready(
             policy = policies[order.action] = _policy(
                 retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s
             )
-        command_id = new_command_id()
+        command_id = sent[order.id] = new_command_id()
         assert order.concentrator_id is not None
         updates.append(
             {
@@ -245,31 +246,52 @@ def claim_ready(
                 "updated_at": now,
             }
         )
-        events.append(
-            {
-                "order_id": order.id,
-                "at": now,
-                "step": step,
-                "actor": SYSTEM.name,
-                "event": Event.DISPATCH.value,
-                "from_state": OrderState.VALIDATED.value,
-                "to_state": target,
-                "detail": f"signed command {command_id} to concentrator {order.concentrator_id}",
-            }
+        events[order.id] = {
+            "order_id": order.id,
+            "at": now,
+            "step": step,
+            "actor": SYSTEM.name,
+            "event": Event.DISPATCH.value,
+            "from_state": OrderState.VALIDATED.value,
+            "to_state": target,
+            "detail": f"signed command {command_id} to concentrator {order.concentrator_id}",
+        }
+        messages[order.id] = Outgoing(
+            topics.commands(order.concentrator_id),
+            signer.sign(build_command(order, settings, command_id, now, policy)),
         )
-        messages.append(
-            Outgoing(
-                topics.commands(order.concentrator_id),
-                signer.sign(build_command(order, settings, command_id, now, policy)),
-            )
-        )
-        latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
     with sqlite_write_lock(session):
-        bulk.update_rows(session, cast(Table, Order.__table__), updates)
-        bulk.insert_rows(session, cast(Table, OrderEvent.__table__), events)
+        # Compare-and-set: on SQLite the selection ran outside this write transaction, so
+        # an order may have changed meanwhile (e.g. cancelled). Only rows still validated
+        # move; which ones did is read back by the command id this claim gave them.
+        bulk.update_rows(
+            session,
+            cast(Table, Order.__table__),
+            updates,
+            expect={"state": OrderState.VALIDATED.value},
+        )
+        claimed = {
+            order_id
+            for order_id, command_id in session.execute(
+                select(Order.id, Order.command_id).where(Order.dispatched_at == now)
+            )
+            if sent.get(order_id) == command_id
+        }
+        bulk.insert_rows(
+            session,
+            cast(Table, OrderEvent.__table__),
+            [line for order_id, line in events.items() if order_id in claimed],
+        )
         session.commit()
     session.expire_all()
-    return Claim([o.id for o in ready], messages)
+    ids = [o.id for o in ready if o.id in claimed]
+    lost = len(ready) - len(ids)
+    if lost:
+        log.info("%d order(s) changed before the claim; not dispatched", lost)
+    for order in ready:
+        if order.id in claimed:
+            latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
+    return Claim(ids, [messages[order_id] for order_id in ids])
 
 
 def publish_claimed(session: Session, publisher: Publisher, claim: Claim) -> int:
@@ -339,7 +361,8 @@ def republish_unacked(
         )
     if not stale:
         return 0
-    session.commit()
+    with stale_to_conflict(session, "republish"):
+        session.commit()
     return _publish_and_mark(session, publisher, [o.id for o in stale], messages)
 
 
@@ -380,7 +403,8 @@ def send_cancels(
             step=4,
             at=now,
         )
-    session.commit()
+    with stale_to_conflict(session, "cancel sent but not recorded"):
+        session.commit()
     metrics.PUBLISHED.labels(kind="cancel").inc(len(orders))
     return len(orders)
 
@@ -425,15 +449,19 @@ def sweep_expired(session: Session, *, now: datetime | None = None, grace_s: flo
             )
         )
     )
-    for order in [*waiting, *flying]:
-        order.result_reason = "expired"
-        order.result_detail = (
-            "deadline passed before dispatch"
-            if order.state == OrderState.VALIDATED.value
-            else "deadline passed without a result from the agent"
-        )
-        advance(session, order, Event.EXPIRE, SYSTEM, order.result_detail, at=now)
-    session.commit()
+    # an order dispatched (or finished) since it was read here is not expired over its
+    # newer state (compare-and-set, also on the flushes inside ``advance``): Conflict,
+    # the next pass looks again
+    with stale_to_conflict(session, "expiry sweep"):
+        for order in [*waiting, *flying]:
+            order.result_reason = "expired"
+            order.result_detail = (
+                "deadline passed before dispatch"
+                if order.state == OrderState.VALIDATED.value
+                else "deadline passed without a result from the agent"
+            )
+            advance(session, order, Event.EXPIRE, SYSTEM, order.result_detail, at=now)
+        session.commit()
     return len(waiting) + len(flying)
 
 

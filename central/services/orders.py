@@ -23,6 +23,7 @@ from sqlalchemy import Select, Table, select
 from sqlalchemy.orm import Session, selectinload
 
 from central import bulk
+from central.db import stale_to_conflict
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
 from central.services import validation
@@ -428,7 +429,8 @@ def create_orders(
     # (superseded orders refer to the new ones)
     bulk.insert_rows(session, cast(Table, Batch.__table__), [batch])
     writer.flush(session)
-    session.flush()
+    with stale_to_conflict(session, "orders not created"):
+        session.flush()
     return outcome
 
 
@@ -523,24 +525,29 @@ def cancel_order(
     order = get_order(session, order_id, with_events=False)
     state = OrderState(order.state)
     text = detail or f"cancelled by {actor.name}"
-    if state in (OrderState.RECEIVED, OrderState.VALIDATED):
-        order.result_reason = "cancelled"
-        advance(session, order, Event.CANCEL, actor, text, at=now)
-    elif state in IN_FLIGHT_STATES:
-        if not order.cancel_requested:
-            order.cancel_requested = True
-            note(
-                session,
-                order,
-                "cancel_requested",
-                actor,
-                text + "; cancel sent to the agent",
-                step=2,
-                at=now,
-            )
-    else:
-        raise InvalidTransition(Event.CANCEL.value, state.value)
-    session.flush()
+    # Compare-and-set (``Order.__mapper_args__``): if the dispatcher claimed the order
+    # after it was read here, the cancel must not overwrite ``dispatched`` (the agent
+    # would execute an order the coordinator believes cancelled): Conflict, retry (the
+    # retry finds it in flight and asks the agent to cancel).
+    with stale_to_conflict(session, f"order {order_id} not cancelled"):
+        if state in (OrderState.RECEIVED, OrderState.VALIDATED):
+            order.result_reason = "cancelled"
+            advance(session, order, Event.CANCEL, actor, text, at=now)
+        elif state in IN_FLIGHT_STATES:
+            if not order.cancel_requested:
+                order.cancel_requested = True
+                note(
+                    session,
+                    order,
+                    "cancel_requested",
+                    actor,
+                    text + "; cancel sent to the agent",
+                    step=2,
+                    at=now,
+                )
+        else:
+            raise InvalidTransition(Event.CANCEL.value, state.value)
+        session.flush()
     return order
 
 
@@ -566,7 +573,8 @@ def approve_batch(
             note(
                 session, order, "approved", actor, f"batch approved by {actor.name}", step=3, at=now
             )
-    session.flush()
+    with stale_to_conflict(session, f"batch {batch_id} not approved"):
+        session.flush()
     return batch
 
 
@@ -618,5 +626,6 @@ def mark_reported(
     ).first()
     if row is not None and row.delivered_at is None:
         row.delivered_at = now
-    session.flush()
+    with stale_to_conflict(session, f"order {order_id} not marked reported"):
+        session.flush()
     return order
