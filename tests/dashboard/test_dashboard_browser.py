@@ -209,6 +209,8 @@ def test_dashboard_shows_orders_and_opens_a_timeline(
     steps = browser.find_elements("css selector", "#timeline li")
     assert [s.get_attribute("data-step") for s in steps] == [str(n) for n in range(1, 11)]
     by_step = {s.get_attribute("data-step"): s for s in steps}
+    assert "done" in by_step["1"].get_attribute("class")  # it exists: it was received
+    assert "REST API" in by_step["1"].text  # made through REST here, not by a SOAP message
     assert "done" in by_step["3"].get_attribute("class")  # validated
     assert "done" in by_step["4"].get_attribute("class")  # dispatched
     assert "bad" in by_step["8"].get_attribute("class")  # failed

@@ -319,7 +319,12 @@
     // What is left unsaid is told here.
     const attempted = (byStep.get(6) || []).length > 0;
     const implied = {
-      1: order.source && order.source !== "soap" ? "created through the " + order.source.toUpperCase() + " API: no SOAP message" : "",
+      // Step 1 happened if the order exists; what it was is on the order itself.
+      1: order.source && order.source !== "soap"
+        ? "created through the " + order.source.toUpperCase() + " API by " + (order.created_by || "?") + ": no SOAP message"
+        : "SOAP CreateEndDeviceControls from " + (order.issuer_id || "Legacy") +
+          (order.correlation_id ? " · CorrelationID " + order.correlation_id : "") +
+          (order.external_ref ? " · issuerTrackingID " + order.external_ref : ""),
       7: attempted ? "no retry needed" : "",
       9: ended ? "waiting for delivery to Legacy" : "",
       10: ended && !["failed", "expired"].includes(outcomeOf(order)) ? "not needed" : "",
@@ -338,7 +343,15 @@
           (e.from_state !== e.to_state && BAD_EVENTS.has(String(e.to_state || ""))) ||
           failedAttempt(e)
       );
-      const cls = evs.length ? (bad ? "bad" : "done") : implied[n] && n === 7 ? "implied" : ended ? "skip" : "";
+      const cls = evs.length
+        ? (bad ? "bad" : "done")
+        : n === 1
+          ? "done"
+          : implied[n] && n === 7
+            ? "implied"
+            : ended
+              ? "skip"
+              : "";
       return el(
         "li",
         { class: cls, "data-step": String(n) },
