@@ -243,5 +243,5 @@ def _peek_body(payload: bytes) -> dict[str, Any]:
         outer = json.loads(payload)
         inner = json.loads(outer["body"]) if isinstance(outer, dict) and "body" in outer else outer
         return inner if isinstance(inner, dict) else {}
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return {}

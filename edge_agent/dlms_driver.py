@@ -17,7 +17,7 @@ from edge_agent.errors import LineFault, MeterError
 from edge_agent.store import Meter, Store
 from shared.contracts import ControlState, EnergyReading, ReasonCode, RelayReading
 from shared.dlms.client import MeterAddress, MeterKeys, MeterSession
-from shared.dlms.errors import TransportError
+from shared.dlms.errors import MalformedResponse, TransportError
 from shared.dlms.transport import SerialTransport, TcpTransport, Transport
 
 
@@ -29,11 +29,7 @@ class DlmsLink:
 
     def read_state(self) -> RelayReading:
         st = self._s.read_disconnect_state()
-        return RelayReading(
-            output_state=st.output_state,
-            control_state=ControlState(st.control_state),
-            control_mode=st.control_mode,
-        )
+        return _relay(st.output_state, st.control_state, st.control_mode)
 
     def disconnect(self) -> None:
         self._s.remote_disconnect()
@@ -43,18 +39,37 @@ class DlmsLink:
 
     def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
         rb = self._s.read_back()
-        relay = RelayReading(
-            output_state=rb.output_state,
-            control_state=ControlState(rb.control_state),
-            control_mode=rb.control_mode,
-        )
-        energy = EnergyReading(
-            value=rb.energy_value,
-            unit=rb.energy_unit[:16],
-            meter_clock=rb.meter_clock,
-            read_at=datetime.now(UTC),
-        )
+        relay = _relay(rb.output_state, rb.control_state, rb.control_mode)
+        try:
+            energy = EnergyReading(
+                value=rb.energy_value,
+                unit=rb.energy_unit[:16],
+                meter_clock=rb.meter_clock,
+                read_at=datetime.now(UTC),
+            )
+        except (ValueError, TypeError) as exc:
+            raise MalformedResponse(f"energy reading out of range: {exc}") from exc
         return relay, energy
+
+
+def _relay(output_state: bool, control_state: int, control_mode: int) -> RelayReading:
+    """A RelayReading from the meter's values; anything out of range is a bad answer.
+
+    A control_state outside 0..2 (or a control_mode outside the standard's range) is
+    garbage from the meter (``invalid_meter_response``, retried), never an internal
+    error and never a state to report.
+    """
+    try:
+        return RelayReading.model_validate({
+            "output_state": output_state,
+            "control_state": ControlState(control_state),
+            "control_mode": control_mode,
+        })
+    except (ValueError, TypeError) as exc:
+        raise MalformedResponse(
+            f"disconnect control values out of range: control_state={control_state!r}, "
+            f"control_mode={control_mode!r}, output_state={output_state!r}"
+        ) from exc
 
 
 class DlmsDriver:

@@ -126,12 +126,44 @@ _OUTCOME_OF_STATE = {
 }
 
 
-def switch(link: MeterLink, action: Action) -> AttemptResult:
-    """The protocol of one attempt on an open association."""
+def _confirms(relay: RelayReading, states: frozenset[ControlState]) -> bool:
+    """The read-back shows one of ``states`` and an output state that agrees with it.
+
+    A meter answering with a control_state the action wants but an output_state that
+    says otherwise (relay open while "connected", closed while "disconnected") is not
+    confirmation: the result would tell the customer's utility something the relay did
+    not do.
+    """
+    if relay.control_state not in states:
+        return False
+    if relay.output_state is None:
+        return True
+    return relay.output_state is (relay.control_state is ControlState.CONNECTED)
+
+
+def switch(
+    link: MeterLink, action: Action, may_switch: Callable[[], bool] = lambda: True
+) -> AttemptResult:
+    """The protocol of one attempt on an open association.
+
+    ``may_switch`` is asked right before the disconnect/reconnect method is invoked
+    (after the association and the first read, which can take long on a slow PLC
+    line); if it answers False the attempt ends with ``expired`` and the relay is not
+    touched.
+    """
     before = link.read_state()
     if before.control_state in _WANTED[action]:
         # Nothing to switch, but Legacy still wants the reading (step 6 of the brief).
         relay, energy = link.read_back()
+        if not _confirms(relay, _WANTED[action]):
+            # The two reads disagree: the meter's answer cannot be trusted as "in state".
+            return AttemptResult(
+                reason=ReasonCode.INVALID_METER_RESPONSE,
+                detail=(f"control_state {before.control_state.name.lower()} at first, then "
+                        f"{relay.control_state.name.lower()} (output_state {relay.output_state})"
+                        " in the read-back"),
+                relay=relay, energy=energy,
+            )
         return AttemptResult(
             outcome=_OUTCOME_OF_STATE[relay.control_state], relay=relay, energy=energy,
             already=True,
@@ -142,19 +174,27 @@ def switch(link: MeterLink, action: Action) -> AttemptResult:
             detail="control_mode 0: the meter does not accept remote reconnection",
             relay=before,
         )
+    if not may_switch():
+        return AttemptResult(
+            outcome=Outcome.EXPIRED, reason=ReasonCode.EXPIRED,
+            detail="deadline passed before the method could be invoked; relay not switched",
+            relay=before,
+        )
     if action is Action.DISCONNECT:
         link.disconnect()
     else:
         link.reconnect()
     relay, energy = link.read_back()
     if action is Action.DISCONNECT:
-        ok = relay.control_state is ControlState.DISCONNECTED
+        ok = _confirms(relay, frozenset({ControlState.DISCONNECTED}))
     else:
-        ok = relay.control_state in (ControlState.CONNECTED, ControlState.READY_FOR_RECONNECTION)
+        ok = _confirms(relay, frozenset({ControlState.CONNECTED,
+                                         ControlState.READY_FOR_RECONNECTION}))
     if not ok:
         return AttemptResult(
             reason=ReasonCode.RELAY_DID_NOT_SWITCH,
-            detail=f"control_state still {relay.control_state.name.lower()} after the method",
+            detail=(f"control_state {relay.control_state.name.lower()}, output_state "
+                    f"{relay.output_state} after the method"),
             relay=relay,
             energy=energy,
         )
@@ -199,6 +239,7 @@ class Executor:
         self.executed = 0  # attempts that reached a meter driver (for the bench)
         self._last_prune = 0.0
         self._meters: dict[str, Meter | None] = {}
+        self._busy_meters: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -233,6 +274,10 @@ class Executor:
         with self._lock:
             if meter is None:
                 return False
+            if meter_id in self._busy_meters:
+                # One exchange per meter, whatever the line allows: two sessions on one
+                # meter would race a disconnect against a reconnect and share counters.
+                return True
             if meter.transport == "tcp":
                 return self._tcp_inflight >= self._tcp_max or self._inflight.get(key, 0) >= 1
             return self._inflight.get(key, 0) >= self._lines.get(meter.line_id or "", 1)
@@ -267,26 +312,28 @@ class Executor:
             key = self._line_key(meter, order.command.meter_id)
             with self._lock:
                 self._inflight[key] = self._inflight.get(key, 0) + 1
+                self._busy_meters.add(order.command.meter_id)
                 if meter is not None and meter.transport == "tcp":
                     self._tcp_inflight += 1
-            self._pool.submit(self._run_guarded, order, meter, key)
+            self._pool.submit(self._run_guarded, order, meter, key, order.command.meter_id)
             claimed += 1
         return claimed
 
-    def _release(self, key: str, meter: Meter | None) -> None:
+    def _release(self, key: str, meter: Meter | None, meter_id: str) -> None:
         with self._lock:
             self._inflight[key] -= 1
+            self._busy_meters.discard(meter_id)
             if meter is not None and meter.transport == "tcp":
                 self._tcp_inflight -= 1
         self._wake.set()
 
-    def _run_guarded(self, order: OrderRow, meter: Meter | None, key: str) -> None:
+    def _run_guarded(self, order: OrderRow, meter: Meter | None, key: str, meter_id: str) -> None:
         try:
             self.run_attempt(order, meter)
         except Exception:
             log("order.crashed", logging.ERROR, exc_info=True, order=order.order_id)
         finally:
-            self._release(key, meter)
+            self._release(key, meter, meter_id)
 
     def _expire_due(self) -> None:
         # Runs on the scheduler thread, the only one that claims orders: an order listed
@@ -336,7 +383,7 @@ class Executor:
         try:
             self.executed += 1
             with self._driver.session(meter) as link:
-                outcome = switch(link, cmd.action)
+                outcome = switch(link, cmd.action, lambda: self._clock() < cmd.deadline)
         except Exception as exc:  # classified below; anything unexpected is internal_error
             reason, detail = classify(exc, meter)
             if isinstance(exc, LineFault | TransportError) and meter.transport == "hdlc":
@@ -348,6 +395,12 @@ class Executor:
         reachable = outcome.reason not in (ReasonCode.METER_NOT_RESPONDING,
                                            ReasonCode.METER_UNREACHABLE)
         self._store.record_contact(meter.meter_id, reachable=reachable, relay=outcome.relay)
+        if outcome.outcome is Outcome.EXPIRED:
+            result = self._result(order, Outcome.EXPIRED, ReasonCode.EXPIRED, outcome.detail,
+                                  attempts, relay=outcome.relay)
+            self._store.finish(order.order_id, Event.EXPIRE, result)
+            self._ended(order, result)
+            return
         if outcome.outcome is not None:
             result = self._result(order, outcome.outcome, None, outcome.detail, attempts,
                                   relay=outcome.relay, energy=outcome.energy,

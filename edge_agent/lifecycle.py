@@ -5,12 +5,13 @@
     queued ──start──▶ running ──succeed──▶ succeeded
       │  ▲              │ │ └──fail──────▶ failed
       │  └──recover─────┘ └──retry──▶ waiting ──start──▶ running
-      ├──cancel──▶ cancelled            └──expire──▶ expired
-      └──expire──▶ expired
+      ├──cancel──▶ cancelled            ├──expire──▶ expired
+      └──expire──▶ expired              └──cancel──▶ cancelled
 
 ``recover`` puts an order that was running when the agent died back in the
 queue: the executor reads the relay before switching, so running it again is
-safe. Every state change in the store goes through :func:`next_state`, which
+safe. A cancel stops an order that has not started or is waiting between two
+attempts (no exchange is in flight); a running attempt is not interrupted. Every state change in the store goes through :func:`next_state`, which
 refuses any event the table does not list for the current state.
 """
 
@@ -53,6 +54,7 @@ TRANSITIONS: Final[dict[tuple[State, Event], State]] = {
     (State.RUNNING, Event.RECOVER): State.QUEUED,
     (State.WAITING, Event.START): State.RUNNING,
     (State.WAITING, Event.EXPIRE): State.EXPIRED,
+    (State.WAITING, Event.CANCEL): State.CANCELLED,
 }
 
 TERMINAL: Final = frozenset({State.SUCCEEDED, State.FAILED, State.EXPIRED, State.CANCELLED})

@@ -504,14 +504,19 @@ class Store:
         return next_state(order_id, row[0], event)
 
     def cancel(self, cmd: CancelCommand, now: datetime) -> OrderResult | None:
-        """Cancel a queued order; None if it is unknown or already started/ended."""
+        """Cancel a queued or waiting order; None if it is unknown, running or ended.
+
+        A waiting order (an attempt failed, the next one is scheduled) is between two
+        exchanges: cancelling it stops the retries before the next attempt.
+        """
         with self.transaction() as conn:
             self._remember(conn, cmd.command_id, cmd.deadline)
             row = conn.execute(
-                "SELECT state, command, received_at FROM orders WHERE order_id = ?",
+                "SELECT state, command, received_at, started_at, attempts FROM orders "
+                "WHERE order_id = ?",
                 (cmd.order_id,),
             ).fetchone()
-            if row is None or State(row[0]) is not State.QUEUED:
+            if row is None or State(row[0]) not in (State.QUEUED, State.WAITING):
                 return None
             order = OrderCommand.model_validate_json(row[1])
             result = OrderResult(
@@ -521,7 +526,9 @@ class Store:
                 outcome=Outcome.CANCELLED,
                 reason=ReasonCode.CANCELLED,
                 detail=f"cancelled by command {cmd.command_id}",
+                attempts=[Attempt.model_validate(a) for a in json.loads(row[4])][-50:],
                 received_at=datetime.fromisoformat(row[2]),
+                started_at=datetime.fromisoformat(row[3]) if row[3] else None,
                 finished_at=now,
             )
             state = next_state(cmd.order_id, row[0], Event.CANCEL)

@@ -152,6 +152,8 @@ def open_envelope(data: bytes) -> Envelope:
         obj = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidPayload("signed command", [("(message)", f"not JSON: {exc}")]) from exc
+    except RecursionError as exc:  # "[[[[..." within the size limit: refuse, do not crash
+        raise InvalidPayload("signed command", [("(message)", "nested too deeply")]) from exc
     if not isinstance(obj, dict):
         raise InvalidPayload("signed command", [("(message)", "not a JSON object")])
     unknown = sorted(set(obj) - ENVELOPE_FIELDS)

@@ -28,8 +28,10 @@ def test_transition_table_refuses_unlisted_events() -> None:
             assert (terminal, event) not in TRANSITIONS
             with pytest.raises(TransitionRefused):
                 next_state("o", terminal, event)
+    # between two attempts nothing is in flight: a cancel stops the retries
+    assert next_state("o", State.WAITING, Event.CANCEL) is State.CANCELLED
     with pytest.raises(TransitionRefused):
-        next_state("o", State.WAITING, Event.CANCEL)  # started orders are not cancelled
+        next_state("o", State.RUNNING, Event.CANCEL)  # an exchange in flight is not interrupted
 
 
 def test_order_stored_once_and_seen(sqlite_path: Path) -> None:

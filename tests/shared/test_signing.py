@@ -29,6 +29,7 @@ from shared.signing import (
     load_private_key_file,
     load_public_key,
     load_public_key_file,
+    open_envelope,
 )
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -171,3 +172,10 @@ def test_rcd_keys_generate_writes_a_usable_private_only_key_pair(tmp_path: Path,
     assert verifier.verify(signer.sign(make_order())).order_id == "ord-1"
     assert signer.key_id in capsys.readouterr().out
     assert main(["keys", "generate", "--out", str(tmp_path)]) == 2  # never overwrites silently
+
+
+def test_deeply_nested_envelope_is_invalid_payload_not_recursion_error() -> None:
+    # Within the size limit, but deep enough to exhaust json's recursion: must be a
+    # ContractError (refused and reported), never a RecursionError out of the verifier.
+    with pytest.raises(InvalidPayload, match="nested too deeply"):
+        open_envelope(b"[" * 100_000)

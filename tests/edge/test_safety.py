@@ -1,0 +1,216 @@
+"""Safety-critical paths of the executor, store and verifier (review 2026-11-26)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from edge_agent.agent import _peek_body
+from edge_agent.dlms_driver import DlmsLink
+from edge_agent.executor import Executor
+from edge_agent.lifecycle import State
+from edge_agent.store import Meter, Store
+from shared.contracts import (
+    Action,
+    CancelCommand,
+    ControlState,
+    EnergyReading,
+    MeterEntry,
+    OrderResult,
+    Outcome,
+    ReasonCode,
+    RelayReading,
+)
+from shared.dlms.errors import MalformedResponse
+
+from .fakes import FakeDriver, FakeLink, FakeMeter, order, tcp_entry
+
+
+@pytest.fixture
+def store(sqlite_path: Path) -> Iterator[Store]:
+    s = Store(sqlite_path)
+    s.import_meters([tcp_entry(f"m{i}", port=5000 + i) for i in range(3)])
+    yield s
+    s.close()
+
+
+def result_of(store: Store, order_id: str) -> OrderResult:
+    rows = store.db.execute("SELECT result FROM orders WHERE order_id = ?", [order_id]).fetchall()
+    return OrderResult.model_validate_json(rows[0][0])
+
+
+def later() -> datetime:
+    return datetime.now(UTC) + timedelta(hours=1)
+
+
+# -- the deadline is checked right before the method -------------------------------------
+class SlowDriver(FakeDriver):
+    """Opening the association takes so long (slow PLC, HDLC retries) that the deadline passes."""
+
+    def __init__(self, meter: FakeMeter, clock: list[datetime], delay: timedelta) -> None:
+        super().__init__({"m1": meter})
+        self._clock, self._delay = clock, delay
+
+    @contextmanager
+    def session(self, meter: Meter) -> Iterator[FakeLink]:
+        with super().session(meter) as link:
+            self._clock[0] += self._delay
+            yield link
+
+
+def test_deadline_passing_during_association_never_switches(store: Store) -> None:
+    now = [datetime.now(UTC)]
+    meter = FakeMeter(ControlState.CONNECTED)
+    cmd = order("o1", "m1", deadline_s=30, issued_at=now[0])
+    store.store_order(cmd, now[0])
+    ex = Executor(store, SlowDriver(meter, now, timedelta(seconds=45)), clock=lambda: now[0])
+    claimed = store.claim_next(now[0])
+    assert claimed is not None
+    ex.run_attempt(claimed, store.meter("m1"))
+    r = result_of(store, "o1")
+    assert meter.sessions == 1 and meter.switches == 0  # associated, read, but never switched
+    assert meter.control_state is ControlState.CONNECTED
+    assert r.outcome is Outcome.EXPIRED and r.reason is ReasonCode.EXPIRED
+    assert store.order_state("o1") is State.EXPIRED
+
+
+# -- a cancel between two attempts stops the order ----------------------------------------
+def test_cancel_while_waiting_for_retry_stops_next_attempt(store: Store) -> None:
+    meter = FakeMeter(fault="no_answer")
+    driver = FakeDriver({"m1": meter})
+    now = datetime.now(UTC)
+    store.store_order(order("o1", "m1", attempts=5, backoff=0.01), now)
+    ex = Executor(store, driver)
+    claimed = store.claim_next(later())
+    assert claimed is not None
+    ex.run_attempt(claimed, store.meter("m1"))
+    assert store.order_state("o1") is State.WAITING
+    meter.fault = None  # the meter would answer now: a second attempt would disconnect
+    cancel = CancelCommand(command_id="c-o1", order_id="o1", concentrator_id="conc-a",
+                           issued_at=now, deadline=now + timedelta(minutes=1))
+    res = store.cancel(cancel, datetime.now(UTC))
+    assert res is not None and res.outcome is Outcome.CANCELLED
+    assert len(res.attempts) == 1  # the failed attempt is in the report
+    assert store.claim_next(later()) is None
+    assert store.order_state("o1") is State.CANCELLED
+    assert meter.sessions == 1 and meter.switches == 0
+    assert meter.control_state is ControlState.CONNECTED
+
+
+# -- a meter's answer must confirm the state ----------------------------------------------
+class FlipFlopLink(FakeLink):
+    """First read says disconnected, the read-back says connected (garbage / wrong frame)."""
+
+    def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
+        relay, energy = super().read_back()
+        return relay.model_copy(update={"control_state": ControlState.CONNECTED,
+                                        "output_state": True}), energy
+
+
+class InconsistentLink(FakeLink):
+    """control_state says disconnected but output_state says the relay is still closed."""
+
+    def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
+        relay, energy = super().read_back()
+        return relay.model_copy(update={"output_state": True}), energy
+
+
+@dataclass
+class LinkDriver(FakeDriver):
+    link_type: type[FakeLink] = FakeLink
+
+    @contextmanager
+    def session(self, meter: Meter) -> Iterator[FakeLink]:
+        m = self.meters.setdefault(meter.meter_id, FakeMeter())
+        m.sessions += 1
+        yield self.link_type(m)
+
+
+@pytest.mark.parametrize(("link", "start"), [(FlipFlopLink, ControlState.DISCONNECTED),
+                                             (InconsistentLink, ControlState.CONNECTED)])
+def test_unconfirmed_read_back_is_never_success(store: Store, link: type[FakeLink],
+                                                start: ControlState) -> None:
+    meter = FakeMeter(start)
+    driver = LinkDriver({"m1": meter}, link_type=link)
+    store.store_order(order("o1", "m1", attempts=2), datetime.now(UTC))
+    ex = Executor(store, driver)
+    for _ in range(5):
+        claimed = store.claim_next(later())
+        if claimed is not None:
+            ex.run_attempt(claimed, store.meter("m1"))
+    r = result_of(store, "o1")
+    assert r.outcome is Outcome.FAILED, r
+    assert r.reason in (ReasonCode.INVALID_METER_RESPONSE, ReasonCode.RELAY_DID_NOT_SWITCH)
+    assert len(r.attempts) == 2  # retried: the next answer may be a good one
+
+
+@dataclass
+class _State:
+    output_state: object
+    control_state: object
+    control_mode: object
+
+
+class GarbageSession:
+    def read_disconnect_state(self) -> _State:
+        return _State(True, 7, 2)
+
+
+def test_out_of_range_control_state_is_invalid_meter_response() -> None:
+    link = DlmsLink(GarbageSession())  # type: ignore[arg-type]
+    with pytest.raises(MalformedResponse):
+        link.read_state()
+
+
+# -- one exchange per meter, even on a serial line that allows several -----------------
+class CountingDriver(FakeDriver):
+    def __init__(self) -> None:
+        super().__init__()
+        self.active: dict[str, int] = {}
+        self.max_active: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def session(self, meter: Meter) -> Iterator[FakeLink]:
+        with self._lock:
+            n = self.active.get(meter.meter_id, 0) + 1
+            self.active[meter.meter_id] = n
+            self.max_active[meter.meter_id] = max(n, self.max_active.get(meter.meter_id, 0))
+        try:
+            time.sleep(0.1)
+            with super().session(meter) as link:
+                yield link
+        finally:
+            with self._lock:
+                self.active[meter.meter_id] -= 1
+
+
+def test_serial_line_never_runs_two_sessions_on_one_meter(store: Store) -> None:
+    store.import_meters([MeterEntry(meter_id="p1", transport="hdlc", line_id="plc1",
+                                    hdlc_address=17, commissioned=True, keys_ref="default")])
+    now = datetime.now(UTC)
+    store.store_order(order("o1", "p1", Action.DISCONNECT), now)
+    store.store_order(order("o2", "p1", Action.CONNECT), now)
+    driver = CountingDriver()
+    ex = Executor(store, driver, line_concurrency={"plc1": 2}, idle_poll_s=0.02)
+    ex.start()
+    try:
+        end = time.monotonic() + 10
+        while store.queue_depth() and time.monotonic() < end:
+            time.sleep(0.02)
+    finally:
+        ex.stop()
+    assert store.queue_depth() == 0
+    assert driver.max_active == {"p1": 1}
+
+
+# -- payloads that would crash a parser ---------------------------------------------------
+def test_deeply_nested_payload_is_refused_not_crashing() -> None:
+    assert _peek_body(b"[" * 100_000) == {}
