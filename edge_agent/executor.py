@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from edge_agent.errors import EdgeError, LineFault, MeterError, TransitionRefused
+from edge_agent.errors import LineFault, MeterError, TransitionRefused
 from edge_agent.lifecycle import Event
 from edge_agent.logs import log
 from edge_agent.store import Meter, OrderRow, Store
@@ -284,22 +284,31 @@ class Executor:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            # Cleared before looking at the queue: a wake-up (new order, finished exchange)
+            # that arrives while we look is not lost, the wait below returns at once.
+            self._wake.clear()
             try:
                 self._expire_due()
                 claimed = self._claim_all()
-            except EdgeError:
+                sleep = 0.0 if claimed else self._sleep_time()
+            except Exception:  # the scheduler thread must outlive any one fault
+                # A dead scheduler thread would leave the agent up, receiving orders,
+                # and never executing one (no reconnect for a customer who paid).
                 log("executor.error", logging.ERROR, exc_info=True)
-                claimed = 0
-            if claimed:
-                continue
-            self._wake.wait(self._sleep_time())
-            self._wake.clear()
+                sleep = self._idle
+            if sleep > 0:
+                self._wake.wait(sleep)
 
     def _sleep_time(self) -> float:
-        next_at = self._store.next_ready_at()
+        # Called when nothing could be claimed: orders already due are waiting for a busy
+        # line, and a finishing exchange sets ``_wake``. Only orders due later (not_before,
+        # retry backoff) shorten the wait; counting the blocked ones made this loop spin,
+        # one write transaction after another, for as long as a line was busy.
+        now = self._clock().timestamp()
+        next_at = self._store.next_ready_at(after=now)
         if next_at is None:
             return self._idle
-        return max(0.0, min(self._idle, next_at - self._clock().timestamp()))
+        return max(0.0, min(self._idle, next_at - now))
 
     def _claim_all(self) -> int:
         self._meters = {}  # cached per round only: the meter table may change in between
@@ -332,6 +341,15 @@ class Executor:
             self.run_attempt(order, meter)
         except Exception:
             log("order.crashed", logging.ERROR, exc_info=True, order=order.order_id)
+            # Left ``running``, the order would never end and never be reported (until a
+            # restart). Back to the queue instead, like after a crash: the next attempt
+            # reads the relay first, so a switch that did happen is reported as
+            # already_in_state, never done twice.
+            try:
+                self._store.requeue(order.order_id, self._clock() + timedelta(seconds=5))
+                log("order.recovered", order=order.order_id, note="attempt broke down; queued again")
+            except Exception:
+                log("order.stuck", logging.ERROR, exc_info=True, order=order.order_id)
         finally:
             self._release(key, meter, meter_id)
 

@@ -468,10 +468,11 @@ class Store:
                 return self._order(r)
         return None
 
-    def next_ready_at(self) -> float | None:
+    def next_ready_at(self, after: float | None = None) -> float | None:
+        """Earliest ``next_at`` of a queued/waiting order (only those later than ``after``)."""
         rows = self._query(
-            "SELECT min(next_at) AS t FROM orders WHERE state IN (?, ?)",
-            (State.QUEUED.value, State.WAITING.value),
+            "SELECT min(next_at) AS t FROM orders WHERE state IN (?, ?) AND next_at > ?",
+            (State.QUEUED.value, State.WAITING.value, float("-inf") if after is None else after),
         )
         t = rows[0]["t"]
         return float(t) if t is not None else None
@@ -547,6 +548,16 @@ class Store:
             (State.QUEUED.value, State.WAITING.value, now.timestamp()),
         )
         return [self._order(r) for r in rows]
+
+    def requeue(self, order_id: str, next_at: datetime) -> None:
+        """A running order whose attempt broke down (not ended) goes back to the queue."""
+        with self.transaction() as conn:
+            state = self._transition(conn, order_id, Event.RECOVER)
+            self._exec(
+                conn,
+                "UPDATE orders SET state = ?, next_at = ? WHERE order_id = ?",
+                (state.value, next_at.timestamp(), order_id),
+            )
 
     def recover_running(self) -> list[str]:
         """Orders left running by a dead agent go back to the queue (see lifecycle)."""

@@ -214,3 +214,93 @@ def test_serial_line_never_runs_two_sessions_on_one_meter(store: Store) -> None:
 # -- payloads that would crash a parser ---------------------------------------------------
 def test_deeply_nested_payload_is_refused_not_crashing() -> None:
     assert _peek_body(b"[" * 100_000) == {}
+
+
+# -- the scheduler does not spin while a line is busy --------------------------------------
+class SlowSessions(FakeDriver):
+    @contextmanager
+    def session(self, meter: Meter) -> Iterator[FakeLink]:
+        time.sleep(0.5)
+        with super().session(meter) as link:
+            yield link
+
+
+def test_scheduler_waits_instead_of_spinning_while_lines_are_busy(store: Store) -> None:
+    now = datetime.now(UTC)
+    for i in range(3):
+        store.store_order(order(f"o{i}", f"m{i}"), now)
+    calls = [0]
+    real_claim = store.claim_next
+
+    def counting_claim(*args: object, **kw: object) -> object:
+        calls[0] += 1
+        return real_claim(*args, **kw)  # type: ignore[arg-type]
+
+    store.claim_next = counting_claim  # type: ignore[method-assign]
+    ex = Executor(store, SlowSessions(), tcp_concurrency=1, idle_poll_s=1.0)
+    ex.start()
+    try:
+        end = time.monotonic() + 10
+        while store.queue_depth() and time.monotonic() < end:
+            time.sleep(0.02)
+    finally:
+        ex.stop()
+    assert store.queue_depth() == 0
+    # three orders one after the other on one slot: a handful of claims, not a busy loop
+    assert calls[0] < 30, calls[0]
+
+
+def test_scheduler_survives_an_unexpected_error(store: Store) -> None:
+    store.store_order(order("o1", "m1"), datetime.now(UTC))
+    real_claim = store.claim_next
+    failures = [2]
+
+    def flaky_claim(*args: object, **kw: object) -> object:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("transient fault (e.g. a row the contracts refuse)")
+        return real_claim(*args, **kw)  # type: ignore[arg-type]
+
+    store.claim_next = flaky_claim  # type: ignore[method-assign]
+    ex = Executor(store, FakeDriver({"m1": FakeMeter()}), idle_poll_s=0.05)
+    ex.start()
+    try:
+        end = time.monotonic() + 5
+        while store.queue_depth() and time.monotonic() < end:
+            time.sleep(0.02)
+    finally:
+        ex.stop()
+    assert store.order_state("o1") is State.SUCCEEDED
+
+
+def test_attempt_that_breaks_down_after_switching_is_requeued_not_stuck(store: Store) -> None:
+    from edge_agent.errors import StoreError
+
+    now = [datetime.now(UTC)]
+    meter = FakeMeter(ControlState.CONNECTED)
+    store.store_order(order("o1", "m1", deadline_s=600), now[0])
+    real_finish = store.finish
+    failures = [1]
+
+    def flaky_finish(*args: object, **kw: object) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise StoreError("cannot commit: disk I/O error")
+        real_finish(*args, **kw)  # type: ignore[arg-type]
+
+    store.finish = flaky_finish  # type: ignore[method-assign]
+    ex = Executor(store, FakeDriver({"m1": meter}), clock=lambda: now[0])
+    claimed = store.claim_next(now[0])
+    assert claimed is not None
+    m1 = store.meter("m1")
+    assert m1 is not None
+    ex._inflight[m1.line_key] = 1  # as _claim_all does
+    ex._run_guarded(claimed, m1, m1.line_key, "m1")
+    assert store.order_state("o1") is State.QUEUED  # not stuck in running
+    now[0] += timedelta(seconds=10)
+    claimed = store.claim_next(now[0])
+    assert claimed is not None
+    ex.run_attempt(claimed, store.meter("m1"))
+    r = result_of(store, "o1")
+    assert r.outcome is Outcome.DISCONNECTED and r.already_in_state
+    assert meter.switches == 1  # switched once, never toggled twice
