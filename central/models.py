@@ -100,7 +100,8 @@ class Batch(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_by: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # indexed: the rolling approval window sums recent batches' disconnects
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     size: Mapped[int] = mapped_column(Integer, default=0)
     disconnects: Mapped[int] = mapped_column(Integer, default=0)
     needs_approval: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -87,7 +87,12 @@ class Settings(BaseSettings):
     )
     max_inflight_per_concentrator: int = Field(default=50, ge=1)
     disconnects_per_minute: int = Field(default=600, ge=1)  # fleet-wide
-    approval_threshold: int = Field(default=100, ge=1)  # disconnects per batch
+    approval_threshold: int = Field(default=100, ge=1)  # disconnects per batch ...
+    # ... and per rolling window, fleet-wide: a batch that would bring the disconnects
+    # accepted without approval in the last ``approval_window_s`` over the threshold is
+    # held for a second person too (splitting a mass disconnect into small batches or
+    # single orders does not bypass the approval)
+    approval_window_s: int = Field(default=3600, ge=0)
     timezone: str = "America/Santiago"
     holiday_country: str = "CL"
     nonpayment_moratorium: list[DateWindow] = Field(default_factory=list)

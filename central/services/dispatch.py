@@ -25,16 +25,16 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from central import bulk, metrics
 from central.db import sqlite_write_lock, stale_to_conflict
 from central.errors import DispatchError
-from central.models import Concentrator, Order, OrderEvent
+from central.models import Concentrator, Meter, Order, OrderEvent
 from central.services import registry
 from central.services.lifecycle import SYSTEM, advance, note, utcnow
-from central.services.orders import new_id
+from central.services.orders import new_id, stop_protected_disconnects
 from central.settings import Settings
 from central.state import IN_FLIGHT_STATES, STEP_OF, Event, OrderState, transition
 from shared import topics
@@ -129,9 +129,13 @@ def select_ready(
     """Validated orders that may go now, within every limit (rows of ``_READY_COLUMNS``).
     Locks them on PostgreSQL (SKIP LOCKED) so that replicas do not pick the same ones."""
     approved = (Order.needs_approval.is_(False)) | (Order.approved_by.is_not(None))
+    # Ley 21.304, checked again at dispatch: a meter flagged protected after its
+    # disconnect was accepted is never sent one (``stop_protected_disconnects`` ends it)
+    protected = exists().where(Meter.id == Order.meter_id, Meter.protected_customer.is_(True))
+    not_protected = (Order.action != Action.DISCONNECT.value) | ~protected
     query = (
         select(*_READY_COLUMNS)
-        .where(Order.state == OrderState.VALIDATED.value, approved)
+        .where(Order.state == OrderState.VALIDATED.value, approved, not_protected)
         .order_by(Order.priority.desc(), Order.created_at, Order.id)
         .limit(limit)
     )
@@ -217,6 +221,9 @@ def claim_ready(
     sign the commands, and commit. Callers serialise claims (one at a time per process;
     SKIP LOCKED between replicas); publishing may then overlap the next claim."""
     now = now or utcnow()
+    if stop_protected_disconnects(session, now=now):  # reads; writes only if it finds some
+        with sqlite_write_lock(session):
+            session.commit()
     ready = select_ready(session, settings, now)
     if not ready:
         return Claim([], [])

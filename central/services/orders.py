@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from pydantic import AwareDatetime, BaseModel, Field
-from sqlalchemy import Select, Table, select
+from sqlalchemy import Select, Table, func, select, text
 from sqlalchemy.orm import Session, selectinload
 
 from central import bulk
@@ -53,6 +53,7 @@ __all__ = [
     "mark_reported",
     "on_order_finished",
     "pending_notifications",
+    "stop_protected_disconnects",
 ]
 
 _CHUNK = 500
@@ -144,6 +145,17 @@ def _item_from_existing(index: int, order: Order | _Pending) -> ItemResult:
         message=order.refusal_detail or "duplicate: the existing order is returned",
         duplicate=True,
         needs_approval=order.needs_approval and order.approved_by is None,
+    )
+
+
+def _same_request(known: Order | _Pending, request: OrderRequest, actor: Actor) -> bool:
+    """May a request carrying ``known``'s idempotency key get ``known`` back? Only the
+    same caller asking for the same meter and action."""
+    created_by = known.row["created_by"] if isinstance(known, _Pending) else known.created_by
+    return (
+        created_by == actor.name
+        and known.meter_id == request.meter_id
+        and known.action == request.action.value
     )
 
 
@@ -301,19 +313,31 @@ def create_orders(
     for index, request in enumerate(requests):
         key = request.idempotency_key
         if key and key in by_key:
-            outcome.items.append(_item_from_existing(index, by_key[key]))
-            continue
+            known = by_key[key]
+            if _same_request(known, request, actor):
+                outcome.items.append(_item_from_existing(index, known))
+                continue
+            # the key belongs to another caller's (or another meter's) order: never hand
+            # that order back; this request is refused (recorded without the key)
+            key = None
+            reused: validation.Refusal | None = validation.Refusal(
+                validation.RefusalCode.INVALID_REQUEST,
+                f"idempotency key {request.idempotency_key!r} is already used by another "
+                "request (different caller, meter or action)",
+            )
+        else:
+            reused = None
         meter = meters.get(request.meter_id)
         others = active.get(request.meter_id, [])
         action = request.action.value
         same = [o for o in others if o.action == action]
-        if same:
+        if same and reused is None:
             outcome.items.append(_item_from_existing(index, same[0]))
             continue
         concentrator = (
             concentrators.get(meter.concentrator_id) if meter and meter.concentrator_id else None
         )
-        refusal = validation.check(
+        refusal = reused or validation.check(
             request.meter_id,
             request.action,
             request.reason,
@@ -409,14 +433,27 @@ def create_orders(
             by_key[key] = pending
 
     batch["disconnects"] = len(accepted_disconnects)
-    if len(accepted_disconnects) > settings.approval_threshold:
+    recent = (
+        _recent_unapproved_disconnects(session, settings, now)
+        if 0 < len(accepted_disconnects) <= settings.approval_threshold
+        else 0
+    )
+    if len(accepted_disconnects) + recent > settings.approval_threshold:
         batch["needs_approval"] = True
         outcome.needs_approval = True
         held = {o.id for o in accepted_disconnects}
-        detail = (
-            f"batch {batch_id} holds {len(accepted_disconnects)} disconnects, over the "
-            f"threshold of {settings.approval_threshold}: a second person must approve"
-        )
+        if recent:
+            detail = (
+                f"batch {batch_id} holds {len(accepted_disconnects)} disconnects; with the "
+                f"{recent} accepted without approval in the last "
+                f"{settings.approval_window_s} s that is over the threshold of "
+                f"{settings.approval_threshold}: a second person must approve"
+            )
+        else:
+            detail = (
+                f"batch {batch_id} holds {len(accepted_disconnects)} disconnects, over the "
+                f"threshold of {settings.approval_threshold}: a second person must approve"
+            )
         for pending in accepted_disconnects:
             pending.needs_approval = True
             writer.event(
@@ -432,6 +469,28 @@ def create_orders(
     with stale_to_conflict(session, "orders not created"):
         session.flush()
     return outcome
+
+
+# Serialises the rolling-window count between concurrent creators on PostgreSQL (SQLite
+# callers already hold the database's write lock): two requests must not both see room.
+_APPROVAL_LOCK_KEY = 0x52434401
+
+
+def _recent_unapproved_disconnects(session: Session, settings: Settings, now: datetime) -> int:
+    """Disconnects accepted without a second person's approval, fleet-wide, in the last
+    ``approval_window_s``: a mass disconnect split into many small batches (or single
+    orders, REST or SOAP) adds up here and is held for approval like one big batch."""
+    if settings.approval_window_s <= 0:
+        return 0
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPROVAL_LOCK_KEY})
+    since = now - timedelta(seconds=settings.approval_window_s)
+    total = session.scalar(
+        select(func.coalesce(func.sum(Batch.disconnects), 0)).where(
+            Batch.created_at >= since, Batch.needs_approval.is_(False)
+        )
+    )
+    return int(total or 0)
 
 
 _ACTIVE = frozenset(s.value for s in ACTIVE_STATES)
@@ -549,6 +608,57 @@ def cancel_order(
             raise InvalidTransition(Event.CANCEL.value, state.value)
         session.flush()
     return order
+
+
+def stop_protected_disconnects(
+    session: Session,
+    meter_ids: Sequence[str] | None = None,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Ley 21.304: end every active disconnect of a meter flagged ``protected_customer``
+    (of ``meter_ids``, or of the whole fleet): one not yet sent is cancelled, one in flight
+    gets a cancel sent to the agent. Called when a meter is flagged and before every
+    dispatch pass, so a meter protected after its disconnect was accepted is never cut.
+    Returns how many orders it touched. Does not commit."""
+    now = now or utcnow()
+    query = (
+        select(Order)
+        .join(Meter, Meter.id == Order.meter_id)
+        .where(
+            Meter.protected_customer.is_(True),
+            Order.action == _DISCONNECT,
+            Order.state.in_([s.value for s in ACTIVE_STATES]),
+        )
+    )
+    if meter_ids is not None:
+        if not meter_ids:
+            return 0
+        query = query.where(Order.meter_id.in_(list(meter_ids)))
+    touched = 0
+    detail = "meter supplies a registered electro-dependent patient (Ley 21.304)"
+    with stale_to_conflict(session, "protected customer's disconnect not stopped"):
+        for order in session.scalars(query):
+            state = OrderState(order.state)
+            if state in (OrderState.RECEIVED, OrderState.VALIDATED):
+                order.result_reason = "cancelled"
+                order.result_detail = detail
+                advance(session, order, Event.CANCEL, "central", f"cancelled: {detail}", at=now)
+                touched += 1
+            elif state in IN_FLIGHT_STATES and not order.cancel_requested:
+                order.cancel_requested = True
+                note(
+                    session,
+                    order,
+                    "cancel_requested",
+                    "central",
+                    f"{detail}; cancel sent to the agent",
+                    step=3,
+                    at=now,
+                )
+                touched += 1
+        session.flush()
+    return touched
 
 
 def approve_batch(

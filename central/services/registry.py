@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from central.errors import BadRequest, NotFound
 from central.models import Concentrator, Meter
 from central.services.lifecycle import utcnow
+from central.services.orders import stop_protected_disconnects
 from shared.contracts import MeterEntry, MeterTableSync
 
 _TRUE = {"1", "true", "yes", "y", "si", "sí", "t"}
@@ -143,6 +144,9 @@ def upsert_meter(
         if old != row.concentrator_id:
             _bump(session, old)
     _bump(session, row.concentrator_id)
+    if row.protected_customer:
+        session.flush()
+        stop_protected_disconnects(session, [row.id])
     return row
 
 
@@ -158,6 +162,8 @@ def change_meter(session: Session, meter_id: str, change: MeterChange) -> Meter:
         _bump(session, old)
     _bump(session, row.concentrator_id)
     session.flush()
+    if row.protected_customer:
+        stop_protected_disconnects(session, [row.id])
     return row
 
 

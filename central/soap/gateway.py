@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from central.soap import auth, cim
 from central.soap.config import SoapSettings
@@ -144,7 +144,7 @@ class SoapGateway:
                 path="/Header/ReplyAddress",
             )
         prefixes = self.settings.reply_address_prefixes
-        if prefixes and not any(address.startswith(prefix) for prefix in prefixes):
+        if prefixes and not any(_under_prefix(parts, prefix) for prefix in prefixes):
             raise SoapFault(
                 f"Header/ReplyAddress '{address}' is not one of the configured Legacy endpoints",
                 problem="reply_address",
@@ -195,3 +195,29 @@ class SoapGateway:
             result="OK",
             info=info,
         )
+
+
+def _under_prefix(address: SplitResult, prefix: str) -> bool:
+    """Is the (parsed) ReplyAddress one of Legacy's endpoints under ``prefix``?
+
+    Compared by parts, not as strings: ``https://legacy.example.cl`` must not admit
+    ``https://legacy.example.cl.evil.net/`` or ``https://legacy.example.cl@evil.net/``,
+    and ``.../rcd`` must not admit ``.../rcd-other``. No user info is accepted."""
+    allowed = urlsplit(prefix)
+    if address.username is not None or address.password is not None:
+        return False
+    try:
+        same_port = address.port == allowed.port
+    except ValueError:
+        return False
+    if (
+        address.scheme.lower() != allowed.scheme.lower()
+        or (address.hostname or "") != (allowed.hostname or "")
+        or not same_port
+    ):
+        return False
+    base = allowed.path
+    if not base or base == "/":
+        return True
+    path = address.path
+    return path == base or path.startswith(base if base.endswith("/") else base + "/")

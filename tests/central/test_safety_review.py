@@ -1,0 +1,218 @@
+"""Safety review (2026-11): second-person approval cannot be bypassed by splitting,
+Ley 21.304 re-checked after acceptance, idempotency keys scoped to their caller
+(SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from central.models import Meter, Order
+from central.services import dispatch, orders, registry, results, workorders
+from central.services.lifecycle import Actor
+from central.services.orders import OrderRequest
+from central.services.registry import MeterChange, MeterFields
+from central.settings import Settings
+from shared.contracts import Outcome, ReasonCode
+from shared.signing import CommandSigner
+
+from .conftest import APPROVER, OPERATOR, WORKDAY, RecordingPublisher
+from .test_orders import result_for
+
+Meters = Callable[..., list[str]]
+
+
+def req(meter: str, action: str = "disconnect", **kw: object) -> OrderRequest:
+    reason = "non_payment" if action == "disconnect" else "payment_restored"
+    return OrderRequest.model_validate(
+        {"meter_id": meter, "action": action, "reason": reason, **kw}
+    )
+
+
+def create(
+    session: Session,
+    settings: Settings,
+    requests: list[OrderRequest],
+    actor: Actor = OPERATOR,
+    now=WORKDAY,  # type: ignore[no-untyped-def]
+) -> orders.BatchOutcome:
+    outcome = orders.create_orders(session, requests, actor, settings, now=now)
+    session.commit()
+    return outcome
+
+
+# -- second-person approval ------------------------------------------------------------
+
+
+def test_mass_disconnect_split_into_single_orders_is_held(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """Threshold 5: five single disconnects pass, the sixth (and any after it within the
+    window, by anyone) waits for a second person, like one batch of six would."""
+    ids = meters(8)
+    held = []
+    for n, meter in enumerate(ids):
+        actor = OPERATOR if n % 2 else Actor("otto", "operator")  # two accounts, same pool
+        outcome = create(session, settings, [req(meter)], actor, WORKDAY + timedelta(minutes=n))
+        assert outcome.items[0].accepted
+        held.append(outcome.needs_approval)
+    assert held == [False] * 5 + [True] * 3
+    later = WORKDAY + timedelta(minutes=10)
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=later) == 5
+    # a batch of two that would cross the threshold is held as a whole
+    more = meters(2, prefix="x")
+    assert create(session, settings, [req(m) for m in more], now=later).needs_approval
+    # connects are never counted nor held
+    assert not create(session, settings, [req("m0", "connect")], now=later).needs_approval
+    # outside the window the count starts again
+    fresh = meters(1, prefix="f")
+    after = WORKDAY + timedelta(seconds=settings.approval_window_s + 3600)
+    assert not create(session, settings, [req(fresh[0])], now=after).needs_approval
+
+
+def test_held_split_disconnect_needs_a_different_approver(
+    session: Session, settings: Settings, meters: Meters
+) -> None:
+    ids = meters(6)
+    for meter in ids[:5]:
+        create(session, settings, [req(meter)])
+    sixth = create(session, settings, [req(ids[5])])
+    assert sixth.needs_approval and sixth.batch_id
+    order_id = sixth.items[0].order_id or ""
+    approved = orders.approve_order(session, order_id, APPROVER)
+    session.commit()
+    assert approved.approved_by == APPROVER.name
+
+
+# -- Ley 21.304 after acceptance -------------------------------------------------------
+
+
+def test_meter_flagged_protected_by_patch_cancels_its_pending_disconnect(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    meters(2)
+    waiting = create(session, settings, [req("m0")]).items[0]
+    flying = create(session, settings, [req("m1")]).items[0]
+    # m1's disconnect goes out; m0's waits (e.g. rate limit, not_before) ...
+    session.execute(update(Order).where(Order.id == waiting.order_id).values(needs_approval=True))
+    session.commit()
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    # ... then both meters are registered as supplying an electro-dependent patient
+    registry.change_meter(session, "m0", MeterChange(protected_customer=True))
+    registry.upsert_meter(
+        session,
+        MeterFields(
+            id="m1",
+            concentrator_id="conc-a",
+            line_id="l1",
+            hdlc_address=17,
+            protected_customer=True,
+        ),
+    )
+    session.commit()
+    session.execute(update(Order).where(Order.id == waiting.order_id).values(approved_by="x"))
+    session.commit()
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 0
+    session.expire_all()
+    assert orders.get_order(session, waiting.order_id or "").state == "cancelled"
+    in_flight = orders.get_order(session, flying.order_id or "")
+    assert in_flight.cancel_requested
+    assert dispatch.send_cancels(session, publisher, signer, now=WORKDAY) == 1
+
+
+def test_protected_flag_written_behind_the_api_is_rechecked_at_dispatch(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """Even a flag set directly in the database (import tool, replica, SQL) stops the
+    disconnect at dispatch time: it is cancelled, never published, no work order."""
+    meters(2)
+    item = create(session, settings, [req("m0")]).items[0]
+    connect = create(session, settings, [req("m1", "connect")]).items[0]
+    session.execute(update(Meter).values(protected_customer=True))
+    session.commit()
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    assert [m for m in publisher.sent if b"disconnect" in m.payload] == []
+    session.expire_all()
+    order = orders.get_order(session, item.order_id or "")
+    assert order.state == "cancelled"
+    assert orders.get_order(session, connect.order_id or "").state == "dispatched"
+    dispatch.sweep_expired(session, now=WORKDAY + timedelta(days=1))
+    assert workorders.list_work_orders(session, meter_id="m0") == []  # no field disconnect
+
+
+def test_reconnect_of_protected_meter_still_goes(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    meters(1, protected_customer=True)
+    assert create(session, settings, [req("m0")]).items[0].code == "protected_customer"
+    item = create(session, settings, [req("m0", "connect")]).items[0]
+    assert item.accepted
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    results.apply_result(session, result_for(item.order_id or "", "m0", Outcome.CONNECTED))
+    session.commit()
+
+
+# -- idempotency keys ------------------------------------------------------------------
+
+
+def test_idempotency_key_of_another_caller_never_returns_their_order(
+    session: Session, settings: Settings, meters: Meters
+) -> None:
+    meters(3)
+    mine = create(session, settings, [req("m0", idempotency_key="k-1")]).items[0]
+    other = Actor("otto", "operator")
+    theirs = create(session, settings, [req("m1", idempotency_key="k-1")], other).items[0]
+    assert not theirs.accepted and theirs.order_id != mine.order_id
+    assert theirs.code == "invalid_request" and not theirs.duplicate
+    # the same caller with the same key but another meter or action: refused too
+    again = create(session, settings, [req("m2", idempotency_key="k-1")]).items[0]
+    assert not again.accepted and again.order_id != mine.order_id
+    # the genuine repeat still returns the original
+    repeat = create(session, settings, [req("m0", idempotency_key="k-1")]).items[0]
+    assert repeat.duplicate and repeat.order_id == mine.order_id
+    # nothing was sent for the refused ones
+    assert [o.id for o in orders.list_orders(session, meter_id="m1", state="validated")] == []
+
+
+def test_late_result_after_expiry_does_not_resurrect(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    meters(1)
+    item = create(session, settings, [req("m0")]).items[0]
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    later = WORKDAY + timedelta(seconds=settings.deadline_for("disconnect") + 3600)
+    assert dispatch.sweep_expired(session, now=later) == 1
+    effect = results.apply_result(
+        session,
+        result_for(item.order_id or "", "m0", Outcome.DISCONNECTED, reason=ReasonCode.OK)
+        if hasattr(ReasonCode, "OK")
+        else result_for(item.order_id or "", "m0", Outcome.DISCONNECTED),
+    )
+    session.commit()
+    assert effect == "late"
+    session.expire_all()
+    assert orders.get_order(session, item.order_id or "").state == "expired"
+    assert session.get(Meter, "m0").relay_state == "disconnected"  # type: ignore[union-attr]
