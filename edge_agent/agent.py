@@ -203,8 +203,13 @@ class EdgeAgent:
                 self.link.wake()  # publish the receipt (or the result sent again) now
         elif isinstance(command, CancelCommand) and leaf == "cmd":
             result = self.store.cancel(command, received)
-            log("order.cancel", order=command.order_id,
-                done="cancelled" if result else "not cancelled: unknown, started or ended")
+            if result is not None:
+                done = "cancelled"
+            elif self.store.cancel_requested(command.order_id) is not None:
+                done = "requested: attempt in flight; stops before switching or retrying"
+            else:
+                done = "not cancelled: unknown or ended"
+            log("order.cancel", order=command.order_id, done=done)
             self.link.wake()
         elif isinstance(command, MeterTableSync) and leaf == "meters":
             applied = self.store.apply_meter_table(command)

@@ -142,14 +142,16 @@ def _confirms(relay: RelayReading, states: frozenset[ControlState]) -> bool:
 
 
 def switch(
-    link: MeterLink, action: Action, may_switch: Callable[[], bool] = lambda: True
+    link: MeterLink,
+    action: Action,
+    stop_before_switch: Callable[[RelayReading], AttemptResult | None] = lambda relay: None,
 ) -> AttemptResult:
     """The protocol of one attempt on an open association.
 
-    ``may_switch`` is asked right before the disconnect/reconnect method is invoked
-    (after the association and the first read, which can take long on a slow PLC
-    line); if it answers False the attempt ends with ``expired`` and the relay is not
-    touched.
+    ``stop_before_switch`` is asked right before the disconnect/reconnect method is
+    invoked (after the association and the first read, which can take long on a slow
+    PLC line); if it returns a result (deadline passed: ``expired``; cancel requested:
+    ``cancelled``) that is the attempt's result and the relay is not touched.
     """
     before = link.read_state()
     if before.control_state in _WANTED[action]:
@@ -174,12 +176,9 @@ def switch(
             detail="control_mode 0: the meter does not accept remote reconnection",
             relay=before,
         )
-    if not may_switch():
-        return AttemptResult(
-            outcome=Outcome.EXPIRED, reason=ReasonCode.EXPIRED,
-            detail="deadline passed before the method could be invoked; relay not switched",
-            relay=before,
-        )
+    stop = stop_before_switch(before)
+    if stop is not None:
+        return stop
     if action is Action.DISCONNECT:
         link.disconnect()
     else:
@@ -386,6 +385,10 @@ class Executor:
             self._store.finish(order.order_id, Event.EXPIRE, result)
             self._ended(order, result)
             return
+        cancel = self._store.cancel_requested(order.order_id)
+        if cancel is not None:  # requested during an attempt before the agent restarted
+            self._end_cancelled(order, attempts, cancel)
+            return
         if meter is None:
             self._fail(order, attempts, ReasonCode.NOT_IN_CONCENTRATOR_TABLE,
                        f"meter {cmd.meter_id} is not in this concentrator's table")
@@ -401,7 +404,8 @@ class Executor:
         try:
             self.executed += 1
             with self._driver.session(meter) as link:
-                outcome = switch(link, cmd.action, lambda: self._clock() < cmd.deadline)
+                outcome = switch(link, cmd.action,
+                                 lambda before: self._stop_before_switch(order, before))
         except Exception as exc:  # classified below; anything unexpected is internal_error
             reason, detail = classify(exc, meter)
             if isinstance(exc, LineFault | TransportError) and meter.transport == "hdlc":
@@ -413,10 +417,11 @@ class Executor:
         reachable = outcome.reason not in (ReasonCode.METER_NOT_RESPONDING,
                                            ReasonCode.METER_UNREACHABLE)
         self._store.record_contact(meter.meter_id, reachable=reachable, relay=outcome.relay)
-        if outcome.outcome is Outcome.EXPIRED:
-            result = self._result(order, Outcome.EXPIRED, ReasonCode.EXPIRED, outcome.detail,
+        if outcome.outcome in (Outcome.EXPIRED, Outcome.CANCELLED):
+            result = self._result(order, outcome.outcome, outcome.reason, outcome.detail,
                                   attempts, relay=outcome.relay)
-            self._store.finish(order.order_id, Event.EXPIRE, result)
+            event = Event.EXPIRE if outcome.outcome is Outcome.EXPIRED else Event.CANCEL
+            self._store.finish(order.order_id, event, result)
             self._ended(order, result)
             return
         if outcome.outcome is not None:
@@ -429,6 +434,10 @@ class Executor:
         reason = outcome.reason or ReasonCode.INTERNAL_ERROR
         log("attempt.failed", logging.WARNING, order=order.order_id, meter=meter.meter_id,
             attempt=number, reason=reason.value, detail=outcome.detail)
+        cancel = self._store.cancel_requested(order.order_id)
+        if cancel is not None:
+            self._end_cancelled(order, attempts, cancel, relay=outcome.relay)
+            return
         if reason in RETRYABLE_REASONS and number < cmd.retry.max_attempts:
             delay = cmd.retry.delay_before(number + 1, self._rng())
             next_at = self._clock() + timedelta(seconds=float(delay))
@@ -440,6 +449,30 @@ class Executor:
             outcome.detail = f"deadline reached after {number} attempts: {outcome.detail}"
         self._fail(order, attempts, reason, outcome.detail, relay=outcome.relay,
                    energy=outcome.energy)
+
+    def _stop_before_switch(self, order: OrderRow, before: RelayReading) -> AttemptResult | None:
+        """Last check before the relay method: deadline, then a cancel that came meanwhile."""
+        if self._clock() >= order.command.deadline:
+            return AttemptResult(
+                outcome=Outcome.EXPIRED, reason=ReasonCode.EXPIRED,
+                detail="deadline passed before the method could be invoked; relay not switched",
+                relay=before,
+            )
+        cancel = self._store.cancel_requested(order.order_id)
+        if cancel is not None:
+            return AttemptResult(
+                outcome=Outcome.CANCELLED, reason=ReasonCode.CANCELLED,
+                detail=f"cancelled by command {cancel} before the method; relay not switched",
+                relay=before,
+            )
+        return None
+
+    def _end_cancelled(self, order: OrderRow, attempts: list[Attempt], command_id: str,
+                       relay: RelayReading | None = None) -> None:
+        result = self._result(order, Outcome.CANCELLED, ReasonCode.CANCELLED,
+                              f"cancelled by command {command_id}", attempts, relay=relay)
+        self._store.finish(order.order_id, Event.CANCEL, result)
+        self._ended(order, result)
 
     def _fail(self, order: OrderRow, attempts: list[Attempt], reason: ReasonCode, detail: str,
               relay: RelayReading | None = None, energy: EnergyReading | None = None) -> None:

@@ -8,10 +8,16 @@
       ├──cancel──▶ cancelled            ├──expire──▶ expired
       └──expire──▶ expired              └──cancel──▶ cancelled
 
+    running ──expire──▶ expired      running ──cancel──▶ cancelled
+    (both by the executor, right before the relay method or instead of a retry)
+
 ``recover`` puts an order that was running when the agent died back in the
 queue: the executor reads the relay before switching, so running it again is
 safe. A cancel stops an order that has not started or is waiting between two
-attempts (no exchange is in flight); a running attempt is not interrupted. Every state change in the store goes through :func:`next_state`, which
+attempts (no exchange is in flight). For a running order the store records the
+request and the executor ends the order ``cancelled`` itself, right before the relay
+method or instead of the next retry; an exchange is never interrupted midway.
+Every state change in the store goes through :func:`next_state`, which
 refuses any event the table does not list for the current state.
 """
 
@@ -51,6 +57,7 @@ TRANSITIONS: Final[dict[tuple[State, Event], State]] = {
     (State.RUNNING, Event.FAIL): State.FAILED,
     (State.RUNNING, Event.RETRY): State.WAITING,
     (State.RUNNING, Event.EXPIRE): State.EXPIRED,
+    (State.RUNNING, Event.CANCEL): State.CANCELLED,  # by the executor, never mid-exchange
     (State.RUNNING, Event.RECOVER): State.QUEUED,
     (State.WAITING, Event.START): State.RUNNING,
     (State.WAITING, Event.EXPIRE): State.EXPIRED,

@@ -8,6 +8,7 @@ Tables:
 ``orders``      the durable order queue and each order's lifecycle state and result
 ``outbox``      receipts and results waiting for the broker's PUBACK
 ``seen``        command ids already received (replay defence) until their deadline
+``cancel_requests`` cancels that arrived while their order was running
 ``meta``        small facts: meter table generation, link state
 
 Every write runs in one ``BEGIN IMMEDIATE`` transaction under a lock, with
@@ -88,6 +89,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS seen (
     command_id TEXT PRIMARY KEY,
     until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cancel_requests (
+    order_id TEXT PRIMARY KEY,
+    command_id TEXT NOT NULL,
+    requested_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -517,6 +523,16 @@ class Store:
                 "WHERE order_id = ?",
                 (cmd.order_id,),
             ).fetchone()
+            if row is not None and State(row[0]) is State.RUNNING:
+                # An exchange is in flight: the executor ends the order itself, before
+                # the relay method or instead of the next retry (cancel_requested).
+                self._exec(
+                    conn,
+                    "INSERT OR IGNORE INTO cancel_requests(order_id, command_id, requested_at) "
+                    "VALUES (?, ?, ?)",
+                    (cmd.order_id, cmd.command_id, now.isoformat()),
+                )
+                return None
             if row is None or State(row[0]) not in (State.QUEUED, State.WAITING):
                 return None
             order = OrderCommand.model_validate_json(row[1])
@@ -541,6 +557,13 @@ class Store:
             )
             self._outbox_add(conn, cmd.order_id, payload)
         return result
+
+    def cancel_requested(self, order_id: str) -> str | None:
+        """The command id of a cancel that arrived while this order was running, if any."""
+        rows = self._query(
+            "SELECT command_id FROM cancel_requests WHERE order_id = ?", (order_id,)
+        )
+        return str(rows[0]["command_id"]) if rows else None
 
     def due_to_expire(self, now: datetime) -> list[OrderRow]:
         rows = self._query(

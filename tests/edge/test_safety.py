@@ -304,3 +304,38 @@ def test_attempt_that_breaks_down_after_switching_is_requeued_not_stuck(store: S
     r = result_of(store, "o1")
     assert r.outcome is Outcome.DISCONNECTED and r.already_in_state
     assert meter.switches == 1  # switched once, never toggled twice
+
+
+# -- a cancel that arrives while an attempt is in flight ---------------------------------
+class CancellingDriver(FakeDriver):
+    """The cancel arrives (network thread) while the association is being opened."""
+
+    def __init__(self, meter: FakeMeter, store: Store) -> None:
+        super().__init__({"m1": meter})
+        self._store = store
+
+    @contextmanager
+    def session(self, meter: Meter) -> Iterator[FakeLink]:
+        now = datetime.now(UTC)
+        self._store.cancel(CancelCommand(command_id="c-o1", order_id="o1", concentrator_id="conc-a",
+                                         issued_at=now, deadline=now + timedelta(minutes=1)), now)
+        with super().session(meter) as link:
+            yield link
+
+
+@pytest.mark.parametrize("fault", [None, "no_answer"])
+def test_cancel_during_running_attempt_stops_before_switch_or_retry(store: Store,
+                                                                     fault: str | None) -> None:
+    meter = FakeMeter(ControlState.CONNECTED, fault=fault)
+    store.store_order(order("o1", "m1", attempts=5), datetime.now(UTC))
+    ex = Executor(store, CancellingDriver(meter, store))
+    for _ in range(5):
+        claimed = store.claim_next(later())
+        if claimed is not None:
+            meter.fault = fault if meter.sessions == 0 else None  # a retry would succeed
+            ex.run_attempt(claimed, store.meter("m1"))
+    r = result_of(store, "o1")
+    assert r.outcome is Outcome.CANCELLED and r.reason is ReasonCode.CANCELLED
+    assert store.order_state("o1") is State.CANCELLED
+    assert meter.sessions == 1 and meter.switches == 0
+    assert meter.control_state is ControlState.CONNECTED
