@@ -32,7 +32,7 @@ from central import bulk, metrics
 from central.db import sqlite_write_lock, stale_to_conflict
 from central.errors import DispatchError
 from central.models import Concentrator, Meter, Order, OrderEvent
-from central.services import registry
+from central.services import registry, validation
 from central.services.lifecycle import SYSTEM, advance, note, utcnow
 from central.services.orders import new_id, stop_protected_disconnects
 from central.settings import Settings
@@ -120,6 +120,7 @@ _READY_COLUMNS = (
     Order.deadline,
     Order.not_before,
     Order.updated_at,
+    Order.special,
 )
 
 
@@ -173,6 +174,13 @@ def select_ready(
         or 0
     )
     disconnect_budget = settings.disconnects_per_minute - recent_disconnects
+    # The working-day and moratorium rules hold on the day the relay is switched, not only
+    # on the day the order was accepted: a disconnect accepted on Friday that waits
+    # (not_before, rate limit, approval) past midnight into a Saturday or a holiday in
+    # America/Santiago is held until a working day (unless special).
+    today = validation.local_day(now, settings.timezone)
+    working_day = validation.is_working_day(today, settings.holiday_country)
+    moratorium = validation.in_moratorium(today, settings)
     ready: list[Any] = []
     for order in candidates:
         conc = order.concentrator_id
@@ -181,6 +189,10 @@ def select_ready(
         if inflight.get(conc, 0) >= settings.max_inflight_per_concentrator:
             continue
         if order.action == Action.DISCONNECT.value:
+            if not working_day and not order.special:
+                continue
+            if moratorium and order.reason == OrderReason.NON_PAYMENT.value:
+                continue
             if disconnect_budget <= 0:
                 continue
             disconnect_budget -= 1

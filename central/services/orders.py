@@ -347,6 +347,23 @@ def create_orders(
             settings,
             now,
         )
+        if (
+            refusal is None
+            and request.not_before is not None
+            and request.not_before > now
+            and action == _DISCONNECT
+        ):
+            # the day rules apply to the day the relay may first be switched too
+            refusal = validation.check(
+                request.meter_id,
+                request.action,
+                request.reason,
+                request.special,
+                meter,
+                concentrator,
+                settings,
+                request.not_before,
+            )
         if refusal is None and request.deadline is not None and request.deadline <= now:
             refusal = validation.Refusal(
                 validation.RefusalCode.INVALID_REQUEST,
@@ -661,6 +678,19 @@ def stop_protected_disconnects(
     return touched
 
 
+# Channels that prefix the caller's name (the SOAP gateway records "soap:<name>"); the
+# REST API and SOAP share one token table, so "soap:ana" and "ana" are the same person.
+_CHANNEL_PREFIXES = ("soap:",)
+
+
+def _person(name: str) -> str:
+    """The person behind an actor name, whatever channel she used."""
+    for prefix in _CHANNEL_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
 def approve_batch(
     session: Session, batch_id: str, actor: Actor, *, now: datetime | None = None
 ) -> Batch:
@@ -671,7 +701,7 @@ def approve_batch(
     batch = session.get(Batch, batch_id)
     if batch is None:
         raise NotFound(f"batch {batch_id} does not exist")
-    if batch.created_by == actor.name:
+    if _person(batch.created_by) == _person(actor.name):
         raise PermissionDenied("the approver must be a different person from the requester")
     if batch.approved_by is None:
         batch.approved_by = actor.name

@@ -5,11 +5,13 @@ Ley 21.304 re-checked after acceptance, idempotency keys scoped to their caller
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from central.errors import PermissionDenied
 from central.models import Meter, Order
 from central.services import dispatch, orders, registry, results, workorders
 from central.services.lifecycle import Actor
@@ -216,3 +218,93 @@ def test_late_result_after_expiry_does_not_resurrect(
     session.expire_all()
     assert orders.get_order(session, item.order_id or "").state == "expired"
     assert session.get(Meter, "m0").relay_state == "disconnected"  # type: ignore[union-attr]
+
+
+def test_requester_cannot_approve_own_batch_sent_through_soap(
+    session: Session, settings: Settings, meters: Meters
+) -> None:
+    """SOAP records the requester as ``soap:<name>``; the same person (same token table)
+    approving through REST is still the requester."""
+    ids = meters(6)
+    arturo_soap = Actor("soap:arturo", "approver")
+    outcome = create(session, settings, [req(m, source="soap") for m in ids], arturo_soap)
+    assert outcome.needs_approval and outcome.batch_id
+    with pytest.raises(PermissionDenied):
+        orders.approve_batch(session, outcome.batch_id, APPROVER)  # "arturo" via REST
+    with pytest.raises(PermissionDenied):
+        orders.approve_order(session, outcome.items[0].order_id or "", APPROVER)
+    session.rollback()
+    # and the other way round
+    rest = create(session, settings, [req(m, "connect") for m in ids], APPROVER)
+    assert not rest.needs_approval
+    more = meters(6, prefix="y")
+    by_rest = create(session, settings, [req(m) for m in more], APPROVER)
+    assert by_rest.batch_id
+    with pytest.raises(PermissionDenied):
+        orders.approve_batch(session, by_rest.batch_id, arturo_soap)
+    session.rollback()
+    assert orders.approve_batch(session, outcome.batch_id, Actor("bea", "approver")).approved_by
+
+
+# -- working days at the moment of the switch ------------------------------------------
+
+FRIDAY_NIGHT = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)  # Fri 22:00 in Santiago (UTC-3)
+SATURDAY_MORNING = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)  # Sat 10:00 in Santiago
+MONDAY_MORNING = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)  # Mon 09:00 in Santiago
+
+
+def test_disconnect_accepted_on_a_working_day_waits_over_the_weekend(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    meters(3)
+    deadline = MONDAY_MORNING + timedelta(hours=6)
+    # Friday 22:00 local is already Saturday in UTC: accepted (local day rules)
+    held = create(
+        session,
+        settings,
+        [
+            req("m0", deadline=deadline),
+            req("m1", deadline=deadline, special=True),
+            req("m2", "connect"),
+        ],
+        now=FRIDAY_NIGHT,
+    )
+    assert all(item.accepted for item in held.items)
+    # Saturday: the connect and the special disconnect go, the ordinary disconnect waits
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=SATURDAY_MORNING) == 2
+    session.expire_all()
+    assert orders.get_order(session, held.items[0].order_id or "").state == "validated"
+    # a moratorium declared over the weekend holds non-payment disconnects on Monday too
+    settings.nonpayment_moratorium_active = True
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=MONDAY_MORNING) == 0
+    settings.nonpayment_moratorium_active = False
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=MONDAY_MORNING) == 1
+
+
+def test_disconnect_scheduled_for_a_weekend_or_holiday_is_refused(
+    session: Session, settings: Settings, meters: Meters
+) -> None:
+    """``not_before`` on a Saturday (or a holiday) would let the agent switch the relay
+    then: the day rules apply to that day too, unless special."""
+    meters(3)
+    holiday = datetime(2026, 12, 8, 13, 0, tzinfo=UTC)  # Inmaculada Concepción
+    items = create(
+        session,
+        settings,
+        [
+            req("m0", not_before=SATURDAY_MORNING),
+            req("m1", not_before=holiday, deadline=holiday + timedelta(hours=4)),
+            req("m2", not_before=SATURDAY_MORNING, special=True),
+        ],
+        now=WORKDAY,
+    ).items
+    assert [i.code for i in items] == ["not_working_day", "not_working_day", None]
+    assert (
+        create(session, settings, [req("m0", "connect", not_before=SATURDAY_MORNING)])
+        .items[0]
+        .accepted
+    )
