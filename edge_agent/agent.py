@@ -104,7 +104,14 @@ class EdgeAgent:
             meters=self.store.meter_count(), queue=self.store.queue_depth(),
             outbox=self.store.outbox_depth(), db=str(self.config.database_path))
         self.executor.start()
-        self.link.start()
+        try:
+            self.link.start()
+        except BaseException:
+            # Not started: no scheduler thread or worker pool may outlive the failure
+            # (executing orders whose results nothing would publish, on a store that
+            # stop() is about to close).
+            self.executor.stop()
+            raise
         self._started = True
         return self
 

@@ -339,3 +339,23 @@ def test_cancel_during_running_attempt_stops_before_switch_or_retry(store: Store
     assert store.order_state("o1") is State.CANCELLED
     assert meter.sessions == 1 and meter.switches == 0
     assert meter.control_state is ControlState.CONNECTED
+
+
+def test_failed_link_start_leaves_no_executor_thread(tmp_path: Path) -> None:
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.errors import LinkError
+
+    from .helpers import make_config, make_signer
+
+    _, pub = make_signer(tmp_path)
+    agent = EdgeAgent(make_config(tmp_path, pub, "conc-a"), driver=FakeDriver())
+
+    def refuse() -> None:
+        raise LinkError("cannot connect")
+
+    agent.link.start = refuse  # type: ignore[method-assign]
+    with pytest.raises(LinkError):
+        agent.start()
+    agent.stop()
+    names = [t.name for t in threading.enumerate() if t.is_alive()]
+    assert not [n for n in names if n.startswith(("rcd-scheduler", "rcd-exec"))], names
