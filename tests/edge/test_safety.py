@@ -359,3 +359,54 @@ def test_failed_link_start_leaves_no_executor_thread(tmp_path: Path) -> None:
     agent.stop()
     names = [t.name for t in threading.enumerate() if t.is_alive()]
     assert not [n for n in names if n.startswith(("rcd-scheduler", "rcd-exec"))], names
+
+
+# -- replay defence: the seen ids outlive every window in which a replay could pass ---------
+def test_seen_ids_are_pruned_only_after_deadline_plus_max_skew(store: Store, tmp_path: Path) -> None:
+    from shared.errors import CommandExpired, CommandReplayed
+    from shared.signing import CommandVerifier, load_public_key
+
+    from .helpers import make_signer
+
+    signer, pub = make_signer(tmp_path)
+    issued = datetime.now(UTC)
+    cmd = order("o1", "m1", deadline_s=60, issued_at=issued)
+    store.store_order(cmd, issued)
+    skew = timedelta(hours=1)  # the largest agent.clock_skew_s the configuration accepts
+    for after in (timedelta(0), skew - timedelta(seconds=1), skew + timedelta(seconds=1),
+                  timedelta(days=1, seconds=1), timedelta(days=3)):
+        now = cmd.deadline + after
+        ex = Executor(store, FakeDriver(), clock=lambda now=now: now)  # type: ignore[misc]
+        ex._expire_due()  # prunes the seen table (first call of a fresh executor)
+        verifier = CommandVerifier(load_public_key(pub.read_bytes()), "conc-a", store,
+                                   clock=lambda now=now: now, clock_skew=skew)  # type: ignore[misc]
+        with pytest.raises(CommandReplayed if after <= skew else CommandExpired):
+            verifier.verify(signer.sign(cmd))  # never accepted
+        if after <= skew:
+            assert store.seen(cmd.command_id)
+    assert not store.seen(cmd.command_id)  # pruned in the end: the table does not grow forever
+
+
+def test_meter_table_for_another_concentrator_or_older_generation_is_refused(
+        store: Store, tmp_path: Path) -> None:
+    from shared.contracts import MeterTableSync
+    from shared.errors import WrongRecipient
+    from shared.signing import CommandVerifier, load_public_key
+
+    from .helpers import make_signer
+
+    signer, pub = make_signer(tmp_path)
+    now = datetime.now(UTC)
+    verifier = CommandVerifier(load_public_key(pub.read_bytes()), "conc-a", store)
+
+    def table(cid: str, gen: int, meters: list[MeterEntry]) -> MeterTableSync:
+        return MeterTableSync(command_id=f"t-{cid}-{gen}", concentrator_id=cid, generation=gen,
+                              issued_at=now, deadline=now + timedelta(days=1), meters=meters)
+
+    with pytest.raises(WrongRecipient):
+        verifier.verify(signer.sign(table("conc-b", 99, [])))
+    assert store.apply_meter_table(table("conc-a", 5, [tcp_entry("m1")]))
+    assert not store.apply_meter_table(table("conc-a", 4, [tcp_entry("x1")]))  # older
+    assert not store.apply_meter_table(table("conc-a", 5, [tcp_entry("x1")]))  # same
+    assert store.meter("m1") is not None and store.meter("x1") is None
+    assert store.meter("m2") is None  # left the table with generation 5
