@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, exists, func, select, update
+from sqlalchemy import Table, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from central import bulk, metrics
@@ -124,6 +124,9 @@ _READY_COLUMNS = (
 )
 
 
+_CLAIM_LOCK_KEY = 0x52434402
+
+
 def select_ready(
     session: Session, settings: Settings, now: datetime, limit: int = 5000
 ) -> list[Any]:
@@ -141,6 +144,11 @@ def select_ready(
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
+        # One claim at a time across replicas: SKIP LOCKED alone lets a second replica take
+        # the next candidates while the first one's dispatches are uncommitted, and both
+        # would spend the same fleet-wide disconnect budget and in-flight caps (released
+        # when the claim's transaction ends).
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK_KEY})
         query = query.with_for_update(skip_locked=True)
     candidates = list(session.execute(query))
     if not candidates:
@@ -238,6 +246,7 @@ def claim_ready(
             session.commit()
     ready = select_ready(session, settings, now)
     if not ready:
+        session.commit()  # ends the read (on PostgreSQL: releases the claim lock); no writes
         return Claim([], [])
     target = transition(OrderState.VALIDATED, Event.DISPATCH).value
     step = STEP_OF[Event.DISPATCH]

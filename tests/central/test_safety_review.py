@@ -4,12 +4,13 @@ Ley 21.304 re-checked after acceptance, idempotency keys scoped to their caller
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from central.errors import PermissionDenied
 from central.models import Meter, Order
@@ -308,3 +309,46 @@ def test_disconnect_scheduled_for_a_weekend_or_holiday_is_refused(
         .items[0]
         .accepted
     )
+
+
+# -- fleet-wide disconnect rate across replicas ----------------------------------------
+
+
+def test_two_replicas_do_not_double_the_disconnect_rate(
+    database_url: str,
+    settings: Settings,
+    factory: sessionmaker[Session],
+    session: Session,
+    meters: Meters,
+) -> None:
+    """Two coordinators on one PostgreSQL: while one claim is open, the other waits, then
+    sees the first one's dispatches in the per-minute budget."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("replicas share PostgreSQL; one SQLite process claims alone")
+    settings.disconnects_per_minute = 3
+    settings.approval_threshold = 100
+    meters(6)
+    create(session, settings, [req(f"m{n}") for n in range(6)])
+    first = factory()
+    ready = dispatch.select_ready(first, settings, WORKDAY, limit=3)
+    assert len(ready) == 3
+    seen: list[int] = []
+
+    def other_replica() -> None:
+        with factory() as second:
+            seen.append(len(dispatch.select_ready(second, settings, WORKDAY, limit=3)))
+            second.rollback()
+
+    thread = threading.Thread(target=other_replica)
+    thread.start()
+    thread.join(timeout=1.0)
+    blocked = thread.is_alive()
+    first.execute(
+        update(Order)
+        .where(Order.id.in_([r.id for r in ready]))
+        .values(state="dispatched", dispatched_at=WORKDAY, command_id="c-test")
+    )
+    first.commit()
+    first.close()
+    thread.join(timeout=10)
+    assert blocked and seen == [0]
