@@ -93,6 +93,13 @@ class SoapGateway:
         message_id = env.message_id if env.operation in REPLAYED_OPERATIONS else None
         if message_id:
             if not self.message_log.claim(message_id, env.operation, principal.name):
+                owner = self.message_log.owner(message_id)
+                if owner is not None and owner != principal.name:
+                    # another caller's MessageID: never hand back (or take over) its reply
+                    raise SoapFault(
+                        f"MessageID '{message_id}' was already used by another caller",
+                        problem="message_id_reused",
+                    )
                 stale = self.settings.stale_claim_s
                 if not (
                     self.message_log.take_over_stale(message_id, stale)

@@ -80,6 +80,14 @@ class MessageLog:
             return None
         return str(row[0]), (bytes(row[1]) if row[1] is not None else None)
 
+    def owner(self, message_id: str) -> str | None:
+        """The principal that sent ``message_id`` first, or None if unknown."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(soap_messages.c.principal).where(soap_messages.c.message_id == message_id)
+            ).scalar()
+        return None if value is None else str(value)
+
     def wait_reply(self, message_id: str, timeout_s: float) -> tuple[str, bytes | None] | None:
         deadline = time.monotonic() + timeout_s
         while True:
