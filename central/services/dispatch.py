@@ -76,6 +76,7 @@ class _Ready(Protocol):
     deadline: datetime | None
     not_before: datetime | None
     updated_at: datetime
+    special: bool
 
 
 def build_command(
@@ -90,6 +91,18 @@ def build_command(
         policy = _policy(retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s)
     assert order.concentrator_id is not None and order.deadline is not None
     deadline = order.deadline if order.deadline > now else now + timedelta(seconds=1)
+    if order.action == Action.DISCONNECT.value and not order.special:
+        # The day rules hold on the concentrator too: retries must not carry an
+        # ordinary disconnect past local midnight into a weekend or a holiday, so the
+        # agent's deadline ends with the working day it was sent on.
+        # (A command re-sent on a non-working day, e.g. a republish after a lost
+        # PUBACK, gets a deadline the agent sees as already passed: it ends expired.)
+        today = validation.local_day(now, settings.timezone)
+        if validation.is_working_day(today, settings.holiday_country):
+            day_end = validation.end_of_local_day(now, settings.timezone)
+        else:
+            day_end = now
+        deadline = max(now + timedelta(seconds=1), min(deadline, day_end))
     return OrderCommand(
         command_id=command_id,
         order_id=order.id,

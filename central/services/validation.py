@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Protocol
@@ -62,6 +62,14 @@ def _holidays(country: str) -> holidays.HolidayBase:
 
 def is_working_day(day: date, country: str = "CL") -> bool:
     return day.weekday() < 5 and day not in _holidays(country)
+
+
+def end_of_local_day(moment: datetime, timezone: str) -> datetime:
+    """The next local midnight after ``moment`` (an aware datetime in the same zone)."""
+    zone = ZoneInfo(timezone)
+    local = moment.astimezone(zone)
+    following = local.date() + timedelta(days=1)
+    return datetime(following.year, following.month, following.day, tzinfo=zone)
 
 
 def local_day(moment: datetime, timezone: str) -> date:

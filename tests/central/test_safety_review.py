@@ -352,3 +352,72 @@ def test_two_replicas_do_not_double_the_disconnect_rate(
     first.close()
     thread.join(timeout=10)
     assert blocked and seen == [0]
+
+
+def _command_deadlines(publisher: RecordingPublisher, signer: CommandSigner) -> dict[str, datetime]:
+    from shared.contracts import OrderCommand, parse_command
+    from shared.signing import open_envelope
+
+    deadlines = {}
+    for message in publisher.sent:
+        command = parse_command(open_envelope(message.payload).body)
+        assert isinstance(command, OrderCommand)
+        deadlines[command.meter_id] = command.deadline
+    return deadlines
+
+
+def test_ordinary_disconnect_cannot_run_past_the_local_working_day_on_the_agent(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """Sent Friday 20:00 in Santiago with a deadline on Saturday: the agent's deadline is
+    Friday midnight local, so retries cannot switch the relay on the weekend; a special
+    disconnect and a reconnect keep their full deadline."""
+    meters(3)
+    friday_evening = datetime(2026, 11, 27, 23, 0, tzinfo=UTC)  # Fri 20:00 in Santiago
+    deadline = friday_evening + timedelta(hours=8)  # Sat 04:00 local
+    items = create(
+        session,
+        settings,
+        [
+            req("m0", deadline=deadline),
+            req("m1", deadline=deadline, special=True),
+            req("m2", "connect", deadline=deadline),
+        ],
+        now=friday_evening,
+    )
+    assert all(item.accepted for item in items.items)
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=friday_evening) == 3
+    sent = _command_deadlines(publisher, signer)
+    saturday_midnight_local = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+    assert sent["m0"] == saturday_midnight_local
+    assert sent["m1"] == deadline
+    assert sent["m2"] == deadline
+
+
+def test_a_disconnect_command_built_on_a_non_working_day_is_already_due(settings: Settings) -> None:
+    """A republish (lost PUBACK) on a Saturday must not give the agent a weekend to act in."""
+    from types import SimpleNamespace
+
+    saturday = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
+    order = SimpleNamespace(
+        id="o1",
+        meter_id="m0",
+        concentrator_id="c1",
+        action="disconnect",
+        reason="non_payment",
+        priority=5,
+        deadline=saturday + timedelta(hours=5),
+        not_before=None,
+        updated_at=saturday,
+        special=False,
+    )
+    command = dispatch.build_command(order, settings, "cmd-1", saturday)  # type: ignore[arg-type]
+    assert command.deadline == saturday + timedelta(seconds=1)
+    special = dispatch.build_command(  # type: ignore[arg-type]
+        SimpleNamespace(**{**vars(order), "special": True}), settings, "cmd-2", saturday
+    )
+    assert special.deadline == saturday + timedelta(hours=5)
