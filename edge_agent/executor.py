@@ -170,10 +170,11 @@ def switch(
             outcome=_OUTCOME_OF_STATE[relay.control_state], relay=relay, energy=energy,
             already=True,
         )
-    if action is not Action.DISCONNECT and before.control_mode == 0:
+    if before.control_mode == 0:
+        # Mode 0: the meter has no remote switching at all; asking again cannot help.
         return AttemptResult(
             reason=ReasonCode.CONTROL_MODE_FORBIDS,
-            detail="control_mode 0: the meter does not accept remote reconnection",
+            detail=f"control_mode 0: the meter accepts no remote {action.value}",
             relay=before,
         )
     stop = stop_before_switch(before)

@@ -73,6 +73,13 @@ def test_mode_zero_forbids_reconnect(store: Store) -> None:
     assert len(r.attempts) == 1
 
 
+def test_mode_zero_forbids_disconnect_without_trying_the_method(store: Store) -> None:
+    meter = FakeMeter(ControlState.CONNECTED, control_mode=0)
+    r = run_to_end(store, FakeDriver({"m1": meter}), submit(store, "o1", "m1", Action.DISCONNECT))
+    assert r.outcome is Outcome.FAILED and r.reason is ReasonCode.CONTROL_MODE_FORBIDS
+    assert len(r.attempts) == 1 and meter.switches == 0
+
+
 @pytest.mark.parametrize(
     ("fault", "reason", "attempts"),
     [
