@@ -575,7 +575,7 @@ class DemoRunning:
             orders = self.orders()
             ended = sum(1 for m in expected if orders.get(m, {}).get("state") == "reported")
             progress(ended, len(expected))
-            if ended == len(expected) and self.legacy.wait_for(expected - _refused_ids(), 0):
+            if ended == len(expected) and self.legacy.wait_for_meters(expected - _refused_ids(), 0):
                 return
             time.sleep(0.5)
         raise TimeoutError(f"only {ended} of {len(expected)} orders ended within {timeout:.0f}s")

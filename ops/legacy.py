@@ -9,7 +9,6 @@ should, and acknowledges with a SOAP reply whose Result is OK.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -73,11 +72,18 @@ def parse_events(body: bytes) -> list[LegacyEvent]:
 
 
 class LegacyStandIn:
-    """HTTP server on 127.0.0.1 that records result messages."""
+    """HTTP server on 127.0.0.1 that records result messages.
+
+    ``received`` keeps every accepted POST body as sent (duplicates included), so a
+    test can count deliveries; ``recorded`` keeps each event once. While ``up`` is
+    False it answers 503 and records nothing, as a Legacy that is down.
+    """
 
     def __init__(self, port: int = 0) -> None:
         self._lock = threading.Condition()
-        self.events: list[LegacyEvent] = []
+        self.up = True
+        self.received: list[bytes] = []
+        self.recorded: list[LegacyEvent] = []
         self.message_ids: set[str] = set()
         self.duplicates = 0
         self.malformed = 0
@@ -97,6 +103,10 @@ class LegacyStandIn:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(min(length, 10 * 1024 * 1024))
+                if not standin.up:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
                 try:
                     events = parse_events(body)
                 except etree.XMLSyntaxError:
@@ -105,7 +115,7 @@ class LegacyStandIn:
                     self.send_response(400)
                     self.end_headers()
                     return
-                standin._record(events)
+                standin._record(body, events)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/xml; charset=utf-8")
                 self.send_header("Content-Length", str(len(ACK)))
@@ -117,30 +127,34 @@ class LegacyStandIn:
 
         return Handler
 
-    def _record(self, events: list[LegacyEvent]) -> None:
+    def _record(self, body: bytes, events: list[LegacyEvent]) -> None:
         with self._lock:
+            self.received.append(body)
             for event in events:
                 key = f"{event.message_id}/{event.meter_id}"
                 if event.message_id and key in self.message_ids:
                     self.duplicates += 1
                     continue
                 self.message_ids.add(key)
-                self.events.append(event)
+                self.recorded.append(event)
             self._lock.notify_all()
 
     def by_meter(self) -> dict[str, LegacyEvent]:
         with self._lock:
-            return {event.meter_id: event for event in self.events}
+            return {event.meter_id: event for event in self.recorded}
 
-    def wait_for(self, meters: set[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    def wait_for_meters(self, meters: set[str], timeout: float) -> bool:
+        """True once an event for every one of ``meters`` has arrived."""
         with self._lock:
-            while not meters <= {event.meter_id for event in self.events}:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(remaining)
-            return True
+            return self._lock.wait_for(
+                lambda: meters <= {event.meter_id for event in self.recorded}, timeout
+            )
+
+    def wait_for_posts(self, count: int, timeout: float) -> list[bytes]:
+        """The bodies received once ``count`` have arrived, or what arrived by then."""
+        with self._lock:
+            self._lock.wait_for(lambda: len(self.received) >= count, timeout)
+            return list(self.received)
 
     def start(self) -> LegacyStandIn:
         self._thread = threading.Thread(

@@ -8,9 +8,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from central.soap.adapter import install
 from central.soap.config import SoapSettings
 from central.soap.gateway import SoapGateway
 from central.state import Event
-from ops.legacy import ACK as LEGACY_ACK
+from ops.legacy import LegacyStandIn
 from shared.contracts import EnergyReading, OrderResult, Outcome, ReasonCode
 
 OPERATOR = ("legacy", "legacy-operator-token-0001")
@@ -200,72 +199,16 @@ class AppServer:
         self.thread.join(10)
 
 
-# Legacy's acknowledgement, the same one the demo's Legacy stand-in sends.
-SOAP_ACK = LEGACY_ACK
-
-
-@dataclass
-class LegacyServer:
-    """Legacy's receiving endpoint: records every POST; ``up`` False answers 503."""
-
-    up: bool = True
-    received: list[bytes] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    port: int = 0
-    httpd: ThreadingHTTPServer | None = None
-    thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/legacy/results"
-
-    def start(self) -> LegacyServer:
-        legacy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = self.rfile.read(length)
-                if not legacy.up:
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                with legacy.lock:
-                    legacy.received.append(body)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/xml; charset=utf-8")
-                self.send_header("Content-Length", str(len(SOAP_ACK)))
-                self.end_headers()
-                self.wfile.write(SOAP_ACK)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-        if self.thread is not None:
-            self.thread.join(5)
+class LegacyServer(LegacyStandIn):
+    """The demo's Legacy stand-in, with the parsed views these tests read."""
 
     def events(self) -> list[etree._Element]:
-        with self.lock:
+        with self._lock:
             bodies = list(self.received)
         return [etree.fromstring(body) for body in bodies]
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[etree._Element]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.received) >= count:
-                    break
-            time.sleep(0.05)
+        self.wait_for_posts(count, timeout)
         return self.events()
 
 
