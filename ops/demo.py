@@ -41,6 +41,7 @@ from typing import Any, Literal, TextIO
 import httpx
 
 from ops.legacy import LegacyStandIn
+from ops.serving import ThreadedServer
 
 log = logging.getLogger("rcd.demo")
 
@@ -215,37 +216,6 @@ def start_broker(kind: BrokerKind, users: list[str]) -> Iterator[tuple[str, int,
             yield embedded.host, embedded.port, "", "embedded amqtt (MQTT 3.1.1, no ACL: demo only)"
 
 
-class CentralServer:
-    """The coordinator app on uvicorn in a thread."""
-
-    def __init__(self, app: Any, port: int) -> None:
-        import uvicorn
-
-        self.port = port
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="central", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> CentralServer:
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the coordinator did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=20)
-
-
 class Demo:
     def __init__(
         self,
@@ -273,7 +243,6 @@ class Demo:
     # -- the run -----------------------------------------------------------------------
     @contextlib.contextmanager
     def running(self) -> Iterator[DemoRunning]:
-        from shared.broker import free_port
         from shared.signing import generate_keypair
 
         private_pem, public_pem = generate_keypair()
@@ -296,7 +265,7 @@ class Demo:
             central = self._central(
                 host, mqtt_port, password, protocol, private_pem.decode(), legacy.url
             )
-            server = CentralServer(central, self.port or free_port()).start()
+            server = ThreadedServer(central, port=self.port).start()
             stack.callback(server.stop)
             self.say(f"coordinator {server.url}  (dashboard {server.url}/dashboard)")
             self._import_registry(server.url, {"P2P-0001": fleet.tcp_port("P2P-0001")})
@@ -469,7 +438,7 @@ class Demo:
 
 class DemoRunning:
     def __init__(
-        self, demo: Demo, server: CentralServer, fleet: Any, legacy: LegacyStandIn
+        self, demo: Demo, server: ThreadedServer, fleet: Any, legacy: LegacyStandIn
     ) -> None:
         self.demo = demo
         self.server = server

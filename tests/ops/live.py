@@ -7,9 +7,6 @@ off), nothing is mocked.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from central.settings import Settings
+from ops.serving import ThreadedServer
 
 VIEWER = "dev-viewer"
 OPERATOR = "dev-operator"
@@ -57,30 +55,11 @@ class LiveServer:
 
 @contextmanager
 def serve(app: FastAPI, startup_timeout_s: float = 20.0) -> Iterator[LiveServer]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + startup_timeout_s
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the coordinator app did not start (see the log above)")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError("the coordinator app did not start in time")
-        time.sleep(0.02)
+    running = ThreadedServer(app).start(startup_timeout_s)
     try:
-        yield LiveServer(app, f"http://127.0.0.1:{port}", server)
+        yield LiveServer(app, running.url, running.server)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+        running.stop()
 
 
 # ---------------------------------------------------------------- the field, simulated

@@ -4,16 +4,12 @@ endpoint that is a real HTTP server recording what it receives."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from lxml import etree
 from sqlalchemy import Engine, select
@@ -29,6 +25,7 @@ from central.soap.config import SoapSettings
 from central.soap.gateway import SoapGateway
 from central.state import Event
 from ops.legacy import LegacyStandIn
+from ops.serving import ThreadedServer
 from shared.contracts import EnergyReading, OrderResult, Outcome, ReasonCode
 
 OPERATOR = ("legacy", "legacy-operator-token-0001")
@@ -44,13 +41,6 @@ METERS = {
     "MTR-NEW": (False, False),
 }
 CONCENTRATOR = "conc-soap"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def central_settings(url: str) -> Settings:
@@ -157,8 +147,6 @@ class AppServer:
     ) -> None:
         """With ``app`` (e.g. from ``central.app.create_app``) its lifespan runs and the
         SOAP router wires itself; without, a bare app gets the gateway installed."""
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         if app is None:
             assert coordinator is not None
             self.app = FastAPI()
@@ -166,15 +154,9 @@ class AppServer:
         else:
             self.app = app
             self.app.state.soap_settings = soap_settings
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="off" if app is None else "on",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.running = ThreadedServer(self.app, lifespan="off" if app is None else "on")
+        self.port = self.running.port
+        self.base = self.running.url
 
     @property
     def gateway(self) -> SoapGateway:
@@ -186,17 +168,11 @@ class AppServer:
         return f"{self.base}/soap/cim"
 
     def __enter__(self) -> AppServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        self.running.start(10)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.running.stop()
 
 
 class LegacyServer(LegacyStandIn):
