@@ -361,23 +361,51 @@ def validate(model: type[M], data: Any) -> M:
         raise InvalidPayload(model.__name__, _problems(exc)) from exc
 
 
-def parse_command(data: bytes) -> Command:
-    """Parse the body of a signed envelope into the command its ``kind`` names."""
+def load_object(data: bytes, what: str) -> dict[str, Any]:
+    """``data`` as a JSON object, or :class:`InvalidPayload` saying why not.
+
+    Deep nesting ("[[[[...") within a size limit is refused here too, rather than
+    escaping as a RecursionError from whichever consumer happened to parse it.
+    """
     try:
         obj = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidPayload("command", [("(message)", f"not JSON: {exc}")]) from exc
+        raise InvalidPayload(what, [("(message)", f"not JSON: {exc}")]) from exc
+    except RecursionError as exc:
+        raise InvalidPayload(what, [("(message)", "nested too deeply")]) from exc
     if not isinstance(obj, dict):
-        raise InvalidPayload("command", [("(message)", "not a JSON object")])
-    kinds: dict[str, type[OrderCommand] | type[CancelCommand] | type[MeterTableSync]] = {
-        "order": OrderCommand,
-        "cancel": CancelCommand,
-        "meter_table": MeterTableSync,
-    }
+        raise InvalidPayload(what, [("(message)", "not a JSON object")])
+    return obj
+
+
+def _parse_by_kind(data: bytes, what: str, kinds: dict[str, type[M]]) -> M:
+    """Parse a payload into the model its ``kind`` names, within that model's size limit."""
+    obj = load_object(data, what)
     kind = obj.get("kind")
     if not isinstance(kind, str) or kind not in kinds:
-        raise InvalidPayload("command", [("kind", f"must be one of {sorted(kinds)}, got {kind!r}")])
-    return validate(kinds[kind], obj)
+        raise InvalidPayload(what, [("kind", f"must be one of {sorted(kinds)}, got {kind!r}")])
+    model = kinds[kind]
+    if len(data) > size_limit(model):
+        raise PayloadTooLarge(model.__name__, len(data), size_limit(model))
+    return validate(model, obj)
+
+
+_COMMAND_KINDS: Final[dict[str, type[Command]]] = {
+    "order": OrderCommand,
+    "cancel": CancelCommand,
+    "meter_table": MeterTableSync,
+}
+_AGENT_KINDS: Final[dict[str, type[AgentMessage]]] = {
+    "result": OrderResult,
+    "receipt": OrderReceipt,
+}
+
+
+def parse_command(data: bytes) -> Command:
+    """Parse the body of a signed envelope into the command its ``kind`` names."""
+    if len(data) > MAX_METER_TABLE_BYTES:  # the largest command kind
+        raise PayloadTooLarge("command", len(data), MAX_METER_TABLE_BYTES)
+    return _parse_by_kind(data, "command", _COMMAND_KINDS)
 
 
 def parse_agent_message(data: bytes | str) -> AgentMessage:
@@ -389,25 +417,7 @@ def parse_agent_message(data: bytes | str) -> AgentMessage:
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > MAX_RESULT_BYTES:
         raise PayloadTooLarge("agent message", len(raw), MAX_RESULT_BYTES)
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidPayload("agent message", [("(message)", f"not JSON: {exc}")]) from exc
-    if not isinstance(obj, dict):
-        raise InvalidPayload("agent message", [("(message)", "not a JSON object")])
-    kinds: dict[str, type[OrderResult] | type[OrderReceipt]] = {
-        "result": OrderResult,
-        "receipt": OrderReceipt,
-    }
-    kind = obj.get("kind")
-    if not isinstance(kind, str) or kind not in kinds:
-        raise InvalidPayload(
-            "agent message", [("kind", f"must be one of {sorted(kinds)}, got {kind!r}")]
-        )
-    model = kinds[kind]
-    if len(raw) > size_limit(model):
-        raise PayloadTooLarge(model.__name__, len(raw), size_limit(model))
-    return validate(model, obj)
+    return _parse_by_kind(raw, "agent message", _AGENT_KINDS)
 
 
 def utc_iso(moment: datetime) -> str:

@@ -226,3 +226,18 @@ def test_oversized_receipt_is_refused_before_parsing() -> None:
         c.parse_agent_message(padded)
     with pytest.raises(PayloadTooLarge):
         c.parse_agent_message(b"{" + b" " * c.MAX_RESULT_BYTES + b"}")
+
+
+@pytest.mark.parametrize("parse", [c.parse_command, c.parse_agent_message])
+def test_deeply_nested_payload_is_refused_as_invalid_not_a_crash(parse: object) -> None:
+    nested = b"[" * 30_000 + b"]" * 30_000  # within every size limit
+    with pytest.raises(InvalidPayload, match="nested too deeply"):
+        parse(nested)  # type: ignore[operator]
+
+
+def test_oversized_order_in_a_command_body_is_refused_by_its_own_limit() -> None:
+    body = order().to_json()
+    padded = body[:-1] + b" " * c.MAX_COMMAND_BYTES + b"}"  # valid JSON, over the order limit
+    with pytest.raises(PayloadTooLarge) as caught:
+        c.parse_command(padded)
+    assert caught.value.limit == c.MAX_COMMAND_BYTES
