@@ -51,21 +51,15 @@ class MqttLink:
         self._on_status = on_status
         self._connected = threading.Event()
         self._v5 = settings.mqtt_protocol == "5"
-        if self._v5:
-            self._client = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id or settings.mqtt_client_id,
-                protocol=paho.MQTTv5,
-                manual_ack=True,
-            )
-        else:
-            self._client = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id or settings.mqtt_client_id,
-                protocol=paho.MQTTv311,
-                clean_session=False,
-                manual_ack=True,
-            )
+        # MQTT 3.1.1 asks for a persistent session with clean_session=False; MQTT 5
+        # with clean_start at connect (clean_session must stay None there).
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or settings.mqtt_client_id,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else False,
+            manual_ack=True,
+        )
         self._client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
         if settings.mqtt_tls_ca is not None:
             self._client.tls_set(
