@@ -31,7 +31,7 @@ from edge_agent.store import Store  # noqa: E402
 from firmware_sim.fleet import FleetSpec, MeterSpec  # noqa: E402
 from firmware_sim.runner import running_fleet  # noqa: E402
 from shared.broker import MosquittoBroker  # noqa: E402
-from shared.contracts import Action, ConcentratorStatus, MeterEntry  # noqa: E402
+from shared.contracts import Action, ConcentratorStatus, MeterEntry, decode  # noqa: E402
 from tests.edge.fakes import order  # noqa: E402
 from tests.edge.helpers import Coordinator, config_dict, dump_toml, make_signer, wait_for  # noqa: E402
 
@@ -64,9 +64,8 @@ IMPORT_STEPS: tuple[tuple[str, str], ...] = (
     ("stdlib the agent uses", "import argparse, csv, json, logging, queue, signal, sqlite3, "
                               "threading, tomllib, concurrent.futures, urllib.parse, pathlib"),
     ("ssl (paho imports it; system libssl/libcrypto)", "import ssl"),
-    ("pydantic, pydantic.main (+ typing_extensions, inspect)", "import pydantic.main"),
-    ("shared.contracts (model schemas; pydantic's plugin loader "
-     "imports importlib.metadata, email, zipfile)", "import shared.contracts"),
+    ("msgspec (+ typing_extensions, inspect, decimal, uuid)", "import msgspec"),
+    ("shared.contracts (the message Structs)", "import shared.contracts"),
     ("edge_agent.config (config models)", "import edge_agent.config"),
     ("cryptography Ed25519 + serialization (own OpenSSL in _rust.abi3.so)",
      "import shared.signing"),
@@ -152,13 +151,13 @@ def bench_idle(broker: MosquittoBroker, n_meters: int, idle_s: float, run: int =
     coord = Coordinator(broker, cid, f"{cid}-coord")
     proc = spawn(cfg, work / "agent.log")
     try:
-        wait_for(lambda: any(ConcentratorStatus.model_validate_json(s).online for s in coord.status),
+        wait_for(lambda: any(decode(ConcentratorStatus, s).online for s in coord.status),
                  timeout=20, what="agent online")
         time.sleep(1.0)  # let start-up settle
         cpu0, t0 = cpu_s(proc.pid), time.monotonic()
         time.sleep(idle_s)
         cpu1, t1 = cpu_s(proc.pid), time.monotonic()
-        status = ConcentratorStatus.model_validate_json(coord.status[-1])
+        status = decode(ConcentratorStatus, coord.status[-1])
         rss = rss_mb(proc.pid)
         print(f"idle agent (run {run + 1}), {status.meter_count} meters in table:")
         print(f"  resident memory (VmRSS)   {rss:8.1f} MB   (goal < 40 MB)")
@@ -184,7 +183,7 @@ def bench_throughput(broker: MosquittoBroker, n_orders: int, n_sim: int) -> None
         coord = Coordinator(broker, cid, "bench-run-coord")
         proc = spawn(cfg, work / "agent.log")
         try:
-            wait_for(lambda: any(ConcentratorStatus.model_validate_json(s).online
+            wait_for(lambda: any(decode(ConcentratorStatus, s).online
                                  for s in coord.status), timeout=20, what="agent online")
             commands = [
                 signer.sign(order(f"b{i:05d}", f"S{i % n_sim}",  # type: ignore[attr-defined]

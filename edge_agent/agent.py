@@ -43,6 +43,7 @@ from shared.contracts import (
     Outcome,
     ReasonCode,
     SimState,
+    validate,
 )
 from shared.errors import CommandRejected, ContractError, TopicError
 from shared.signing import CommandVerifier, load_public_key_file
@@ -172,15 +173,15 @@ class EdgeAgent:
 
     def status(self, online: bool) -> ConcentratorStatus:
         generation = self.store.get_meta("meter_generation")
-        try:
-            return ConcentratorStatus(
-                concentrator_id=self.cid, online=online, at=utcnow(),
-                queue_depth=self.store.queue_depth(), outbox_depth=self.store.outbox_depth(),
-                meter_count=self.store.meter_count(),
-                meter_table_generation=int(generation) if generation else None,
-                agent_version=AGENT_VERSION, **self._modem(),
-            )
-        except ValueError:
+        try:  # validated: the modem's values come from a file outside the agent
+            return validate(ConcentratorStatus, {
+                "concentrator_id": self.cid, "online": online, "at": utcnow(),
+                "queue_depth": self.store.queue_depth(), "outbox_depth": self.store.outbox_depth(),
+                "meter_count": self.store.meter_count(),
+                "meter_table_generation": int(generation) if generation else None,
+                "agent_version": AGENT_VERSION, **self._modem(),
+            })
+        except (ValueError, ContractError):
             return ConcentratorStatus(concentrator_id=self.cid, online=online, at=utcnow(),
                                       agent_version=AGENT_VERSION)
 
@@ -237,13 +238,13 @@ class EdgeAgent:
         if body.get("kind") != "order" or not isinstance(order_id, str) or not isinstance(meter_id, str):
             return
         try:
-            result = OrderResult(
-                order_id=order_id, meter_id=meter_id, concentrator_id=self.cid,
-                outcome=Outcome.REJECTED, reason=reason,
-                detail=f"command {body.get('command_id')!r} refused: {detail}"[:1000],
-                received_at=utcnow(), finished_at=utcnow(), agent_version=AGENT_VERSION,
-            )
-        except ValueError:
+            result = validate(OrderResult, {  # the ids come from the refused command
+                "order_id": order_id, "meter_id": meter_id, "concentrator_id": self.cid,
+                "outcome": Outcome.REJECTED, "reason": reason,
+                "detail": f"command {body.get('command_id')!r} refused: {detail}"[:1000],
+                "received_at": utcnow(), "finished_at": utcnow(), "agent_version": AGENT_VERSION,
+            })
+        except ContractError:
             return  # the ids themselves are not valid: nothing we can address a report to
         self.store.outbox_add(order_id, result.to_json())
         self.link.wake()

@@ -126,7 +126,7 @@ def read_meters_csv(path: Path) -> list[Any]:
                 if "commissioned" in data:
                     data["commissioned"] = str(data["commissioned"]).lower() in ("1", "true", "yes")
                 try:
-                    entries.append(validate(MeterEntry, data))
+                    entries.append(validate(MeterEntry, data, strict=False))  # CSV: all text
                 except InvalidPayload as exc:
                     raise ConfigError(f"{path}:{line_no}", str(exc)) from exc
     except OSError as exc:

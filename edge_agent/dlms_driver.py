@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import LineFault, MeterError
 from edge_agent.store import Meter, Store
-from shared.contracts import ControlState, EnergyReading, ReasonCode, RelayReading
+from shared.contracts import ControlState, EnergyReading, ReasonCode, RelayReading, validate
 from shared.dlms.client import MeterAddress, MeterKeys, MeterSession
 from shared.dlms.errors import MalformedResponse, TransportError
 from shared.dlms.transport import SerialTransport, TcpTransport, Transport
+from shared.errors import ContractError
 
 
 class DlmsLink:
@@ -41,13 +42,13 @@ class DlmsLink:
         rb = self._s.read_back()
         relay = _relay(rb.output_state, rb.control_state, rb.control_mode)
         try:
-            energy = EnergyReading(
-                value=rb.energy_value,
-                unit=rb.energy_unit[:16],
-                meter_clock=rb.meter_clock,
-                read_at=datetime.now(UTC),
-            )
-        except (ValueError, TypeError) as exc:
+            energy = validate(EnergyReading, {
+                "value": rb.energy_value,
+                "unit": rb.energy_unit[:16],
+                "meter_clock": rb.meter_clock,
+                "read_at": datetime.now(UTC),
+            })
+        except (ValueError, TypeError, ContractError) as exc:
             raise MalformedResponse(f"energy reading out of range: {exc}") from exc
         return relay, energy
 
@@ -60,12 +61,12 @@ def _relay(output_state: bool, control_state: int, control_mode: int) -> RelayRe
     error and never a state to report.
     """
     try:
-        return RelayReading.model_validate({
+        return validate(RelayReading, {
             "output_state": output_state,
             "control_state": ControlState(control_state),
             "control_mode": control_mode,
         })
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ContractError) as exc:
         raise MalformedResponse(
             f"disconnect control values out of range: control_state={control_state!r}, "
             f"control_mode={control_mode!r}, output_state={output_state!r}"

@@ -42,6 +42,9 @@ from shared.contracts import (
     Outcome,
     ReasonCode,
     RelayReading,
+    decode,
+    to_builtins,
+    validate,
 )
 
 _SCHEMA = """
@@ -412,7 +415,7 @@ class Store:
                     cmd.deadline.timestamp(),
                     not_before,
                     State.QUEUED.value,
-                    cmd.model_dump_json(),
+                    cmd.to_json().decode(),
                     received_at.isoformat(),
                 ),
             )
@@ -431,10 +434,10 @@ class Store:
         return OrderRow(
             order_id=r["order_id"],
             state=State(r["state"]),
-            command=OrderCommand.model_validate_json(r["command"]),
+            command=decode(OrderCommand, r["command"]),
             received_at=datetime.fromisoformat(r["received_at"]),
             started_at=datetime.fromisoformat(r["started_at"]) if r["started_at"] else None,
-            attempts=[Attempt.model_validate(a) for a in json.loads(r["attempts"])],
+            attempts=[validate(Attempt, a) for a in json.loads(r["attempts"])],
         )
 
     def order(self, order_id: str) -> OrderRow | None:
@@ -535,7 +538,7 @@ class Store:
                 return None
             if row is None or State(row[0]) not in (State.QUEUED, State.WAITING):
                 return None
-            order = OrderCommand.model_validate_json(row[1])
+            order = decode(OrderCommand, row[1])
             result = OrderResult(
                 order_id=order.order_id,
                 meter_id=order.meter_id,
@@ -543,7 +546,7 @@ class Store:
                 outcome=Outcome.CANCELLED,
                 reason=ReasonCode.CANCELLED,
                 detail=f"cancelled by command {cmd.command_id}",
-                attempts=[Attempt.model_validate(a) for a in json.loads(row[4])][-50:],
+                attempts=[validate(Attempt, a) for a in json.loads(row[4])][-50:],
                 received_at=datetime.fromisoformat(row[2]),
                 started_at=datetime.fromisoformat(row[3]) if row[3] else None,
                 finished_at=now,
@@ -642,7 +645,7 @@ _QUEUE_DEPTH_SQL = (
 
 
 def _attempts_json(attempts: list[Attempt]) -> str:
-    return json.dumps([a.model_dump(mode="json") for a in attempts])
+    return json.dumps([to_builtins(a) for a in attempts])
 
 
 def epoch(moment: datetime) -> float:

@@ -1,9 +1,17 @@
 """The MQTT message contract between the coordinator and the edge agents.
 
-Every message is a pydantic model that refuses unknown fields and carries a
-``schema_version``. Decoding goes through :func:`decode`, which checks the size
-limit of the kind before parsing and turns pydantic's errors into
-:class:`shared.errors.InvalidPayload` naming each offending field.
+Every message is a frozen :mod:`msgspec` Struct (one definition for both sides)
+that refuses unknown fields and carries a ``schema_version``. msgspec checks
+types and constraints only when it decodes or converts, never on plain
+construction, so anything built from outside input goes through
+:func:`validate` (an already parsed object) or :func:`decode` (bytes); both
+check the size limit of the kind first where there are bytes, and turn
+msgspec's errors into :class:`shared.errors.InvalidPayload` naming the
+offending field (``retry.max_attempts``, ``attempts.0.detail``). The
+cross-field rules live in ``__post_init__``, which runs on construction too.
+Encode with :meth:`Contract.to_json` / :func:`encode`; :func:`to_builtins` gives
+the JSON-ready dict and :func:`replace` a changed copy (checked again by
+``__post_init__``).
 
 Commands (order, cancel, meter table) travel inside a signed envelope (see
 ``shared.signing``); receipts, results and status are published by the agent on
@@ -14,19 +22,13 @@ the result topic: :func:`parse_agent_message` tells them apart by ``kind``.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta, field
 
 from shared.errors import InvalidPayload, PayloadTooLarge
 
@@ -41,19 +43,27 @@ MAX_METER_TABLE_BYTES: Final = 4 * 1024 * 1024
 
 # Identifiers end up in MQTT topics and file names: no '/', '+', '#' or spaces.
 Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 ]
+# Timestamps must carry their offset; a naive one is refused.
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
 
-class Contract(BaseModel):
-    """Base of every message: strict about unknown fields, immutable."""
+class Contract(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every message: strict about unknown fields, immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    Subclasses repeat ``frozen=True, kw_only=True``: ``kw_only`` there keeps
+    ``schema_version`` the first field on the wire, as before, and ``frozen`` is
+    what mypy needs to see.
+    """
 
     schema_version: Literal[1] = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        return _ENCODER.encode(self)
+
+
+_ENCODER: Final = msgspec.json.Encoder()
 
 
 class Action(StrEnum):
@@ -128,11 +138,11 @@ class ControlState(IntEnum):
     READY_FOR_RECONNECTION = 2
 
 
-class RetryPolicy(Contract):
-    max_attempts: int = Field(default=3, ge=1, le=20)
-    backoff_initial_s: float = Field(default=2.0, ge=0, le=3600)
-    backoff_max_s: float = Field(default=60.0, ge=0, le=86400)
-    jitter: float = Field(default=0.2, ge=0, le=1)
+class RetryPolicy(Contract, frozen=True, kw_only=True):
+    max_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
+    backoff_initial_s: Annotated[float, Meta(ge=0, le=3600)] = 2.0
+    backoff_max_s: Annotated[float, Meta(ge=0, le=86400)] = 60.0
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
 
     def delay_before(self, attempt: int, random_unit: float) -> float:
         """Seconds to wait before ``attempt`` (2, 3, ...); ``random_unit`` in [0, 1)."""
@@ -142,7 +152,7 @@ class RetryPolicy(Contract):
         return base * (1 - self.jitter + 2 * self.jitter * random_unit)
 
 
-class OrderCommand(Contract):
+class OrderCommand(Contract, frozen=True, kw_only=True):
     """Coordinator → agent: switch one meter's relay (step 4 of the brief)."""
 
     kind: Literal["order"] = "order"
@@ -152,22 +162,20 @@ class OrderCommand(Contract):
     concentrator_id: Identifier
     action: Action
     reason: OrderReason
-    priority: int = Field(default=5, ge=0, le=9)  # higher runs first
+    priority: Annotated[int, Meta(ge=0, le=9)] = 5  # higher runs first
     issued_at: AwareDatetime
     not_before: AwareDatetime | None = None
     deadline: AwareDatetime  # absolute: never executed after it
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
-    @model_validator(mode="after")
-    def _deadline_after_issue(self) -> OrderCommand:
+    def __post_init__(self) -> None:
         if self.deadline <= self.issued_at:
             raise ValueError("deadline must be after issued_at")
         if self.not_before is not None and self.not_before >= self.deadline:
             raise ValueError("not_before must be before deadline")
-        return self
 
 
-class CancelCommand(Contract):
+class CancelCommand(Contract, frozen=True, kw_only=True):
     """Coordinator → agent: drop an order that has not started yet."""
 
     kind: Literal["cancel"] = "cancel"
@@ -177,71 +185,67 @@ class CancelCommand(Contract):
     issued_at: AwareDatetime
     deadline: AwareDatetime  # after this the cancel itself is stale
 
-    @model_validator(mode="after")
-    def _deadline_after_issue(self) -> CancelCommand:
+    def __post_init__(self) -> None:
         if self.deadline <= self.issued_at:
             raise ValueError("deadline must be after issued_at")
-        return self
 
 
-class MeterEntry(Contract):
+class MeterEntry(Contract, frozen=True, kw_only=True):
     meter_id: Identifier
     transport: Literal["hdlc", "tcp"]
     line_id: Identifier | None = None  # serial line of the concentrator (hdlc)
-    hdlc_address: int | None = Field(default=None, ge=16, le=0x3FFD)
-    host: str | None = Field(default=None, max_length=253)  # tcp
-    port: int | None = Field(default=None, ge=1, le=65535)
-    logical_server: int = Field(default=1, ge=1, le=0x3FFF)
+    hdlc_address: Annotated[int, Meta(ge=16, le=0x3FFD)] | None = None
+    host: Annotated[str, Meta(max_length=253)] | None = None  # tcp
+    port: Annotated[int, Meta(ge=1, le=65535)] | None = None
+    logical_server: Annotated[int, Meta(ge=1, le=0x3FFF)] = 1
     commissioned: bool = True
-    keys_ref: str | None = Field(default=None, max_length=64)  # name in the agent's key store
+    keys_ref: Annotated[str, Meta(max_length=64)] | None = None  # name in the agent's key store
 
-    @model_validator(mode="after")
-    def _address_matches_transport(self) -> MeterEntry:
+    def __post_init__(self) -> None:
         if self.transport == "hdlc" and (self.line_id is None or self.hdlc_address is None):
             raise ValueError("an hdlc meter needs line_id and hdlc_address")
         if self.transport == "tcp" and (self.host is None or self.port is None):
             raise ValueError("a tcp meter needs host and port")
-        return self
 
 
-class MeterTableSync(Contract):
+class MeterTableSync(Contract, frozen=True, kw_only=True):
     """Coordinator → agent: the meters this concentrator serves (full table)."""
 
     kind: Literal["meter_table"] = "meter_table"
     command_id: Identifier
     concentrator_id: Identifier
-    generation: int = Field(ge=0)  # increases with every change; older ones are ignored
+    generation: Annotated[int, Meta(ge=0)]  # increases with every change; older ones are ignored
     issued_at: AwareDatetime
     deadline: AwareDatetime
-    meters: list[MeterEntry] = Field(max_length=5000)
+    meters: Annotated[list[MeterEntry], Meta(max_length=5000)]
 
 
 Command = OrderCommand | CancelCommand | MeterTableSync
 
 
-class Attempt(Contract):
-    number: int = Field(ge=1)
+class Attempt(Contract, frozen=True, kw_only=True):
+    number: Annotated[int, Meta(ge=1)]
     started_at: AwareDatetime
     finished_at: AwareDatetime
     error: ReasonCode | None = None  # None: this attempt succeeded
-    detail: str = Field(default="", max_length=500)
+    detail: Annotated[str, Meta(max_length=500)] = ""
 
 
-class RelayReading(Contract):
+class RelayReading(Contract, frozen=True, kw_only=True):
     output_state: bool | None = None
     control_state: ControlState
-    control_mode: int | None = Field(default=None, ge=0, le=6)
+    control_mode: Annotated[int, Meta(ge=0, le=6)] | None = None
 
 
-class EnergyReading(Contract):
+class EnergyReading(Contract, frozen=True, kw_only=True):
     obis: str = "1.0.1.8.0.255"
     value: float
-    unit: str = Field(max_length=16)
+    unit: Annotated[str, Meta(max_length=16)]
     meter_clock: AwareDatetime | None = None
     read_at: AwareDatetime
 
 
-class OrderResult(Contract):
+class OrderResult(Contract, frozen=True, kw_only=True):
     """Agent → coordinator: how an order ended (steps 6 and 7)."""
 
     kind: Literal["result"] = "result"
@@ -250,24 +254,22 @@ class OrderResult(Contract):
     concentrator_id: Identifier
     outcome: Outcome
     reason: ReasonCode | None = None
-    detail: str = Field(default="", max_length=1000)
+    detail: Annotated[str, Meta(max_length=1000)] = ""
     already_in_state: bool = False  # the relay was already as wanted: nothing switched
     relay: RelayReading | None = None
     energy: EnergyReading | None = None
-    attempts: list[Attempt] = Field(default_factory=list, max_length=50)
+    attempts: Annotated[list[Attempt], Meta(max_length=50)] = field(default_factory=list)
     received_at: AwareDatetime | None = None  # when the agent stored the order
     started_at: AwareDatetime | None = None
     finished_at: AwareDatetime
-    agent_version: str = Field(default="", max_length=32)
+    agent_version: Annotated[str, Meta(max_length=32)] = ""
 
-    @model_validator(mode="after")
-    def _reason_for_failures(self) -> OrderResult:
+    def __post_init__(self) -> None:
         if self.outcome not in SUCCESS_OUTCOMES and self.reason is None:
-            raise ValueError(f"a {self.outcome.value} result needs a reason")
-        return self
+            raise ValueError(f"a {self.outcome} result needs a reason")
 
 
-class OrderReceipt(Contract):
+class OrderReceipt(Contract, frozen=True, kw_only=True):
     """Agent → coordinator: the order is stored durably on the concentrator (step 5).
 
     Published on the result topic, through the same outbox as results, right after
@@ -280,7 +282,7 @@ class OrderReceipt(Contract):
     meter_id: Identifier
     concentrator_id: Identifier
     received_at: AwareDatetime  # when the agent stored the order
-    queue_depth: int = Field(ge=0)  # active orders on the agent, this one included
+    queue_depth: Annotated[int, Meta(ge=0)]  # active orders on the agent, this one included
 
 
 AgentMessage = OrderResult | OrderReceipt
@@ -300,7 +302,7 @@ class SimState(StrEnum):
     UNKNOWN = "unknown"
 
 
-class ConcentratorStatus(Contract):
+class ConcentratorStatus(Contract, frozen=True, kw_only=True):
     """Agent → coordinator, retained; also the agent's last will (online=False)."""
 
     kind: Literal["status"] = "status"
@@ -309,12 +311,12 @@ class ConcentratorStatus(Contract):
     at: AwareDatetime
     modem: ModemState = ModemState.UNKNOWN
     sim: SimState = SimState.UNKNOWN
-    signal_dbm: int | None = Field(default=None, ge=-150, le=0)
-    queue_depth: int = Field(default=0, ge=0)
-    outbox_depth: int = Field(default=0, ge=0)
-    meter_count: int = Field(default=0, ge=0)
+    signal_dbm: Annotated[int, Meta(ge=-150, le=0)] | None = None
+    queue_depth: Annotated[int, Meta(ge=0)] = 0
+    outbox_depth: Annotated[int, Meta(ge=0)] = 0
+    meter_count: Annotated[int, Meta(ge=0)] = 0
     meter_table_generation: int | None = None
-    agent_version: str = Field(default="", max_length=32)
+    agent_version: Annotated[str, Meta(max_length=32)] = ""
 
 
 _LIMITS: Final[dict[str, int]] = {
@@ -326,19 +328,49 @@ _LIMITS: Final[dict[str, int]] = {
     "ConcentratorStatus": MAX_STATUS_BYTES,
 }
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=Contract)
+
+# msgspec's messages end with " - at `$.retry.max_attempts`" (or "`$.attempts[0]`");
+# unknown and missing fields name themselves in the message instead.
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_NAMED = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]+)`$")
+_INDEX = re.compile(r"\[(\d+)\]")
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
-    problems = []
-    for error in exc.errors():
-        path = ".".join(str(part) for part in error["loc"]) or "(message)"
-        problems.append((path, error["msg"]))
-    return problems
+def error_path(message: str) -> tuple[str, str]:
+    """``(field path, message)`` from a msgspec error: ``("retry.max_attempts", ...)``.
+
+    The path is dotted as the messages always named it (``attempts.0.detail``), and
+    an unknown or missing field is named by its own name; ``"(message)"`` is the
+    message as a whole.
+    """
+    match = _AT.match(message)
+    assert match is not None  # the pattern matches any text
+    text, path = match["msg"], match["path"] or ""
+    path = _INDEX.sub(r".\1", path).lstrip(".")
+    named = _NAMED.match(text)
+    if named:
+        path = f"{path}.{named['name']}" if path else named["name"]
+    return path or "(message)", text
 
 
-def size_limit(model: type[BaseModel]) -> int:
+def _problems(exc: msgspec.ValidationError) -> list[tuple[str, str]]:
+    # msgspec stops at the first fault: one problem per refusal.
+    return [error_path(str(exc))]
+
+
+def size_limit(model: type[Contract]) -> int:
     return _LIMITS.get(model.__name__, MAX_COMMAND_BYTES)
+
+
+_DECODERS: dict[type[Contract], msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(model: type[M]) -> msgspec.json.Decoder[M]:
+    decoder = _DECODERS.get(model)
+    if decoder is None:
+        decoder = _DECODERS[model] = msgspec.json.Decoder(model)
+    return decoder
 
 
 def decode(model: type[M], data: bytes | str) -> M:
@@ -348,17 +380,52 @@ def decode(model: type[M], data: bytes | str) -> M:
     if len(raw) > limit:
         raise PayloadTooLarge(model.__name__, len(raw), limit)
     try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
+        return _decoder(model).decode(raw)
+    except msgspec.ValidationError as exc:
         raise InvalidPayload(model.__name__, _problems(exc)) from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidPayload(model.__name__, [("(message)", f"Invalid JSON: {exc}")]) from exc
 
 
-def validate(model: type[M], data: Any) -> M:
-    """Like :func:`decode` for an already parsed object (e.g. from a signed envelope)."""
+def validate(model: type[M], data: Any, *, strict: bool = True) -> M:
+    """Like :func:`decode` for an already parsed object (e.g. from a signed envelope).
+
+    Also the way to build a message from outside input (a meter's answer, a file, a
+    database row): plain construction checks only the ``__post_init__`` rules, this
+    checks every type and constraint. ``data`` may hold datetimes and enum members
+    as well as their JSON forms. ``strict=False`` also accepts numbers and booleans
+    written as text (``"17"``, ``"true"``): for a CSV row, never for a message.
+    """
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
+        return msgspec.convert(data, model, strict=strict)
+    except msgspec.ValidationError as exc:
         raise InvalidPayload(model.__name__, _problems(exc)) from exc
+
+
+def encode(message: Contract) -> bytes:
+    """The message as JSON (the same as :meth:`Contract.to_json`)."""
+    return _ENCODER.encode(message)
+
+
+def encode_checked(message: Contract) -> bytes:
+    """:func:`encode`, after checking the bytes as the receiver will (types, constraints,
+    size limit): what a sender uses for a message built from its own rows, since
+    construction does not check them. Raises :class:`InvalidPayload` or
+    :class:`PayloadTooLarge`."""
+    data = _ENCODER.encode(message)
+    decode(type(message), data)
+    return data
+
+
+def to_builtins(message: Contract) -> dict[str, Any]:
+    """The message as a JSON-ready dict (timestamps as ISO strings, enums as values)."""
+    data: dict[str, Any] = msgspec.to_builtins(message)
+    return data
+
+
+def replace(message: M, **changes: Any) -> M:
+    """A copy of ``message`` with ``changes``; the ``__post_init__`` rules run again."""
+    return msgspec.structs.replace(message, **changes)
 
 
 def load_object(data: bytes, what: str) -> dict[str, Any]:

@@ -33,7 +33,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.contracts import MAX_METER_TABLE_BYTES, Command, load_object, parse_command
+from shared.contracts import (
+    MAX_METER_TABLE_BYTES,
+    Command,
+    encode_checked,
+    load_object,
+    parse_command,
+)
 from shared.errors import (
     BadSignature,
     CommandExpired,
@@ -101,12 +107,14 @@ class CommandSigner:
         self.key_id = key_id_of(private_key.public_key())
 
     def sign(self, command: Command) -> bytes:
-        body = command.model_dump_json()
-        signature = self._key.sign(body.encode())
+        """The signed envelope; a command that breaks its contract is refused here
+        (:class:`InvalidPayload`), never signed."""
+        body = encode_checked(command)
+        signature = self._key.sign(body)
         envelope = {
             "schema_version": 1,
             "key_id": self.key_id,
-            "body": body,
+            "body": body.decode(),
             "signature": base64.b64encode(signature).decode(),
         }
         return json.dumps(envelope, separators=(",", ":")).encode()

@@ -21,7 +21,8 @@ from central.errors import BadRequest, NotFound
 from central.models import Concentrator, Meter
 from central.services.lifecycle import utcnow
 from central.services.orders import stop_protected_disconnects
-from shared.contracts import MeterEntry, MeterTableSync
+from shared.contracts import MeterEntry, MeterTableSync, validate
+from shared.errors import InvalidPayload
 
 _TRUE = {"1", "true", "yes", "y", "si", "sí", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
@@ -209,19 +210,22 @@ def import_meters_csv(session: Session, text: str) -> ImportReport:
 
 def meter_entry(meter: Meter) -> MeterEntry | None:
     try:
-        return MeterEntry(
-            meter_id=meter.id,
-            transport=meter.transport,  # type: ignore[arg-type]
-            line_id=meter.line_id,
-            hdlc_address=meter.hdlc_address,
-            host=meter.host,
-            port=meter.port,
-            logical_server=meter.logical_server,
-            commissioned=meter.commissioned,
-            keys_ref=meter.keys_ref,
+        return validate(
+            MeterEntry,
+            {
+                "meter_id": meter.id,
+                "transport": meter.transport,
+                "line_id": meter.line_id,
+                "hdlc_address": meter.hdlc_address,
+                "host": meter.host,
+                "port": meter.port,
+                "logical_server": meter.logical_server,
+                "commissioned": meter.commissioned,
+                "keys_ref": meter.keys_ref,
+            },
         )
-    except ValidationError:
-        return None  # incomplete address: the agent cannot use it anyway
+    except InvalidPayload:
+        return None  # incomplete or out-of-range address: the agent cannot use it anyway
 
 
 def build_meter_table(

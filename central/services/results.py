@@ -37,6 +37,7 @@ from shared.contracts import (
     OrderReceipt,
     OrderResult,
     Outcome,
+    to_builtins,
 )
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
     if order.result_json is not None:
         return _count("duplicate")
     actor = f"agent:{result.concentrator_id}"
-    order.result_json = result.model_dump(mode="json")
+    order.result_json = to_builtins(result)
     order.attempts = len(result.attempts)
     order.already_in_state = result.already_in_state
     if result.energy is not None:

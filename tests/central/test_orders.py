@@ -24,6 +24,7 @@ from shared.contracts import (
     Outcome,
     ReasonCode,
     RelayReading,
+    validate,
 )
 from shared.signing import CommandSigner
 
@@ -52,7 +53,7 @@ def result_for(
     order_id: str, meter: str, outcome: Outcome, conc: str = "conc-a", **kw: object
 ) -> OrderResult:
     now = WORKDAY + timedelta(minutes=1)
-    return OrderResult.model_validate(
+    return validate(OrderResult,
         {
             "order_id": order_id,
             "meter_id": meter,

@@ -22,6 +22,8 @@ from shared.contracts import (
     OrderResult,
     Outcome,
     ReasonCode,
+    replace,
+    validate,
 )
 from shared.signing import CommandSigner
 
@@ -63,7 +65,7 @@ def receipt_for(order_id: str, meter: str = "m0", conc: str = "conc-a", **kw: ob
         "queue_depth": 3,
     }
     fields.update(kw)
-    return OrderReceipt.model_validate(fields)
+    return validate(OrderReceipt, fields)
 
 
 def at(seconds: float) -> datetime:
@@ -98,7 +100,7 @@ def result_with_retries(order_id: str, meter: str = "m0", **kw: object) -> Order
         "finished_at": at(21),
     }
     fields.update(kw)
-    return OrderResult.model_validate(fields)
+    return validate(OrderResult, fields)
 
 
 def timeline(session: Session, order_id: str) -> list[OrderEvent]:
@@ -247,7 +249,7 @@ def test_failed_result_last_attempt_is_step_6_and_opens_work_order(
     order_id = dispatched(session, settings, publisher, signer)
     failed = result_with_retries(order_id, outcome=Outcome.FAILED, reason=ReasonCode.METER_NOT_RESPONDING)
     last = Attempt(number=3, started_at=at(20), finished_at=at(25), error=ReasonCode.METER_NOT_RESPONDING)
-    failed = failed.model_copy(update={"attempts": [*failed.attempts[:2], last]})
+    failed = replace(failed, attempts=[*failed.attempts[:2], last])
     # no receipt arrived (lost, or an older agent): the result still delivers first
     assert results.apply_result(session, failed, now=NOW) == "applied"
     session.commit()

@@ -421,3 +421,16 @@ def test_a_disconnect_command_built_on_a_non_working_day_is_already_due(settings
         SimpleNamespace(**{**vars(order), "special": True}), settings, "cmd-2", saturday
     )
     assert special.deadline == saturday + timedelta(hours=5)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"hdlc_address": 5}, {"line_id": None}, {"id": "MTR 1/#"}, {"keys_ref": "k" * 65},
+     {"logical_server": 0}],
+)
+def test_meter_the_agent_could_not_use_is_left_out_of_its_table(change: dict[str, object]) -> None:
+    fields: dict[str, object] = {"id": "MTR-1", "concentrator_id": "conc-a", "transport": "hdlc",
+                                 "line_id": "plc0", "hdlc_address": 17, "logical_server": 1,
+                                 "commissioned": True}
+    assert registry.meter_entry(Meter(**fields)) is not None
+    assert registry.meter_entry(Meter(**(fields | change))) is None

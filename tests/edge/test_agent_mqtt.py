@@ -23,6 +23,8 @@ from shared.contracts import (
     MeterTableSync,
     Outcome,
     ReasonCode,
+    decode,
+    replace,
 )
 from shared.signing import CommandSigner, generate_keypair, load_private_key
 
@@ -79,7 +81,7 @@ def test_order_result_and_status(env: tuple[EdgeConfig, CommandSigner, Coordinat
         assert (receipt.command_id, receipt.meter_id, receipt.concentrator_id) == (cmd.command_id, "m1", cid)
         assert receipt.queue_depth == 1 and r.received_at == receipt.received_at
         # same order again (new command id): a duplicate; the stored result goes out again
-        coord.publish(signer.sign(cmd.model_copy(update={"command_id": "again"})))
+        coord.publish(signer.sign(replace(cmd, command_id="again")))
         wait_for(lambda: len(coord.by_order()["o1"]) == 2, what="resent result")
         assert coord.raw.count(coord.raw[0]) == 2  # identical payload
         assert len(coord.receipts) == 1  # a duplicate order sends no second receipt
@@ -87,10 +89,10 @@ def test_order_result_and_status(env: tuple[EdgeConfig, CommandSigner, Coordinat
         wait_for(lambda: agent.store.outbox_depth() == 0, what="outbox emptied on PUBACK")
 
         def online() -> bool:
-            return any(ConcentratorStatus.model_validate_json(s).online for s in coord.status)
+            return any(decode(ConcentratorStatus, s).online for s in coord.status)
         wait_for(online, what="online status")
-    last = ConcentratorStatus.model_validate_json(wait_for(lambda: coord.status[-1:], what="s")[0])
-    wait_for(lambda: not ConcentratorStatus.model_validate_json(coord.status[-1]).online,
+    last = decode(ConcentratorStatus, wait_for(lambda: coord.status[-1:], what="s")[0])
+    wait_for(lambda: not decode(ConcentratorStatus, coord.status[-1]).online,
              what="offline status on stop")
     assert last.concentrator_id == cid
 
@@ -106,7 +108,7 @@ def test_refusals_reported_and_agent_keeps_going(env: tuple[EdgeConfig, CommandS
     meter = FakeMeter(ControlState.CONNECTED)
     with agent_with(config, {"m1": meter}):
         unsigned = order("o-unsigned", "m1", concentrator_id=cid)
-        coord.publish(_envelope(signer, unsigned.model_dump_json(), None))
+        coord.publish(_envelope(signer, unsigned.to_json().decode(), None))
 
         forger = CommandSigner(load_private_key(generate_keypair()[0]))
         forged = json.loads(forger.sign(order("o-forged", "m1", concentrator_id=cid)))
@@ -157,8 +159,8 @@ def test_cancel_and_meter_table(env: tuple[EdgeConfig, CommandSigner, Coordinato
     meter = FakeMeter()
     with agent_with(config, {"m1": meter}) as agent:
         now = datetime.now(UTC)
-        later = order("o-later", "m1", concentrator_id=cid).model_copy(
-            update={"not_before": now + timedelta(seconds=30)})
+        later = replace(order("o-later", "m1", concentrator_id=cid),
+                        not_before=now + timedelta(seconds=30))
         coord.publish(signer.sign(later))
         coord.publish(signer.sign(CancelCommand(command_id="c1", order_id="o-later", concentrator_id=cid,
                                                 issued_at=now, deadline=now + timedelta(minutes=1))))
@@ -185,7 +187,7 @@ def test_results_wait_for_broker(broker_factory: Callable[..., MosquittoBroker],
             wait_for(lambda: agent.link.connected, what="agent connected")
             start = datetime.now(UTC) + timedelta(seconds=1.5)
             for i in range(5):
-                cmd = order(f"o{i}", f"m{i}", concentrator_id=cid).model_copy(update={"not_before": start})
+                cmd = replace(order(f"o{i}", f"m{i}", concentrator_id=cid), not_before=start)
                 coord.publish(signer.sign(cmd))
             wait_for(lambda: agent.store.queue_depth() == 5, what="orders stored")
             wait_for(lambda: len(coord.receipts) == 5, what="receipts before the broker stops")

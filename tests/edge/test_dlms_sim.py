@@ -14,7 +14,7 @@ from edge_agent.lifecycle import State
 from edge_agent.store import Store
 from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
 from firmware_sim.runner import RunningFleet, running_fleet
-from shared.contracts import Action, MeterEntry, OrderResult, Outcome, ReasonCode
+from shared.contracts import Action, MeterEntry, OrderResult, Outcome, ReasonCode, decode
 
 from .fakes import order
 from .helpers import make_config, make_signer
@@ -70,7 +70,7 @@ def run(store: Store, ex: Executor, meter: str, action: Action, **kw: object) ->
         ex.run_attempt(claimed, store.meter(claimed.command.meter_id))
     assert store.order_state(cmd.order_id) not in (State.QUEUED, State.WAITING, State.RUNNING)
     row = store.db.execute("SELECT result FROM orders WHERE order_id=?", [cmd.order_id]).fetchone()
-    return OrderResult.model_validate_json(row[0])
+    return decode(OrderResult, row[0])
 
 
 @pytest.mark.parametrize("meter", ["T1", "H1"])

@@ -8,7 +8,7 @@ import pytest
 from edge_agent.executor import Executor, classify
 from edge_agent.lifecycle import State
 from edge_agent.store import Store
-from shared.contracts import Action, ControlState, OrderResult, Outcome, ReasonCode
+from shared.contracts import Action, ControlState, OrderResult, Outcome, ReasonCode, decode
 from shared.dlms.errors import TransportError
 
 from .fakes import FakeDriver, FakeMeter, order, tcp_entry
@@ -32,7 +32,7 @@ def run_to_end(store: Store, driver: FakeDriver, order_id: str, limit: int = 30)
         if claimed is not None:
             ex.run_attempt(claimed, store.meter(claimed.command.meter_id))
     rows = store.db.execute("SELECT result FROM orders WHERE order_id = ?", [order_id]).fetchall()
-    return OrderResult.model_validate_json(rows[0][0])
+    return decode(OrderResult, rows[0][0])
 
 
 def submit(store: Store, *args: object, **kw: object) -> str:

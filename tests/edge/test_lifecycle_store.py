@@ -14,6 +14,7 @@ from shared.contracts import (
     OrderReceipt,
     Outcome,
     parse_agent_message,
+    replace,
 )
 
 from .fakes import order, tcp_entry
@@ -40,7 +41,7 @@ def test_order_stored_once_and_seen(sqlite_path: Path) -> None:
         now = datetime.now(UTC)
         assert store.store_order(cmd, now) == "stored"
         assert store.seen(cmd.command_id)
-        again = cmd.model_copy(update={"command_id": "other"})
+        again = replace(cmd, command_id="other")
         assert store.store_order(again, now) == "duplicate"
         assert store.queue_depth() == 1
 
@@ -51,7 +52,7 @@ def test_stored_order_puts_one_receipt_in_the_outbox(sqlite_path: Path) -> None:
         first, second = order("o1", "m1"), order("o2", "m2")
         store.store_order(first, now)
         store.store_order(second, now)
-        store.store_order(first.model_copy(update={"command_id": "again"}), now)  # duplicate
+        store.store_order(replace(first, command_id="again"), now)  # duplicate
         receipts = [parse_agent_message(payload) for _, payload in store.outbox_pending()]
         assert all(isinstance(r, OrderReceipt) for r in receipts)
         assert [(r.order_id, r.command_id, r.queue_depth) for r in receipts if isinstance(r, OrderReceipt)] == [
@@ -59,7 +60,7 @@ def test_stored_order_puts_one_receipt_in_the_outbox(sqlite_path: Path) -> None:
         assert receipts[0].received_at == now and receipts[0].concentrator_id == first.concentrator_id
         oid = store.outbox_pending()[0][0]
         store.outbox_delete(oid)  # PUBACK: gone, and a later duplicate does not bring it back
-        store.store_order(first.model_copy(update={"command_id": "third"}), now)
+        store.store_order(replace(first, command_id="third"), now)
         assert store.outbox_depth() == 1
 
 

@@ -27,6 +27,8 @@ from shared.contracts import (
     Outcome,
     ReasonCode,
     RelayReading,
+    decode,
+    replace,
 )
 from shared.dlms.errors import MalformedResponse
 
@@ -43,7 +45,7 @@ def store(sqlite_path: Path) -> Iterator[Store]:
 
 def result_of(store: Store, order_id: str) -> OrderResult:
     rows = store.db.execute("SELECT result FROM orders WHERE order_id = ?", [order_id]).fetchall()
-    return OrderResult.model_validate_json(rows[0][0])
+    return decode(OrderResult, rows[0][0])
 
 
 def later() -> datetime:
@@ -110,8 +112,7 @@ class FlipFlopLink(FakeLink):
 
     def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
         relay, energy = super().read_back()
-        return relay.model_copy(update={"control_state": ControlState.CONNECTED,
-                                        "output_state": True}), energy
+        return replace(relay, control_state=ControlState.CONNECTED, output_state=True), energy
 
 
 class InconsistentLink(FakeLink):
@@ -119,7 +120,7 @@ class InconsistentLink(FakeLink):
 
     def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
         relay, energy = super().read_back()
-        return relay.model_copy(update={"output_state": True}), energy
+        return replace(relay, output_state=True), energy
 
 
 @dataclass

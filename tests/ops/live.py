@@ -103,7 +103,7 @@ def report_result(
     from datetime import UTC, datetime, timedelta
 
     from shared import topics
-    from shared.contracts import OrderReceipt, OrderResult
+    from shared.contracts import OrderReceipt, OrderResult, validate
 
     now = datetime.now(UTC)
     if receipt:
@@ -127,7 +127,7 @@ def report_result(
         }
         for n in range(1, attempts + 1)
     ]
-    result = OrderResult.model_validate(
+    result = validate(OrderResult,
         {
             "order_id": order_id,
             "meter_id": meter_id,

@@ -27,7 +27,7 @@ def order(**overrides: object) -> c.OrderCommand:
         "retry": c.RetryPolicy(max_attempts=4, backoff_initial_s=1, backoff_max_s=30),
     }
     fields.update(overrides)
-    return c.OrderCommand.model_validate(fields)
+    return c.validate(c.OrderCommand, fields)
 
 
 def result(**overrides: object) -> c.OrderResult:
@@ -48,7 +48,7 @@ def result(**overrides: object) -> c.OrderResult:
         "agent_version": "0.1.0",
     }
     fields.update(overrides)
-    return c.OrderResult.model_validate(fields)
+    return c.validate(c.OrderResult, fields)
 
 
 EXAMPLES: list[c.Contract] = [
@@ -182,7 +182,7 @@ def receipt(**overrides: object) -> c.OrderReceipt:
         "queue_depth": 2,
     }
     fields.update(overrides)
-    return c.OrderReceipt.model_validate(fields)
+    return c.validate(c.OrderReceipt, fields)
 
 
 def test_agent_messages_parse_by_kind() -> None:
@@ -203,14 +203,14 @@ def test_agent_message_without_known_kind_names_kind(kind: object) -> None:
     assert info.value.fields == ["kind"]
 
 
-def test_agent_message_names_the_bad_field() -> None:
-    payload = json.loads(receipt().to_json())
-    payload["queue_depth"] = -1
-    payload["extra"] = 1
+@pytest.mark.parametrize(("change", "field"), [({"queue_depth": -1}, "queue_depth"), ({"extra": 1}, "extra")])
+def test_agent_message_names_the_bad_field(change: dict[str, object], field: str) -> None:
+    # msgspec stops at the first fault, so one is named per refusal
+    payload = json.loads(receipt().to_json()) | change
     with pytest.raises(InvalidPayload) as info:
         c.parse_agent_message(json.dumps(payload).encode())
     assert info.value.kind == "OrderReceipt"
-    assert set(info.value.fields) == {"queue_depth", "extra"}
+    assert info.value.fields == [field]
 
 
 @pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b"\x00\xff"])
@@ -241,3 +241,75 @@ def test_oversized_order_in_a_command_body_is_refused_by_its_own_limit() -> None
     with pytest.raises(PayloadTooLarge) as caught:
         c.parse_command(padded)
     assert caught.value.limit == c.MAX_COMMAND_BYTES
+
+
+# What the pydantic contracts (before msgspec) put on the wire, byte for byte: an old
+# agent and a new coordinator (or the other way round) must understand each other.
+OLD_WIRE = {
+    "OrderCommand": (
+        b'{"schema_version":1,"kind":"order","command_id":"cmd-1","order_id":"ord-1","meter_id":"MTR'
+        b'-0001","concentrator_id":"conc-a","action":"disconnect","reason":"non_payment","priority":'
+        b'7,"issued_at":"2026-11-26T10:00:00Z","not_before":null,"deadline":"2026-11-26T14:00:00Z","'
+        b'retry":{"schema_version":1,"max_attempts":4,"backoff_initial_s":1.0,"backoff_max_s":30.0,"'
+        b'jitter":0.2}}'
+    ),
+    "OrderResult": (
+        b'{"schema_version":1,"kind":"result","order_id":"ord-1","meter_id":"MTR-0001","concentrator'
+        b'_id":"conc-a","outcome":"disconnected","reason":null,"detail":"","already_in_state":false,'
+        b'"relay":{"schema_version":1,"output_state":false,"control_state":0,"control_mode":1},"ener'
+        b'gy":{"schema_version":1,"obis":"1.0.1.8.0.255","value":12345.6,"unit":"Wh","meter_clock":"'
+        b'2026-11-26T10:00:00Z","read_at":"2026-11-26T10:00:00Z"},"attempts":[{"schema_version":1,"n'
+        b'umber":1,"started_at":"2026-11-26T10:00:00Z","finished_at":"2026-11-26T10:00:00Z","error":'
+        b'"meter_not_responding","detail":"timeout"},{"schema_version":1,"number":2,"started_at":"20'
+        b'26-11-26T10:00:00Z","finished_at":"2026-11-26T10:00:00Z","error":null,"detail":""}],"recei'
+        b'ved_at":"2026-11-26T10:00:00Z","started_at":"2026-11-26T10:00:00Z","finished_at":"2026-11-'
+        b'26T10:00:09Z","agent_version":"0.1.0"}'
+    ),
+    "ConcentratorStatus": (
+        b'{"schema_version":1,"kind":"status","concentrator_id":"conc-a","online":true,"at":"2026-11'
+        b'-26T10:00:00Z","modem":"ok","sim":"ok","signal_dbm":null,"queue_depth":3,"outbox_depth":0,'
+        b'"meter_count":120,"meter_table_generation":null,"agent_version":"0.1.0"}'
+    ),
+}
+
+
+@pytest.mark.parametrize(("index", "name"), [(0, "OrderCommand"), (4, "OrderResult"), (7, "ConcentratorStatus")])
+def test_wire_format_is_the_one_pydantic_sent(index: int, name: str) -> None:
+    message = EXAMPLES[index]
+    assert type(message).__name__ == name
+    assert c.decode(type(message), OLD_WIRE[name]) == message
+    assert message.to_json() == OLD_WIRE[name].replace(b'"backoff_initial_s":1.0', b'"backoff_initial_s":1').replace(
+        b'"backoff_max_s":30.0', b'"backoff_max_s":30'
+    )
+    assert c.to_builtins(message) == json.loads(OLD_WIRE[name])
+
+
+def test_construction_checks_only_cross_field_rules_validate_checks_all() -> None:
+    fields = json.loads(receipt().to_json()) | {"queue_depth": -1, "order_id": "a/#"}
+    with pytest.raises(InvalidPayload) as info:
+        c.validate(c.OrderReceipt, fields)
+    assert info.value.fields == ["order_id"]
+    with pytest.raises(ValueError, match="deadline must be after issued_at"):
+        c.replace(order(), deadline=NOW)
+
+
+@pytest.mark.parametrize(
+    ("message", "path"),
+    [
+        ("Expected `int` >= 1 - at `$.attempts[1].number`", "attempts.1.number"),
+        ("Object contains unknown field `extra` - at `$.retry`", "retry.extra"),
+        ("Object missing required field `unit` - at `$.energy`", "energy.unit"),
+        ("Object contains unknown field `extra`", "extra"),
+        ("a failed result needs a reason", "(message)"),
+    ],
+)
+def test_error_path_from_msgspec_message(message: str, path: str) -> None:
+    assert c.error_path(message)[0] == path
+
+
+def test_bad_attempt_in_a_result_is_named_by_its_index() -> None:
+    payload = json.loads(result().to_json())
+    payload["attempts"][1]["detail"] = "x" * 501
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(json.dumps(payload).encode())
+    assert info.value.fields == ["attempts.1.detail"]

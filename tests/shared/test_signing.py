@@ -48,7 +48,7 @@ def make_order(**overrides: object) -> c.OrderCommand:
         "deadline": NOW + timedelta(hours=1),
     }
     fields.update(overrides)
-    return c.OrderCommand.model_validate(fields)
+    return c.validate(c.OrderCommand, fields)
 
 
 @pytest.fixture
@@ -179,3 +179,19 @@ def test_deeply_nested_envelope_is_invalid_payload_not_recursion_error() -> None
     # ContractError (refused and reported), never a RecursionError out of the verifier.
     with pytest.raises(InvalidPayload, match="nested too deeply"):
         open_envelope(b"[" * 100_000)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"priority": 12}, "priority"), ({"meter_id": "MTR 1/#"}, "meter_id"),
+     ({"retry": c.RetryPolicy(backoff_initial_s=7200)}, "retry.backoff_initial_s")],
+)
+def test_command_that_breaks_its_contract_is_never_signed(
+    signer: CommandSigner, change: dict[str, object], field: str
+) -> None:
+    # construction does not check types and ranges (msgspec checks on decoding): the
+    # coordinator builds commands from its rows, so the signer checks what it signs
+    bad = c.replace(make_order(), **change)
+    with pytest.raises(InvalidPayload) as caught:
+        signer.sign(bad)
+    assert caught.value.fields == [field]
