@@ -66,7 +66,7 @@ IMPORT_STEPS: tuple[tuple[str, str], ...] = (
     ("ssl (paho imports it; system libssl/libcrypto)", "import ssl"),
     ("msgspec (+ typing_extensions, inspect, decimal, uuid)", "import msgspec"),
     ("shared.contracts (the message Structs)", "import shared.contracts"),
-    ("edge_agent.config (config models)", "import edge_agent.config"),
+    ("edge_agent.config (the configuration Structs)", "import edge_agent.config"),
     ("cryptography Ed25519 + serialization (own OpenSSL in _rust.abi3.so)",
      "import shared.signing"),
     ("paho-mqtt (+ urllib.request, http.client, socks)", "import paho.mqtt.client"),

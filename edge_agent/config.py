@@ -7,6 +7,10 @@ overrides a scalar of the sections ``agent``, ``broker``, ``coordinator`` and
 ``RCD_EDGE_AGENT_CONCENTRATOR_ID=conc-7``. A missing or wrong setting raises
 :class:`edge_agent.errors.ConfigError` whose message starts with the setting's
 name, and the agent does not start. See ``deploy/edge/agent.example.toml``.
+
+The settings are msgspec Structs, converted one table at a time (so that a
+problem in ``lines.plc1`` is named with its table), not pydantic models: the
+agent's process never imports pydantic (docs/edge_agent.md, "Memory").
 """
 
 from __future__ import annotations
@@ -15,52 +19,46 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import msgspec
+from msgspec import Meta, field
 
 from edge_agent.errors import ConfigError
+from shared.contracts import error_path
 
 ENV_PREFIX = "RCD_EDGE_"
 ENV_SECTIONS = ("agent", "broker", "coordinator", "executor")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
 
 
-class AgentSettings(_Section):
-    concentrator_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+class AgentSettings(_Section, frozen=True, kw_only=True):
+    concentrator_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     data_dir: Path
-    status_interval_s: float = Field(default=60.0, gt=0, le=3600)
+    status_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
     log_format: Literal["kv", "json"] = "kv"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     modem_status_file: Path | None = None  # written by the router's modem daemon, if any
 
 
-class BrokerSettings(_Section):
-    url: str
+class BrokerSettings(_Section, frozen=True, kw_only=True):
+    url: str  # mqtt://host:1883 or mqtts://host:8883, checked by parse_config
     username: str | None = None  # default: the concentrator id (the ACL needs it)
     password: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    reconnect_min_s: float = Field(default=1.0, gt=0, le=600)
-    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
-    session_expiry_s: int = Field(default=14 * 86400, ge=0)
+    keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
+    reconnect_min_s: Annotated[float, Meta(gt=0, le=600)] = 1.0
+    reconnect_max_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    session_expiry_s: Annotated[int, Meta(ge=0)] = 14 * 86400
     # "5" in the field; "3.1.1" only for the demo's embedded broker (no MQTT 5 there)
     protocol: Literal["5", "3.1.1"] = "5"
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
-        return value
 
     @property
     def host(self) -> str:
@@ -76,41 +74,41 @@ class BrokerSettings(_Section):
         return urlparse(self.url).scheme == "mqtts"
 
 
-class CoordinatorSettings(_Section):
+class CoordinatorSettings(_Section, frozen=True, kw_only=True):
     public_key_file: Path
-    clock_skew_s: float = Field(default=300.0, ge=0, le=3600)
+    clock_skew_s: Annotated[float, Meta(ge=0, le=3600)] = 300.0
 
 
-class ExecutorSettings(_Section):
-    tcp_concurrency: int = Field(default=4, ge=1, le=64)
-    dlms_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    client_address: int = Field(default=1, ge=1, le=0x7F)
-    counter_block: int = Field(default=1000, ge=10, le=1_000_000)
-    idle_poll_s: float = Field(default=1.0, gt=0, le=60)
+class ExecutorSettings(_Section, frozen=True, kw_only=True):
+    tcp_concurrency: Annotated[int, Meta(ge=1, le=64)] = 4
+    dlms_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 5.0
+    client_address: Annotated[int, Meta(ge=1, le=0x7F)] = 1
+    counter_block: Annotated[int, Meta(ge=10, le=1_000_000)] = 1000
+    idle_poll_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
 
 
-class LineSettings(_Section):
+class LineSettings(_Section, frozen=True, kw_only=True):
     port: str
-    baudrate: int = Field(default=9600, ge=300, le=921600)
+    baudrate: Annotated[int, Meta(ge=300, le=921600)] = 9600
     bytesize: Literal[7, 8] = 8
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
-    concurrency: int = Field(default=1, ge=1, le=8)  # one on a PLC line
+    concurrency: Annotated[int, Meta(ge=1, le=8)] = 1  # one on a PLC line
 
 
-class KeySettings(_Section):
-    block_key: str = Field(pattern=r"^[0-9a-fA-F]{32}$")
-    auth_key: str = Field(pattern=r"^[0-9a-fA-F]{32}$")
-    system_title: str = Field(default="RCDAGENT", min_length=8, max_length=8)
+class KeySettings(_Section, frozen=True, kw_only=True):
+    block_key: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{32}$")]
+    auth_key: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{32}$")]
+    system_title: Annotated[str, Meta(min_length=8, max_length=8)] = "RCDAGENT"
 
 
-class EdgeConfig(_Section):
+class EdgeConfig(_Section, frozen=True, kw_only=True):
     agent: AgentSettings
     broker: BrokerSettings
     coordinator: CoordinatorSettings
-    executor: ExecutorSettings = ExecutorSettings()
-    lines: dict[str, LineSettings] = Field(default_factory=dict)
-    keys: dict[str, KeySettings] = Field(default_factory=dict)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    lines: dict[str, LineSettings] = field(default_factory=dict)
+    keys: dict[str, KeySettings] = field(default_factory=dict)
 
     @property
     def database_path(self) -> Path:
@@ -152,28 +150,84 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, st
     return applied
 
 
-def _first_problem(exc: ValidationError, from_env: Mapping[str, str]) -> ConfigError:
-    error = exc.errors()[0]
-    setting = ".".join(str(p) for p in error["loc"]) or "(file)"
-    message = error["msg"]
+# The sections of the file: one table each, or a table of named tables.
+_SECTIONS: dict[str, type[_Section]] = {
+    "agent": AgentSettings,
+    "broker": BrokerSettings,
+    "coordinator": CoordinatorSettings,
+    "executor": ExecutorSettings,
+}
+_NAMED: dict[str, type[_Section]] = {"lines": LineSettings, "keys": KeySettings}
+_OPTIONAL = frozenset({"executor", "lines", "keys"})
+
+
+def _path(kind: type, value: Any) -> Any:
+    """msgspec's hook for ``Path`` settings: written as text."""
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise TypeError(f"Expected a path (text), got `{type(value).__name__}`")
+
+
+def _problem(setting: str, message: str, from_env: Mapping[str, str]) -> ConfigError:
     if setting in from_env:
         message += f" (set by environment variable {from_env[setting]})"
-    if error["type"] == "missing":
-        message = "missing (required)"
-    count = len(exc.errors())
-    if count > 1:
-        others = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors()[1:])
-        message += f" (also wrong: {others})"
     return ConfigError(setting, message)
+
+
+def _choices(kind: type[_Section], name: str) -> tuple[Any, ...]:
+    """The values a ``Literal`` setting of ``kind`` allows."""
+    for item in msgspec.structs.fields(kind):
+        if item.name == name:
+            return get_args(item.type)
+    return ()
+
+
+def _section(kind: type[_Section], value: Any, name: str, from_env: Mapping[str, str]) -> Any:
+    """One table converted to ``kind``; text from the environment becomes numbers."""
+    if not isinstance(value, dict):
+        raise ConfigError(name, "must be a table")
+    try:
+        return msgspec.convert(value, kind, strict=False, dec_hook=_path)
+    except msgspec.ValidationError as exc:
+        path, message = error_path(str(exc))  # path within the table
+        if message.startswith("Object missing required field"):
+            message = "missing (required)"
+        elif message.startswith("Object contains unknown field"):
+            message = "unknown setting"
+        elif message.startswith("Invalid enum value"):
+            message += f"; use one of {', '.join(map(repr, _choices(kind, path)))}"
+        setting = name if path == "(message)" else f"{name}.{path}"
+        raise _problem(setting, message, from_env) from exc
+
+
+def _build(data: Mapping[str, Any], from_env: Mapping[str, str]) -> EdgeConfig:
+    for name in data:
+        if name not in _SECTIONS and name not in _NAMED:
+            raise ConfigError(name, f"unknown section; use {', '.join([*_SECTIONS, *_NAMED])}")
+    sections: dict[str, Any] = {}
+    for name, kind in _SECTIONS.items():
+        if name in data:
+            sections[name] = _section(kind, data[name], name, from_env)
+        elif name not in _OPTIONAL:
+            raise ConfigError(name, "missing (required)")
+    for name, kind in _NAMED.items():
+        tables = data.get(name, {})
+        if not isinstance(tables, dict):
+            raise ConfigError(name, "must be a table of named tables")
+        sections[name] = {
+            str(key): _section(kind, value, f"{name}.{key}", from_env) for key, value in tables.items()
+        }
+    config = EdgeConfig(**sections)
+    parsed = urlparse(config.broker.url)
+    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+        raise _problem("broker.url", "must look like mqtt://host:1883 or mqtts://host:8883", from_env)
+    return config
 
 
 def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> EdgeConfig:
     merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     from_env = _apply_env(merged, os.environ if environ is None else environ)
-    try:
-        config = EdgeConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise _first_problem(exc, from_env) from exc
+    config = _build(merged, from_env)
     _check_files(config)
     return config
 
