@@ -37,7 +37,8 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class AgentSettings(_Section, frozen=True, kw_only=True):
-    concentrator_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+    # "\Z", not "$": Python's "$" also matches before a final newline
+    concentrator_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")]
     data_dir: Path
     status_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
     log_format: Literal["kv", "json"] = "kv"
@@ -97,8 +98,8 @@ class LineSettings(_Section, frozen=True, kw_only=True):
 
 
 class KeySettings(_Section, frozen=True, kw_only=True):
-    block_key: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{32}$")]
-    auth_key: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{32}$")]
+    block_key: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{32}\Z")]
+    auth_key: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{32}\Z")]
     system_title: Annotated[str, Meta(min_length=8, max_length=8)] = "RCDAGENT"
 
 

@@ -42,8 +42,10 @@ MAX_STATUS_BYTES: Final = 8 * 1024
 MAX_METER_TABLE_BYTES: Final = 4 * 1024 * 1024
 
 # Identifiers end up in MQTT topics and file names: no '/', '+', '#' or spaces.
+# msgspec matches with Python's re, whose "$" also matches before a final newline:
+# patterns end with "\Z" (the end of the text, as "$" meant to pydantic).
 Identifier = Annotated[
-    str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
 ]
 # Timestamps must carry their offset; a naive one is refused.
 AwareDatetime = Annotated[datetime, Meta(tz=True)]

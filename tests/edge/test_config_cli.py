@@ -43,6 +43,8 @@ def test_example_config_parses(tmp_path: Path) -> None:
         (lambda d: d["lines"]["plc1"].update(parity="X"), "lines.plc1.parity"),
         (lambda d: d["coordinator"].update(public_key_file="/nope"), "coordinator.public_key_file"),
         (lambda d: d["agent"].update(colour="red"), "agent.colour"),
+        (lambda d: d["agent"].update(concentrator_id="conc-a\n"), "agent.concentrator_id"),
+        (lambda d: d["keys"]["default"].update(auth_key="0" * 32 + "\n"), "keys.default.auth_key"),
     ],
 )
 def test_wrong_setting_is_named(conf: dict, mutate, setting: str) -> None:  # type: ignore[no-untyped-def]

@@ -141,6 +141,14 @@ def test_identifier_that_would_break_a_topic_is_refused() -> None:
         c.decode(c.OrderCommand, json.dumps(payload))
 
 
+@pytest.mark.parametrize("value", ["conc-a\n", "conc a", "-conc", "", "c" * 65])
+def test_identifier_outside_the_pattern_is_refused(value: str) -> None:
+    payload = json.loads(order().to_json()) | {"concentrator_id": value}
+    with pytest.raises(InvalidPayload) as caught:
+        c.decode(c.OrderCommand, json.dumps(payload))
+    assert caught.value.fields == ["concentrator_id"]
+
+
 def test_failure_without_reason_is_refused() -> None:
     payload = json.loads(result().to_json()) | {"outcome": "failed", "reason": None}
     with pytest.raises(InvalidPayload, match="needs a reason"):
