@@ -207,7 +207,7 @@ class EdgeAgent:
                 action=command.action.value, priority=command.priority,
                 deadline=command.deadline.isoformat(), stored=outcome)
             self.executor.wake()
-            if outcome in ("stored", "resent"):
+            if outcome in ("stored", "resent", "cancelled"):
                 self.link.wake()  # publish the receipt (or the result sent again) now
         elif isinstance(command, CancelCommand) and leaf == "cmd":
             result = self.store.cancel(command, received)
@@ -215,6 +215,8 @@ class EdgeAgent:
                 done = "cancelled"
             elif self.store.cancel_requested(command.order_id) is not None:
                 done = "requested: attempt in flight; stops before switching or retrying"
+            elif self.store.early_cancel(command.order_id) is not None:
+                done = "remembered: the order has not arrived; it ends cancelled if it does"
             else:
                 done = "not cancelled: unknown or ended"
             log("order.cancel", order=command.order_id, done=done)

@@ -9,6 +9,8 @@ Tables:
 ``outbox``      receipts and results waiting for the broker's PUBACK
 ``seen``        command ids already received (replay defence) until their deadline
 ``cancel_requests`` cancels that arrived while their order was running
+``early_cancels`` cancels that arrived before their order (kept until the cancel's
+                deadline): the order, if it comes, ends cancelled without running
 ``meta``        small facts: meter table generation, link state
 
 Every write runs in one ``BEGIN IMMEDIATE`` transaction under a lock, with
@@ -98,6 +100,12 @@ CREATE TABLE IF NOT EXISTS cancel_requests (
     command_id TEXT NOT NULL,
     requested_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS early_cancels (
+    order_id TEXT PRIMARY KEY,
+    command_id TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    until REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT
@@ -139,7 +147,7 @@ class OrderRow:
     attempts: list[Attempt]
 
 
-StoreOutcome = Literal["stored", "duplicate", "resent"]
+StoreOutcome = Literal["stored", "duplicate", "resent", "cancelled"]
 
 
 class Store:
@@ -242,7 +250,9 @@ class Store:
         )
 
     def forget_seen_before(self, moment: datetime) -> int:
+        """Forget command ids, and cancels whose order never came, past their deadline."""
         with self.transaction() as conn:
+            self._exec(conn, "DELETE FROM early_cancels WHERE until < ?", (moment.timestamp(),))
             return self._exec(conn, "DELETE FROM seen WHERE until < ?", (moment.timestamp(),))
 
     # -- meter table ----------------------------------------------------------
@@ -388,7 +398,9 @@ class Store:
         coordinator learns the order reached the concentrator (step 5) once it is on
         disk. A second order with a known order id is a duplicate (QoS 1 or a
         coordinator retry) and gets no second receipt; if that order already ended,
-        its stored result is queued again.
+        its stored result is queued again. An order whose cancel arrived first (e.g. the
+        coordinator published the order again after the cancel) is stored already
+        ended ``cancelled``: receipt and result go out, the meter is never touched.
         """
         with self.transaction() as conn:
             self._remember(conn, cmd.command_id, cmd.deadline)
@@ -428,7 +440,31 @@ class Store:
                 queue_depth=self._queue_depth(conn),
             )
             self._outbox_add(conn, cmd.order_id, receipt.to_json())
-        return "stored"
+            early = conn.execute(
+                "SELECT command_id FROM early_cancels WHERE order_id = ?", (cmd.order_id,)
+            ).fetchone()
+            if early is None:
+                return "stored"
+            result = OrderResult(
+                order_id=cmd.order_id,
+                meter_id=cmd.meter_id,
+                concentrator_id=cmd.concentrator_id,
+                outcome=Outcome.CANCELLED,
+                reason=ReasonCode.CANCELLED,
+                detail=f"cancelled by command {early[0]}, which arrived before the order",
+                received_at=received_at,
+                finished_at=received_at,
+            )
+            state = next_state(cmd.order_id, State.QUEUED, Event.CANCEL)
+            payload = result.to_json()
+            self._exec(
+                conn,
+                "UPDATE orders SET state = ?, result = ? WHERE order_id = ?",
+                (state.value, payload.decode(), cmd.order_id),
+            )
+            self._exec(conn, "DELETE FROM early_cancels WHERE order_id = ?", (cmd.order_id,))
+            self._outbox_add(conn, cmd.order_id, payload)
+        return "cancelled"
 
     def _order(self, r: dict[str, Any]) -> OrderRow:
         return OrderRow(
@@ -517,7 +553,9 @@ class Store:
         """Cancel a queued or waiting order; None if it is unknown, running or ended.
 
         A waiting order (an attempt failed, the next one is scheduled) is between two
-        exchanges: cancelling it stops the retries before the next attempt.
+        exchanges: cancelling it stops the retries before the next attempt. A cancel
+        for an order not received yet is remembered until the cancel's deadline
+        (:meth:`early_cancel`), so that order ends cancelled if it arrives later.
         """
         with self.transaction() as conn:
             self._remember(conn, cmd.command_id, cmd.deadline)
@@ -536,7 +574,15 @@ class Store:
                     (cmd.order_id, cmd.command_id, now.isoformat()),
                 )
                 return None
-            if row is None or State(row[0]) not in (State.QUEUED, State.WAITING):
+            if row is None:
+                self._exec(
+                    conn,
+                    "INSERT OR IGNORE INTO early_cancels(order_id, command_id, requested_at, "
+                    "until) VALUES (?, ?, ?, ?)",
+                    (cmd.order_id, cmd.command_id, now.isoformat(), cmd.deadline.timestamp()),
+                )
+                return None
+            if State(row[0]) not in (State.QUEUED, State.WAITING):
                 return None
             order = decode(OrderCommand, row[1])
             result = OrderResult(
@@ -560,6 +606,13 @@ class Store:
             )
             self._outbox_add(conn, cmd.order_id, payload)
         return result
+
+    def early_cancel(self, order_id: str) -> str | None:
+        """The command id of a cancel that arrived before this order, if one waits."""
+        rows = self._query(
+            "SELECT command_id FROM early_cancels WHERE order_id = ?", (order_id,)
+        )
+        return str(rows[0]["command_id"]) if rows else None
 
     def cancel_requested(self, order_id: str) -> str | None:
         """The command id of a cancel that arrived while this order was running, if any."""

@@ -176,6 +176,26 @@ def test_cancel_and_meter_table(env: tuple[EdgeConfig, CommandSigner, Coordinato
         assert agent.status(True).meter_table_generation == 7
 
 
+def test_cancel_that_overtakes_its_order(env: tuple[EdgeConfig, CommandSigner, Coordinator]) -> None:
+    """The cancel arrives first (a republished order, another coordinator replica): the
+    order that follows is never executed and is reported cancelled."""
+    config, signer, coord = env
+    cid = config.agent.concentrator_id
+    meter = FakeMeter(ControlState.CONNECTED)
+    with agent_with(config, {"m1": meter}) as agent:
+        now = datetime.now(UTC)
+        coord.publish(signer.sign(CancelCommand(command_id="c-early", order_id="o-late",
+                                                concentrator_id=cid, issued_at=now,
+                                                deadline=now + timedelta(minutes=5))))
+        wait_for(lambda: agent.store.early_cancel("o-late") == "c-early", what="cancel kept")
+        coord.publish(signer.sign(order("o-late", "m1", concentrator_id=cid)))
+        r = coord.result("o-late")
+        assert (r.outcome, r.reason) == (Outcome.CANCELLED, ReasonCode.CANCELLED)
+        assert "c-early" in r.detail
+        assert "o-late" in coord.receipts_by_order()
+        assert meter.sessions == 0 and meter.switches == 0
+
+
 def test_results_wait_for_broker(broker_factory: Callable[..., MosquittoBroker], tmp_path: Path) -> None:
     cid = new_cid()
     broker = broker_factory(users=(cid,))

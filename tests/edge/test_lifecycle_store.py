@@ -132,3 +132,40 @@ def test_meter_table_generation_and_counter_kept(sqlite_path: Path) -> None:
         assert store.meter("m1") is None and store.meter_count() == 1
         assert store.apply_meter_table(sync(4, ["m1"]))
         assert store.reserve_counter("m1", 10) == 50
+
+
+def _cancel(order_id: str, now: datetime, minutes: float = 5) -> CancelCommand:
+    return CancelCommand(command_id=f"cancel-{order_id}", order_id=order_id,
+                         concentrator_id="conc-a", issued_at=now,
+                         deadline=now + timedelta(minutes=minutes))
+
+
+def test_cancel_before_its_order_ends_the_order_when_it_arrives(sqlite_path: Path) -> None:
+    """E.g. the coordinator published the order again (no PUBACK seen) after the cancel:
+    the order is stored already cancelled, with its receipt and result; nothing runs."""
+    now = datetime.now(UTC)
+    with Store(sqlite_path) as store:
+        assert store.cancel(_cancel("o1", now), now) is None
+        assert store.early_cancel("o1") == "cancel-o1"
+        assert store.store_order(order("o1", "m1"), now) == "cancelled"
+        assert store.order_state("o1") is State.CANCELLED
+        assert store.claim_next(now + timedelta(seconds=1)) is None  # nothing to execute
+        messages = [parse_agent_message(p) for _, p in store.outbox_pending()]
+        assert [m.kind for m in messages] == ["receipt", "result"]
+        result = messages[1]
+        assert result.outcome is Outcome.CANCELLED and "cancel-o1" in result.detail  # type: ignore[union-attr]
+        assert store.early_cancel("o1") is None
+        # a copy of the order is a duplicate of an ended one: its result goes out again
+        assert store.store_order(replace(order("o1", "m1"), command_id="again"), now) == "resent"
+    with Store(sqlite_path) as store:  # and all of it survived a restart
+        assert store.order_state("o1") is State.CANCELLED
+
+
+def test_early_cancel_is_forgotten_after_its_deadline(sqlite_path: Path) -> None:
+    now = datetime.now(UTC)
+    with Store(sqlite_path) as store:
+        store.cancel(_cancel("o1", now, minutes=1), now)
+        store.cancel(_cancel("o2", now, minutes=60), now)
+        store.forget_seen_before(now + timedelta(minutes=2))
+        assert store.early_cancel("o1") is None and store.early_cancel("o2") == "cancel-o2"
+        assert store.store_order(order("o1", "m1"), now) == "stored"
