@@ -49,6 +49,10 @@ class Event(StrEnum):
     EXPIRE = "expire"
     CANCEL = "cancel"
     REPORT = "report"
+    # The meter moved to another concentrator while its order was in flight on the old
+    # one, and the old agent answered that the meter is not in its table: nothing was
+    # switched, so the order goes back to be dispatched to the meter's new concentrator.
+    REROUTE = "reroute"
 
 
 S = OrderState
@@ -91,6 +95,8 @@ TRANSITIONS: Final[dict[tuple[OrderState, Event], OrderState]] = {
     (S.DISPATCHED, E.DELIVER): S.DELIVERED,
     **{(S.DISPATCHED, event): target for event, target in _OUTCOMES_FROM_FLIGHT.items()},
     **{(S.DELIVERED, event): target for event, target in _OUTCOMES_FROM_FLIGHT.items()},
+    (S.DISPATCHED, E.REROUTE): S.VALIDATED,
+    (S.DELIVERED, E.REROUTE): S.VALIDATED,
     **{(final, E.REPORT): S.REPORTED for final in FINAL_STATES},
 }
 
@@ -107,6 +113,7 @@ STEP_OF: Final[dict[Event, int]] = {
     E.EXPIRE: 8,
     E.CANCEL: 2,
     E.REPORT: 9,
+    E.REROUTE: 4,
 }
 
 

@@ -18,9 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from central.errors import BadRequest, NotFound
-from central.models import Concentrator, Meter
-from central.services.lifecycle import utcnow
+from central.models import Concentrator, Meter, Order
+from central.services.lifecycle import note, utcnow
 from central.services.orders import stop_protected_disconnects
+from central.state import ACTIVE_STATES, IN_FLIGHT_STATES, OrderState
 from shared.contracts import MeterEntry, MeterTableSync, validate
 from shared.errors import InvalidPayload
 
@@ -75,6 +76,49 @@ def _bump(session: Session, concentrator_id: str | None) -> None:
     row = session.get(Concentrator, concentrator_id)
     if row is not None:
         row.table_generation += 1
+
+
+def follow_meter_move(
+    session: Session, meter_id: str, old: str | None, new: str | None
+) -> int:
+    """The meter now hangs from ``new``: its orders not yet dispatched go there; one in
+    flight on ``old`` stays there (the old agent may already be switching) and is sent
+    to ``new`` only if ``old`` answers that the meter is not in its table (see
+    ``central.services.results``). Every order touched gets a timeline line.
+    Returns how many orders were re-routed. Does not commit."""
+    now = utcnow()
+    actor = "central"
+    moved = 0
+    for order in session.scalars(
+        select(Order).where(
+            Order.meter_id == meter_id,
+            Order.state.in_([s.value for s in ACTIVE_STATES]),
+        )
+    ):
+        if OrderState(order.state) in IN_FLIGHT_STATES:
+            note(
+                session,
+                order,
+                "meter_moved",
+                actor,
+                f"meter moved from concentrator {old} to {new} while this order is on "
+                f"{order.concentrator_id}: that agent's result decides; if it no longer "
+                f"has the meter, the order is sent to {new}",
+                step=3,
+                at=now,
+            )
+            continue
+        order.concentrator_id = new
+        detail = (
+            f"meter moved from concentrator {old} to {new}: the order will go to {new}"
+            if new is not None
+            else f"meter unlinked from concentrator {old}: the order waits until it is "
+            "linked again, or expires into a field work order"
+        )
+        note(session, order, "rerouted", actor, detail, step=3, at=now)
+        order.updated_at = now
+        moved += 1
+    return moved
 
 
 def ensure_concentrator(
@@ -144,6 +188,7 @@ def upsert_meter(
         report.updated += 1
         if old != row.concentrator_id:
             _bump(session, old)
+            follow_meter_move(session, row.id, old, row.concentrator_id)
     _bump(session, row.concentrator_id)
     if row.protected_customer:
         session.flush()
@@ -161,6 +206,7 @@ def change_meter(session: Session, meter_id: str, change: MeterChange) -> Meter:
         setattr(row, name, value)
     if old != row.concentrator_id:
         _bump(session, old)
+        follow_meter_move(session, row.id, old, row.concentrator_id)
     _bump(session, row.concentrator_id)
     session.flush()
     if row.protected_customer:

@@ -16,6 +16,12 @@ it lists, then the final transition. The rule for the step of an attempt event:
 A result for an order that already ended (e.g. expired) is kept once as a late
 result (its attempts are recorded too) and still reconciles the meter's relay
 state, because it is the field's truth.
+
+A meter moved to another concentrator while its order was in flight: when the old
+agent answers ``not_in_concentrator_table`` (it got the new meter table first, so it
+never touched the meter), the order goes back to ``validated`` on the new concentrator
+and is dispatched there, instead of ending in a field work order. One the operator
+asked to cancel ends cancelled instead.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from sqlalchemy.orm import Session
 from central import metrics
 from central.models import Concentrator, Meter, Order
 from central.services.lifecycle import advance, note, utcnow
-from central.state import ENDED_STATES, Event, OrderState
+from central.state import ENDED_STATES, IN_FLIGHT_STATES, Event, OrderState
 from shared.contracts import (
     AgentMessage,
     Attempt,
@@ -37,6 +43,7 @@ from shared.contracts import (
     OrderReceipt,
     OrderResult,
     Outcome,
+    ReasonCode,
     to_builtins,
 )
 
@@ -96,6 +103,8 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
     if order.result_json is not None:
         return _count("duplicate")
     actor = f"agent:{result.concentrator_id}"
+    if _meter_moved_away(session, order, result):
+        return _reroute(session, order, result, actor, now)
     order.result_json = to_builtins(result)
     order.attempts = len(result.attempts)
     order.already_in_state = result.already_in_state
@@ -134,6 +143,50 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
     advance(session, order, _EVENT_OF[result.outcome], actor, summary, at=now)
     order.finished_at = result.finished_at
     return _count("applied")
+
+
+def _meter_moved_away(session: Session, order: Order, result: OrderResult) -> bool:
+    """The old agent no longer has the meter, and the registry has it elsewhere now."""
+    if result.reason is not ReasonCode.NOT_IN_CONCENTRATOR_TABLE:
+        return False
+    if OrderState(order.state) not in IN_FLIGHT_STATES:
+        return False
+    meter = session.get(Meter, order.meter_id)
+    return (
+        meter is not None
+        and meter.concentrator_id is not None
+        and meter.concentrator_id != order.concentrator_id
+    )
+
+
+def _reroute(
+    session: Session, order: Order, result: OrderResult, actor: str, now: datetime
+) -> str:
+    meter = session.get(Meter, order.meter_id)
+    assert meter is not None and meter.concentrator_id is not None
+    old, new = order.concentrator_id, meter.concentrator_id
+    _record_attempts(session, order, result.attempts, actor)
+    if order.cancel_requested:
+        order.result_reason = ReasonCode.CANCELLED.value
+        order.result_detail = f"cancel requested; {old} never had the meter (moved to {new})"
+        advance(session, order, Event.CANCEL, actor, order.result_detail, at=now)
+        order.finished_at = result.finished_at
+        return _count("applied")
+    advance(
+        session,
+        order,
+        Event.REROUTE,
+        actor,
+        f"meter moved from concentrator {old} to {new}; {old} answered "
+        f"{result.reason.value if result.reason else ''} without switching: "
+        f"to be dispatched to {new}",
+        at=now,
+    )
+    order.concentrator_id = new
+    order.command_id = None
+    order.dispatched_at = None
+    order.published_at = None
+    return _count("rerouted")
 
 
 def apply_receipt(session: Session, receipt: OrderReceipt, *, now: datetime | None = None) -> str:
