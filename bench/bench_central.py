@@ -2,12 +2,14 @@
 stored in SQLite, signed, published with QoS 1 and acknowledged by mosquitto)
 next to the raw paho -> mosquitto QoS 1 publish rate measured in the same run.
 
-    .venv/bin/python bench/bench_central.py [--orders 20000] [--batch 1000]
+    .venv/bin/python bench/bench_central.py [--orders 20000] [--batch 1000] [--rounds 3]
 
 Goal (issue 5): >= 2,000 orders/s and a ratio >= 0.3 on a 2-core machine.
 Both runs use the shipped mosquitto configuration; the orders go to 100
 concentrators with no agent connected (the broker acknowledges and drops them),
-so the figure is the coordinator's own cost.
+so the figure is the coordinator's own cost. The raw rate is measured before and
+after every coordinator round; the figures compared are the median coordinator
+round and the mean raw rate.
 """
 
 from __future__ import annotations
@@ -198,37 +200,59 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=2, help="concurrent REST clients")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="coordinator runs, each on a fresh database"
+    )
     args = parser.parse_args()
     users = [f"bc{n}" for n in range(CONCENTRATORS)]
+    # Both rates fall with whatever else the machine is doing: say how busy it was.
+    load_before = os.getloadavg()[0]
+    rates: list[float] = []
+    raws: list[float] = []
     with (
         tempfile.TemporaryDirectory(prefix="rcd-bench-") as tmp,
         MosquittoBroker(users=users) as broker,
     ):
-        work = Path(tmp)
         # a payload of the size of a real signed order command
         sample = b"x" * 720
-        raw = raw_publish_rate(broker, args.orders, sample)
-        rate, per_batch, dispatched, cpu_share = central_rate(
-            broker, args.orders, args.batch, args.clients, work
-        )
-        raw_after = raw_publish_rate(broker, args.orders, sample)
-    raw_mean = (raw + raw_after) / 2
+        raws.append(raw_publish_rate(broker, args.orders, sample))
+        for round_number in range(args.rounds):
+            work = Path(tmp) / f"round{round_number}"
+            work.mkdir()
+            rate, per_batch, dispatched, cpu_share = central_rate(
+                broker, args.orders, args.batch, args.clients, work
+            )
+            raws.append(raw_publish_rate(broker, args.orders, sample))
+            rates.append(rate)
+            print(
+                f"round {round_number + 1}: {rate:,.0f} orders/s, acknowledged by the broker "
+                f"{dispatched} of {args.orders}, coordinator CPU {cpu_share:.0%} of one core, "
+                f"batch latency median {statistics.median(per_batch) * 1000:.0f} ms, "
+                f"max {max(per_batch) * 1000:.0f} ms"
+            )
+            if dispatched != args.orders:
+                print("  NOT every order was acknowledged by the broker")
+                return 1
+    rate = statistics.median(rates)
+    raw_mean = statistics.mean(raws)
     ratio = rate / raw_mean
     print(
         f"orders: {args.orders} in batches of {args.batch} from {args.clients} concurrent "
-        f"clients, {CONCENTRATORS} concentrators, SQLite"
+        f"clients, {CONCENTRATORS} concentrators, SQLite, {args.rounds} round(s); "
+        f"load average {load_before:.2f} at start, {os.getloadavg()[0]:.2f} at the end "
+        f"({os.cpu_count()} cores)"
     )
-    print(f"raw paho->mosquitto QoS1 publish+PUBACK: {raw:,.0f}/s before, {raw_after:,.0f}/s after")
     print(
-        f"coordinator REST batch -> validated, stored, signed, published, PUBACK: {rate:,.0f} orders/s"
+        "raw paho->mosquitto QoS1 publish+PUBACK: "
+        + ", ".join(f"{r:,.0f}" for r in raws)
+        + f"/s (mean {raw_mean:,.0f})"
     )
-    print(f"  acknowledged by the broker: {dispatched} of {args.orders}")
-    print(f"  coordinator process CPU: {cpu_share:.0%} of one core (of {os.cpu_count()} cores)")
     print(
-        f"  batch latency: median {statistics.median(per_batch) * 1000:.0f} ms, max {max(per_batch) * 1000:.0f} ms"
+        "coordinator REST batch -> validated, stored, signed, published, PUBACK: "
+        f"median {rate:,.0f} orders/s (min {min(rates):,.0f}, max {max(rates):,.0f})"
     )
     print(f"ratio coordinator/raw: {ratio:.2f}")
-    goal = rate >= 2000 and ratio >= 0.3 and dispatched == args.orders
+    goal = rate >= 2000 and ratio >= 0.3
     print(f"goal (>= 2,000 orders/s, ratio >= 0.3): {'met' if goal else 'NOT met'}")
     return 0 if goal else 1
 
