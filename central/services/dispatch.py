@@ -38,7 +38,16 @@ from central.services.orders import new_id, stop_protected_disconnects
 from central.settings import Settings
 from central.state import IN_FLIGHT_STATES, STEP_OF, Event, OrderState, transition
 from shared import topics
-from shared.contracts import Action, CancelCommand, OrderCommand, OrderReason, RetryPolicy
+from shared.contracts import (
+    Action,
+    CancelCommand,
+    ModemState,
+    OrderCommand,
+    OrderReason,
+    ReasonCode,
+    RetryPolicy,
+    SimState,
+)
 from shared.signing import CommandSigner
 
 log = logging.getLogger(__name__)
@@ -494,16 +503,51 @@ def sweep_expired(session: Session, *, now: datetime | None = None, grace_s: flo
     # newer state (compare-and-set, also on the flushes inside ``advance``): Conflict,
     # the next pass looks again
     with stale_to_conflict(session, "expiry sweep"):
-        for order in [*waiting, *flying]:
+        for order in waiting:
             order.result_reason = "expired"
-            order.result_detail = (
-                "deadline passed before dispatch"
-                if order.state == OrderState.VALIDATED.value
-                else "deadline passed without a result from the agent"
-            )
+            order.result_detail = "deadline passed before dispatch"
+            advance(session, order, Event.EXPIRE, SYSTEM, order.result_detail, at=now)
+        for order in flying:
+            order.result_reason, order.result_detail = _silent_agent_reason(session, order)
             advance(session, order, Event.EXPIRE, SYSTEM, order.result_detail, at=now)
         session.commit()
     return len(waiting) + len(flying)
+
+
+def _silent_agent_reason(session: Session, order: Order) -> tuple[str, str]:
+    """Reason and detail for an in-flight order that expired without a result.
+
+    The technician should know whether to visit the meter or the concentrator: when
+    the concentrator's last status (periodic, or its last will) reported its SIM or
+    its cellular modem failed, the work order names that fault instead of a bare
+    ``expired``; an offline concentrator is named in the detail.
+    """
+    where = (
+        "the agent stored it but no result came back"
+        if order.state == OrderState.DELIVERED.value
+        else "the order never reached the agent"
+    )
+    detail = f"deadline passed without a result from the agent ({where})"
+    conc = session.get(Concentrator, order.concentrator_id) if order.concentrator_id else None
+    if conc is None:
+        return "expired", detail
+    seen = f" (status of {conc.status_at.isoformat()})" if conc.status_at else ""
+    if conc.sim in _SIM_FAULTS:
+        return (
+            ReasonCode.CONCENTRATOR_SIM_FAULT.value,
+            f"{detail}; concentrator {conc.id} reported its SIM {conc.sim}{seen}",
+        )
+    if conc.modem == ModemState.DOWN.value:
+        return (
+            ReasonCode.CONCENTRATOR_MODEM_FAULT.value,
+            f"{detail}; concentrator {conc.id} reported its modem down{seen}",
+        )
+    if not conc.online:
+        return "expired", f"{detail}; concentrator {conc.id} is offline{seen}"
+    return "expired", detail
+
+
+_SIM_FAULTS = frozenset({SimState.ABSENT.value, SimState.ERROR.value})
 
 
 __all__ = [

@@ -1,0 +1,81 @@
+"""An order that expired in flight tells the technician where to go (SQLite and
+PostgreSQL): the concentrator's SIM or modem when its last status said so, otherwise
+the meter (reason ``expired``), with the concentrator named when it is offline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.orm import Session
+
+from central.services import dispatch, orders, results, workorders
+from central.settings import Settings
+from shared.contracts import ConcentratorStatus, ModemState, SimState
+from shared.signing import CommandSigner
+
+from .conftest import WORKDAY, RecordingPublisher
+from .test_orders import create_one, req
+
+Meters = Callable[..., list[str]]
+
+
+@pytest.mark.parametrize(
+    ("online", "modem", "sim", "reason", "named"),
+    [
+        (True, ModemState.OK, SimState.OK, "expired", None),
+        (False, ModemState.OK, SimState.OK, "expired", "conc-a is offline"),
+        (True, ModemState.DOWN, SimState.OK, "concentrator_modem_fault", "modem down"),
+        (False, ModemState.DEGRADED, SimState.ABSENT, "concentrator_sim_fault", "SIM absent"),
+        (True, ModemState.OK, SimState.ERROR, "concentrator_sim_fault", "SIM error"),
+    ],
+)
+def test_in_flight_expiry_names_the_concentrator_fault(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+    online: bool,
+    modem: ModemState,
+    sim: SimState,
+    reason: str,
+    named: str | None,
+) -> None:
+    meters(1)
+    order_id = create_one(session, settings, req("m0", "connect", "payment_restored")).order_id
+    assert order_id is not None
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    status = ConcentratorStatus(
+        concentrator_id="conc-a", online=online, at=WORKDAY, modem=modem, sim=sim
+    )
+    assert results.apply_status(session, status)
+    session.commit()
+
+    assert dispatch.sweep_expired(session, now=WORKDAY + timedelta(days=3)) == 1
+    order = orders.get_order(session, order_id)
+    assert order.state == "expired" and order.result_reason == reason
+    [work] = workorders.list_work_orders(session, meter_id="m0")
+    assert work.reason == reason and work.concentrator_id == "conc-a"
+    assert "never reached the agent" in work.detail
+    if named is not None:
+        assert named in work.detail
+    else:
+        assert "conc-a" not in work.detail
+
+
+def test_expiry_before_dispatch_is_not_blamed_on_the_concentrator(
+    session: Session, settings: Settings, meters: Meters
+) -> None:
+    meters(1)
+    order_id = create_one(session, settings, req("m0", "connect", "payment_restored")).order_id
+    assert order_id is not None
+    status = ConcentratorStatus(
+        concentrator_id="conc-a", online=False, at=WORKDAY, sim=SimState.ABSENT
+    )
+    results.apply_status(session, status)
+    session.commit()
+    dispatch.sweep_expired(session, now=WORKDAY + timedelta(days=3))
+    [work] = workorders.list_work_orders(session, meter_id="m0")
+    assert work.reason == "expired" and work.detail == "deadline passed before dispatch"
