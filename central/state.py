@@ -117,15 +117,21 @@ STEP_OF: Final[dict[Event, int]] = {
 }
 
 
+# By value; StrEnum members hash and compare as their values, so members find themselves.
+# (A dict lookup instead of ``OrderState(value)``: this runs for every order.)
+_STATE_OF: Final[dict[str, OrderState]] = {state.value: state for state in OrderState}
+_EVENT_OF: Final[dict[str, Event]] = {event.value: event for event in Event}
+
+
 def transition(state: OrderState | str, event: Event | str) -> OrderState:
     """The state after ``event`` in ``state``; refuses anything not in the table."""
-    try:
-        key = (OrderState(state), Event(event))
-    except ValueError as exc:
-        raise InvalidTransition(str(event), str(state)) from exc
-    target = TRANSITIONS.get(key)
+    known_state = _STATE_OF.get(state)
+    known_event = _EVENT_OF.get(event)
+    if known_state is None or known_event is None:
+        raise InvalidTransition(str(event), str(state))
+    target = TRANSITIONS.get((known_state, known_event))
     if target is None:
-        raise InvalidTransition(key[1].value, key[0].value)
+        raise InvalidTransition(known_event.value, known_state.value)
     return target
 
 
