@@ -34,9 +34,13 @@ class TokenEntry(BaseModel):
 
 
 class RetrySettings(BaseModel):
+    """The agent's retry policy per order type; the bounds are the contract's
+    (``shared.contracts.RetryPolicy``), so a setting the agent would refuse stops start-up
+    instead of failing every dispatch."""
+
     max_attempts: int = Field(default=3, ge=1, le=20)
-    backoff_initial_s: float = Field(default=2.0, ge=0)
-    backoff_max_s: float = Field(default=60.0, ge=0)
+    backoff_initial_s: float = Field(default=2.0, ge=0, le=3600)
+    backoff_max_s: float = Field(default=60.0, ge=0, le=86400)
 
 
 class DateWindow(BaseModel):

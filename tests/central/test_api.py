@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from central.app import create_app
 from central.settings import Settings
@@ -233,3 +234,15 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, sqlite_url: 
     assert (
         settings.max_inflight_per_concentrator == 7 and settings.api_tokens["t1"].role == "viewer"
     )
+
+
+def test_retry_setting_the_agent_would_refuse_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    """A backoff above the contract's bound would make every signed command invalid:
+    the coordinator refuses to start, naming the setting, rather than failing dispatch."""
+    monkeypatch.setenv("RCD_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("RCD_RETRY", '{"disconnect": {"backoff_initial_s": 7200}}')
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert "backoff_initial_s" in str(info.value)
