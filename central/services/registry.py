@@ -11,7 +11,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
@@ -29,19 +29,32 @@ _TRUE = {"1", "true", "yes", "y", "si", "sí", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 
 
+# The bounds of ``shared.contracts.MeterEntry`` and of MQTT topic segments, checked when a
+# meter is written, so that a bad value is refused by name at import or PATCH instead of
+# leaving the meter silently out of its concentrator's table (or out of any topic).
+# (pydantic matches with Rust's regex, where "$" is the end of the text.)
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+RegistryId = Annotated[str, Field(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+HdlcAddress = Annotated[int, Field(ge=16, le=0x3FFD)]
+Host = Annotated[str, Field(min_length=1, max_length=253)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+LogicalServer = Annotated[int, Field(ge=1, le=0x3FFF)]
+KeysRef = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class MeterFields(BaseModel):
     """Writable meter fields (CSV row, REST body)."""
 
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-    concentrator_id: str | None = Field(default=None, max_length=64)
+    id: RegistryId
+    concentrator_id: RegistryId | None = None
     topology: Literal["concentrated", "point_to_point"] = "concentrated"
     transport: Literal["hdlc", "tcp"] = "hdlc"
-    line_id: str | None = None
-    hdlc_address: int | None = None
-    host: str | None = None
-    port: int | None = None
-    logical_server: int = 1
-    keys_ref: str | None = None
+    line_id: RegistryId | None = None
+    hdlc_address: HdlcAddress | None = None
+    host: Host | None = None
+    port: Port | None = None
+    logical_server: LogicalServer = 1
+    keys_ref: KeysRef | None = None
     commissioned: bool = True
     protected_customer: bool = False
 
@@ -49,15 +62,15 @@ class MeterFields(BaseModel):
 class MeterChange(BaseModel):
     """A partial change (REST PATCH): only the fields given are written."""
 
-    concentrator_id: str | None = None
+    concentrator_id: RegistryId | None = None
     topology: Literal["concentrated", "point_to_point"] | None = None
     transport: Literal["hdlc", "tcp"] | None = None
-    line_id: str | None = None
-    hdlc_address: int | None = None
-    host: str | None = None
-    port: int | None = None
-    logical_server: int | None = None
-    keys_ref: str | None = None
+    line_id: RegistryId | None = None
+    hdlc_address: HdlcAddress | None = None
+    host: Host | None = None
+    port: Port | None = None
+    logical_server: LogicalServer | None = None
+    keys_ref: KeysRef | None = None
     commissioned: bool | None = None
     protected_customer: bool | None = None
 

@@ -246,3 +246,33 @@ def test_retry_setting_the_agent_would_refuse_stops_start_up(
     with pytest.raises(ValidationError) as info:
         Settings()
     assert "backoff_initial_s" in str(info.value)
+
+
+def test_meter_values_the_agent_could_not_use_are_refused_by_name(client: TestClient) -> None:
+    """A concentrator id that is not a topic segment, or an address out of DLMS range,
+    is refused when written, not left silently out of the concentrator's meter table."""
+    csv = (
+        "meter_id,concentrator_id,line_id,hdlc_address,port\n"
+        "ok1,conc-a,l1,17,\n"
+        "bad1,conc/a,l1,18,\n"
+        "bad2,conc-a,l1,5,\n"
+        "bad3,conc-a,l 1,19,\n"
+        "bad4,conc-a,l1,20,70000\n"
+    )
+    answer = client.post(
+        "/api/v1/meters/import", content=csv, headers={**auth("admin"), "Content-Type": "text/csv"}
+    )
+    report = answer.json()
+    assert report["created"] == 1, report
+    errors = report["errors"]
+    assert [e.split(":")[0] for e in errors] == ["line 3", "line 4", "line 5", "line 6"]
+    for error, field in zip(
+        errors, ["concentrator_id", "hdlc_address", "line_id", "port"], strict=True
+    ):
+        assert field in error, error
+    patched = client.patch(
+        "/api/v1/meters/ok1", json={"concentrator_id": "conc+#"}, headers=auth("admin")
+    )
+    assert patched.status_code == 422 and "concentrator_id" in patched.text
+    shown = client.get("/api/v1/meters/ok1", headers=auth("viewer")).json()
+    assert shown["concentrator_id"] == "conc-a"
