@@ -445,26 +445,51 @@ class Store:
             ).fetchone()
             if early is None:
                 return "stored"
-            result = OrderResult(
-                order_id=cmd.order_id,
-                meter_id=cmd.meter_id,
-                concentrator_id=cmd.concentrator_id,
-                outcome=Outcome.CANCELLED,
-                reason=ReasonCode.CANCELLED,
-                detail=f"cancelled by command {early[0]}, which arrived before the order",
+            self._end_cancelled(
+                conn,
+                cmd,
+                State.QUEUED,
+                f"cancelled by command {early[0]}, which arrived before the order",
                 received_at=received_at,
                 finished_at=received_at,
             )
-            state = next_state(cmd.order_id, State.QUEUED, Event.CANCEL)
-            payload = result.to_json()
-            self._exec(
-                conn,
-                "UPDATE orders SET state = ?, result = ? WHERE order_id = ?",
-                (state.value, payload.decode(), cmd.order_id),
-            )
             self._exec(conn, "DELETE FROM early_cancels WHERE order_id = ?", (cmd.order_id,))
-            self._outbox_add(conn, cmd.order_id, payload)
         return "cancelled"
+
+    def _end_cancelled(
+        self,
+        conn: sqlite3.Connection,
+        order: OrderCommand,
+        state: str,
+        detail: str,
+        *,
+        received_at: datetime,
+        finished_at: datetime,
+        started_at: datetime | None = None,
+        attempts: list[Attempt] | None = None,
+    ) -> OrderResult:
+        """End ``order`` (in ``state``) cancelled: its result stored and in the outbox."""
+        result = OrderResult(
+            order_id=order.order_id,
+            meter_id=order.meter_id,
+            concentrator_id=order.concentrator_id,
+            outcome=Outcome.CANCELLED,
+            reason=ReasonCode.CANCELLED,
+            detail=detail,
+            attempts=attempts or [],
+            received_at=received_at,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+        ended = next_state(order.order_id, state, Event.CANCEL)
+        payload = result.to_json()
+        self._exec(
+            conn,
+            "UPDATE orders SET state = ?, result = ? WHERE order_id = ?",
+            (ended.value, payload.decode(), order.order_id),
+        )
+        self._outbox_add(conn, order.order_id, payload)
+        return result
 
     def _order(self, r: dict[str, Any]) -> OrderRow:
         return OrderRow(
@@ -584,28 +609,16 @@ class Store:
                 return None
             if State(row[0]) not in (State.QUEUED, State.WAITING):
                 return None
-            order = decode(OrderCommand, row[1])
-            result = OrderResult(
-                order_id=order.order_id,
-                meter_id=order.meter_id,
-                concentrator_id=order.concentrator_id,
-                outcome=Outcome.CANCELLED,
-                reason=ReasonCode.CANCELLED,
-                detail=f"cancelled by command {cmd.command_id}",
+            return self._end_cancelled(
+                conn,
+                decode(OrderCommand, row[1]),
+                row[0],
+                f"cancelled by command {cmd.command_id}",
                 attempts=[validate(Attempt, a) for a in json.loads(row[4])][-50:],
                 received_at=datetime.fromisoformat(row[2]),
                 started_at=datetime.fromisoformat(row[3]) if row[3] else None,
                 finished_at=now,
             )
-            state = next_state(cmd.order_id, row[0], Event.CANCEL)
-            payload = result.to_json()
-            self._exec(
-                conn,
-                "UPDATE orders SET state = ?, result = ? WHERE order_id = ?",
-                (state.value, payload.decode(), cmd.order_id),
-            )
-            self._outbox_add(conn, cmd.order_id, payload)
-        return result
 
     def early_cancel(self, order_id: str) -> str | None:
         """The command id of a cancel that arrived before this order, if one waits."""
