@@ -38,6 +38,22 @@ def _dispatch(
     return [m.topic for m in publisher.sent[before:]]
 
 
+def _in_flight_then_moved(
+    session: Session,
+    settings: Settings,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+    action: str = "disconnect",
+) -> str:
+    """An order for m0 dispatched to conc-a; then m0 is moved to conc-b. Its id."""
+    reason = "non_payment" if action == "disconnect" else "payment_restored"
+    order_id = create_one(session, settings, req("m0", action, reason)).order_id
+    assert order_id is not None
+    assert _dispatch(session, publisher, signer, settings) == [topics.commands("conc-a")]
+    _move(session, "m0", "conc-b")
+    return order_id
+
+
 def _not_in_table(order_id: str, meter: str, conc: str) -> object:
     return result_for(
         order_id,
@@ -90,10 +106,7 @@ def test_in_flight_order_is_sent_to_the_new_concentrator_when_the_old_one_lost_t
     signer: CommandSigner,
 ) -> None:
     meters(1)
-    order_id = create_one(session, settings, req("m0", "connect", "payment_restored")).order_id
-    assert order_id is not None
-    assert _dispatch(session, publisher, signer, settings) == [topics.commands("conc-a")]
-    _move(session, "m0", "conc-b")
+    order_id = _in_flight_then_moved(session, settings, publisher, signer, "connect")
     # still on conc-a: its agent may be switching right now
     order = orders.get_order(session, order_id)
     assert order.state == "dispatched" and order.concentrator_id == "conc-a"
@@ -130,9 +143,7 @@ def test_in_flight_order_that_the_old_agent_switched_ends_there(
 ) -> None:
     """The old agent got the order before the new meter table: its success stands."""
     meters(1)
-    order_id = create_one(session, settings, req("m0")).order_id or ""
-    _dispatch(session, publisher, signer, settings)
-    _move(session, "m0", "conc-b")
+    order_id = _in_flight_then_moved(session, settings, publisher, signer)
     done = result_for(order_id, "m0", Outcome.DISCONNECTED, "conc-a")
     assert results.apply_result(session, done) == "applied"
     session.commit()
@@ -148,9 +159,7 @@ def test_cancel_requested_order_is_not_rerouted(
     signer: CommandSigner,
 ) -> None:
     meters(1)
-    order_id = create_one(session, settings, req("m0")).order_id or ""
-    _dispatch(session, publisher, signer, settings)
-    _move(session, "m0", "conc-b")
+    order_id = _in_flight_then_moved(session, settings, publisher, signer)
     order = orders.get_order(session, order_id)
     order.cancel_requested = True
     session.commit()
