@@ -22,6 +22,7 @@ the result topic: :func:`parse_agent_message` tells them apart by ``kind``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime
 from enum import IntEnum, StrEnum
@@ -246,6 +247,12 @@ class EnergyReading(Contract, frozen=True, kw_only=True):
     meter_clock: AwareDatetime | None = None
     read_at: AwareDatetime
 
+    def __post_init__(self) -> None:
+        # JSON has no NaN or infinity (msgspec writes them as null): a reading the
+        # receiver could not decode would cost the whole result it travels in.
+        if not math.isfinite(self.value):
+            raise ValueError(f"value must be a finite number, got {self.value!r}")
+
 
 class OrderResult(Contract, frozen=True, kw_only=True):
     """Agent → coordinator: how an order ended (steps 6 and 7)."""
@@ -442,6 +449,8 @@ def load_object(data: bytes, what: str) -> dict[str, Any]:
         raise InvalidPayload(what, [("(message)", f"not JSON: {exc}")]) from exc
     except RecursionError as exc:
         raise InvalidPayload(what, [("(message)", "nested too deeply")]) from exc
+    except ValueError as exc:  # an integer over Python's digit limit (4,300)
+        raise InvalidPayload(what, [("(message)", f"not usable JSON: {exc}")]) from exc
     if not isinstance(obj, dict):
         raise InvalidPayload(what, [("(message)", "not a JSON object")])
     return obj

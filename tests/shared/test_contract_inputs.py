@@ -1,0 +1,82 @@
+"""Inputs from outside that the contracts must refuse cleanly, naming the field.
+
+Found in the review of the move from pydantic to msgspec: a non-finite energy value
+(which JSON cannot carry: msgspec writes ``null``, so the coordinator would refuse the
+whole result) and a number too long for Python's int conversion (a bare ValueError
+instead of InvalidPayload).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from shared import contracts as c
+from shared.errors import InvalidPayload
+from shared.signing import open_envelope
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+
+def _result_bytes(energy_value: bytes) -> bytes:
+    result = c.OrderResult(
+        order_id="ord-1", meter_id="MTR-0001", concentrator_id="conc-a",
+        outcome=c.Outcome.DISCONNECTED,
+        energy=c.EnergyReading(value=1.0, unit="Wh", read_at=NOW), finished_at=NOW,
+    )
+    return result.to_json().replace(b'"value":1.0', b'"value":' + energy_value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_energy_reading_that_json_cannot_carry_is_refused(value: float) -> None:
+    # The agent validates the meter's answer through the contract; a NaN passed and
+    # went on the wire as null, which the coordinator refuses: the result was lost.
+    with pytest.raises(InvalidPayload) as info:
+        c.validate(c.EnergyReading, {"value": value, "unit": "Wh", "read_at": NOW})
+    assert "value must be a finite number" in str(info.value)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_result_with_a_non_finite_energy_is_refused_naming_energy(literal: bytes) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(_result_bytes(literal))
+    assert info.value.fields == ["energy"]
+    assert "value must be a finite number" in str(info.value)
+
+
+def test_finite_energy_still_round_trips() -> None:
+    assert c.parse_agent_message(_result_bytes(b"-0.0")).energy is not None
+    assert c.parse_agent_message(_result_bytes(b"1e308")).energy is not None
+
+
+def _receipt_with_queue_depth(digits: bytes) -> bytes:
+    receipt = c.OrderReceipt(order_id="ord-1", command_id="cmd-1", meter_id="MTR-0001",
+                             concentrator_id="conc-a", received_at=NOW, queue_depth=1)
+    return receipt.to_json().replace(b'"queue_depth":1', b'"queue_depth":' + digits)
+
+
+def test_number_too_long_to_convert_is_invalid_payload_not_a_crash() -> None:
+    # Python refuses int strings over 4,300 digits with a bare ValueError; the
+    # coordinator's handler only acknowledges SharedError as "drop it", so the
+    # message was never acknowledged (and came back on every reconnect).
+    payload = _receipt_with_queue_depth(b"1" * 5000)
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(payload)
+    assert info.value.fields == ["(message)"]
+    with pytest.raises(InvalidPayload):
+        c.parse_command(payload.replace(b'"receipt"', b'"order"'))
+
+
+def test_envelope_with_a_number_too_long_is_invalid_payload() -> None:
+    envelope = b'{"schema_version":1,"key_id":"k","body":"{}","signature":' + b"9" * 5000 + b"}"
+    with pytest.raises(InvalidPayload):
+        open_envelope(envelope)
+
+
+def test_long_but_convertible_numbers_are_still_judged_by_their_field() -> None:
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(_receipt_with_queue_depth(b"-" + b"1" * 1500))
+    assert info.value.fields == ["queue_depth"]
+    assert json.loads(_receipt_with_queue_depth(b"7"))["queue_depth"] == 7
