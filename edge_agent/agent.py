@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import ConfigError
@@ -158,18 +159,22 @@ class EdgeAgent:
 
     # -- status ---------------------------------------------------------------
     def _modem(self) -> dict[str, Any]:
+        """The modem daemon's file, value by value: one it gets wrong is left out (unknown),
+        never the whole status, whose queue and table figures are the agent's own."""
         path = self.config.agent.modem_status_file
         if path is None:
             return {}
         try:
             data = json.loads(path.read_text())
-            return {
-                "modem": ModemState(data.get("modem", "unknown")),
-                "sim": SimState(data.get("sim", "unknown")),
-                "signal_dbm": data.get("signal_dbm"),
-            }
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
             return {"modem": ModemState.UNKNOWN, "sim": SimState.UNKNOWN}
+        return {
+            "modem": _choice(ModemState, data.get("modem"), ModemState.UNKNOWN),
+            "sim": _choice(SimState, data.get("sim"), SimState.UNKNOWN),
+            "signal_dbm": _signal_dbm(data.get("signal_dbm")),
+        }
 
     def status(self, online: bool) -> ConcentratorStatus:
         generation = self.store.get_meta("meter_generation")
@@ -250,6 +255,24 @@ class EdgeAgent:
             return  # the ids themselves are not valid: nothing we can address a report to
         self.store.outbox_add(order_id, result.to_json())
         self.link.wake()
+
+
+E = TypeVar("E", ModemState, SimState)
+
+
+def _choice(kind: type[E], value: object, default: E) -> E:
+    try:
+        return kind(value) if isinstance(value, str) else default
+    except ValueError:
+        return default
+
+
+def _signal_dbm(value: object) -> int | None:
+    """Whole dBm within the contract's range; a float is rounded (pydantic took -71.0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    dbm = round(value)
+    return dbm if -150 <= dbm <= 0 else None
 
 
 def _peek_body(payload: bytes) -> dict[str, Any]:

@@ -4,13 +4,26 @@ contract, and a bad value costs only itself."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import parse_config
 from edge_agent.dlms_driver import DlmsLink
-from shared.contracts import OrderResult, Outcome, decode
+from shared.contracts import (
+    ConcentratorStatus,
+    ModemState,
+    OrderResult,
+    Outcome,
+    SimState,
+    decode,
+)
 from shared.dlms.client import ReadBack
 from shared.dlms.errors import MalformedResponse
+
+from .fakes import FakeDriver, tcp_entry
+from .helpers import config_dict, make_signer
 
 
 class _ReadBackSession:
@@ -39,3 +52,48 @@ def test_meter_energy_that_is_finite_reaches_the_coordinator() -> None:
                          outcome=Outcome.DISCONNECTED, relay=relay, energy=energy,
                          finished_at=datetime.now(UTC))
     assert decode(OrderResult, result.to_json()).energy == energy
+
+
+# -- the modem daemon's status file ------------------------------------------------------
+def _agent_with_modem_file(tmp_path: Path, content: str) -> EdgeAgent:
+    _, pub = make_signer(tmp_path)
+    data = config_dict(tmp_path, pub, "conc-a")
+    modem_file = tmp_path / "modem.json"
+    modem_file.write_text(content)
+    data["agent"]["modem_status_file"] = str(modem_file)
+    agent = EdgeAgent(parse_config(data, environ={}), driver=FakeDriver())
+    agent.store.import_meters([tcp_entry("m1", 5001), tcp_entry("m2", 5002)])
+    agent.store.set_meta("meter_generation", "4")
+    return agent
+
+
+@pytest.mark.parametrize(
+    ("content", "modem", "sim", "signal"),
+    [
+        ('{"modem": "down", "sim": "ok", "signal_dbm": -71}', ModemState.DOWN, SimState.OK, -71),
+        # pydantic took -71.0 as -71; msgspec refused it, and with it the whole status
+        ('{"modem": "degraded", "sim": "error", "signal_dbm": -71.0}', ModemState.DEGRADED, SimState.ERROR, -71),
+        ('{"modem": "down", "sim": "absent", "signal_dbm": 5}', ModemState.DOWN, SimState.ABSENT, None),
+        ('{"modem": "down", "sim": "ok", "signal_dbm": true}', ModemState.DOWN, SimState.OK, None),
+        ('{"modem": "down", "sim": "ok", "signal_dbm": "strong"}', ModemState.DOWN, SimState.OK, None),
+        ('{"modem": "down", "sim": "ok", "signal_dbm": NaN}', ModemState.DOWN, SimState.OK, None),
+        ('{"modem": "DOWN", "sim": "ok"}', ModemState.UNKNOWN, SimState.OK, None),
+        ('{"modem": "down", "sim": 3}', ModemState.DOWN, SimState.UNKNOWN, None),
+        ('["down"]', ModemState.UNKNOWN, SimState.UNKNOWN, None),
+        ("not json", ModemState.UNKNOWN, SimState.UNKNOWN, None),
+    ],
+)
+def test_a_bad_value_in_the_modem_file_costs_only_that_value(
+    tmp_path: Path, content: str, modem: ModemState, sim: SimState, signal: int | None
+) -> None:
+    # The file is written by another program; the agent's own figures (queue, meters,
+    # table generation) must not be reset to zero because one of its values is odd.
+    agent = _agent_with_modem_file(tmp_path, content)
+    try:
+        status = agent.status(online=True)
+    finally:
+        agent.stop()
+    assert (status.modem, status.sim, status.signal_dbm) == (modem, sim, signal)
+    assert status.meter_count == 2
+    assert status.meter_table_generation == 4
+    decode(ConcentratorStatus, status.to_json())  # and the coordinator takes it
