@@ -178,7 +178,11 @@ def open_envelope(data: bytes) -> Envelope:
         raw_signature = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadSignature("signature is not base64") from exc
-    return Envelope(key_id=key_id, body=body.encode(), signature=raw_signature)
+    try:
+        raw_body = body.encode()  # the bytes the signature covers
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800"): valid JSON, not text
+        raise InvalidPayload("signed command", [("body", "not UTF-8 text")]) from exc
+    return Envelope(key_id=key_id, body=raw_body, signature=raw_signature)
 
 
 class CommandVerifier:

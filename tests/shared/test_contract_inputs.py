@@ -80,3 +80,12 @@ def test_long_but_convertible_numbers_are_still_judged_by_their_field() -> None:
         c.parse_agent_message(_receipt_with_queue_depth(b"-" + b"1" * 1500))
     assert info.value.fields == ["queue_depth"]
     assert json.loads(_receipt_with_queue_depth(b"7"))["queue_depth"] == 7
+
+
+def test_envelope_body_that_is_not_utf8_text_is_refused_naming_body() -> None:
+    # "\ud800" is valid JSON but no UTF-8 text: the body's bytes, which the signature
+    # covers, cannot exist. It escaped as a bare UnicodeEncodeError.
+    envelope = b'{"schema_version":1,"key_id":"k","body":"{\\"kind\\":\\"\\ud800\\"}","signature":"AAAA"}'
+    with pytest.raises(InvalidPayload) as info:
+        open_envelope(envelope)
+    assert info.value.fields == ["body"]
