@@ -50,6 +50,11 @@ Identifier = Annotated[
 ]
 # Timestamps must carry their offset; a naive one is refused.
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
+# Counts, depths and generations end up in the coordinator's INTEGER columns, whose
+# range ends at 2**31 - 1 on PostgreSQL: a larger number is refused here, by name,
+# rather than as a database error in the consumer (which leaves the message unacked).
+MAX_COUNT: Final = 2**31 - 1
+Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
 
 
 class Contract(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -217,7 +222,7 @@ class MeterTableSync(Contract, frozen=True, kw_only=True):
     kind: Literal["meter_table"] = "meter_table"
     command_id: Identifier
     concentrator_id: Identifier
-    generation: Annotated[int, Meta(ge=0)]  # increases with every change; older ones are ignored
+    generation: Count  # increases with every change; older ones are ignored
     issued_at: AwareDatetime
     deadline: AwareDatetime
     meters: Annotated[list[MeterEntry], Meta(max_length=5000)]
@@ -227,7 +232,7 @@ Command = OrderCommand | CancelCommand | MeterTableSync
 
 
 class Attempt(Contract, frozen=True, kw_only=True):
-    number: Annotated[int, Meta(ge=1)]
+    number: Annotated[int, Meta(ge=1, le=MAX_COUNT)]
     started_at: AwareDatetime
     finished_at: AwareDatetime
     error: ReasonCode | None = None  # None: this attempt succeeded
@@ -291,7 +296,7 @@ class OrderReceipt(Contract, frozen=True, kw_only=True):
     meter_id: Identifier
     concentrator_id: Identifier
     received_at: AwareDatetime  # when the agent stored the order
-    queue_depth: Annotated[int, Meta(ge=0)]  # active orders on the agent, this one included
+    queue_depth: Count  # active orders on the agent, this one included
 
 
 AgentMessage = OrderResult | OrderReceipt
@@ -321,10 +326,10 @@ class ConcentratorStatus(Contract, frozen=True, kw_only=True):
     modem: ModemState = ModemState.UNKNOWN
     sim: SimState = SimState.UNKNOWN
     signal_dbm: Annotated[int, Meta(ge=-150, le=0)] | None = None
-    queue_depth: Annotated[int, Meta(ge=0)] = 0
-    outbox_depth: Annotated[int, Meta(ge=0)] = 0
-    meter_count: Annotated[int, Meta(ge=0)] = 0
-    meter_table_generation: int | None = None
+    queue_depth: Count = 0
+    outbox_depth: Count = 0
+    meter_count: Count = 0
+    meter_table_generation: Count | None = None
     agent_version: Annotated[str, Meta(max_length=32)] = ""
 
 

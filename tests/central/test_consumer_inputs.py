@@ -3,16 +3,24 @@ not left unacknowledged to come back after every reconnect, and change nothing."
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from central.coordinator import Coordinator
+from central.models import Concentrator
 from central.services import orders
 from central.settings import Settings
 from shared import topics
-from shared.contracts import EnergyReading, OrderReceipt, OrderResult, Outcome
+from shared.contracts import (
+    ConcentratorStatus,
+    EnergyReading,
+    OrderReceipt,
+    OrderResult,
+    Outcome,
+)
 
 from .conftest import OPERATOR, WORKDAY, add_meters
 
@@ -62,3 +70,21 @@ def test_message_with_a_number_over_the_digit_limit_is_dropped(
     with factory() as session:
         order = orders.get_order(session, order_id)
         assert order.state == "validated" and order.result_json is None
+
+
+@pytest.mark.parametrize("field", ["queue_depth", "outbox_depth", "meter_count", "meter_table_generation"])
+@pytest.mark.parametrize("value", [2**31, 2**64])
+def test_status_with_a_count_the_database_cannot_hold_is_dropped(
+    settings: Settings, factory: sessionmaker[Session], field: str, value: int
+) -> None:
+    # PostgreSQL's INTEGER ends at 2**31 - 1, SQLite's at 2**63 - 1: the status
+    # (retained on the broker) made the handler raise, unacknowledged, on every
+    # reconnect.
+    _order(settings, factory)
+    status = ConcentratorStatus(concentrator_id="conc-a", online=True, at=datetime.now(UTC))
+    payload = json.dumps(json.loads(status.to_json()) | {field: value}).encode()
+    coordinator = Coordinator(settings, factory)
+    assert coordinator.handle_status(topics.status("conc-a"), payload) is True
+    with factory() as session:
+        conc = session.get(Concentrator, "conc-a")
+        assert conc is not None and not conc.online

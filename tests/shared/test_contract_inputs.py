@@ -89,3 +89,25 @@ def test_envelope_body_that_is_not_utf8_text_is_refused_naming_body() -> None:
     with pytest.raises(InvalidPayload) as info:
         open_envelope(envelope)
     assert info.value.fields == ["body"]
+
+
+@pytest.mark.parametrize("field", ["queue_depth", "outbox_depth", "meter_count", "meter_table_generation"])
+def test_status_counts_beyond_what_the_coordinator_stores_are_refused_by_name(field: str) -> None:
+    status = c.ConcentratorStatus(concentrator_id="conc-a", online=True, at=NOW)
+    fine = json.loads(status.to_json()) | {field: c.MAX_COUNT}
+    assert getattr(c.decode(c.ConcentratorStatus, json.dumps(fine)), field) == c.MAX_COUNT
+    with pytest.raises(InvalidPayload) as info:
+        c.decode(c.ConcentratorStatus, json.dumps(fine | {field: c.MAX_COUNT + 1}))
+    assert info.value.fields == [field]
+
+
+def test_receipt_queue_depth_and_attempt_number_are_bounded_too() -> None:
+    receipt = _receipt_with_queue_depth(str(c.MAX_COUNT + 1).encode())
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(receipt)
+    assert info.value.fields == ["queue_depth"]
+    attempt = {"number": c.MAX_COUNT + 1, "started_at": "2026-11-26T10:00:00Z",
+               "finished_at": "2026-11-26T10:00:00Z"}
+    with pytest.raises(InvalidPayload) as info:
+        c.validate(c.Attempt, attempt)
+    assert info.value.fields == ["number"]
