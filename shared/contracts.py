@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -67,8 +67,26 @@ class Contract(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     schema_version: Literal[1] = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        # Every timestamp must still be a datetime once in UTC, with a day to spare for
+        # the arithmetic done on it (skew, deadlines): "9999-12-31T23:59:59-01:00" is
+        # valid RFC 3339 but made the coordinator's database layer raise OverflowError.
+        # Subclasses with rules of their own call this first.
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, datetime) and value.tzinfo is not None:
+                if not _EARLIEST <= value <= _LATEST:
+                    raise ValueError(
+                        f"`{name}` is out of range: {value.isoformat()} (must lie between "
+                        f"{_EARLIEST.date()} and {_LATEST.date()} in UTC)"
+                    )
+
     def to_json(self) -> bytes:
         return _ENCODER.encode(self)
+
+
+_EARLIEST: Final = datetime(1, 1, 2, tzinfo=UTC)
+_LATEST: Final = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 _ENCODER: Final = msgspec.json.Encoder()
@@ -177,6 +195,7 @@ class OrderCommand(Contract, frozen=True, kw_only=True):
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.deadline <= self.issued_at:
             raise ValueError("deadline must be after issued_at")
         if self.not_before is not None and self.not_before >= self.deadline:
@@ -194,6 +213,7 @@ class CancelCommand(Contract, frozen=True, kw_only=True):
     deadline: AwareDatetime  # after this the cancel itself is stale
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.deadline <= self.issued_at:
             raise ValueError("deadline must be after issued_at")
 
@@ -210,6 +230,7 @@ class MeterEntry(Contract, frozen=True, kw_only=True):
     keys_ref: Annotated[str, Meta(max_length=64)] | None = None  # name in the agent's key store
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.transport == "hdlc" and (self.line_id is None or self.hdlc_address is None):
             raise ValueError("an hdlc meter needs line_id and hdlc_address")
         if self.transport == "tcp" and (self.host is None or self.port is None):
@@ -253,6 +274,7 @@ class EnergyReading(Contract, frozen=True, kw_only=True):
     read_at: AwareDatetime
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # JSON has no NaN or infinity (msgspec writes them as null): a reading the
         # receiver could not decode would cost the whole result it travels in.
         if not math.isfinite(self.value):
@@ -279,6 +301,7 @@ class OrderResult(Contract, frozen=True, kw_only=True):
     agent_version: Annotated[str, Meta(max_length=32)] = ""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.outcome not in SUCCESS_OUTCOMES and self.reason is None:
             raise ValueError(f"a {self.outcome} result needs a reason")
 
@@ -348,6 +371,7 @@ M = TypeVar("M", bound=Contract)
 # unknown and missing fields name themselves in the message instead.
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _NAMED = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]+)`$")
+_FIELD_RULE = re.compile(r"^`(?P<name>[^`]+)` ")  # a __post_init__ rule about one field
 _INDEX = re.compile(r"\[(\d+)\]")
 
 
@@ -362,7 +386,7 @@ def error_path(message: str) -> tuple[str, str]:
     assert match is not None  # the pattern matches any text
     text, path = match["msg"], match["path"] or ""
     path = _INDEX.sub(r".\1", path).lstrip(".")
-    named = _NAMED.match(text)
+    named = _NAMED.match(text) or _FIELD_RULE.match(text)
     if named:
         path = f"{path}.{named['name']}" if path else named["name"]
     return path or "(message)", text

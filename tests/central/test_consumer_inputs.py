@@ -88,3 +88,17 @@ def test_status_with_a_count_the_database_cannot_hold_is_dropped(
     with factory() as session:
         conc = session.get(Concentrator, "conc-a")
         assert conc is not None and not conc.online
+
+
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+def test_status_with_a_timestamp_outside_utc_is_dropped(
+    settings: Settings, factory: sessionmaker[Session], moment: str
+) -> None:
+    _order(settings, factory)
+    status = ConcentratorStatus(concentrator_id="conc-a", online=True, at=datetime.now(UTC))
+    payload = json.dumps(json.loads(status.to_json()) | {"at": moment}).encode()
+    coordinator = Coordinator(settings, factory)
+    assert coordinator.handle_status(topics.status("conc-a"), payload) is True
+    with factory() as session:
+        conc = session.get(Concentrator, "conc-a")
+        assert conc is not None and not conc.online

@@ -111,3 +111,30 @@ def test_receipt_queue_depth_and_attempt_number_are_bounded_too() -> None:
     with pytest.raises(InvalidPayload) as info:
         c.validate(c.Attempt, attempt)
     assert info.value.fields == ["number"]
+
+
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00",
+                                    "9999-12-31T23:59:59Z"])
+def test_timestamp_that_cannot_be_stored_or_moved_in_utc_is_refused_by_name(moment: str) -> None:
+    # Valid RFC 3339, but outside what a datetime holds once in UTC (or a day from its
+    # end): the coordinator's database layer raised OverflowError on the retained status.
+    status = json.loads(c.ConcentratorStatus(concentrator_id="conc-a", online=True, at=NOW).to_json())
+    with pytest.raises(InvalidPayload) as info:
+        c.decode(c.ConcentratorStatus, json.dumps(status | {"at": moment}))
+    assert info.value.fields == ["at"]
+    result = json.loads(_result_bytes(b"1.0"))
+    result["energy"]["read_at"] = moment
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(json.dumps(result).encode())
+    assert info.value.fields == ["energy.read_at"]
+    result = json.loads(_result_bytes(b"1.0")) | {"attempts": [
+        {"number": 1, "started_at": "2026-11-26T10:00:00Z", "finished_at": moment}]}
+    with pytest.raises(InvalidPayload) as info:
+        c.parse_agent_message(json.dumps(result).encode())
+    assert info.value.fields == ["attempts.0.finished_at"]
+
+
+def test_far_but_ordinary_timestamps_still_pass() -> None:
+    status = json.loads(c.ConcentratorStatus(concentrator_id="conc-a", online=True, at=NOW).to_json())
+    for moment in ["1970-01-01T00:00:00Z", "2000-01-01T00:00:00+14:00", "9000-01-01T00:00:00-12:00"]:
+        assert c.decode(c.ConcentratorStatus, json.dumps(status | {"at": moment})).at.year in (1970, 2000, 9000)
