@@ -278,7 +278,7 @@ class EnergyReading(Contract, frozen=True, kw_only=True):
         # JSON has no NaN or infinity (msgspec writes them as null): a reading the
         # receiver could not decode would cost the whole result it travels in.
         if not math.isfinite(self.value):
-            raise ValueError(f"value must be a finite number, got {self.value!r}")
+            raise ValueError(f"`value` must be a finite number, got {self.value!r}")
 
 
 class OrderResult(Contract, frozen=True, kw_only=True):

@@ -35,15 +35,16 @@ def test_energy_reading_that_json_cannot_carry_is_refused(value: float) -> None:
     # went on the wire as null, which the coordinator refuses: the result was lost.
     with pytest.raises(InvalidPayload) as info:
         c.validate(c.EnergyReading, {"value": value, "unit": "Wh", "read_at": NOW})
-    assert "value must be a finite number" in str(info.value)
+    assert info.value.fields == ["value"]
+    assert "must be a finite number" in str(info.value)
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
 def test_result_with_a_non_finite_energy_is_refused_naming_energy(literal: bytes) -> None:
     with pytest.raises(InvalidPayload) as info:
         c.parse_agent_message(_result_bytes(literal))
-    assert info.value.fields == ["energy"]
-    assert "value must be a finite number" in str(info.value)
+    assert info.value.fields == ["energy.value"]
+    assert "must be a finite number" in str(info.value)
 
 
 def test_finite_energy_still_round_trips() -> None:
