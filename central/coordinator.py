@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from central.db import session_scope
 from central.errors import CentralError, ConfigurationError, Conflict
 from central.mqtt import MqttLink
-from central.services import dispatch, results
+from central.services import dispatch, rejected, results
 from central.settings import Settings
 from shared.contracts import ConcentratorStatus, OrderResult, decode, parse_agent_message
 from shared.errors import SharedError
@@ -121,13 +121,15 @@ class Coordinator:
         try:
             message = parse_agent_message(payload)
         except SharedError as exc:
-            log.warning("dropping malformed agent message on %s: %s", topic, exc)
-            return True  # acknowledged: redelivery cannot fix it
+            log.warning("refused malformed agent message on %s: %s", topic, exc)
+            return self._reject(topic, payload, str(exc))
         if not topic.startswith(f"rcd/v1/c/{message.concentrator_id}/"):
             log.warning(
-                "%s for %s published on %s: ignored", message.kind, message.concentrator_id, topic
+                "%s for %s published on %s: refused", message.kind, message.concentrator_id, topic
             )
-            return True
+            return self._reject(
+                topic, payload, f"{message.kind} names concentrator {message.concentrator_id}"
+            )
         for attempt in (1, 2):
             try:
                 with session_scope(self.factory) as session:
@@ -143,14 +145,24 @@ class Coordinator:
             self._wake.set()  # a slot was freed: dispatch waiting orders
         return True
 
+    def _reject(self, topic: str, payload: bytes, reason: str) -> bool:
+        """Keep a refused message (``services.rejected``), then acknowledge it: redelivery
+        cannot fix it. If the row cannot be written, the exception leaves it unacknowledged
+        and the broker delivers it again."""
+        with session_scope(self.factory) as session:
+            rejected.record_rejected(session, topic, payload, reason)
+        return True
+
     def handle_status(self, topic: str, payload: bytes) -> bool:
         try:
             status = decode(ConcentratorStatus, payload)
         except SharedError as exc:
-            log.warning("dropping malformed status on %s: %s", topic, exc)
-            return True
+            log.warning("refused malformed status on %s: %s", topic, exc)
+            return self._reject(topic, payload, str(exc))
         if not topic.startswith(f"rcd/v1/c/{status.concentrator_id}/"):
-            return True
+            return self._reject(
+                topic, payload, f"status names concentrator {status.concentrator_id}"
+            )
         with session_scope(self.factory) as session:
             results.apply_status(session, status)
         return True

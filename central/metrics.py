@@ -36,6 +36,11 @@ RECEIPTS = Counter(
     ["effect"],
     registry=PROCESS_REGISTRY,
 )
+REJECTED = Counter(
+    "rcd_rejected_messages_total",
+    "Agent messages refused (malformed, too large, wrong topic) and kept for audit",
+    registry=PROCESS_REGISTRY,
+)
 PUBLISHED = Counter(
     "rcd_commands_published_total",
     "Commands acknowledged by the broker",

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -229,3 +230,20 @@ class LegacyNotification(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     order: Mapped[Order] = relationship(lazy="raise_on_sql")
+
+
+class RejectedMessage(Base):
+    """An agent message the coordinator could not accept (malformed, over its size limit,
+    or published on another concentrator's topic), kept for the audit trail: the broker
+    has it acknowledged, so this row is the only copy (payload cut at 64 kB)."""
+
+    __tablename__ = "rejected_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    topic: Mapped[str] = mapped_column(String(300))
+    concentrator_id: Mapped[str | None] = mapped_column(String(64), index=True)  # from the topic
+    order_id: Mapped[str | None] = mapped_column(String(64), index=True)  # if one could be read
+    reason: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)  # of the whole payload
+    payload: Mapped[bytes] = mapped_column(LargeBinary)

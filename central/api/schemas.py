@@ -171,3 +171,17 @@ class CloseIn(BaseModel):
         pattern=r"^(connected|disconnected|no_access|meter_replaced|meter_faulty|other)$"
     )
     notes: str = Field(default="", max_length=2000)
+
+
+class RejectedMessageOut(ORM):
+    """An agent message the coordinator refused; ``payload_text`` is the start of the
+    payload as text (undecodable bytes replaced), the whole is kept in the database."""
+
+    id: int
+    received_at: datetime
+    topic: str
+    concentrator_id: str | None
+    order_id: str | None
+    reason: str
+    size: int
+    payload_text: str

@@ -38,6 +38,7 @@ REQUIRED = {
     ("GET", "/api/v1/work-orders/export"): "viewer",
     ("GET", "/api/v1/work-orders/{work_order_id}"): "viewer",
     ("POST", "/api/v1/work-orders/{work_order_id}/close"): "operator",
+    ("GET", "/api/v1/rejected-messages"): "operator",
     ("GET", "/metrics"): "viewer",
 }
 

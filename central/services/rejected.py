@@ -1,0 +1,98 @@
+"""Agent messages the coordinator could not accept, kept for the audit trail.
+
+A result or status that is malformed, over its size limit, or published on another
+concentrator's topic is acknowledged to the broker (redelivery cannot fix it), so the
+row written here is its only copy: topic, time, the reason naming the problem, and the
+payload (cut at 64 kB; ``size`` is the whole). When the payload still names an order of
+the concentrator whose topic it came on, the order's timeline says so too: the operator
+then sees why the order has no result and will expire into a field work order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from central import metrics
+from central.models import Order, RejectedMessage
+from central.services.lifecycle import note, utcnow
+from shared import topics
+from shared.contracts import load_object
+from shared.errors import SharedError
+
+KEEP_BYTES = 64 * 1024
+
+
+def _concentrator_of(topic: str) -> str | None:
+    try:
+        return topics.parse(topic)[0]
+    except SharedError:
+        return None
+
+
+def _order_id_in(payload: bytes) -> str | None:
+    """The ``order_id`` the payload names, if it is a JSON object that names one."""
+    try:
+        value = load_object(payload[:KEEP_BYTES], "rejected message").get("order_id")
+    except SharedError:
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None
+
+
+def record_rejected(
+    session: Session, topic: str, payload: bytes, reason: str, *, now: datetime | None = None
+) -> RejectedMessage:
+    """Keep one refused agent message. Does not commit."""
+    now = now or utcnow()
+    concentrator_id = _concentrator_of(topic)
+    order_id = _order_id_in(payload)
+    row = RejectedMessage(
+        received_at=now,
+        topic=topic[:300],
+        concentrator_id=concentrator_id,
+        order_id=order_id,
+        reason=reason[:2000],
+        size=len(payload),
+        payload=payload[:KEEP_BYTES],
+    )
+    session.add(row)
+    session.flush()
+    order = session.get(Order, order_id) if order_id else None
+    # Only on an order of the concentrator that published it: another agent cannot
+    # write into the timelines of orders that are not its own.
+    if order is not None and concentrator_id and order.concentrator_id == concentrator_id:
+        note(
+            session,
+            order,
+            "rejected_message",
+            f"agent:{concentrator_id}",
+            f"message from the agent refused (kept as rejected message {row.id}): {reason}"[
+                :2000
+            ],
+            step=8,
+            at=now,
+        )
+    metrics.REJECTED.inc()
+    return row
+
+
+def list_rejected(
+    session: Session,
+    *,
+    concentrator_id: str | None = None,
+    order_id: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[RejectedMessage]:
+    query = select(RejectedMessage)
+    if concentrator_id:
+        query = query.where(RejectedMessage.concentrator_id == concentrator_id)
+    if order_id:
+        query = query.where(RejectedMessage.order_id == order_id)
+    if since:
+        query = query.where(RejectedMessage.received_at >= since)
+    query = query.order_by(RejectedMessage.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(query))
