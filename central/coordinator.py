@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -93,15 +94,53 @@ class Coordinator:
             return dispatch.publish_claimed(session, self.link, claim)
 
     def run_once(self) -> None:
+        """One background pass. Each step runs on its own: one that fails (logged) does
+        not hold back the others, and cancels go first, since they stop a switch."""
+        link = self.link
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("expiry sweep", self._sweep),
+        ]
+        if link is not None and link.connected:
+            steps = [
+                ("cancels", lambda: self._under_dispatch_lock(dispatch.send_cancels, link)),
+                *steps,
+                (
+                    "meter tables",
+                    lambda: self._under_dispatch_lock(dispatch.push_meter_tables, link),
+                ),
+                ("republish", self._republish),
+                ("dispatch", self.dispatch_now),
+            ]
+        failed: list[str] = []
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:  # logged; the other steps still run
+                log.log(
+                    logging.WARNING if isinstance(exc, CentralError) else logging.ERROR,
+                    "background pass: %s failed: %s",
+                    name,
+                    exc,
+                    exc_info=not isinstance(exc, CentralError),
+                )
+                failed.append(name)
+        if failed:
+            raise CentralError(f"background pass: {', '.join(failed)} failed (see above)")
+
+    def _sweep(self) -> None:
         with self.factory() as session:
             dispatch.sweep_expired(session, grace_s=self.settings.expiry_grace_s)
-        if self.link is None or not self.link.connected:
-            return
+
+    def _under_dispatch_lock(
+        self, step: Callable[[Session, MqttLink, CommandSigner], object], link: MqttLink
+    ) -> None:
         with self._dispatch_lock, self.factory() as session:
-            dispatch.push_meter_tables(session, self.link, self.signer)
-            dispatch.send_cancels(session, self.link, self.signer)
+            step(session, link, self.signer)
+
+    def _republish(self) -> None:
+        assert self.link is not None
+        with self._dispatch_lock, self.factory() as session:
             dispatch.republish_unacked(session, self.link, self.signer, self.settings)
-        self.dispatch_now()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -48,6 +48,7 @@ from shared.contracts import (
     RetryPolicy,
     SimState,
 )
+from shared.errors import InvalidPayload
 from shared.signing import CommandSigner
 
 log = logging.getLogger(__name__)
@@ -285,8 +286,16 @@ def claim_ready(
             policy = policies[order.action] = _policy(
                 retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s
             )
-        command_id = sent[order.id] = new_command_id()
+        command_id = new_command_id()
         assert order.concentrator_id is not None
+        try:
+            signed = signer.sign(build_command(order, settings, command_id, now, policy))
+        except InvalidPayload as exc:
+            # One order the contract refuses must not hold back the others: it stays
+            # validated (and expires into a work order if it never becomes sendable).
+            log.error("order %s not dispatched: its command is invalid: %s", order.id, exc)
+            continue
+        sent[order.id] = command_id
         updates.append(
             {
                 "id": order.id,
@@ -306,10 +315,7 @@ def claim_ready(
             "to_state": target,
             "detail": f"signed command {command_id} to concentrator {order.concentrator_id}",
         }
-        messages[order.id] = Outgoing(
-            topics.commands(order.concentrator_id),
-            signer.sign(build_command(order, settings, command_id, now, policy)),
-        )
+        messages[order.id] = Outgoing(topics.commands(order.concentrator_id), signed)
     with sqlite_write_lock(session):
         # Compare-and-set: on SQLite the selection ran outside this write transaction, so
         # an order may have changed meanwhile (e.g. cancelled). Only rows still validated
@@ -472,15 +478,22 @@ def push_meter_tables(
             )
         )
     )
+    pushed = 0
     for concentrator in stale:
         table = registry.build_meter_table(session, concentrator.id, new_command_id(), now=now)
-        publisher.publish_many(
-            [Outgoing(topics.meter_table(concentrator.id), signer.sign(table), retain=True)]
-        )
+        try:
+            signed = signer.sign(table)
+        except InvalidPayload as exc:
+            # e.g. more meters than one table carries: this concentrator's agent keeps
+            # its last table; the others still get theirs
+            log.error("meter table of concentrator %s not sent: %s", concentrator.id, exc)
+            continue
+        publisher.publish_many([Outgoing(topics.meter_table(concentrator.id), signed, retain=True)])
         concentrator.table_pushed_generation = table.generation
         session.commit()
         metrics.PUBLISHED.labels(kind="meter_table").inc()
-    return len(stale)
+        pushed += 1
+    return pushed
 
 
 def sweep_expired(session: Session, *, now: datetime | None = None, grace_s: float = 60.0) -> int:

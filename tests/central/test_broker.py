@@ -190,3 +190,42 @@ def test_mqtt_311_link_publishes_and_consumes(broker: MosquittoBroker, concentra
         assert got.wait(5)
     finally:
         link.close()
+
+
+def test_a_table_that_cannot_be_sent_holds_back_nothing_else(
+    app_client: TestClient, concentrator: str, broker: MosquittoBroker, public_key
+) -> None:  # type: ignore[no-untyped-def]
+    """One thing the background pass cannot do does not stop the rest: a concentrator
+    whose meter table cannot be sent (more meters than one table carries) still lets the
+    other concentrators get their tables, and orders and cancels still go out."""
+    crowded = f"crowded-{uuid.uuid4().hex[:6]}"
+    rows = "".join(f"c{n},{crowded},l{n // 4000},{16 + n % 4000}\n" for n in range(5001))
+    rows += f"m0,{concentrator},l1,17\nm1,{concentrator},l1,18\n"
+    imported = app_client.post(
+        "/api/v1/meters/import",
+        content="meter_id,concentrator_id,line_id,hdlc_address\n" + rows,
+        headers={**ADMIN, "Content-Type": "text/csv"},
+    ).json()
+    assert imported["created"] == 5003 and imported["errors"] == []
+    agent = TestAgent(broker.host, broker.port, concentrator, public_key, answer=False)
+    try:
+        # conc's table arrives although the crowded one (5,001 > 5,000) is refused each pass
+        assert wait_until(lambda: len(agent.tables) >= 1)
+        assert {m.meter_id for m in agent.tables[-1].meters} == {"m0", "m1"}
+        crowded_row = app_client.get(f"/api/v1/concentrators/{crowded}", headers=OPERATOR).json()
+        assert crowded_row["table_pushed_generation"] < crowded_row["table_generation"]
+        # orders still go out, and so does a cancel requested by the operator
+        order = app_client.post(
+            "/api/v1/orders",
+            json={"meter_id": "m0", "action": "connect", "reason": "payment_restored"},
+            headers=OPERATOR,
+        ).json()["order"]
+        assert wait_until(lambda: len(agent.orders) == 1)
+        app_client.post(f"/api/v1/orders/{order['id']}/cancel", headers=OPERATOR)
+        assert wait_until(lambda: len(agent.cancels) == 1)
+        from shared.contracts import Outcome, ReasonCode
+
+        agent.answer_order(agent.orders[-1], Outcome.CANCELLED, ReasonCode.CANCELLED)
+        assert wait_until(lambda: states(app_client, [order["id"]]) == ["cancelled"])
+    finally:
+        agent.close()

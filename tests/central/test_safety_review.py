@@ -434,3 +434,24 @@ def test_meter_the_agent_could_not_use_is_left_out_of_its_table(change: dict[str
                                  "commissioned": True}
     assert registry.meter_entry(Meter(**fields)) is not None
     assert registry.meter_entry(Meter(**(fields | change))) is None
+
+
+def test_an_order_whose_command_is_invalid_holds_back_no_other_order(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """A row written behind the API (here a concentrator id that is no topic segment)
+    makes that one command invalid: it is not sent, the others still are."""
+    meters(2)
+    bad = create(session, settings, [req("m0", "connect")]).items[0].order_id
+    good = create(session, settings, [req("m1", "connect")]).items[0].order_id
+    session.execute(update(Order).where(Order.id == bad).values(concentrator_id="conc/a"))
+    session.commit()
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    session.expire_all()
+    assert orders.get_order(session, good or "").state == "dispatched"
+    assert orders.get_order(session, bad or "").state == "validated"
+    assert [m.topic for m in publisher.sent] == ["rcd/v1/c/conc-a/cmd"]
