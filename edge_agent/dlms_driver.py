@@ -45,12 +45,18 @@ class DlmsLink:
             energy = validate(EnergyReading, {
                 "value": rb.energy_value,
                 "unit": rb.energy_unit[:16],
-                "meter_clock": rb.meter_clock,
+                # a clock without a zone (deviation "not specified") tells no instant:
+                # left out rather than failing a read-back whose relay state stands
+                "meter_clock": rb.meter_clock if _aware(rb.meter_clock) else None,
                 "read_at": datetime.now(UTC),
             })
         except (ValueError, TypeError, ContractError) as exc:
             raise MalformedResponse(f"energy reading out of range: {exc}") from exc
         return relay, energy
+
+
+def _aware(moment: datetime | None) -> bool:
+    return moment is not None and moment.utcoffset() is not None
 
 
 def _relay(output_state: bool, control_state: int, control_mode: int) -> RelayReading:

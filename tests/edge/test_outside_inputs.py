@@ -27,13 +27,15 @@ from .helpers import config_dict, make_signer
 
 
 class _ReadBackSession:
-    def __init__(self, energy_value: float) -> None:
+    def __init__(
+        self, energy_value: float, clock: datetime = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    ) -> None:
         self._energy = energy_value
+        self._clock = clock
 
     def read_back(self) -> ReadBack:
         return ReadBack(output_state=False, control_state=0, control_mode=1,
-                        energy_value=self._energy, energy_unit="Wh",
-                        meter_clock=datetime(2026, 11, 26, 10, 0, tzinfo=UTC))
+                        energy_value=self._energy, energy_unit="Wh", meter_clock=self._clock)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
@@ -52,6 +54,15 @@ def test_meter_energy_that_is_finite_reaches_the_coordinator() -> None:
                          outcome=Outcome.DISCONNECTED, relay=relay, energy=energy,
                          finished_at=datetime.now(UTC))
     assert decode(OrderResult, result.to_json()).energy == energy
+
+
+def test_meter_clock_without_offset_does_not_fail_a_switch_that_happened() -> None:
+    # A clock whose deviation is "not specified" can come back without a zone. The clock
+    # is only informational: the read-back (relay state, energy) still stands, without it.
+    naive = DlmsLink(_ReadBackSession(12345.6, datetime(2026, 11, 26, 7, 0)))  # type: ignore[arg-type]
+    relay, energy = naive.read_back()
+    assert relay.control_state == 0 and energy is not None
+    assert energy.value == 12345.6 and energy.meter_clock is None
 
 
 # -- the modem daemon's status file ------------------------------------------------------
