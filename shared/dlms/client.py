@@ -121,6 +121,28 @@ def parse_cosem_datetime(raw: bytes) -> datetime | None:
         return None
 
 
+def _boolean(value: Any, what: str) -> bool:
+    """A DLMS boolean as the meter sent it; anything else is a malformed answer (a
+    truthy integer is not taken for "connected")."""
+    if not isinstance(value, bool):
+        raise MalformedResponse(f"{what}: expected a boolean, got {value!r}")
+    return value
+
+
+def _integer(value: Any, what: str) -> int:
+    """A DLMS integer or enum as the meter sent it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedResponse(f"{what}: expected an integer, got {value!r}")
+    return value
+
+
+def _register(value: Any, what: str) -> float:
+    """A register value: an integer or a float, nothing else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedResponse(f"{what}: expected a number, got {value!r}")
+    return float(value)
+
+
 class MeterSession:
     """One association with one meter; use as a context manager."""
 
@@ -204,7 +226,11 @@ class MeterSession:
             [(DISCONNECT_CONTROL_OBIS, 70, 2), (DISCONNECT_CONTROL_OBIS, 70, 3),
              (DISCONNECT_CONTROL_OBIS, 70, 4)]
         )
-        return DisconnectState(bool(values[0]), int(values[1]), int(values[2]))
+        return DisconnectState(
+            _boolean(values[0], "output_state"),
+            _integer(values[1], "control_state"),
+            _integer(values[2], "control_mode"),
+        )
 
     def remote_disconnect(self) -> None:
         self._method(1)
@@ -222,8 +248,8 @@ class MeterSession:
         scaler_unit = v[4]
         if not isinstance(scaler_unit, list) or len(scaler_unit) != 2:
             raise MalformedResponse(f"bad scaler_unit {scaler_unit!r}")
-        scaler, unit = int(scaler_unit[0]), int(scaler_unit[1])
-        energy = float(v[3]) * (10.0**scaler)
+        scaler, unit = _integer(scaler_unit[0], "scaler"), _integer(scaler_unit[1], "unit")
+        energy = _register(v[3], "energy register") * (10.0**scaler)
         clock_raw = v[5]
         meter_clock: datetime | None = None
         if isinstance(clock_raw, bytes | bytearray):
@@ -231,7 +257,9 @@ class MeterSession:
         elif hasattr(clock_raw, "value") and isinstance(clock_raw.value, datetime):
             meter_clock = clock_raw.value
         return ReadBack(
-            output_state=bool(v[1]), control_state=int(v[0]), control_mode=int(v[2]),
+            output_state=_boolean(v[1], "output_state"),
+            control_state=_integer(v[0], "control_state"),
+            control_mode=_integer(v[2], "control_mode"),
             energy_value=energy, energy_unit=UNITS.get(unit, str(unit)), meter_clock=meter_clock,
         )
 

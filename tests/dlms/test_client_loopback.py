@@ -10,7 +10,7 @@ import pytest
 
 from firmware_sim.fleet import DEMO_AUTH_KEY, DEMO_BLOCK_KEY, MeterSpec
 from firmware_sim.meter import Association, SimulatedMeter
-from shared.dlms import wrapper
+from shared.dlms import axdr, wrapper
 from shared.dlms.client import MeterAddress, MeterKeys, MeterSession, parse_cosem_datetime
 from shared.dlms.errors import (
     AccessDenied,
@@ -75,6 +75,35 @@ def test_loopback_management_session(loop_meter: tuple[LoopbackTransport, Simula
             s.read("0.0.96.3.99.255", 70, 2)
         assert err.value.result == 4
     assert meter.counters.associations == 1
+
+
+@pytest.mark.parametrize(
+    ("attribute", "wrong"),
+    [(2, axdr.uint8(1)), (3, axdr.boolean(True)), (3, axdr.octets(b"\x01"))],
+    ids=["output_state as an integer", "control_state as a boolean", "control_state as bytes"],
+)
+def test_disconnect_values_of_the_wrong_type_are_a_malformed_answer(
+    loop_meter: tuple[LoopbackTransport, SimulatedMeter],
+    monkeypatch: pytest.MonkeyPatch,
+    attribute: int,
+    wrong: axdr.Data,
+) -> None:
+    """A meter that answers output_state 1 (not the boolean) or a state that is no enum
+    gives garbage, not a relay state: "connected" is never inferred from a truthy value."""
+    near, meter = loop_meter
+    honest = meter._get
+
+    def lying(ref):  # type: ignore[no-untyped-def]
+        if ref.class_id == 70 and ref.index == attribute:
+            return wrong
+        return honest(ref)
+
+    monkeypatch.setattr(meter, "_get", lying)
+    with MeterSession(near, MeterAddress("wrapper"), KEYS, timeout=2) as s:
+        with pytest.raises(MalformedResponse, match=r"output_state|control_state"):
+            s.read_disconnect_state()
+        with pytest.raises(MalformedResponse, match=r"output_state|control_state"):
+            s.read_back()
 
 
 def test_loopback_errors(loop_meter: tuple[LoopbackTransport, SimulatedMeter]) -> None:
