@@ -160,7 +160,8 @@ def open_envelope(data: bytes) -> Envelope:
     unknown = sorted(set(obj) - ENVELOPE_FIELDS)
     if unknown:
         raise InvalidPayload("signed command", [(name, "unknown field") for name in unknown])
-    if obj.get("schema_version") != 1:
+    version = obj.get("schema_version")
+    if type(version) is not int or version != 1:  # true and 1.0 equal 1 in Python
         raise InvalidPayload(
             "signed command",
             [("schema_version", f"unsupported: {obj.get('schema_version')!r}")],

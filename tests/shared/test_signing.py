@@ -105,6 +105,16 @@ def test_bare_command_without_envelope_is_refused(verifier: CommandVerifier) -> 
         verifier.verify(make_order().to_json())
 
 
+@pytest.mark.parametrize("version", [True, 1.0, "1", 2, None])
+def test_envelope_version_other_than_the_integer_1_is_refused(
+    signer: CommandSigner, verifier: CommandVerifier, version: object
+) -> None:
+    outer = json.loads(signer.sign(make_order()))
+    outer["schema_version"] = version
+    with pytest.raises(InvalidPayload, match="schema_version"):
+        verifier.verify(json.dumps(outer).encode())
+
+
 def test_command_signed_by_another_key_is_refused(verifier: CommandVerifier) -> None:
     intruder_pem, _ = generate_keypair()
     intruder = CommandSigner(load_private_key(intruder_pem))
