@@ -165,7 +165,9 @@ class EdgeAgent:
         if path is None:
             return {}
         try:
-            data = json.loads(path.read_text())
+            with path.open("rb") as file:
+                raw = file.read(_MODEM_FILE_MAX + 1)
+            data = json.loads(raw) if len(raw) <= _MODEM_FILE_MAX else None
         except (OSError, ValueError, RecursionError):
             data = None
         if not isinstance(data, dict):
@@ -256,6 +258,9 @@ class EdgeAgent:
         self.store.outbox_add(order_id, result.to_json())
         self.link.wake()
 
+
+# The modem daemon writes a few hundred bytes; a larger file is not its status.
+_MODEM_FILE_MAX = 64 * 1024
 
 E = TypeVar("E", ModemState, SimState)
 

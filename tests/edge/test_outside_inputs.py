@@ -92,6 +92,8 @@ def _agent_with_modem_file(tmp_path: Path, content: str) -> EdgeAgent:
         ('{"modem": "down", "sim": 3}', ModemState.DOWN, SimState.UNKNOWN, None),
         ('["down"]', ModemState.UNKNOWN, SimState.UNKNOWN, None),
         ("not json", ModemState.UNKNOWN, SimState.UNKNOWN, None),
+        # a file far larger than any status (a runaway writer): not read as one
+        ('{"modem": "down", "pad": "' + 'x' * 70_000 + '"}', ModemState.UNKNOWN, SimState.UNKNOWN, None),
     ],
 )
 def test_a_bad_value_in_the_modem_file_costs_only_that_value(
