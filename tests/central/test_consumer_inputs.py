@@ -1,5 +1,6 @@
-"""Agent messages that JSON parses but the contract cannot carry are dropped (acknowledged),
-not left unacknowledged to come back after every reconnect, and change nothing."""
+"""Agent messages that JSON parses but the contract cannot carry are refused and
+acknowledged, not left unacknowledged to come back after every reconnect; they change no
+order (each is kept in ``rejected_messages``, see test_rejected_messages.py)."""
 
 from __future__ import annotations
 
