@@ -160,9 +160,16 @@ def select_ready(
     # disconnect was accepted is never sent one (``stop_protected_disconnects`` ends it)
     protected = exists().where(Meter.id == Order.meter_id, Meter.protected_customer.is_(True))
     not_protected = (Order.action != Action.DISCONNECT.value) | ~protected
+    # Validation refuses a decommissioned concentrator; an order that followed its meter
+    # there (``registry.follow_meter_move``), or whose concentrator was decommissioned
+    # after it was accepted, waits as for an unlinked meter: that agent's meter table is
+    # no longer kept, so it is never sent a command.
+    in_service = exists().where(
+        Concentrator.id == Order.concentrator_id, Concentrator.decommissioned.is_(False)
+    )
     query = (
         select(*_READY_COLUMNS)
-        .where(Order.state == OrderState.VALIDATED.value, approved, not_protected)
+        .where(Order.state == OrderState.VALIDATED.value, approved, not_protected, in_service)
         .order_by(Order.priority.desc(), Order.created_at, Order.id)
         .limit(limit)
     )
@@ -279,6 +286,7 @@ def claim_ready(
     latency = metrics.STEP_LATENCY.labels(step=str(step), state=target)
     policies: dict[str, RetryPolicy] = {}
     sent: dict[str, str] = {}  # order id -> command id
+    concentrator_of: dict[str, str] = {}  # order id -> concentrator its command names
     for order in ready:
         policy = policies.get(order.action)
         if policy is None:
@@ -296,6 +304,7 @@ def claim_ready(
             log.error("order %s not dispatched: its command is invalid: %s", order.id, exc)
             continue
         sent[order.id] = command_id
+        concentrator_of[order.id] = order.concentrator_id
         updates.append(
             {
                 "id": order.id,
@@ -318,14 +327,23 @@ def claim_ready(
         messages[order.id] = Outgoing(topics.commands(order.concentrator_id), signed)
     with sqlite_write_lock(session):
         # Compare-and-set: on SQLite the selection ran outside this write transaction, so
-        # an order may have changed meanwhile (e.g. cancelled). Only rows still validated
-        # move; which ones did is read back by the command id this claim gave them.
-        bulk.update_rows(
-            session,
-            cast(Table, Order.__table__),
-            updates,
-            expect={"state": OrderState.VALIDATED.value},
-        )
+        # an order may have changed meanwhile (e.g. cancelled, or its meter moved to
+        # another concentrator: that changes the concentrator, not the state). Only rows
+        # still validated on the concentrator their command was signed for move; which
+        # ones did is read back by the command id this claim gave them.
+        by_concentrator: dict[str, list[dict[str, Any]]] = {}
+        for row in updates:
+            by_concentrator.setdefault(concentrator_of[row["id"]], []).append(row)
+        for concentrator_id, rows in by_concentrator.items():
+            bulk.update_rows(
+                session,
+                cast(Table, Order.__table__),
+                rows,
+                expect={
+                    "state": OrderState.VALIDATED.value,
+                    "concentrator_id": concentrator_id,
+                },
+            )
         claimed = {
             order_id
             for order_id, command_id in session.execute(

@@ -8,8 +8,10 @@ to the new concentrator instead of a field work order.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy.orm import Session
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from central.services import dispatch, orders, registry, results, workorders
 from central.services.registry import MeterChange
@@ -18,7 +20,7 @@ from shared import topics
 from shared.contracts import Outcome, ReasonCode
 from shared.signing import CommandSigner
 
-from .conftest import WORKDAY, RecordingPublisher
+from .conftest import WORKDAY, RecordingPublisher, add_meters
 from .test_orders import create_one, req, result_for
 
 Meters = Callable[..., list[str]]
@@ -187,3 +189,80 @@ def test_not_in_table_without_a_move_is_a_failure_with_a_work_order(
     assert orders.get_order(session, order_id).state == "failed"
     [work] = workorders.list_work_orders(session, meter_id="m0")
     assert work.reason == ReasonCode.NOT_IN_CONCENTRATOR_TABLE.value
+
+
+def test_meter_moved_between_the_dispatchers_select_and_claim_is_not_sent_to_the_old_one(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The move changes the order's concentrator, not its state: the claim's
+    compare-and-set must see it, or the command goes to the old concentrator while the
+    order (and its cancels, and the results it accepts) belong to the new one."""
+    with factory() as setup:
+        add_meters(setup, 1)
+        order_id = create_one(setup, settings, req("m0", "connect", "payment_restored")).order_id
+        assert order_id is not None
+    real_select = dispatch.select_ready
+
+    def select_then_move(session: Session, *args: Any, **kw: Any) -> list[Any]:
+        ready = real_select(session, *args, **kw)
+        assert [row.concentrator_id for row in ready] == ["conc-a"]
+        session.rollback()  # as in test_races: SQLite selects outside the write transaction
+        with factory() as other:
+            _move(other, "m0", "conc-b")
+        return ready
+
+    monkeypatch.setattr(dispatch, "select_ready", select_then_move)
+    with factory() as session:
+        dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY)
+    monkeypatch.undo()
+    assert topics.commands("conc-a") not in [m.topic for m in publisher.sent]
+    with factory() as session:
+        order = orders.get_order(session, order_id)
+        assert order.concentrator_id == "conc-b"
+        # the next pass sends it where the meter is now
+        assert _dispatch(session, publisher, signer, settings) == [topics.commands("conc-b")]
+        order = orders.get_order(session, order_id)
+        assert order.state == "dispatched" and order.concentrator_id == "conc-b"
+
+
+def test_order_of_a_meter_moved_to_a_decommissioned_concentrator_is_not_sent_there(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """Validation refuses an order whose concentrator is decommissioned; an order that
+    follows its meter there waits (as for an unlinked meter) instead of going to an agent
+    whose meter table is no longer kept."""
+    meters(1)
+    registry.ensure_concentrator(session, "conc-old")
+    registry.set_concentrator_decommissioned(session, "conc-old", True)
+    session.commit()
+    item = create_one(session, settings, req("m0", "connect", "payment_restored"))
+    _move(session, "m0", "conc-old")
+    assert _dispatch(session, publisher, signer, settings) == []
+    assert orders.get_order(session, item.order_id or "").state == "validated"
+    _move(session, "m0", "conc-c")
+    assert _dispatch(session, publisher, signer, settings) == [topics.commands("conc-c")]
+
+
+def test_in_flight_order_is_not_rerouted_to_a_decommissioned_concentrator(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    meters(1)
+    order_id = _in_flight_then_moved(session, settings, publisher, signer, "connect")
+    registry.set_concentrator_decommissioned(session, "conc-b", True)
+    session.commit()
+    assert results.apply_result(session, _not_in_table(order_id, "m0", "conc-a")) == "rerouted"  # type: ignore[arg-type]
+    session.commit()
+    assert _dispatch(session, publisher, signer, settings) == []
+
