@@ -10,6 +10,7 @@ then sees why the order has no result and will expire into a field work order.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from sqlalchemy import select
@@ -38,7 +39,20 @@ def _order_id_in(payload: bytes) -> str | None:
         value = load_object(payload[:KEEP_BYTES], "rejected message").get("order_id")
     except SharedError:
         return None
-    return value if isinstance(value, str) and 0 < len(value) <= 64 else None
+    # Only what could be an order id (the contract's id pattern): anything else, e.g. a NUL
+    # that PostgreSQL text cannot hold, would make this row unwritable and the message
+    # would be redelivered for ever; the payload (bytes) keeps it whatever it is.
+    if isinstance(value, str) and len(value) <= 64 and _ID.fullmatch(value):
+        return value
+    return None
+
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def _text(value: str, limit: int) -> str:
+    """Text a PostgreSQL column can hold: a NUL is written as an escape."""
+    return value.replace("\x00", "\\x00")[:limit]
 
 
 def record_rejected(
@@ -50,10 +64,10 @@ def record_rejected(
     order_id = _order_id_in(payload)
     row = RejectedMessage(
         received_at=now,
-        topic=topic[:300],
+        topic=_text(topic, 300),
         concentrator_id=concentrator_id,
         order_id=order_id,
-        reason=reason[:2000],
+        reason=_text(reason, 2000),
         size=len(payload),
         payload=payload[:KEEP_BYTES],
     )
@@ -68,7 +82,7 @@ def record_rejected(
             order,
             "rejected_message",
             f"agent:{concentrator_id}",
-            f"message from the agent refused (kept as rejected message {row.id}): {reason}"[
+            f"message from the agent refused (kept as rejected message {row.id}): {row.reason}"[
                 :2000
             ],
             step=8,

@@ -130,3 +130,16 @@ def test_rejected_messages_listed_for_operators(
             "/api/v1/rejected-messages", headers={"Authorization": "Bearer dev-viewer"}
         )
         assert denied.status_code == 403
+
+
+def test_message_naming_an_order_id_with_a_nul_character_is_kept(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    """PostgreSQL text cannot hold NUL: an order id read from a refused payload that holds
+    one must not make the row unwritable (the message would be redelivered for ever and
+    never kept). The id is not kept; the payload (bytes) keeps everything."""
+    payload = b'{"kind":"result","order_id":"ab\\u0000cd","meter_id":"m0"}'
+    coordinator = Coordinator(settings, factory)
+    assert coordinator.handle_result(topics.results("conc-a"), payload) is True
+    [row] = _rows(factory)
+    assert row.order_id is None and row.payload == payload and "order_id" in row.reason
