@@ -107,7 +107,8 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
     * writes the ``legacy_notifications`` outbox row the SOAP gateway's notifier
       consumes (step 9);
     * creates a field work order for failed and expired orders (step 10), except for
-      a mass disconnect that never got its second-person approval.
+      a mass disconnect that never got its second-person approval, and a disconnect of a
+      meter flagged ``protected_customer`` (Ley 21.304) since it was accepted.
     """
     session.add(LegacyNotification(order_id=order.id, final_state=order.state, created_at=now))
     if order.needs_approval and order.approved_by is None:
@@ -124,6 +125,20 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
         return
     if OrderState(order.state) in WORK_ORDER_STATES:
         meter = session.get(Meter, order.meter_id)
+        if order.action == "disconnect" and meter is not None and meter.protected_customer:
+            # Ley 21.304: a crew sent to finish this disconnect would cut a patient's
+            # supply (the meter was flagged while the order was on its way).
+            note(
+                session,
+                order,
+                "no_work_order",
+                actor,
+                "meter supplies a registered electro-dependent patient (Ley 21.304): "
+                "no field work order to disconnect",
+                step=10,
+                at=now,
+            )
+            return
         reason = order.result_reason or ("expired" if order.state == "expired" else "failed")
         work_order = WorkOrder(
             order_id=order.id,

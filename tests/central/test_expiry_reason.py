@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session
 
-from central.services import dispatch, orders, results, workorders
+from central.services import dispatch, orders, registry, results, workorders
+from central.services.registry import MeterChange
 from central.settings import Settings
 from shared.contracts import ConcentratorStatus, ModemState, SimState
 from shared.signing import CommandSigner
@@ -79,3 +80,31 @@ def test_expiry_before_dispatch_is_not_blamed_on_the_concentrator(
     dispatch.sweep_expired(session, now=WORKDAY + timedelta(days=3))
     [work] = workorders.list_work_orders(session, meter_id="m0")
     assert work.reason == "expired" and work.detail == "deadline passed before dispatch"
+
+
+def test_protected_customers_disconnect_that_expires_in_flight_gets_no_disconnect_work_order(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """Ley 21.304: the meter was flagged protected while its disconnect was in flight; the
+    agent never answered the order nor its cancel. A field work order to disconnect would
+    have a crew do what the law forbids: none is created, the timeline says why."""
+    meters(1)
+    order_id = create_one(session, settings, req("m0")).order_id
+    assert order_id is not None
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    registry.change_meter(session, "m0", MeterChange(protected_customer=True))
+    session.commit()
+    assert orders.get_order(session, order_id).cancel_requested
+
+    assert dispatch.sweep_expired(session, now=WORKDAY + timedelta(days=3)) == 1
+    order = orders.get_order(session, order_id)
+    assert order.state == "expired"
+    assert workorders.list_work_orders(session, meter_id="m0") == []
+    [line] = [e for e in order.events if e.event == "no_work_order"]
+    assert "21.304" in line.detail
+    # Legacy is still told (step 9)
+    assert [n.order_id for n in orders.pending_notifications(session, now=WORKDAY + timedelta(days=3))] == [order_id]
