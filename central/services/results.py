@@ -167,6 +167,10 @@ def _reroute(
     old, new = order.concentrator_id, meter.concentrator_id
     _record_attempts(session, order, result.attempts, actor)
     if order.cancel_requested:
+        # the order ends here on the old concentrator: its answer is stored, so that a
+        # copy of it (QoS 1) is a duplicate, as for any result
+        order.result_json = to_builtins(result)
+        order.attempts = len(result.attempts)
         order.result_reason = ReasonCode.CANCELLED.value
         order.result_detail = f"cancel requested; {old} never had the meter (moved to {new})"
         advance(session, order, Event.CANCEL, actor, order.result_detail, at=now)

@@ -20,7 +20,7 @@ from shared import topics
 from shared.contracts import Outcome, ReasonCode
 from shared.signing import CommandSigner
 
-from .conftest import WORKDAY, RecordingPublisher, add_meters
+from .conftest import OPERATOR, WORKDAY, RecordingPublisher, add_meters
 from .test_orders import create_one, req, result_for
 
 Meters = Callable[..., list[str]]
@@ -266,3 +266,34 @@ def test_in_flight_order_is_not_rerouted_to_a_decommissioned_concentrator(
     session.commit()
     assert _dispatch(session, publisher, signer, settings) == []
 
+
+def test_copy_of_the_old_agents_answer_after_a_cancel_on_reroute_changes_nothing(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """Results are idempotent on order_id: the second copy (QoS 1) of the answer that
+    ended a cancel-requested order is a duplicate, not a late result with its attempts
+    written into the timeline a second time."""
+    meters(1)
+    order_id = _in_flight_then_moved(session, settings, publisher, signer)
+    orders.cancel_order(session, order_id, OPERATOR, now=WORKDAY)
+    session.commit()
+    answer = result_for(
+        order_id,
+        "m0",
+        Outcome.FAILED,
+        "conc-a",
+        reason=ReasonCode.NOT_IN_CONCENTRATOR_TABLE,
+    )
+    assert results.apply_result(session, answer) == "applied"  # type: ignore[arg-type]
+    session.commit()
+    before = [e.event for e in orders.get_order(session, order_id).events]
+    assert results.apply_result(session, answer) == "duplicate"  # type: ignore[arg-type]
+    session.commit()
+    session.expire_all()
+    order = orders.get_order(session, order_id)
+    assert order.state == "cancelled"
+    assert [e.event for e in order.events] == before
