@@ -107,8 +107,10 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
     * writes the ``legacy_notifications`` outbox row the SOAP gateway's notifier
       consumes (step 9);
     * creates a field work order for failed and expired orders (step 10), except for
-      a mass disconnect that never got its second-person approval, and a disconnect of a
-      meter flagged ``protected_customer`` (Ley 21.304) since it was accepted.
+      a mass disconnect that never got its second-person approval, an order whose cancel
+      was requested while it was in flight (operator, supersede, Ley 21.304), and a
+      disconnect of a meter flagged ``protected_customer`` (Ley 21.304) since it was
+      accepted.
     """
     session.add(LegacyNotification(order_id=order.id, final_state=order.state, created_at=now))
     if order.needs_approval and order.approved_by is None:
@@ -135,6 +137,24 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
                 actor,
                 "meter supplies a registered electro-dependent patient (Ley 21.304): "
                 "no field work order to disconnect",
+                step=10,
+                at=now,
+            )
+            return
+        if order.cancel_requested:
+            # Stopped while in flight (an operator's cancel, a reconnect that superseded
+            # a disconnect): a crew sent to finish it would undo that decision.
+            why = (
+                f"superseded by order {order.superseded_by}" if order.superseded_by else "cancelled"
+            )
+            note(
+                session,
+                order,
+                "no_work_order",
+                actor,
+                f"{order.action} was {why} while in flight: no field work order to finish "
+                f"it; the relay state is uncertain (last known: "
+                f"{meter.relay_state if meter else 'unknown'})",
                 step=10,
                 at=now,
             )

@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from central.services import dispatch, orders, registry, results, workorders
 from central.services.registry import MeterChange
 from central.settings import Settings
-from shared.contracts import ConcentratorStatus, ModemState, SimState
+from shared.contracts import ConcentratorStatus, ModemState, Outcome, ReasonCode, SimState
 from shared.signing import CommandSigner
 
-from .conftest import WORKDAY, RecordingPublisher
-from .test_orders import create_one, req
+from .conftest import OPERATOR, WORKDAY, RecordingPublisher
+from .test_orders import create_one, req, result_for
 
 Meters = Callable[..., list[str]]
 
@@ -108,3 +108,53 @@ def test_protected_customers_disconnect_that_expires_in_flight_gets_no_disconnec
     assert "21.304" in line.detail
     # Legacy is still told (step 9)
     assert [n.order_id for n in orders.pending_notifications(session, now=WORKDAY + timedelta(days=3))] == [order_id]
+
+
+def test_disconnect_superseded_in_flight_that_expires_gets_no_work_order(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """The customer paid while the disconnect was on its way: the reconnect supersedes
+    it. If the disconnect then expires unanswered, no crew is sent to finish it."""
+    meters(1)
+    cut = create_one(session, settings, req("m0")).order_id
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    restore = create_one(session, settings, req("m0", "connect", "payment_restored")).order_id
+    assert cut is not None and restore is not None
+    assert orders.get_order(session, cut).cancel_requested
+
+    dispatch.sweep_expired(session, now=WORKDAY + timedelta(days=3))
+    session.expire_all()
+    order = orders.get_order(session, cut)
+    assert order.state == "expired"
+    assert [w for w in workorders.list_work_orders(session) if w.order_id == cut] == []
+    [line] = [e for e in order.events if e.event == "no_work_order"]
+    assert f"superseded by order {restore}" in line.detail and line.step == 10
+
+
+def test_order_cancelled_in_flight_that_fails_gets_no_work_order(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    meters(1)
+    order_id = create_one(session, settings, req("m0", "connect", "payment_restored")).order_id
+    assert order_id is not None
+    dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY)
+    orders.cancel_order(session, order_id, OPERATOR)
+    session.commit()
+    failed = result_for(
+        order_id, "m0", Outcome.FAILED, reason=ReasonCode.METER_NOT_RESPONDING
+    )
+    assert results.apply_result(session, failed) == "applied"
+    session.commit()
+    session.expire_all()
+    order = orders.get_order(session, order_id)
+    assert order.state == "failed"
+    assert workorders.list_work_orders(session, meter_id="m0") == []
+    assert [e.event for e in order.events][-1] == "no_work_order"
