@@ -116,3 +116,21 @@ def meters(session: Session) -> Callable[..., list[str]]:
 @pytest.fixture
 def publisher() -> RecordingPublisher:
     return RecordingPublisher()
+
+
+def add_connect_order(settings: Settings, factory: sessionmaker[Session]) -> str:
+    """Meter m0 on conc-a with one validated reconnect order; the order's id."""
+    from central.services import orders
+
+    with factory() as session:
+        add_meters(session, 1)
+        item = orders.create_orders(
+            session,
+            [orders.OrderRequest(meter_id="m0", action="connect", reason="payment_restored")],
+            OPERATOR,
+            settings,
+            now=WORKDAY,
+        ).items[0]
+        session.commit()
+    assert item.order_id is not None
+    return item.order_id

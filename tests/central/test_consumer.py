@@ -13,26 +13,17 @@ from central.settings import Settings
 from shared import topics
 from shared.contracts import ConcentratorStatus, OrderResult, Outcome
 
-from .conftest import OPERATOR, WORKDAY, add_meters
+from .conftest import add_connect_order
 
 
 def test_consumers_ignore_malformed_and_spoofed(
     settings: Settings, factory: sessionmaker[Session]
 ) -> None:
-    with factory() as session:
-        add_meters(session, 1)
-        item = orders.create_orders(
-            session,
-            [orders.OrderRequest(meter_id="m0", action="connect", reason="payment_restored")],
-            OPERATOR,
-            settings,
-            now=WORKDAY,
-        ).items[0]
-        session.commit()
+    order_id = add_connect_order(settings, factory)
     coordinator = Coordinator(settings, factory)
     assert coordinator.handle_result(topics.results("conc-a"), b"not json") is True
     spoof = OrderResult(
-        order_id=item.order_id or "",
+        order_id=order_id,
         meter_id="m0",
         concentrator_id="conc-a",
         outcome=Outcome.CONNECTED,
@@ -45,7 +36,7 @@ def test_consumers_ignore_malformed_and_spoofed(
     )
     assert coordinator.handle_status(topics.status("conc-b"), status.to_json()) is True
     with factory() as session:
-        assert orders.get_order(session, item.order_id or "").state == "validated"
+        assert orders.get_order(session, order_id).state == "validated"
         conc = session.get(Concentrator, "conc-a")
         assert conc is not None and not conc.online
     assert coordinator.handle_status(topics.status("conc-a"), status.to_json()) is True

@@ -23,29 +23,14 @@ from shared.contracts import (
     Outcome,
 )
 
-from .conftest import OPERATOR, WORKDAY, add_meters
-
-
-def _order(settings: Settings, factory: sessionmaker[Session]) -> str:
-    with factory() as session:
-        add_meters(session, 1)
-        item = orders.create_orders(
-            session,
-            [orders.OrderRequest(meter_id="m0", action="connect", reason="payment_restored")],
-            OPERATOR,
-            settings,
-            now=WORKDAY,
-        ).items[0]
-        session.commit()
-    assert item.order_id is not None
-    return item.order_id
+from .conftest import add_connect_order
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"1e400"])
 def test_result_with_a_non_finite_energy_is_dropped(
     settings: Settings, factory: sessionmaker[Session], literal: bytes
 ) -> None:
-    order_id = _order(settings, factory)
+    order_id = add_connect_order(settings, factory)
     now = datetime.now(UTC)
     result = OrderResult(
         order_id=order_id, meter_id="m0", concentrator_id="conc-a", outcome=Outcome.CONNECTED,
@@ -62,7 +47,7 @@ def test_result_with_a_non_finite_energy_is_dropped(
 def test_message_with_a_number_over_the_digit_limit_is_dropped(
     settings: Settings, factory: sessionmaker[Session]
 ) -> None:
-    order_id = _order(settings, factory)
+    order_id = add_connect_order(settings, factory)
     receipt = OrderReceipt(order_id=order_id, command_id="cmd-1", meter_id="m0",
                            concentrator_id="conc-a", received_at=datetime.now(UTC), queue_depth=1)
     payload = receipt.to_json().replace(b'"queue_depth":1', b'"queue_depth":' + b"1" * 5000)
@@ -81,7 +66,7 @@ def test_status_with_a_count_the_database_cannot_hold_is_dropped(
     # PostgreSQL's INTEGER ends at 2**31 - 1, SQLite's at 2**63 - 1: the status
     # (retained on the broker) made the handler raise, unacknowledged, on every
     # reconnect.
-    _order(settings, factory)
+    add_connect_order(settings, factory)
     status = ConcentratorStatus(concentrator_id="conc-a", online=True, at=datetime.now(UTC))
     payload = json.dumps(json.loads(status.to_json()) | {field: value}).encode()
     coordinator = Coordinator(settings, factory)
@@ -95,7 +80,7 @@ def test_status_with_a_count_the_database_cannot_hold_is_dropped(
 def test_status_with_a_timestamp_outside_utc_is_dropped(
     settings: Settings, factory: sessionmaker[Session], moment: str
 ) -> None:
-    _order(settings, factory)
+    add_connect_order(settings, factory)
     status = ConcentratorStatus(concentrator_id="conc-a", online=True, at=datetime.now(UTC))
     payload = json.dumps(json.loads(status.to_json()) | {"at": moment}).encode()
     coordinator = Coordinator(settings, factory)

@@ -17,22 +17,7 @@ from central.settings import Settings
 from shared import topics
 from shared.contracts import ConcentratorStatus, OrderResult, Outcome
 
-from .conftest import OPERATOR, WORKDAY, add_meters
-
-
-def _order(settings: Settings, factory: sessionmaker[Session]) -> str:
-    with factory() as session:
-        add_meters(session, 1)
-        item = orders.create_orders(
-            session,
-            [orders.OrderRequest(meter_id="m0", action="connect", reason="payment_restored")],
-            OPERATOR,
-            settings,
-            now=WORKDAY,
-        ).items[0]
-        session.commit()
-    assert item.order_id is not None
-    return item.order_id
+from .conftest import add_connect_order
 
 
 def _rows(factory: sessionmaker[Session]) -> list[RejectedMessage]:
@@ -43,7 +28,7 @@ def _rows(factory: sessionmaker[Session]) -> list[RejectedMessage]:
 def test_malformed_result_is_kept_and_shown_on_its_order(
     settings: Settings, factory: sessionmaker[Session]
 ) -> None:
-    order_id = _order(settings, factory)
+    order_id = add_connect_order(settings, factory)
     payload = (
         b'{"kind":"result","order_id":"' + order_id.encode() + b'","meter_id":"m0",'
         b'"concentrator_id":"conc-a","outcome":"exploded","finished_at":"2026-11-26T15:00:00Z"}'
@@ -70,7 +55,7 @@ def test_result_on_another_concentrators_topic_is_kept_but_not_on_the_order(
 ) -> None:
     """conc-b publishing about conc-a's order: refused, kept, and conc-b cannot write
     into that order's timeline."""
-    order_id = _order(settings, factory)
+    order_id = add_connect_order(settings, factory)
     now = datetime.now(UTC)
     result = OrderResult(
         order_id=order_id,
@@ -109,7 +94,7 @@ def test_garbage_and_oversized_payloads_are_kept_cut(
 def test_rejected_messages_listed_for_operators(
     settings: Settings, factory: sessionmaker[Session]
 ) -> None:
-    order_id = _order(settings, factory)
+    order_id = add_connect_order(settings, factory)
     coordinator = Coordinator(settings, factory)
     coordinator.handle_result(topics.results("conc-a"), b'{"kind":"result","order_id":"' + order_id.encode() + b'"}')
     coordinator.handle_result(topics.results("conc-b"), b"[1,2")
