@@ -8,12 +8,14 @@ the two only skips values: the counter never goes backwards and never repeats.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import LineFault, MeterError
+from edge_agent.logs import log
 from edge_agent.store import Meter, Store
 from shared.contracts import ControlState, EnergyReading, ReasonCode, RelayReading, validate
 from shared.dlms.client import MeterAddress, MeterKeys, MeterSession
@@ -51,7 +53,12 @@ class DlmsLink:
                 "read_at": datetime.now(UTC),
             })
         except (ValueError, TypeError, ContractError) as exc:
-            raise MalformedResponse(f"energy reading out of range: {exc}") from exc
+            # The relay state stands on its own: an unusable energy register (NaN,
+            # infinite, unit too long) must not turn a switch that happened into a
+            # failure and a field visit. The result goes without a reading and says so.
+            log("meter.energy_unusable", logging.WARNING, value=repr(rb.energy_value),
+                unit=rb.energy_unit[:32], detail=str(exc)[:200])
+            return relay, None
         return relay, energy
 
 

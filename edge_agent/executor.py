@@ -426,7 +426,10 @@ class Executor:
             self._ended(order, result)
             return
         if outcome.outcome is not None:
-            result = self._result(order, outcome.outcome, None, outcome.detail, attempts,
+            detail = outcome.detail
+            if outcome.energy is None and not detail:
+                detail = "relay state confirmed; the meter gave no usable energy reading"
+            result = self._result(order, outcome.outcome, None, detail, attempts,
                                   relay=outcome.relay, energy=outcome.energy,
                                   already=outcome.already)
             self._store.finish(order.order_id, Event.SUCCEED, result)

@@ -25,7 +25,8 @@ from shared.dlms.errors import ActionRefused, AssociationRefused, MalformedRespo
 class FakeMeter:
     control_state: ControlState = ControlState.CONNECTED
     control_mode: int = 2
-    fault: str | None = None  # no_answer, garbage, relay_stuck, relay_error, not_commissioned
+    # no_answer, garbage, relay_stuck, relay_error, not_commissioned, energy_unusable
+    fault: str | None = None
     sessions: int = 0
     switches: int = 0
 
@@ -66,6 +67,8 @@ class FakeLink:
 
     def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
         now = datetime.now(UTC)
+        if self.m.fault == "energy_unusable":  # as DlmsLink answers a NaN register
+            return self._reading(), None
         return self._reading(), EnergyReading(value=1234.5, unit="Wh", meter_clock=now, read_at=now)
 
 

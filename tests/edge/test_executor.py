@@ -51,6 +51,16 @@ def test_disconnect(store: Store) -> None:
     assert store.outbox_depth() == 2  # the receipt and the result
 
 
+def test_switch_with_an_unusable_energy_register_still_succeeds(store: Store) -> None:
+    """The relay read back as wanted is the outcome; the missing reading is said, not
+    turned into a failure and a field visit for a switch that happened."""
+    meter = FakeMeter(ControlState.CONNECTED, fault="energy_unusable")
+    r = run_to_end(store, FakeDriver({"m1": meter}), submit(store, "o1", "m1"))
+    assert r.outcome is Outcome.DISCONNECTED and r.energy is None
+    assert "no usable energy reading" in r.detail
+    assert meter.switches == 1 and len(r.attempts) == 1
+
+
 @pytest.mark.parametrize(("mode", "outcome"), [(2, Outcome.CONNECTED), (1, Outcome.ARMED),
                                                (4, Outcome.CONNECTED), (6, Outcome.ARMED)])
 def test_reconnect_by_mode(store: Store, mode: int, outcome: Outcome) -> None:

@@ -20,7 +20,6 @@ from shared.contracts import (
     decode,
 )
 from shared.dlms.client import ReadBack
-from shared.dlms.errors import MalformedResponse
 
 from .fakes import FakeDriver, tcp_entry
 from .helpers import config_dict, make_signer
@@ -39,13 +38,16 @@ class _ReadBackSession:
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_meter_energy_that_json_cannot_carry_is_invalid_meter_response(value: float) -> None:
+def test_meter_energy_that_json_cannot_carry_leaves_the_relay_reading_standing(
+    value: float,
+) -> None:
     # A float register can hold NaN, and a huge value times 10**scaler overflows to
-    # inf. Accepted, it went on the wire as "value": null and the coordinator refused
-    # the whole result: the switch that happened was never reported.
-    link = DlmsLink(_ReadBackSession(value))  # type: ignore[arg-type]
-    with pytest.raises(MalformedResponse, match="energy reading out of range"):
-        link.read_back()
+    # inf. Sent as "value": null, the coordinator would refuse the whole result, and
+    # failing the attempt would turn a switch that happened into a field visit: the
+    # read-back keeps its relay state and goes without an energy reading.
+    relay, energy = DlmsLink(_ReadBackSession(value)).read_back()  # type: ignore[arg-type]
+    assert energy is None
+    assert relay.control_state == 0 and relay.output_state is False
 
 
 def test_meter_energy_that_is_finite_reaches_the_coordinator() -> None:
