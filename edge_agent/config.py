@@ -26,6 +26,7 @@ import msgspec
 from msgspec import Meta, field
 
 from edge_agent.errors import ConfigError
+from shared import topics
 from shared.contracts import error_path
 
 ENV_PREFIX = "RCD_EDGE_"
@@ -38,7 +39,14 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 class AgentSettings(_Section, frozen=True, kw_only=True):
     # "\Z", not "$": Python's "$" also matches before a final newline
-    concentrator_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")]
+    concentrator_id: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=topics.IDENTIFIER_MAX_LENGTH,
+            pattern=rf"^{topics.IDENTIFIER_CHARS}\Z",
+        ),
+    ]
     data_dir: Path
     status_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
     log_format: Literal["kv", "json"] = "kv"

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import msgspec
 from msgspec import Meta, field
 
+from shared import topics
 from shared.errors import InvalidPayload, PayloadTooLarge
 
 SCHEMA_VERSION: Final = 1
@@ -46,7 +47,12 @@ MAX_METER_TABLE_BYTES: Final = 4 * 1024 * 1024
 # msgspec matches with Python's re, whose "$" also matches before a final newline:
 # patterns end with "\Z" (the end of the text, as "$" meant to pydantic).
 Identifier = Annotated[
-    str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
+    str,
+    Meta(
+        min_length=1,
+        max_length=topics.IDENTIFIER_MAX_LENGTH,
+        pattern=rf"^{topics.IDENTIFIER_CHARS}\Z",
+    ),
 ]
 # Timestamps must carry their offset; a naive one is refused.
 AwareDatetime = Annotated[datetime, Meta(tz=True)]

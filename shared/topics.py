@@ -18,7 +18,13 @@ from shared.errors import TopicError
 
 ROOT: Final = "rcd/v1"
 _PREFIX: Final = f"{ROOT}/c"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# An identifier (concentrator, meter, order, command, line) ends up in topics, file
+# names and logs. The one rule for it, used by the contracts, the agent's configuration
+# and the coordinator's registry. No anchors here: each regex engine anchors its own way
+# (Python's "$" also matches before a final newline; use fullmatch or "\Z").
+IDENTIFIER_CHARS: Final = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"
+IDENTIFIER_MAX_LENGTH: Final = 64
+_ID = re.compile(IDENTIFIER_CHARS)
 
 Leaf = Literal["cmd", "meters", "result", "status"]
 LEAVES: Final[tuple[Leaf, ...]] = ("cmd", "meters", "result", "status")
@@ -31,8 +37,17 @@ ALL_STATUS: Final = f"{_PREFIX}/+/status"
 QOS: Final = 1
 
 
+def is_identifier(value: object) -> bool:
+    """Whether ``value`` is an identifier by the one rule above."""
+    return (
+        isinstance(value, str)
+        and len(value) <= IDENTIFIER_MAX_LENGTH
+        and _ID.fullmatch(value) is not None
+    )
+
+
 def check_concentrator_id(concentrator_id: str) -> str:
-    if not _ID.match(concentrator_id):
+    if not is_identifier(concentrator_id):
         raise TopicError(
             f"concentrator id {concentrator_id!r} is not usable in a topic "
             "(letters, digits, '_', '.', ':', '-'; at most 64)"
@@ -58,7 +73,7 @@ def status(concentrator_id: str) -> str:
 
 def shared_subscription(group: str, topic_filter: str) -> str:
     """A shared subscription so that several coordinator replicas split the load."""
-    if not _ID.match(group):
+    if not is_identifier(group):
         raise TopicError(f"shared subscription group {group!r} is not a plain name")
     return f"$share/{group}/{topic_filter}"
 

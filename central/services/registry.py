@@ -22,6 +22,7 @@ from central.models import Concentrator, Meter, Order
 from central.services.lifecycle import note, utcnow
 from central.services.orders import stop_protected_disconnects
 from central.state import ACTIVE_STATES, IN_FLIGHT_STATES, OrderState
+from shared import topics
 from shared.contracts import MeterEntry, MeterTableSync, validate
 from shared.errors import InvalidPayload
 
@@ -33,8 +34,14 @@ _FALSE = {"0", "false", "no", "n", "f", ""}
 # meter is written, so that a bad value is refused by name at import or PATCH instead of
 # leaving the meter silently out of its concentrator's table (or out of any topic).
 # (pydantic matches with Rust's regex, where "$" is the end of the text.)
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
-RegistryId = Annotated[str, Field(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+RegistryId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=topics.IDENTIFIER_MAX_LENGTH,
+        pattern=f"^{topics.IDENTIFIER_CHARS}$",
+    ),
+]
 HdlcAddress = Annotated[int, Field(ge=16, le=0x3FFD)]
 Host = Annotated[str, Field(min_length=1, max_length=253)]
 Port = Annotated[int, Field(ge=1, le=65535)]

@@ -10,7 +10,6 @@ then sees why the order has no result and will expire into a field work order.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from sqlalchemy import select
@@ -42,12 +41,7 @@ def _order_id_in(payload: bytes) -> str | None:
     # Only what could be an order id (the contract's id pattern): anything else, e.g. a NUL
     # that PostgreSQL text cannot hold, would make this row unwritable and the message
     # would be redelivered for ever; the payload (bytes) keeps it whatever it is.
-    if isinstance(value, str) and len(value) <= 64 and _ID.fullmatch(value):
-        return value
-    return None
-
-
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+    return value if topics.is_identifier(value) else None
 
 
 def _text(value: str, limit: int) -> str:

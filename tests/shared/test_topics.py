@@ -19,7 +19,7 @@ def test_parse_inverts_the_builders(leaf: str) -> None:
     assert topics.parse(builder("DC-0042")) == ("DC-0042", leaf)
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "a b", "x" * 65, "-lead"])
+@pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "a b", "x" * 65, "-lead", "conc-a\n"])
 def test_ids_that_would_escape_the_branch_are_refused(bad: str) -> None:
     with pytest.raises(TopicError):
         topics.commands(bad)
@@ -33,3 +33,9 @@ def test_foreign_topics_are_refused(topic: str) -> None:
 
 def test_shared_subscription_for_replicas() -> None:
     assert topics.shared_subscription("central", topics.ALL_RESULTS) == "$share/central/rcd/v1/c/+/result"
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "g+", "g\n", "x" * 65])
+def test_shared_subscription_group_must_be_a_plain_name(bad: str) -> None:
+    with pytest.raises(TopicError):
+        topics.shared_subscription(bad, topics.ALL_RESULTS)
