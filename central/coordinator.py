@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -108,7 +109,12 @@ class Coordinator:
                     "meter tables",
                     lambda: self._under_dispatch_lock(dispatch.push_meter_tables, link),
                 ),
-                ("republish", self._republish),
+                (
+                    "republish",
+                    lambda: self._under_dispatch_lock(
+                        partial(dispatch.republish_unacked, settings=self.settings), link
+                    ),
+                ),
                 ("dispatch", self.dispatch_now),
             ]
         failed: list[str] = []
@@ -137,11 +143,6 @@ class Coordinator:
         with self._dispatch_lock, self.factory() as session:
             step(session, link, self.signer)
 
-    def _republish(self) -> None:
-        assert self.link is not None
-        with self._dispatch_lock, self.factory() as session:
-            dispatch.republish_unacked(session, self.link, self.signer, self.settings)
-
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -160,12 +161,8 @@ class Coordinator:
         try:
             message = parse_agent_message(payload)
         except SharedError as exc:
-            log.warning("refused malformed agent message on %s: %s", topic, exc)
             return self._reject(topic, payload, str(exc))
         if not topic.startswith(f"rcd/v1/c/{message.concentrator_id}/"):
-            log.warning(
-                "%s for %s published on %s: refused", message.kind, message.concentrator_id, topic
-            )
             return self._reject(
                 topic, payload, f"{message.kind} names concentrator {message.concentrator_id}"
             )
@@ -188,6 +185,7 @@ class Coordinator:
         """Keep a refused message (``services.rejected``), then acknowledge it: redelivery
         cannot fix it. If the row cannot be written, the exception leaves it unacknowledged
         and the broker delivers it again."""
+        log.warning("refused agent message on %s: %s", topic, reason)
         with session_scope(self.factory) as session:
             rejected.record_rejected(session, topic, payload, reason)
         return True
@@ -196,7 +194,6 @@ class Coordinator:
         try:
             status = decode(ConcentratorStatus, payload)
         except SharedError as exc:
-            log.warning("refused malformed status on %s: %s", topic, exc)
             return self._reject(topic, payload, str(exc))
         if not topic.startswith(f"rcd/v1/c/{status.concentrator_id}/"):
             return self._reject(
