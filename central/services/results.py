@@ -103,8 +103,9 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
     if order.result_json is not None:
         return _count("duplicate")
     actor = f"agent:{result.concentrator_id}"
-    if _meter_moved_away(session, order, result):
-        return _reroute(session, order, result, actor, now)
+    new_home = _concentrator_it_moved_to(session, order, result)
+    if new_home is not None:
+        return _reroute(session, order, result, new_home, actor, now)
     order.result_json = to_builtins(result)
     order.attempts = len(result.attempts)
     order.already_in_state = result.already_in_state
@@ -145,26 +146,23 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
     return _count("applied")
 
 
-def _meter_moved_away(session: Session, order: Order, result: OrderResult) -> bool:
-    """The old agent no longer has the meter, and the registry has it elsewhere now."""
+def _concentrator_it_moved_to(session: Session, order: Order, result: OrderResult) -> str | None:
+    """The meter's concentrator now, when the old agent no longer has the meter and the
+    registry has it elsewhere; None otherwise."""
     if result.reason is not ReasonCode.NOT_IN_CONCENTRATOR_TABLE:
-        return False
+        return None
     if OrderState(order.state) not in IN_FLIGHT_STATES:
-        return False
+        return None
     meter = session.get(Meter, order.meter_id)
-    return (
-        meter is not None
-        and meter.concentrator_id is not None
-        and meter.concentrator_id != order.concentrator_id
-    )
+    if meter is None or meter.concentrator_id in (None, order.concentrator_id):
+        return None
+    return meter.concentrator_id
 
 
 def _reroute(
-    session: Session, order: Order, result: OrderResult, actor: str, now: datetime
+    session: Session, order: Order, result: OrderResult, new: str, actor: str, now: datetime
 ) -> str:
-    meter = session.get(Meter, order.meter_id)
-    assert meter is not None and meter.concentrator_id is not None
-    old, new = order.concentrator_id, meter.concentrator_id
+    old = order.concentrator_id
     _record_attempts(session, order, result.attempts, actor)
     if order.cancel_requested:
         # the order ends here on the old concentrator: its answer is stored, so that a
