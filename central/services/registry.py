@@ -98,6 +98,16 @@ def _bump(session: Session, concentrator_id: str | None) -> None:
         row.table_generation += 1
 
 
+def _meter_written(session: Session, row: Meter, old: str | None) -> None:
+    """After a meter row was written (``old``: its concentrator before): its
+    concentrator's table is stale, and on a move the old one's too, and the meter's
+    orders follow it (:func:`follow_meter_move`)."""
+    if old != row.concentrator_id:
+        _bump(session, old)
+        follow_meter_move(session, row.id, old, row.concentrator_id)
+    _bump(session, row.concentrator_id)
+
+
 def follow_meter_move(
     session: Session, meter_id: str, old: str | None, new: str | None
 ) -> int:
@@ -201,15 +211,13 @@ def upsert_meter(
         row = Meter(**values)
         session.add(row)
         report.created += 1
+        old = row.concentrator_id
     else:
         old = row.concentrator_id
         for name, value in values.items():
             setattr(row, name, value)
         report.updated += 1
-        if old != row.concentrator_id:
-            _bump(session, old)
-            follow_meter_move(session, row.id, old, row.concentrator_id)
-    _bump(session, row.concentrator_id)
+    _meter_written(session, row, old)
     if row.protected_customer:
         session.flush()
         stop_protected_disconnects(session, [row.id])
@@ -224,10 +232,7 @@ def change_meter(session: Session, meter_id: str, change: MeterChange) -> Meter:
         ensure_concentrator(session, values["concentrator_id"])
     for name, value in values.items():
         setattr(row, name, value)
-    if old != row.concentrator_id:
-        _bump(session, old)
-        follow_meter_move(session, row.id, old, row.concentrator_id)
-    _bump(session, row.concentrator_id)
+    _meter_written(session, row, old)
     session.flush()
     if row.protected_customer:
         stop_protected_disconnects(session, [row.id])
