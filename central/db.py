@@ -12,17 +12,19 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from central.errors import Conflict, StorageError
+
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -129,3 +131,12 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def where_given(query: Select[T], *filters: tuple[QueryableAttribute[Any], object]) -> Select[T]:
+    """``query`` narrowed by ``column == value`` for each filter whose value was given
+    (a list route's optional query parameters)."""
+    for column, value in filters:
+        if value:
+            query = query.where(column == value)
+    return query

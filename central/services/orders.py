@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from pydantic import AwareDatetime, BaseModel, Field
-from sqlalchemy import Select, Table, func, select, text
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.orm import Session, selectinload
 
 from central import bulk
-from central.db import stale_to_conflict
+from central.db import stale_to_conflict, where_given
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
 from central.services import validation
@@ -573,19 +573,15 @@ def list_orders(
     limit: int = 100,
     offset: int = 0,
 ) -> list[Order]:
-    query: Select[tuple[Order]] = select(Order)
-    if state:
-        query = query.where(Order.state == state)
-    if meter_id:
-        query = query.where(Order.meter_id == meter_id)
-    if concentrator_id:
-        query = query.where(Order.concentrator_id == concentrator_id)
-    if action:
-        query = query.where(Order.action == action)
-    if batch_id:
-        query = query.where(Order.batch_id == batch_id)
-    if external_ref:
-        query = query.where(Order.external_ref == external_ref)
+    query = where_given(
+        select(Order),
+        (Order.state, state),
+        (Order.meter_id, meter_id),
+        (Order.concentrator_id, concentrator_id),
+        (Order.action, action),
+        (Order.batch_id, batch_id),
+        (Order.external_ref, external_ref),
+    )
     if since:
         query = query.where(Order.created_at >= since)
     query = query.order_by(Order.created_at.desc(), Order.id).limit(min(limit, 1000)).offset(offset)

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from central import metrics
+from central.db import where_given
 from central.models import Order, RejectedMessage
 from central.services.lifecycle import note, utcnow
 from shared import topics
@@ -95,11 +96,11 @@ def list_rejected(
     limit: int = 100,
     offset: int = 0,
 ) -> list[RejectedMessage]:
-    query = select(RejectedMessage)
-    if concentrator_id:
-        query = query.where(RejectedMessage.concentrator_id == concentrator_id)
-    if order_id:
-        query = query.where(RejectedMessage.order_id == order_id)
+    query = where_given(
+        select(RejectedMessage),
+        (RejectedMessage.concentrator_id, concentrator_id),
+        (RejectedMessage.order_id, order_id),
+    )
     if since:
         query = query.where(RejectedMessage.received_at >= since)
     query = query.order_by(RejectedMessage.id.desc()).limit(limit).offset(offset)

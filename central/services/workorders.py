@@ -8,9 +8,10 @@ import io
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Select, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from central.db import where_given
 from central.errors import Conflict, NotFound
 from central.models import Meter, WorkOrder
 from central.services.lifecycle import Actor, utcnow
@@ -47,15 +48,13 @@ def list_work_orders(
     limit: int = 1000,
     offset: int = 0,
 ) -> list[WorkOrder]:
-    query: Select[tuple[WorkOrder]] = select(WorkOrder)
-    if status:
-        query = query.where(WorkOrder.status == status)
-    if meter_id:
-        query = query.where(WorkOrder.meter_id == meter_id)
-    if concentrator_id:
-        query = query.where(WorkOrder.concentrator_id == concentrator_id)
-    if reason:
-        query = query.where(WorkOrder.reason == reason)
+    query = where_given(
+        select(WorkOrder),
+        (WorkOrder.status, status),
+        (WorkOrder.meter_id, meter_id),
+        (WorkOrder.concentrator_id, concentrator_id),
+        (WorkOrder.reason, reason),
+    )
     if since:
         query = query.where(WorkOrder.created_at >= since)
     query = query.order_by(WorkOrder.id).limit(min(limit, 100_000)).offset(offset)
