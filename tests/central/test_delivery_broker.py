@@ -169,3 +169,27 @@ def test_the_agent_sends_its_result_again_until_the_coordinator_stored_and_acked
         events = [e["event"] for e in body["events"]]
         assert events.count("complete_connected") == 1 and events.count("attempt") == 1
         assert "deliver" in events
+
+
+def test_two_replicas_each_with_every_result_record_it_once(
+    database_url: str, broker: MosquittoBroker, keypair: tuple[bytes, bytes], concentrator: str, tmp_path: Path
+) -> None:
+    """Several coordinators, plain subscription: each gets every receipt and result and
+    handles it idempotently; the order's timeline has each step once."""
+    with start_app(database_url, broker, keypair, mqtt_results_subscription="plain") as first:
+        import_meter(first, concentrator, "q0")
+        with start_app(database_url, broker, keypair, mqtt_results_subscription="plain") as second:
+            config = agent_config(tmp_path, keypair, broker, concentrator)
+            agent = EdgeAgent(config, driver=FakeDriver({"q0": FakeMeter(ControlState.CONNECTED)}))
+            with agent:
+                wait_for(lambda: agent.store.meter_count() == 1, what="meter table")
+                order = second.post(
+                    "/api/v1/orders",
+                    json={"meter_id": "q0", "action": "disconnect", "reason": "losses", "special": True},
+                    headers=OPERATOR,
+                ).json()["order"]
+                assert wait_until(lambda: state(first, order["id"]) == "completed_disconnected", timeout=15)
+                wait_for(lambda: agent.store.outbox_depth() == 0, what="outbox emptied by the acks")
+            events = [e["event"] for e in first.get(f"/api/v1/orders/{order['id']}", headers=OPERATOR).json()["events"]]
+            assert events.count("deliver") == 1 and events.count("complete_disconnected") == 1
+            assert events.count("attempt") == 1
