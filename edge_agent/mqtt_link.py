@@ -223,6 +223,7 @@ class MqttLink:
                     if self._resend_all.is_set():
                         self._resend_all.clear()
                         self._store.outbox_due_now()
+                        next_status = 0.0  # tell the coordinator at once: it re-sends then
                     if time.monotonic() >= next_status:
                         self._publish_status()
                         next_status = time.monotonic() + interval
