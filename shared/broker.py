@@ -165,6 +165,11 @@ class MosquittoBroker:
             process.wait(timeout=5)
 
     @property
+    def pid(self) -> int | None:
+        """The process id while it runs (a fault test freezes it with SIGSTOP)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
