@@ -185,7 +185,7 @@ class Run:
     def states(self) -> dict[str, str]:
         ids = [o for o in self.placed.values() if o]
         with self.system.db() as conn:
-            return dict(conn.execute(  # type: ignore[arg-type]
+            return dict(conn.execute(
                 "SELECT id, state FROM orders WHERE id = ANY(%s)", (ids,)
             ).fetchall())
 

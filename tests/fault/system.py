@@ -146,9 +146,11 @@ class System:
         base = postgres_admin_url.rsplit("/", 1)[0]
         self.db_url = f"{base}/{self.db_name}"
         self.mqtt_password = secrets.token_urlsafe(12)
+        # The shipped configuration, but mosquitto's default autosave_interval (30 min):
+        # a kill -9 loses everything the broker was holding, and nothing may be lost.
         self.broker = MosquittoBroker(
             users=CONCENTRATORS, password=self.mqtt_password,
-            work_dir=self._dir("broker"),
+            work_dir=self._dir("broker"), drop=("autosave_interval",),
         )
         self.central_port = free_port()
         self.legacy_port = free_port()
