@@ -88,7 +88,7 @@ def test_broker_killed_while_an_agent_is_away(system: System, run: Run) -> None:
 
 def test_coordinator_killed_during_intake(system: System, run: Run) -> None:
     run.pick()
-    sender = run.submit_in_background(batch=5, pause_s=0.3)
+    sender = run.submit_in_background(batch=5)  # back to back: the kill lands mid-request
     wait_until("first requests taken", lambda: len(run.placed) >= 5, 30, 0.02)
     system.part("central").kill()
     time.sleep(1)
