@@ -75,7 +75,11 @@ def accepted_orders(content: bytes) -> dict[str, str]:
         raise ValueError("SOAP Fault")
     result = root.findtext(f".//{{{EDCM}}}Reply/{{{MSG}}}Result")
     if result not in ("OK", "PARTIAL"):
-        raise ValueError(f"Result {result}")
+        reasons = [
+            f"{e.findtext(f'{{{MSG}}}reason')}: {e.findtext(f'{{{MSG}}}details')}"
+            for e in root.iter(f"{{{MSG}}}Error")
+        ]
+        raise ValueError(f"Result {result} {reasons[:3]}")
     out = {}
     for control in root.iter(f"{{{EDC}}}EndDeviceControl"):
         order_id = control.findtext(f"{{{EDC}}}mRID")
@@ -122,7 +126,7 @@ class Run:
                 self.actions[m] = "disconnect" if states[m] == 1 else "connect"
         return self.actions
 
-    def submit(self, *, batch: int = 10, deadline_s: float = 20, give_up_s: float = 90,
+    def submit(self, *, batch: int = 10, deadline_s: float = 20, give_up_s: float = 60,
                pause_s: float = 0.0) -> dict[str, str | None]:
         """Place the picked orders in SOAP requests of ``batch`` meters; a request that gets
         no Reply (coordinator down, connection reset, 5xx) is re-sent with its MessageID."""

@@ -50,7 +50,8 @@ COORDINATOR_ENV = {
         for a in ("disconnect", "connect", "arm")
     }),
     "RCD_SWEEP_INTERVAL_S": "0.5",
-    "RCD_REPUBLISH_AFTER_S": "2",
+    "RCD_REPUBLISH_AFTER_S": "1",
+    "RCD_REPUBLISH_MAX_S": "4",
     "RCD_EXPIRY_GRACE_S": "3",
     "RCD_APPROVAL_THRESHOLD": "100000",
     "RCD_DISCONNECTS_PER_MINUTE": "100000",
@@ -60,6 +61,8 @@ COORDINATOR_ENV = {
     "RCD_SOAP_RETRY_MAX_S": "1",
     "RCD_SOAP_POLL_INTERVAL_S": "0.2",
     "RCD_SOAP_CLAIM_S": "5",
+    # a MessageID claimed by a coordinator that was killed is retaken after this long
+    "RCD_SOAP_STALE_CLAIM_S": "5",
 }
 
 
@@ -292,6 +295,8 @@ concentrator_id = "{concentrator}"
 data_dir = "{data}"
 status_interval_s = 1
 log_level = "info"
+resend_initial_s = 1
+resend_max_s = 4
 
 [broker]
 url = "mqtt://127.0.0.1:{self.broker.port}"
