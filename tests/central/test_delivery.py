@@ -6,7 +6,7 @@ meter flagged protected gets a cancel for every disconnect an agent may still ho
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -184,6 +184,10 @@ def test_an_agents_refusal_is_a_security_event_and_ends_no_order(
         assert "ends no order" in kept[1].reason
         security = rejected.security_events(session)
         assert [r.id for r in security] == [kept[0].id] and rejected.key_alarm(security[0])
+        # the concentrator's signature alarm (REST and dashboard), for a day
+        alarms = rejected.signature_alarms(session)
+        assert list(alarms) == ["conc-a"] and "bad_signature" in alarms["conc-a"]
+        assert rejected.signature_alarms(session, now=datetime.now(UTC) + timedelta(days=2)) == {}
 
 
 def test_a_refusal_for_another_reason_is_no_key_alarm(session: Session) -> None:
