@@ -16,9 +16,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Final, cast
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import Table, func, select, text
 from sqlalchemy.orm import Session, selectinload
 
@@ -42,6 +43,7 @@ from shared.contracts import Action, OrderReason
 
 __all__ = [
     "BatchOutcome",
+    "Channel",
     "ItemResult",
     "OrderRequest",
     "approve_batch",
@@ -59,6 +61,12 @@ __all__ = [
 _CHUNK = 500
 
 
+# Set by the channel a request came in through, never by its body: a REST caller
+# naming them is refused (422), so it cannot pick where results are POSTed nor
+# forge the channel in the audit trail.
+CHANNEL_FIELDS: Final = ("source", "reply_address")
+
+
 class OrderRequest(BaseModel):
     """One order as a caller asks for it (REST body item, or mapped from CIM)."""
 
@@ -73,8 +81,29 @@ class OrderRequest(BaseModel):
     not_before: AwareDatetime | None = None
     deadline: AwareDatetime | None = None  # overrides the configured activity duration
     correlation_id: str | None = Field(default=None, max_length=200)
-    reply_address: str | None = Field(default=None, max_length=500)
-    source: str = Field(default="rest", max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_channel_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in CHANNEL_FIELDS:
+                if name in data:
+                    raise PydanticCustomError(
+                        "channel_field",
+                        "'{field}' is set by the channel the request came in through, "
+                        "not by the caller",
+                        {"field": name},
+                    )
+        return data
+
+
+@dataclass(frozen=True)
+class Channel:
+    """How a request came in: ``source`` for the audit trail, and the reply address
+    the channel vouched for (the SOAP gateway checks it: central/soap/reply_policy)."""
+
+    source: str = "rest"
+    reply_address: str | None = None
 
 
 @dataclass
@@ -246,6 +275,7 @@ def create_orders(
     settings: Settings,
     *,
     now: datetime | None = None,
+    channel: Channel = Channel(),
 ) -> BatchOutcome:
     """Validate and store orders (steps 2-3); one result per request, in order.
 
@@ -399,10 +429,10 @@ def create_orders(
                 "issuer_id": request.issuer_id,
                 "max_attempts": max_attempts,
                 "batch_id": batch_id,
-                "source": request.source,
+                "source": channel.source,
                 "external_ref": request.external_ref,
                 "correlation_id": request.correlation_id,
-                "reply_address": request.reply_address,
+                "reply_address": channel.reply_address,
                 "finished_at": None,
                 "superseded_by": None,
                 "result_reason": None,
@@ -413,7 +443,7 @@ def create_orders(
             pending,
             "receive",
             actor.name,
-            f"{received}: {action} ({reason}) via {request.source}",
+            f"{received}: {action} ({reason}) via {channel.source}",
             2,
             None,
             _RECEIVED,

@@ -228,7 +228,11 @@ def test_requester_cannot_approve_own_batch_sent_through_soap(
     approving through REST is still the requester."""
     ids = meters(6)
     arturo_soap = Actor("soap:arturo", "approver")
-    outcome = create(session, settings, [req(m, source="soap") for m in ids], arturo_soap)
+    outcome = orders.create_orders(
+        session, [req(m) for m in ids], arturo_soap, settings, now=WORKDAY,
+        channel=orders.Channel("soap"),
+    )
+    session.commit()
     assert outcome.needs_approval and outcome.batch_id
     with pytest.raises(PermissionDenied):
         orders.approve_batch(session, outcome.batch_id, APPROVER)  # "arturo" via REST
