@@ -127,7 +127,8 @@ class Order(Base):
     priority: Mapped[int] = mapped_column(Integer, default=5)
     state: Mapped[str] = mapped_column(String(32))  # see ix_orders_state_conc
     created_by: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # indexed with not_before: the approval window counts disconnects by switching time
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
@@ -138,7 +139,7 @@ class Order(Base):
     source: Mapped[str] = mapped_column(String(16), default="rest")
     external_ref: Mapped[str | None] = mapped_column(String(200), index=True)
     issuer_id: Mapped[str | None] = mapped_column(String(200))
-    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     correlation_id: Mapped[str | None] = mapped_column(String(200))
     reply_address: Mapped[str | None] = mapped_column(String(500))
     # validation / result

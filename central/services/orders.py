@@ -20,14 +20,14 @@ from typing import Any, Final, cast
 
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import Table, func, select, text
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, selectinload
 
 from central import bulk
 from central.db import stale_to_conflict, where_given
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
-from central.services import validation
+from central.services import approvals, validation
 from central.services.lifecycle import Actor, advance, note, on_order_finished, utcnow
 from central.settings import Settings
 from central.state import (
@@ -480,27 +480,17 @@ def create_orders(
             by_key[key] = pending
 
     batch["disconnects"] = len(accepted_disconnects)
-    recent = (
-        _recent_unapproved_disconnects(session, settings, now)
-        if 0 < len(accepted_disconnects) <= settings.approval_threshold
-        else 0
+    detail = approvals.hold_reason(
+        session,
+        settings,
+        now,
+        batch_id,
+        [approvals.switch_time(now, o.row["not_before"]) for o in accepted_disconnects],
     )
-    if len(accepted_disconnects) + recent > settings.approval_threshold:
+    if detail is not None:
         batch["needs_approval"] = True
         outcome.needs_approval = True
         held = {o.id for o in accepted_disconnects}
-        if recent:
-            detail = (
-                f"batch {batch_id} holds {len(accepted_disconnects)} disconnects; with the "
-                f"{recent} accepted without approval in the last "
-                f"{settings.approval_window_s} s that is over the threshold of "
-                f"{settings.approval_threshold}: a second person must approve"
-            )
-        else:
-            detail = (
-                f"batch {batch_id} holds {len(accepted_disconnects)} disconnects, over the "
-                f"threshold of {settings.approval_threshold}: a second person must approve"
-            )
         for pending in accepted_disconnects:
             pending.needs_approval = True
             writer.event(
@@ -516,28 +506,6 @@ def create_orders(
     with stale_to_conflict(session, "orders not created"):
         session.flush()
     return outcome
-
-
-# Serialises the rolling-window count between concurrent creators on PostgreSQL (SQLite
-# callers already hold the database's write lock): two requests must not both see room.
-_APPROVAL_LOCK_KEY = 0x52434401
-
-
-def _recent_unapproved_disconnects(session: Session, settings: Settings, now: datetime) -> int:
-    """Disconnects accepted without a second person's approval, fleet-wide, in the last
-    ``approval_window_s``: a mass disconnect split into many small batches (or single
-    orders, REST or SOAP) adds up here and is held for approval like one big batch."""
-    if settings.approval_window_s <= 0:
-        return 0
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPROVAL_LOCK_KEY})
-    since = now - timedelta(seconds=settings.approval_window_s)
-    total = session.scalar(
-        select(func.coalesce(func.sum(Batch.disconnects), 0)).where(
-            Batch.created_at >= since, Batch.needs_approval.is_(False)
-        )
-    )
-    return int(total or 0)
 
 
 _ACTIVE = frozenset(s.value for s in ACTIVE_STATES)
