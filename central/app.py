@@ -19,7 +19,15 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from central import metrics
 from central.api.deps import AppContext, hash_token
-from central.api.routes import concentrators, health, meters, orders, rejected, workorders
+from central.api.routes import (
+    concentrators,
+    health,
+    meters,
+    orders,
+    protections,
+    rejected,
+    workorders,
+)
 from central.coordinator import Coordinator
 from central.db import CHANGED_MEANWHILE, make_engine, make_session_factory, migrate
 from central.errors import (
@@ -112,7 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    for module in (orders, meters, concentrators, workorders, rejected):
+    for module in (orders, meters, concentrators, workorders, rejected, protections):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     _include_optional(app)

@@ -118,6 +118,8 @@ class MeterOut(ORM):
     relay_state: str
     relay_state_at: datetime | None
     energy_kwh: float | None
+    # a request to clear protected_customer waits for a second person (protection-changes)
+    protection_change_pending: bool = False
 
 
 class ImportOut(BaseModel):
@@ -125,6 +127,19 @@ class ImportOut(BaseModel):
     updated: int
     concentrators_created: int
     errors: list[str]
+    # meters whose protected-customer flag stays set until a second person approves
+    protection_pending: list[str] = []
+
+
+class ProtectionChangeOut(ORM):
+    id: int
+    meter_id: str
+    change: str
+    state: str
+    requested_by: str
+    requested_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
 
 
 class ConcentratorOut(ORM):

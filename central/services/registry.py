@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from central.errors import BadRequest, NotFound
 from central.models import Concentrator, Meter, Order
+from central.services import protections
 from central.services.lifecycle import note, utcnow
 from central.services.orders import stop_protected_disconnects
 from central.state import ACTIVE_STATES, IN_FLIGHT_STATES, OrderState
@@ -88,6 +89,21 @@ class ImportReport:
     updated: int = 0
     concentrators_created: int = 0
     errors: list[str] = field(default_factory=list)
+    # meters whose protected-customer flag an import asked to clear: still set, pending
+    # a second person's approval (central/services/protections.py)
+    protection_pending: list[str] = field(default_factory=list)
+
+
+def _keep_protection(
+    session: Session, row: Meter, values: dict[str, object], actor: str
+) -> bool:
+    """A write that would clear the protected-customer flag keeps it and records a
+    request for a second person instead. True when such a request was recorded."""
+    if not row.protected_customer or values.get("protected_customer", True) is not False:
+        return False
+    values["protected_customer"] = True
+    protections.request_clear(session, row, actor)
+    return True
 
 
 def _bump(session: Session, concentrator_id: str | None) -> None:
@@ -199,7 +215,11 @@ def list_meters(
 
 
 def upsert_meter(
-    session: Session, fields: MeterFields, report: ImportReport | None = None
+    session: Session,
+    fields: MeterFields,
+    report: ImportReport | None = None,
+    *,
+    actor: str = "central",
 ) -> Meter:
     report = report if report is not None else ImportReport()
     if fields.concentrator_id:
@@ -214,6 +234,8 @@ def upsert_meter(
         old = row.concentrator_id
     else:
         old = row.concentrator_id
+        if _keep_protection(session, row, values, actor):
+            report.protection_pending.append(row.id)
         for name, value in values.items():
             setattr(row, name, value)
         report.updated += 1
@@ -224,9 +246,12 @@ def upsert_meter(
     return row
 
 
-def change_meter(session: Session, meter_id: str, change: MeterChange) -> Meter:
+def change_meter(
+    session: Session, meter_id: str, change: MeterChange, *, actor: str = "central"
+) -> Meter:
     row = get_meter(session, meter_id)
     values = change.model_dump(exclude_unset=True)
+    _keep_protection(session, row, values, actor)
     old = row.concentrator_id
     if values.get("concentrator_id"):
         ensure_concentrator(session, values["concentrator_id"])
@@ -248,7 +273,7 @@ def _flag(value: str, column: str, line: int) -> bool:
     raise BadRequest(f"line {line}: {column} must be true/false, got {value!r}")
 
 
-def import_meters_csv(session: Session, text: str) -> ImportReport:
+def import_meters_csv(session: Session, text: str, *, actor: str = "central") -> ImportReport:
     """Create or update meters from CSV with a header row.
 
     Columns: ``meter_id`` (required), ``concentrator_id``, ``topology``, ``transport``,
@@ -274,7 +299,7 @@ def import_meters_csv(session: Session, text: str) -> ImportReport:
         except (BadRequest, ValidationError) as exc:
             report.errors.append(f"line {line}: {exc}".replace("\n", " ")[:500])
             continue
-        upsert_meter(session, fields, report)
+        upsert_meter(session, fields, report, actor=actor)
     session.flush()
     return report
 

@@ -39,6 +39,8 @@ REQUIRED = {
     ("GET", "/api/v1/work-orders/{work_order_id}"): "viewer",
     ("POST", "/api/v1/work-orders/{work_order_id}/close"): "operator",
     ("GET", "/api/v1/rejected-messages"): "operator",
+    ("GET", "/api/v1/protection-changes"): "operator",
+    ("POST", "/api/v1/protection-changes/{change_id}/approve"): "approver",
     ("GET", "/metrics"): "viewer",
 }
 
