@@ -13,6 +13,12 @@ one ``approval_window_s``. Three ways to try, three counts:
   is held.
 
 Disconnects a second person approved, and refused ones, count nowhere.
+
+And one protection lifted: the ``special`` flag lets a disconnect switch on a
+weekend or holiday. A batch whose special disconnects would switch on such a
+day is held for a second person too, with an alarm; the dispatcher lets a
+special disconnect go on a non-working day only once a second person approved
+it (otherwise it waits for a working day, as without the flag).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from central.models import Batch, Order
+from central.services import validation
+from central.services.protections import raise_alarm
 from central.settings import Settings
 from central.state import OrderState
 from shared.contracts import Action
@@ -41,10 +49,11 @@ def hold_reason(
     settings: Settings,
     now: datetime,
     batch_id: str,
-    switch_times: Sequence[datetime],
+    disconnects: Sequence[tuple[datetime, bool]],
 ) -> str | None:
-    """Why the batch's accepted disconnects (first switching at ``switch_times``) must
+    """Why the batch's accepted disconnects, each (first switching time, special), must
     wait for a second person, or None."""
+    switch_times = [at for at, _special in disconnects]
     count, threshold = len(switch_times), settings.approval_threshold
     if count == 0:
         return None
@@ -53,6 +62,21 @@ def hold_reason(
             f"batch {batch_id} holds {count} disconnects, over the "
             f"threshold of {threshold}: a second person must approve"
         )
+    off_days = sorted(
+        {
+            validation.local_day(at, settings.timezone)
+            for at, special in disconnects
+            if special and not _working_day(at, settings)
+        }
+    )
+    if off_days:
+        detail = (
+            f"batch {batch_id}: disconnects flagged special would switch on "
+            f"{', '.join(d.isoformat() for d in off_days)}, not a working day: the "
+            "weekend rule is lifted only with a second person's approval"
+        )
+        raise_alarm("special_disconnects_held", detail)
+        return detail
     window = settings.approval_window_s
     if window <= 0:
         return None
@@ -75,6 +99,11 @@ def hold_reason(
             "a second person must approve"
         )
     return None
+
+
+def _working_day(at: datetime, settings: Settings) -> bool:
+    day = validation.local_day(at, settings.timezone)
+    return validation.is_working_day(day, settings.holiday_country)
 
 
 def switch_time(accepted_at: datetime, not_before: datetime | None) -> datetime:

@@ -485,7 +485,10 @@ def create_orders(
         settings,
         now,
         batch_id,
-        [approvals.switch_time(now, o.row["not_before"]) for o in accepted_disconnects],
+        [
+            (approvals.switch_time(now, o.row["not_before"]), bool(o.row["special"]))
+            for o in accepted_disconnects
+        ],
     )
     if detail is not None:
         batch["needs_approval"] = True

@@ -4,13 +4,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from central.app import create_app
+from central.services import dispatch, orders
+from central.services.orders import OrderRequest
 from central.settings import Settings
+from shared.signing import CommandSigner
+
+from .conftest import APPROVER, OPERATOR, SATURDAY, WORKDAY, RecordingPublisher
 
 TOKENS = {
     "tok-admin-ana": {"name": "ana", "role": "admin"},
@@ -120,3 +127,48 @@ def test_setting_the_flag_needs_nobody(client: TestClient) -> None:
     response = client.patch("/api/v1/meters/m2", json={"protected_customer": True}, headers=ANA)
     assert response.json()["protected_customer"] is True
     assert pending(client) == []
+
+
+# -- the special flag (weekend rule) on disconnects -----------------------------------------
+
+
+def test_special_disconnects_on_a_weekend_wait_for_a_second_person(
+    session: Session,
+    settings: Settings,
+    meters: Callable[..., list[str]],
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One operator flagging disconnects special on a Saturday does not lift the weekend
+    rule alone: the batch is held, an alarm is raised, the timeline says why; once a
+    second person approves, they go that same Saturday."""
+    ids = meters(2)
+    requests = [
+        OrderRequest.model_validate(
+            {"meter_id": m, "action": "disconnect", "reason": "non_payment", "special": True}
+        )
+        for m in ids
+    ]
+    with caplog.at_level(logging.ERROR, logger="central.alarm"):
+        outcome = orders.create_orders(session, requests, OPERATOR, settings, now=SATURDAY)
+        session.commit()
+    assert outcome.needs_approval
+    assert any("special" in r.getMessage() for r in caplog.records)
+    events = orders.get_order(session, outcome.items[0].order_id or "").events
+    assert any(e.event == "approval_required" and "special" in e.detail for e in events)
+    later = SATURDAY + timedelta(minutes=5)
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=later) == 0
+    orders.approve_batch(session, outcome.batch_id or "", APPROVER)
+    session.commit()
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=later) == 2
+
+
+def test_special_disconnects_on_a_working_day_are_not_held(
+    session: Session, settings: Settings, meters: Callable[..., list[str]]
+) -> None:
+    request = OrderRequest.model_validate(
+        {"meter_id": meters(1)[0], "action": "disconnect", "reason": "non_payment", "special": True}
+    )
+    outcome = orders.create_orders(session, [request], OPERATOR, settings, now=WORKDAY)
+    assert not outcome.needs_approval
