@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from central.services.inputs import Input
 from central.services.orders import OrderRequest
 
 
@@ -88,7 +90,7 @@ class BatchOut(BaseModel):
     items: list[ItemOut]
 
 
-class CancelIn(BaseModel):
+class CancelIn(Input):
     detail: str = Field(default="", max_length=500)
 
 
@@ -159,7 +161,7 @@ class ConcentratorOut(ORM):
     agent_table_generation: int | None
 
 
-class ConcentratorChange(BaseModel):
+class ConcentratorChange(Input):
     name: str | None = None
     decommissioned: bool | None = None
 
@@ -181,7 +183,7 @@ class WorkOrderOut(ORM):
     notes: str | None
 
 
-class CloseIn(BaseModel):
+class CloseIn(Input):
     outcome: str = Field(
         pattern=r"^(connected|disconnected|no_access|meter_replaced|meter_faulty|other)$"
     )
@@ -200,3 +202,20 @@ class RejectedMessageOut(ORM):
     reason: str
     size: int
     payload_text: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    error: str | None = None
+
+
+# The error answers every API route may give (central/app.py maps the service errors),
+# documented so that a client (and the schema fuzz in tests/api) knows each status code.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "bad request (the detail names the problem)"},
+    401: {"model": ErrorOut, "description": "missing or unknown API token"},
+    403: {"model": ErrorOut, "description": "the token's role may not do this"},
+    404: {"model": ErrorOut, "description": "no such object"},
+    409: {"model": ErrorOut, "description": "conflicts with the current state; retry or re-read"},
+    503: {"model": ErrorOut, "description": "database unavailable"},
+}

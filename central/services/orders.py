@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, selectinload
@@ -28,6 +28,7 @@ from central.db import stale_to_conflict, where_given
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
 from central.services import approvals, validation
+from central.services.inputs import Input
 from central.services.lifecycle import Actor, advance, note, on_order_finished, utcnow
 from central.settings import Settings
 from central.state import (
@@ -67,7 +68,7 @@ _CHUNK = 500
 CHANNEL_FIELDS: Final = ("source", "reply_address")
 
 
-class OrderRequest(BaseModel):
+class OrderRequest(Input):
     """One order as a caller asks for it (REST body item, or mapped from CIM)."""
 
     meter_id: str = Field(min_length=1, max_length=64)

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from central.errors import BadRequest, NotFound
 from central.models import Concentrator, Meter, Order
 from central.services import protections
+from central.services.inputs import Input
 from central.services.lifecycle import note, utcnow
 from central.services.orders import stop_protected_disconnects
 from central.state import ACTIVE_STATES, IN_FLIGHT_STATES, OrderState
@@ -50,7 +51,7 @@ LogicalServer = Annotated[int, Field(ge=1, le=0x3FFF)]
 KeysRef = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class MeterFields(BaseModel):
+class MeterFields(Input):
     """Writable meter fields (CSV row, REST body)."""
 
     id: RegistryId
@@ -67,7 +68,7 @@ class MeterFields(BaseModel):
     protected_customer: bool = False
 
 
-class MeterChange(BaseModel):
+class MeterChange(Input):
     """A partial change (REST PATCH): only the fields given are written."""
 
     concentrator_id: RegistryId | None = None

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from central.api.deps import Admin, ContextDep, SessionDep, Viewer
+from central.api.deps import Admin, ContextDep, Offset, SessionDep, Viewer
 from central.api.schemas import ImportOut, MeterOut
 from central.errors import BadRequest
 from central.models import Meter
@@ -46,7 +46,7 @@ def list_meters(
     _actor: Viewer,
     concentrator_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[MeterOut]:
     rows = registry.list_meters(
         session, concentrator_id=concentrator_id, limit=limit, offset=offset

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
-from central.api.deps import Approver, Operator, SessionDep
+from central.api.deps import Approver, Offset, Operator, RowId, SessionDep
 from central.api.schemas import ProtectionChangeOut
 from central.services import protections
 
 router = APIRouter(tags=["protection-changes"])
 
-ChangeId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
 
 
 @router.get("/protection-changes", response_model=list[ProtectionChangeOut])
@@ -21,7 +21,7 @@ def list_changes(
     _actor: Operator,
     state: Literal["pending", "approved"] | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    offset: Offset = 0,
 ) -> list[ProtectionChangeOut]:
     rows = protections.list_changes(session, state=state, limit=limit, offset=offset)
     return [ProtectionChangeOut.model_validate(row) for row in rows]
@@ -29,7 +29,7 @@ def list_changes(
 
 @router.post("/protection-changes/{change_id}/approve", response_model=ProtectionChangeOut)
 def approve_change(
-    change_id: ChangeId, session: SessionDep, actor: Approver
+    change_id: RowId, session: SessionDep, actor: Approver
 ) -> ProtectionChangeOut:
     """A second person (role approver, not the requester) removes the protection."""
     change = protections.approve(session, change_id, actor)
