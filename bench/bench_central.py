@@ -30,7 +30,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from shared import topics
-from shared.broker import MosquittoBroker, free_port
+from shared.broker import COORDINATOR_USER, MosquittoBroker, free_port
 from shared.signing import generate_keypair
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ ADMIN = {"Authorization": "Bearer dev-admin"}
 def raw_publish_rate(broker: MosquittoBroker, count: int, payload: bytes) -> float:
     """QoS 1 publishes with PUBACK, from one paho client, as fast as it goes."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=paho.MQTTv5)
-    client.username_pw_set("coordinator", broker.password)
+    client.username_pw_set(COORDINATOR_USER, broker.password)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect(broker.host, broker.port)
@@ -89,7 +89,6 @@ def central_rate(
         "RCD_MQTT_HOST": broker.host,
         "RCD_MQTT_PORT": str(broker.port),
         "RCD_MQTT_PASSWORD": broker.password,
-        "RCD_MQTT_CLIENT_ID": "bench-central",
         "RCD_SIGNING_KEY_PATH": str(key_path),
         "RCD_MAX_INFLIGHT_PER_CONCENTRATOR": "1000000",
         "RCD_DISCONNECTS_PER_MINUTE": "10000000",

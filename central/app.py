@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
@@ -19,7 +20,16 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from central import metrics
 from central.api.deps import AppContext, hash_token
-from central.api.routes import concentrators, health, meters, orders, rejected, workorders
+from central.api.routes import (
+    concentrators,
+    health,
+    meters,
+    orders,
+    protections,
+    rejected,
+    workorders,
+)
+from central.api.schemas import ERROR_RESPONSES
 from central.coordinator import Coordinator
 from central.db import CHANGED_MEANWHILE, make_engine, make_session_factory, migrate
 from central.errors import (
@@ -81,6 +91,26 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.context = context
     app.state.settings = settings
 
+    @app.middleware("http")
+    async def _refuse_nul(request: Request, call_next: Any) -> Any:
+        # PostgreSQL cannot store a NUL character: refused in a path or query with a
+        # 422 naming where, before any route reads it (bodies: central/services/inputs.py)
+        for where, raw in (("path", request.url.path), ("query", request.url.query)):
+            if "\x00" in raw or "%00" in raw:
+                return JSONResponse(
+                    {
+                        "detail": [
+                            {
+                                "loc": [where],
+                                "msg": f"the {where} contains a NUL character",
+                                "type": "nul_character",
+                            }
+                        ]
+                    },
+                    status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                )
+        return await call_next(request)
+
     @app.exception_handler(CentralError)
     async def _central_error(_request: Request, exc: CentralError) -> JSONResponse:
         code = next((c for kind, c in _STATUS if isinstance(exc, kind)), 500)
@@ -112,9 +142,9 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    for module in (orders, meters, concentrators, workorders, rejected):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(health.router)
+    for module in (orders, meters, concentrators, workorders, rejected, protections):
+        app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    app.include_router(health.router, responses=ERROR_RESPONSES)
     _include_optional(app)
     return app
 
@@ -132,4 +162,6 @@ def _include_optional(app: FastAPI) -> None:
             continue
         router = getattr(module, "router", None)
         if router is not None:
-            app.include_router(router)
+            # the SOAP gateway is described by its WSDL (SOAP 1.1 faults travel as HTTP
+            # 500 by the standard), not by the REST API's OpenAPI document
+            app.include_router(router, include_in_schema=module_name != "central.soap.router")

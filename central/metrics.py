@@ -59,6 +59,13 @@ PUBLISHED = Counter(
     ["kind"],
     registry=PROCESS_REGISTRY,
 )
+PROTECTION_ALARMS = Counter(
+    "rcd_protection_alarms",
+    "Requests to remove a protection (protected-customer flag, special disconnects) and "
+    "removals approved by a second person: each one is an alarm",
+    ["kind"],
+    registry=PROCESS_REGISTRY,
+)
 
 
 class DatabaseCollector(Collector):

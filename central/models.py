@@ -127,7 +127,8 @@ class Order(Base):
     priority: Mapped[int] = mapped_column(Integer, default=5)
     state: Mapped[str] = mapped_column(String(32))  # see ix_orders_state_conc
     created_by: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # indexed with not_before: the approval window counts disconnects by switching time
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
@@ -138,7 +139,7 @@ class Order(Base):
     source: Mapped[str] = mapped_column(String(16), default="rest")
     external_ref: Mapped[str | None] = mapped_column(String(200), index=True)
     issuer_id: Mapped[str | None] = mapped_column(String(200))
-    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     correlation_id: Mapped[str | None] = mapped_column(String(200))
     reply_address: Mapped[str | None] = mapped_column(String(500))
     # validation / result
@@ -253,3 +254,20 @@ class RejectedMessage(Base):
     reason: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(Integer)  # of the whole payload
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ProtectionChange(Base):
+    """A request to remove a protection (clear a meter's protected-customer flag, Ley
+    21.304): it takes effect only when a second person (approver, not the requester)
+    approves it. The row is the audit record of who asked, who decided and when."""
+
+    __tablename__ = "protection_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    meter_id: Mapped[str] = mapped_column(String(64), ForeignKey("meters.id"), index=True)
+    change: Mapped[str] = mapped_column(String(40))  # clear_protected_customer
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending, approved
+    requested_by: Mapped[str] = mapped_column(String(100))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -63,22 +63,34 @@ class MqttLink:
         # with clean_start at connect (clean_session must stay None there).
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id or settings.mqtt_client_id,
+            client_id=client_id or settings.mqtt_client_id or settings.mqtt_username,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
             clean_session=None if self._v5 else False,
             manual_ack=True,
         )
         self._client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
-        if settings.mqtt_tls_ca is not None:
-            self._client.tls_set(
-                ca_certs=str(settings.mqtt_tls_ca), tls_version=ssl.PROTOCOL_TLS_CLIENT
-            )
+        self._set_tls(settings)
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._started = False
+
+    def _set_tls(self, settings: Settings) -> None:
+        if settings.mqtt_tls_ca is None and settings.mqtt_tls_cert is None:
+            return
+        if (settings.mqtt_tls_cert is None) != (settings.mqtt_tls_key is None):
+            raise DispatchError("RCD_MQTT_TLS_CERT and RCD_MQTT_TLS_KEY go together")
+        try:
+            self._client.tls_set(
+                ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
+                certfile=str(settings.mqtt_tls_cert) if settings.mqtt_tls_cert else None,
+                keyfile=str(settings.mqtt_tls_key) if settings.mqtt_tls_key else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise DispatchError(f"MQTT TLS settings: {exc}") from exc
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MqttLink:

@@ -63,15 +63,22 @@ class Settings(BaseSettings):
     mqtt_enabled: bool = True
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
-    mqtt_username: str = "coordinator"
+    # One broker account per replica (rcd-central-<n>, deploy/mosquitto/acl): the broker
+    # makes the account name the client id, so no other account can take this
+    # replica's session. The client id defaults to the account name.
+    mqtt_username: str = "rcd-central-1"
     mqtt_password: str = DEFAULT_SECRET
-    mqtt_client_id: str = "rcd-central-1"
+    mqtt_client_id: str | None = None
     mqtt_share_group: str = "central"
     # "5" always in production; "3.1.1" only for the demo's embedded broker (amqtt), where
     # results are consumed with a plain subscription (one coordinator, no shared groups)
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_puback_timeout_s: float = 30.0
     mqtt_tls_ca: Path | None = None
+    # client certificate and key for a listener with require_certificate (the shipped
+    # tls-listener.conf); the certificate's CN is the account (use_identity_as_username)
+    mqtt_tls_cert: Path | None = None
+    mqtt_tls_key: Path | None = None
     signing_key_path: Path | None = None
     signing_key_pem: str | None = None  # for tests/demo; a file is preferred
 

@@ -196,9 +196,22 @@ class DemoReport:
 
 
 @contextlib.contextmanager
-def start_broker(kind: BrokerKind, users: list[str]) -> Iterator[tuple[str, int, str, str]]:
-    """Yield (host, port, password, description); the protocol is '5' or '3.1.1'."""
-    from shared.broker import BrokerError, EmbeddedBroker, MosquittoBroker, mosquitto_binary
+def start_broker(
+    kind: BrokerKind, users: list[str]
+) -> Iterator[tuple[str, int, dict[str, str], str]]:
+    """Yield (host, port, password per account, description).
+
+    Every account (the coordinator's, each concentrator's) has its own random
+    password, so one concentrator's credentials cannot log in as another or as
+    the coordinator. The embedded broker has no accounts: every password is "".
+    """
+    from shared.broker import (
+        COORDINATOR_USER,
+        BrokerError,
+        EmbeddedBroker,
+        MosquittoBroker,
+        mosquitto_binary,
+    )
 
     use_mosquitto = kind == "mosquitto"
     if kind == "auto":
@@ -208,12 +221,21 @@ def start_broker(kind: BrokerKind, users: list[str]) -> Iterator[tuple[str, int,
         except BrokerError:
             use_mosquitto = False
     if use_mosquitto:
-        password = secrets.token_urlsafe(12)
-        with MosquittoBroker(users=users, password=password) as broker:
-            yield broker.host, broker.port, password, "mosquitto (shipped config and ACL)"
+        passwords = {name: secrets.token_urlsafe(12) for name in [COORDINATOR_USER, *users]}
+        broker = MosquittoBroker(password=passwords[COORDINATOR_USER])
+        for name in users:
+            broker.add_user(name, passwords[name])
+        with broker:
+            yield broker.host, broker.port, passwords, "mosquitto (shipped config and ACL)"
     else:
+        no_accounts = {name: "" for name in [COORDINATOR_USER, *users]}
         with EmbeddedBroker() as embedded:
-            yield embedded.host, embedded.port, "", "embedded amqtt (MQTT 3.1.1, no ACL: demo only)"
+            yield (
+                embedded.host,
+                embedded.port,
+                no_accounts,
+                "embedded amqtt (MQTT 3.1.1, no ACL: demo only)",
+            )
 
 
 class Demo:
@@ -243,6 +265,7 @@ class Demo:
     # -- the run -----------------------------------------------------------------------
     @contextlib.contextmanager
     def running(self) -> Iterator[DemoRunning]:
+        from shared.broker import COORDINATOR_USER
         from shared.signing import generate_keypair
 
         private_pem, public_pem = generate_keypair()
@@ -251,7 +274,7 @@ class Demo:
         (key_dir / "coordinator.pub").write_bytes(public_pem)
         users = [*CONCENTRATORS, ROUTER]
         with contextlib.ExitStack() as stack:
-            host, mqtt_port, password, broker_text = stack.enter_context(
+            host, mqtt_port, passwords, broker_text = stack.enter_context(
                 start_broker(self.broker_kind, users)
             )
             protocol: MqttProtocol = "3.1.1" if "embedded" in broker_text else "5"
@@ -263,7 +286,12 @@ class Demo:
             legacy = stack.enter_context(LegacyStandIn())
             self.say(f"legacy      stand-in receiving results at {legacy.url}")
             central = self._central(
-                host, mqtt_port, password, protocol, private_pem.decode(), legacy.url
+                host,
+                mqtt_port,
+                passwords[COORDINATOR_USER],
+                protocol,
+                private_pem.decode(),
+                legacy.url,
             )
             server = ThreadedServer(central, port=self.port).start()
             stack.callback(server.stop)
@@ -271,7 +299,7 @@ class Demo:
             self._import_registry(server.url, {"P2P-0001": fleet.tcp_port("P2P-0001")})
             for concentrator in users:
                 agent = self._agent(
-                    concentrator, fleet, host, mqtt_port, password, protocol, key_dir
+                    concentrator, fleet, host, mqtt_port, passwords[concentrator], protocol, key_dir
                 )
                 stack.enter_context(agent)
             self.say(f"agents      {len(users)} edge agents: {', '.join(users)}")
@@ -513,6 +541,23 @@ class DemoRunning:
         )
         return refused
 
+    def approve_held(self) -> None:
+        """A second person (the demo's approver) releases what waits for approval: on a
+        weekend or holiday the special flag lifts the working-day rule only so."""
+        held = {
+            row["batch_id"]
+            for row in self.orders().values()
+            if row["needs_approval"] and row["approved_by"] is None and row["batch_id"]
+        }
+        headers = {"Authorization": f"Bearer {self.demo.tokens['approver']}"}
+        for batch_id in sorted(held):
+            response = httpx.post(
+                f"{self.server.url}/api/v1/batches/{batch_id}/approve", headers=headers, timeout=10
+            )
+            response.raise_for_status()
+        if held:
+            self.demo.say(f"approver    demo-approver released {len(held)} held batch(es)")
+
     def orders(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(
             f"{self.server.url}/api/v1/orders",
@@ -694,6 +739,7 @@ def run_demo(
         with demo.running() as running:
             running.wait_for_agents()
             refused_now = running.send_orders()
+            running.approve_held()
             last = [-1]
 
             def progress(done: int, total: int) -> None:

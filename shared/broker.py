@@ -25,7 +25,10 @@ from types import TracebackType
 from typing import Final
 
 DEPLOY_DIR: Final = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
-COORDINATOR_USER: Final = "coordinator"
+# The coordinator's account; the broker makes an account's name its client id
+# (use_username_as_clientid), so every replica has its own (deploy/mosquitto/acl).
+COORDINATOR_USER: Final = "rcd-central-1"
+COORDINATOR_ACL: Final = "topic readwrite rcd/v1/#"
 
 
 class BrokerError(RuntimeError):
@@ -78,12 +81,30 @@ def render_config(
     return text
 
 
+def render_tls_listener(template: str, *, port: int, tls_dir: Path) -> str:
+    """The shipped ``tls-listener.conf`` on ``port`` with its files in ``tls_dir``
+    (``ca.crt``, ``broker.crt``, ``broker.key``)."""
+    replacements = {
+        "listener": f"listener {port} 127.0.0.1",
+        "cafile": f"cafile {tls_dir / 'ca.crt'}",
+        "certfile": f"certfile {tls_dir / 'broker.crt'}",
+        "keyfile": f"keyfile {tls_dir / 'broker.key'}",
+    }
+    lines = []
+    for line in template.splitlines():
+        directive = line.split(" ", 1)[0]
+        lines.append(line if line.startswith("#") else replacements.get(directive, line))
+    return "\n".join(lines) + "\n"
+
+
 class MosquittoBroker:
     """A mosquitto process on 127.0.0.1:``port`` with our config, ACL and users.
 
-    Users are ``coordinator`` plus any concentrator ids given; all share
-    ``password`` unless ``passwords`` says otherwise. ``stop``/``start`` keep
-    the data directory, so persistence across a broker restart can be tested.
+    Users are the coordinator account ``rcd-central-1`` plus any concentrator ids
+    given; all share ``password`` unless ``add_user`` says otherwise.
+    ``add_coordinator`` adds a replica account the way docs/deployment.md says
+    (a password and an ACL block). ``stop``/``start`` keep the data directory, so
+    persistence across a broker restart can be tested.
     """
 
     def __init__(
@@ -94,9 +115,13 @@ class MosquittoBroker:
         port: int | None = None,
         work_dir: Path | None = None,
         drop: Iterable[str] = (),
+        tls_dir: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self._drop = tuple(drop)
+        # with tls_dir, the shipped TLS listener (client certificates) runs on tls_port too
+        self.tls_dir = tls_dir
+        self.tls_port = free_port() if tls_dir is not None else None
         self.host = "127.0.0.1"
         self.password = password
         self._own_dir = work_dir is None
@@ -104,6 +129,7 @@ class MosquittoBroker:
         self._users: dict[str, str] = {COORDINATOR_USER: password}
         for user in users:
             self._users[user] = password
+        self._coordinators: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None
         self.log_path = self.work_dir / "mosquitto.log"
 
@@ -116,6 +142,17 @@ class MosquittoBroker:
             self._process.send_signal(signal.SIGHUP)
             time.sleep(0.2)
 
+    def add_coordinator(self, name: str, password: str | None = None) -> None:
+        """Add a coordinator replica's account: its own user and ACL block."""
+        self._coordinators.append(name)
+        self._write_acl()
+        self.add_user(name, password)
+
+    def _write_acl(self) -> None:
+        text = (DEPLOY_DIR / "acl").read_text()
+        blocks = "".join(f"\nuser {name}\n{COORDINATOR_ACL}\n" for name in self._coordinators)
+        (self.work_dir / "acl").write_text(text + blocks)
+
     def _write_passwords(self) -> None:
         path = self.work_dir / "passwd"
         path.write_text("")
@@ -126,10 +163,12 @@ class MosquittoBroker:
     # -- process ----------------------------------------------------------------
     def start(self) -> MosquittoBroker:
         template = (DEPLOY_DIR / "mosquitto.conf").read_text()
-        (self.work_dir / "mosquitto.conf").write_text(
-            render_config(template, port=self.port, work_dir=self.work_dir, drop=self._drop)
-        )
-        shutil.copyfile(DEPLOY_DIR / "acl", self.work_dir / "acl")
+        config = render_config(template, port=self.port, work_dir=self.work_dir, drop=self._drop)
+        if self.tls_dir is not None and self.tls_port is not None:
+            tls_template = (DEPLOY_DIR / "tls-listener.conf").read_text()
+            config += render_tls_listener(tls_template, port=self.tls_port, tls_dir=self.tls_dir)
+        (self.work_dir / "mosquitto.conf").write_text(config)
+        self._write_acl()
         self._write_passwords()
         log = open(self.log_path, "ab")
         try:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
@@ -89,3 +89,10 @@ Viewer = Annotated[Actor, Depends(require("viewer"))]
 Operator = Annotated[Actor, Depends(require("operator"))]
 Approver = Annotated[Actor, Depends(require("approver"))]
 Admin = Annotated[Actor, Depends(require("admin"))]
+
+
+# Bounds as the database holds them (PostgreSQL INTEGER, the narrowest of our columns and
+# of SQLite's limits): a larger number is refused with 422, never an OverflowError (500).
+MAX_DB_INT = 2**31 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_DB_INT)]
+RowId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]

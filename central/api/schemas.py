@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from central.services.inputs import Input
 from central.services.orders import OrderRequest
 
 
@@ -88,7 +90,7 @@ class BatchOut(BaseModel):
     items: list[ItemOut]
 
 
-class CancelIn(BaseModel):
+class CancelIn(Input):
     detail: str = Field(default="", max_length=500)
 
 
@@ -118,6 +120,8 @@ class MeterOut(ORM):
     relay_state: str
     relay_state_at: datetime | None
     energy_kwh: float | None
+    # a request to clear protected_customer waits for a second person (protection-changes)
+    protection_change_pending: bool = False
 
 
 class ImportOut(BaseModel):
@@ -125,6 +129,19 @@ class ImportOut(BaseModel):
     updated: int
     concentrators_created: int
     errors: list[str]
+    # meters whose protected-customer flag stays set until a second person approves
+    protection_pending: list[str] = []
+
+
+class ProtectionChangeOut(ORM):
+    id: int
+    meter_id: str
+    change: str
+    state: str
+    requested_by: str
+    requested_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
 
 
 class ConcentratorOut(ORM):
@@ -147,7 +164,7 @@ class ConcentratorOut(ORM):
     signature_alarm: str | None = None
 
 
-class ConcentratorChange(BaseModel):
+class ConcentratorChange(Input):
     name: str | None = None
     decommissioned: bool | None = None
 
@@ -169,7 +186,7 @@ class WorkOrderOut(ORM):
     notes: str | None
 
 
-class CloseIn(BaseModel):
+class CloseIn(Input):
     outcome: str = Field(
         pattern=r"^(connected|disconnected|no_access|meter_replaced|meter_faulty|other)$"
     )
@@ -188,3 +205,20 @@ class RejectedMessageOut(ORM):
     reason: str
     size: int
     payload_text: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    error: str | None = None
+
+
+# The error answers every API route may give (central/app.py maps the service errors),
+# documented so that a client (and the schema fuzz in tests/api) knows each status code.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "bad request (the detail names the problem)"},
+    401: {"model": ErrorOut, "description": "missing or unknown API token"},
+    403: {"model": ErrorOut, "description": "the token's role may not do this"},
+    404: {"model": ErrorOut, "description": "no such object"},
+    409: {"model": ErrorOut, "description": "conflicts with the current state; retry or re-read"},
+    503: {"model": ErrorOut, "description": "database unavailable"},
+}

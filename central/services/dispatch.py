@@ -95,6 +95,13 @@ class _Ready(Protocol):
     not_before: datetime | None
     updated_at: datetime
     special: bool
+    approved_by: str | None
+
+
+def weekend_allowed(order: _Ready) -> bool:
+    """The special flag lifts the working-day rule only once a second person approved
+    the order (central/services/approvals.py)."""
+    return order.special and order.approved_by is not None
 
 
 def build_command(
@@ -111,7 +118,7 @@ def build_command(
     # The order's own deadline, signed: never extended (an order past it is not sent;
     # OrderCommand refuses a deadline that is not after issued_at).
     deadline = order.deadline
-    if order.action == Action.DISCONNECT.value and not order.special:
+    if order.action == Action.DISCONNECT.value and not weekend_allowed(order):
         # The day rules hold on the concentrator too: retries must not carry an
         # ordinary disconnect past local midnight into a weekend or a holiday, so the
         # agent's deadline ends with the working day it was sent on (earlier, never
@@ -154,6 +161,7 @@ _READY_COLUMNS = (
     Order.not_before,
     Order.updated_at,
     Order.special,
+    Order.approved_by,
 )
 
 
@@ -243,7 +251,7 @@ def select_ready(
         if inflight.get(conc, 0) >= settings.max_inflight_per_concentrator:
             continue
         if order.action == Action.DISCONNECT.value:
-            if not working_day and not order.special:
+            if not working_day and not weekend_allowed(order):
                 continue
             if moratorium and order.reason == OrderReason.NON_PAYMENT.value:
                 continue

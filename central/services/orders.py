@@ -16,17 +16,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Final, cast
 
-from pydantic import AwareDatetime, BaseModel, Field
-from sqlalchemy import Table, func, select, text
+from pydantic import AwareDatetime, Field, model_validator
+from pydantic_core import PydanticCustomError
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, selectinload
 
 from central import bulk
 from central.db import stale_to_conflict, where_given
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
-from central.services import validation
+from central.services import approvals, validation
+from central.services.inputs import Input
 from central.services.lifecycle import Actor, advance, note, on_order_finished, utcnow
 from central.settings import Settings
 from central.state import (
@@ -43,6 +45,7 @@ from shared.contracts import Action, OrderReason
 
 __all__ = [
     "BatchOutcome",
+    "Channel",
     "ItemResult",
     "OrderRequest",
     "approve_batch",
@@ -60,7 +63,13 @@ __all__ = [
 _CHUNK = 500
 
 
-class OrderRequest(BaseModel):
+# Set by the channel a request came in through, never by its body: a REST caller
+# naming them is refused (422), so it cannot pick where results are POSTed nor
+# forge the channel in the audit trail.
+CHANNEL_FIELDS: Final = ("source", "reply_address")
+
+
+class OrderRequest(Input):
     """One order as a caller asks for it (REST body item, or mapped from CIM)."""
 
     meter_id: str = Field(min_length=1, max_length=64)
@@ -74,8 +83,29 @@ class OrderRequest(BaseModel):
     not_before: AwareDatetime | None = None
     deadline: AwareDatetime | None = None  # overrides the configured activity duration
     correlation_id: str | None = Field(default=None, max_length=200)
-    reply_address: str | None = Field(default=None, max_length=500)
-    source: str = Field(default="rest", max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_channel_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in CHANNEL_FIELDS:
+                if name in data:
+                    raise PydanticCustomError(
+                        "channel_field",
+                        "'{field}' is set by the channel the request came in through, "
+                        "not by the caller",
+                        {"field": name},
+                    )
+        return data
+
+
+@dataclass(frozen=True)
+class Channel:
+    """How a request came in: ``source`` for the audit trail, and the reply address
+    the channel vouched for (the SOAP gateway checks it: central/soap/reply_policy)."""
+
+    source: str = "rest"
+    reply_address: str | None = None
 
 
 @dataclass
@@ -247,6 +277,7 @@ def create_orders(
     settings: Settings,
     *,
     now: datetime | None = None,
+    channel: Channel = Channel(),
 ) -> BatchOutcome:
     """Validate and store orders (steps 2-3); one result per request, in order.
 
@@ -400,10 +431,10 @@ def create_orders(
                 "issuer_id": request.issuer_id,
                 "max_attempts": max_attempts,
                 "batch_id": batch_id,
-                "source": request.source,
+                "source": channel.source,
                 "external_ref": request.external_ref,
                 "correlation_id": request.correlation_id,
-                "reply_address": request.reply_address,
+                "reply_address": channel.reply_address,
                 "finished_at": None,
                 "superseded_by": None,
                 "result_reason": None,
@@ -414,7 +445,7 @@ def create_orders(
             pending,
             "receive",
             actor.name,
-            f"{received}: {action} ({reason}) via {request.source}",
+            f"{received}: {action} ({reason}) via {channel.source}",
             2,
             None,
             _RECEIVED,
@@ -451,27 +482,20 @@ def create_orders(
             by_key[key] = pending
 
     batch["disconnects"] = len(accepted_disconnects)
-    recent = (
-        _recent_unapproved_disconnects(session, settings, now)
-        if 0 < len(accepted_disconnects) <= settings.approval_threshold
-        else 0
+    detail = approvals.hold_reason(
+        session,
+        settings,
+        now,
+        batch_id,
+        [
+            (approvals.switch_time(now, o.row["not_before"]), bool(o.row["special"]))
+            for o in accepted_disconnects
+        ],
     )
-    if len(accepted_disconnects) + recent > settings.approval_threshold:
+    if detail is not None:
         batch["needs_approval"] = True
         outcome.needs_approval = True
         held = {o.id for o in accepted_disconnects}
-        if recent:
-            detail = (
-                f"batch {batch_id} holds {len(accepted_disconnects)} disconnects; with the "
-                f"{recent} accepted without approval in the last "
-                f"{settings.approval_window_s} s that is over the threshold of "
-                f"{settings.approval_threshold}: a second person must approve"
-            )
-        else:
-            detail = (
-                f"batch {batch_id} holds {len(accepted_disconnects)} disconnects, over the "
-                f"threshold of {settings.approval_threshold}: a second person must approve"
-            )
         for pending in accepted_disconnects:
             pending.needs_approval = True
             writer.event(
@@ -487,28 +511,6 @@ def create_orders(
     with stale_to_conflict(session, "orders not created"):
         session.flush()
     return outcome
-
-
-# Serialises the rolling-window count between concurrent creators on PostgreSQL (SQLite
-# callers already hold the database's write lock): two requests must not both see room.
-_APPROVAL_LOCK_KEY = 0x52434401
-
-
-def _recent_unapproved_disconnects(session: Session, settings: Settings, now: datetime) -> int:
-    """Disconnects accepted without a second person's approval, fleet-wide, in the last
-    ``approval_window_s``: a mass disconnect split into many small batches (or single
-    orders, REST or SOAP) adds up here and is held for approval like one big batch."""
-    if settings.approval_window_s <= 0:
-        return 0
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPROVAL_LOCK_KEY})
-    since = now - timedelta(seconds=settings.approval_window_s)
-    total = session.scalar(
-        select(func.coalesce(func.sum(Batch.disconnects), 0)).where(
-            Batch.created_at >= since, Batch.needs_approval.is_(False)
-        )
-    )
-    return int(total or 0)
 
 
 _ACTIVE = frozenset(s.value for s in ACTIVE_STATES)

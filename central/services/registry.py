@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from central.errors import BadRequest, NotFound
 from central.models import Concentrator, Meter, Order
+from central.services import protections
+from central.services.inputs import Input
 from central.services.lifecycle import note, utcnow
 from central.services.orders import stop_protected_disconnects
 from central.state import ACTIVE_STATES, IN_FLIGHT_STATES, OrderState
@@ -49,7 +51,7 @@ LogicalServer = Annotated[int, Field(ge=1, le=0x3FFF)]
 KeysRef = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class MeterFields(BaseModel):
+class MeterFields(Input):
     """Writable meter fields (CSV row, REST body)."""
 
     id: RegistryId
@@ -66,7 +68,7 @@ class MeterFields(BaseModel):
     protected_customer: bool = False
 
 
-class MeterChange(BaseModel):
+class MeterChange(Input):
     """A partial change (REST PATCH): only the fields given are written."""
 
     concentrator_id: RegistryId | None = None
@@ -88,6 +90,21 @@ class ImportReport:
     updated: int = 0
     concentrators_created: int = 0
     errors: list[str] = field(default_factory=list)
+    # meters whose protected-customer flag an import asked to clear: still set, pending
+    # a second person's approval (central/services/protections.py)
+    protection_pending: list[str] = field(default_factory=list)
+
+
+def _keep_protection(
+    session: Session, row: Meter, values: dict[str, object], actor: str
+) -> bool:
+    """A write that would clear the protected-customer flag keeps it and records a
+    request for a second person instead. True when such a request was recorded."""
+    if not row.protected_customer or values.get("protected_customer", True) is not False:
+        return False
+    values["protected_customer"] = True
+    protections.request_clear(session, row, actor)
+    return True
 
 
 def _bump(session: Session, concentrator_id: str | None) -> None:
@@ -199,7 +216,11 @@ def list_meters(
 
 
 def upsert_meter(
-    session: Session, fields: MeterFields, report: ImportReport | None = None
+    session: Session,
+    fields: MeterFields,
+    report: ImportReport | None = None,
+    *,
+    actor: str = "central",
 ) -> Meter:
     report = report if report is not None else ImportReport()
     if fields.concentrator_id:
@@ -214,6 +235,8 @@ def upsert_meter(
         old = row.concentrator_id
     else:
         old = row.concentrator_id
+        if _keep_protection(session, row, values, actor):
+            report.protection_pending.append(row.id)
         for name, value in values.items():
             setattr(row, name, value)
         report.updated += 1
@@ -224,9 +247,12 @@ def upsert_meter(
     return row
 
 
-def change_meter(session: Session, meter_id: str, change: MeterChange) -> Meter:
+def change_meter(
+    session: Session, meter_id: str, change: MeterChange, *, actor: str = "central"
+) -> Meter:
     row = get_meter(session, meter_id)
     values = change.model_dump(exclude_unset=True)
+    _keep_protection(session, row, values, actor)
     old = row.concentrator_id
     if values.get("concentrator_id"):
         ensure_concentrator(session, values["concentrator_id"])
@@ -248,7 +274,7 @@ def _flag(value: str, column: str, line: int) -> bool:
     raise BadRequest(f"line {line}: {column} must be true/false, got {value!r}")
 
 
-def import_meters_csv(session: Session, text: str) -> ImportReport:
+def import_meters_csv(session: Session, text: str, *, actor: str = "central") -> ImportReport:
     """Create or update meters from CSV with a header row.
 
     Columns: ``meter_id`` (required), ``concentrator_id``, ``topology``, ``transport``,
@@ -274,7 +300,7 @@ def import_meters_csv(session: Session, text: str) -> ImportReport:
         except (BadRequest, ValidationError) as exc:
             report.errors.append(f"line {line}: {exc}".replace("\n", " ")[:500])
             continue
-        upsert_meter(session, fields, report)
+        upsert_meter(session, fields, report, actor=actor)
     session.flush()
     return report
 

@@ -95,8 +95,6 @@ class CentralServicePort:
                 not_before=r.not_before,
                 deadline=r.deadline,
                 correlation_id=r.correlation_id,
-                reply_address=r.reply_address,
-                source=SOURCE,
             )
         except ValidationError as exc:
             problems = "; ".join(
@@ -110,15 +108,22 @@ class CentralServicePort:
         wanted = [b for b in built if isinstance(b, order_service.OrderRequest)]
         created: list[ItemOutcome] = []
         if wanted:
-            created = self._create(wanted, actor)
+            # one message, one Header: its ReplyAddress (checked by the gateway) for all
+            channel = order_service.Channel(SOURCE, requests[0].reply_address)
+            created = self._create(wanted, actor, channel)
         answers = iter(created)
         return [b if isinstance(b, ItemOutcome) else next(answers) for b in built]
 
     def _create(
-        self, wanted: list[order_service.OrderRequest], actor: Principal
+        self,
+        wanted: list[order_service.OrderRequest],
+        actor: Principal,
+        channel: order_service.Channel,
     ) -> list[ItemOutcome]:
         with session_scope(self.sessions) as session:
-            batch = order_service.create_orders(session, wanted, _actor(actor), self.settings)
+            batch = order_service.create_orders(
+                session, wanted, _actor(actor), self.settings, channel=channel
+            )
         answers: list[ItemOutcome] = []
         for item in batch.items:
             if item.accepted:

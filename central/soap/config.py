@@ -17,8 +17,9 @@ class SoapSettings(BaseSettings):
     legacy_username: str | None = None
     legacy_password: str | None = None
     legacy_timeout_s: float = Field(default=10.0, gt=0)
-    # ReplyAddress values accepted from requests: URL prefixes. Empty: any http(s) URL.
-    # Production should list Legacy's own endpoints (a ReplyAddress is a place we POST to).
+    # ReplyAddress values accepted from requests: Legacy's endpoints as URL prefixes
+    # (scheme, host, port, path prefix; central/soap/reply_policy.py). Empty: only
+    # legacy_endpoint itself; with neither, every ReplyAddress is refused.
     reply_address_prefixes: tuple[str, ...] = ()
     notify_all_orders: bool = False
 

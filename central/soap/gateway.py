@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import SplitResult, urlsplit
 
-from central.soap import auth, cim
+from central.soap import auth, cim, reply_policy
 from central.soap.config import SoapSettings
 from central.soap.faults import SOAP11_ENV, SoapFault, fault_xml
 from central.soap.service_port import Authenticator, ItemOutcome, Principal, ServicePort
@@ -141,22 +140,9 @@ class SoapGateway:
         return GatewayResponse(200, reply, {"Content-Type": XML_CONTENT_TYPE})
 
     def _check_reply_address(self, address: str | None) -> None:
-        if address is None:
-            return
-        parts = urlsplit(address)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise SoapFault(
-                f"Header/ReplyAddress '{address}' is not an http(s) URL",
-                problem="reply_address",
-                path="/Header/ReplyAddress",
-            )
-        prefixes = self.settings.reply_address_prefixes
-        if prefixes and not any(_under_prefix(parts, prefix) for prefix in prefixes):
-            raise SoapFault(
-                f"Header/ReplyAddress '{address}' is not one of the configured Legacy endpoints",
-                problem="reply_address",
-                path="/Header/ReplyAddress",
-            )
+        problem = None if address is None else reply_policy.refusal(address, self.settings)
+        if problem is not None:
+            raise SoapFault(problem, problem="reply_address", path="/Header/ReplyAddress")
 
     def _run(self, env: cim.Envelope, principal: Principal) -> bytes:
         correlation_id = env.correlation_id or env.message_id or str(uuid.uuid4())
@@ -202,29 +188,3 @@ class SoapGateway:
             result="OK",
             info=info,
         )
-
-
-def _under_prefix(address: SplitResult, prefix: str) -> bool:
-    """Is the (parsed) ReplyAddress one of Legacy's endpoints under ``prefix``?
-
-    Compared by parts, not as strings: ``https://legacy.example.cl`` must not admit
-    ``https://legacy.example.cl.evil.net/`` or ``https://legacy.example.cl@evil.net/``,
-    and ``.../rcd`` must not admit ``.../rcd-other``. No user info is accepted."""
-    allowed = urlsplit(prefix)
-    if address.username is not None or address.password is not None:
-        return False
-    try:
-        same_port = address.port == allowed.port
-    except ValueError:
-        return False
-    if (
-        address.scheme.lower() != allowed.scheme.lower()
-        or (address.hostname or "") != (allowed.hostname or "")
-        or not same_port
-    ):
-        return False
-    base = allowed.path
-    if not base or base == "/":
-        return True
-    path = address.path
-    return path == base or path.startswith(base if base.endswith("/") else base + "/")

@@ -36,7 +36,7 @@ from central.models import LegacyNotification, Order
 from central.services import orders as order_service
 from central.services.lifecycle import utcnow
 from central.services.workorders import work_order_for
-from central.soap import cim
+from central.soap import cim, reply_policy
 from central.soap.config import SoapSettings
 from central.soap.faults import SOAP11_ENV, SoapFault
 from central.soap.service_port import ControlAction, OrderEnded, Outcome
@@ -252,7 +252,10 @@ class LegacyNotifier:
             source=self.settings.source,
             message_id=message_id,
         )
-        target = (order.reply_address if from_legacy else None) or self.settings.legacy_endpoint
+        # checked again here: a stored address is no more trusted than a requested one
+        target = reply_policy.delivery_target(
+            order.reply_address if from_legacy else None, self.settings
+        )
         return Delivery(row.id, order.id, target, message_id, body, final_state=row.final_state)
 
     def _deliver(self, delivery: Delivery) -> bool:

@@ -70,6 +70,10 @@ for _name in (
 DISCONNECT_CONTROL_OBIS = "0.0.96.3.10.255"
 ENERGY_OBIS = "1.0.1.8.0.255"
 CLOCK_OBIS = "0.0.1.0.0.255"
+# After a broken HDLC session: silence this long ends the line's settling (longer
+# than one PLC frame's flight), read at most SETTLE_LIMIT times.
+SETTLE_QUIET_S = 0.5
+SETTLE_LIMIT = 20
 UNITS = {27: "W", 28: "VA", 29: "var", 30: "Wh", 31: "VAh", 32: "varh", 33: "A", 35: "V"}
 
 
@@ -384,11 +388,24 @@ class MeterSession:
                     if self._broken:
                         with contextlib.suppress(Exception):
                             self._transport.send(bytes(disc))
+                            # On a shared line this meter's late or garbled answers
+                            # (to DISC, or to what timed out) must not land in the
+                            # next meter's exchange and be taken for its fault.
+                            self._settle(quiet=min(self._timeout, SETTLE_QUIET_S))
                     else:
                         with contextlib.suppress(Exception):
                             self._exchange(disc, timeout=min(self._timeout, 2.0))
         finally:
             self._associated = False
+
+    def _settle(self, quiet: float) -> None:
+        """Read and discard until the line has been silent for ``quiet`` seconds
+        (at most ``SETTLE_LIMIT`` quiet periods, so a chattering line cannot hold us)."""
+        for _ in range(SETTLE_LIMIT):
+            try:
+                self._transport.receive(quiet)
+            except NoResponse:
+                return
 
     def _exchange_all(self, frames: Any, timeout: float | None = None) -> GXReplyData:
         reply = GXReplyData()

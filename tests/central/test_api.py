@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from central.app import create_app
+from central.services import validation
 from central.settings import Settings
 
 ROLES = ["viewer", "operator", "approver", "admin"]
@@ -39,6 +41,8 @@ REQUIRED = {
     ("GET", "/api/v1/work-orders/{work_order_id}"): "viewer",
     ("POST", "/api/v1/work-orders/{work_order_id}/close"): "operator",
     ("GET", "/api/v1/rejected-messages"): "operator",
+    ("GET", "/api/v1/protection-changes"): "operator",
+    ("POST", "/api/v1/protection-changes/{change_id}/approve"): "approver",
     ("GET", "/metrics"): "viewer",
 }
 
@@ -155,7 +159,11 @@ def test_flow_over_rest(client: TestClient) -> None:
         },
         headers=auth("approver"),
     ).json()
-    assert (batch["accepted"], batch["refused"], batch["needs_approval"]) == (2, 1, False)
+    assert (batch["accepted"], batch["refused"]) == (2, 1)
+    # under the threshold: held only on a weekend or holiday, where the special flag
+    # lifts the working-day rule only with a second person's approval (issue 12)
+    today = validation.local_day(datetime.now(UTC), "America/Santiago")
+    assert batch["needs_approval"] is not validation.is_working_day(today)
     batch = client.post(
         "/api/v1/orders/batch",
         json={

@@ -237,7 +237,11 @@ def test_requester_cannot_approve_own_batch_sent_through_soap(
     approving through REST is still the requester."""
     ids = meters(6)
     arturo_soap = Actor("soap:arturo", "approver")
-    outcome = create(session, settings, [req(m, source="soap") for m in ids], arturo_soap)
+    outcome = orders.create_orders(
+        session, [req(m) for m in ids], arturo_soap, settings, now=WORKDAY,
+        channel=orders.Channel("soap"),
+    )
+    session.commit()
     assert outcome.needs_approval and outcome.batch_id
     with pytest.raises(PermissionDenied):
         orders.approve_batch(session, outcome.batch_id, APPROVER)  # "arturo" via REST
@@ -285,15 +289,16 @@ def test_disconnect_accepted_on_a_working_day_waits_over_the_weekend(
         now=FRIDAY_NIGHT,
     )
     assert all(item.accepted for item in held.items)
-    # Saturday: the connect and the special disconnect go, the ordinary disconnect waits
-    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=SATURDAY_MORNING) == 2
+    # Saturday: the connect goes; both disconnects wait (the special flag lifts the
+    # weekend rule only with a second person's approval, issue 12)
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=SATURDAY_MORNING) == 1
     session.expire_all()
     assert orders.get_order(session, held.items[0].order_id or "").state == "validated"
     # a moratorium declared over the weekend holds non-payment disconnects on Monday too
     settings.nonpayment_moratorium_active = True
     assert dispatch.dispatch_ready(session, publisher, signer, settings, now=MONDAY_MORNING) == 0
     settings.nonpayment_moratorium_active = False
-    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=MONDAY_MORNING) == 1
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=MONDAY_MORNING) == 2
 
 
 def test_disconnect_scheduled_for_a_weekend_or_holiday_is_refused(
@@ -384,8 +389,9 @@ def test_ordinary_disconnect_cannot_run_past_the_local_working_day_on_the_agent(
     signer: CommandSigner,
 ) -> None:
     """Sent Friday 20:00 in Santiago with a deadline on Saturday: the agent's deadline is
-    Friday midnight local, so retries cannot switch the relay on the weekend; a special
-    disconnect and a reconnect keep their full deadline."""
+    Friday midnight local, so retries cannot switch the relay on the weekend; a reconnect
+    keeps its full deadline, and so does a special disconnect only once a second person
+    approved it (issue 12): this one was not, so it ends with the working day too."""
     meters(3)
     friday_evening = datetime(2026, 11, 27, 23, 0, tzinfo=UTC)  # Fri 20:00 in Santiago
     deadline = friday_evening + timedelta(hours=8)  # Sat 04:00 local
@@ -404,7 +410,7 @@ def test_ordinary_disconnect_cannot_run_past_the_local_working_day_on_the_agent(
     sent = _command_deadlines(publisher, signer)
     saturday_midnight_local = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
     assert sent["m0"] == saturday_midnight_local
-    assert sent["m1"] == deadline
+    assert sent["m1"] == saturday_midnight_local
     assert sent["m2"] == deadline
 
 
@@ -426,11 +432,20 @@ def test_no_ordinary_disconnect_command_is_built_on_a_non_working_day(settings: 
         not_before=None,
         updated_at=saturday,
         special=False,
+        approved_by=None,
     )
     with pytest.raises(dispatch.DeadlinePassed):
         dispatch.build_command(order, settings, "cmd-1", saturday)  # type: ignore[arg-type]
+    # special lifts the rule only with a second person's approval (issue 12)
+    with pytest.raises(dispatch.DeadlinePassed):
+        dispatch.build_command(  # type: ignore[arg-type]
+            SimpleNamespace(**{**vars(order), "special": True}), settings, "cmd-2", saturday
+        )
     special = dispatch.build_command(  # type: ignore[arg-type]
-        SimpleNamespace(**{**vars(order), "special": True}), settings, "cmd-2", saturday
+        SimpleNamespace(**{**vars(order), "special": True, "approved_by": "caro"}),
+        settings,
+        "cmd-3",
+        saturday,
     )
     assert special.deadline == saturday + timedelta(hours=5)
 

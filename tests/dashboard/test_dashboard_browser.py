@@ -30,6 +30,7 @@ from tests.ops.live import (
     dispatch_all,
     make_app,
     make_settings,
+    release_held,
     report_result,
     report_status,
     serve,
@@ -97,6 +98,8 @@ def _create(client: httpx.Client, meter: str, action: str, reason: str) -> dict[
     response = client.post("/orders", json=body)
     response.raise_for_status()
     answer: dict[str, Any] = response.json()
+    if answer["item"]["accepted"]:
+        release_held(str(client.base_url).rstrip("/"), answer["item"]["order_id"])
     return answer
 
 

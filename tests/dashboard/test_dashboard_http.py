@@ -22,6 +22,7 @@ from tests.ops.live import (
     dispatch_all,
     make_app,
     make_settings,
+    release_held,
     report_result,
     serve,
 )
@@ -67,6 +68,8 @@ def test_stats_needs_a_token_and_counts_everything(live: LiveServer) -> None:
         body = {"meter_id": meter, "action": "disconnect", "reason": "non_payment", "special": True}
         answer = httpx.post(f"{live.url}/api/v1/orders", json=body, headers=operator).json()
         created.append(answer["item"]["order_id"])
+        if answer["item"]["accepted"]:
+            release_held(f"{live.url}/api/v1", answer["item"]["order_id"])
     dispatch_all(live.app)
     report_result(live.app, created[0], "MTR-001", "conc-north", "disconnected")
 

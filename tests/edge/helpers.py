@@ -88,7 +88,8 @@ class Coordinator:
         self._ready = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
-        self.client.username_pw_set("coordinator", broker.password)
+        broker.add_coordinator(client_id)  # the broker makes the account the client id
+        self.client.username_pw_set(client_id, broker.password)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(

@@ -27,6 +27,7 @@ from .live import (
     VIEWER,
     LiveServer,
     dispatch_all,
+    release_held,
     report_result,
 )
 
@@ -52,6 +53,7 @@ def test_disconnect_then_show_timeline(
     assert code == 0, err
     order_id = created_id(out)
     assert "validated" in out
+    release_held(f"{live.url}/api/v1", order_id)
 
     assert dispatch_all(live.app) >= 1
     report_result(live.app, order_id, "MTR-001", "conc-north", "disconnected", energy_kwh=812.25)

@@ -15,7 +15,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from shared import topics
-from shared.broker import MosquittoBroker
+from shared.broker import COORDINATOR_USER, MosquittoBroker
 
 
 class Client:
@@ -71,7 +71,7 @@ def connected(broker: MosquittoBroker, user: str, password: str | None = None) -
 
 
 def test_order_travels_from_coordinator_to_its_concentrator(broker: MosquittoBroker) -> None:
-    with connected(broker, "coordinator") as central, connected(broker, "conc-a") as agent:
+    with connected(broker, COORDINATOR_USER) as central, connected(broker, "conc-a") as agent:
         assert agent.connect_reason is not None and not agent.connect_reason.is_failure
         agent.subscribe(topics.commands("conc-a"))
         assert not central.publish(topics.commands("conc-a"), b"order-1").is_failure
@@ -87,7 +87,7 @@ def test_anonymous_and_wrong_password_are_refused(broker: MosquittoBroker) -> No
 
 
 def test_concentrator_cannot_read_another_concentrators_orders(broker: MosquittoBroker) -> None:
-    with connected(broker, "coordinator") as central, connected(broker, "conc-a") as spy, connected(broker, "conc-b") as owner:
+    with connected(broker, COORDINATOR_USER) as central, connected(broker, "conc-a") as spy, connected(broker, "conc-b") as owner:
         spy.subscribe(topics.commands("conc-b"))
         spy.subscribe("rcd/v1/#")
         owner.subscribe(topics.commands("conc-b"))
@@ -98,7 +98,7 @@ def test_concentrator_cannot_read_another_concentrators_orders(broker: Mosquitto
 
 
 def test_concentrator_cannot_publish_another_concentrators_results(broker: MosquittoBroker) -> None:
-    with connected(broker, "coordinator") as central, connected(broker, "conc-a") as forger:
+    with connected(broker, COORDINATOR_USER) as central, connected(broker, "conc-a") as forger:
         central.subscribe(topics.ALL_RESULTS)
         refused = forger.publish(topics.results("conc-b"), b"forged result for b")
         assert refused.value == 0x87  # MQTT 5: not authorized
@@ -116,7 +116,8 @@ def test_concentrator_cannot_publish_orders_even_to_itself(broker: MosquittoBrok
 
 def test_coordinator_replicas_share_results(broker: MosquittoBroker) -> None:
     group = topics.shared_subscription("central", topics.ALL_RESULTS)
-    with connected(broker, "coordinator") as one, connected(broker, "coordinator") as two, connected(broker, "conc-c") as agent:
+    broker.add_coordinator("rcd-central-2")  # one account per replica
+    with connected(broker, COORDINATOR_USER) as one, connected(broker, "rcd-central-2") as two, connected(broker, "conc-c") as agent:
         one.subscribe(group)
         two.subscribe(group)
         for n in range(20):
@@ -147,7 +148,7 @@ def test_queued_orders_beyond_mosquittos_default_limit_are_all_kept(broker: Mosq
     offline.disconnect()
     offline.loop_stop()
 
-    with connected(broker, "coordinator") as central:
+    with connected(broker, COORDINATOR_USER) as central:
         for n in range(3000):
             central.client.publish(topics.commands("conc-queue"), str(n).encode(), qos=1)
         central.publish(topics.commands("conc-queue"), b"last")

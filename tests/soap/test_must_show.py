@@ -56,7 +56,7 @@ def create_payload(meters: list[str], code: str, tracking: str, reason: str) -> 
 def test_partial_reply_then_results_reach_legacy(
     coordinator: Coordinator, legacy: LegacyServer
 ) -> None:
-    with AppServer(coordinator, fast_soap_settings()) as server:
+    with AppServer(coordinator, fast_soap_settings(legacy_endpoint=legacy.url)) as server:
         client = zeep_client(server)
         reply = client.service.CreateEndDeviceControls(
             Header=header("msg-0001", legacy.url),

@@ -25,7 +25,7 @@ def message_ids(events: list) -> list[str]:
 
 def test_results_survive_a_coordinator_restart(database_url: str, legacy: LegacyServer) -> None:
     db = database_url
-    settings = fast_soap_settings()
+    settings = fast_soap_settings(legacy_endpoint=legacy.url)
     legacy.up = False  # Legacy is down while the first coordinator runs
 
     first = open_coordinator(db)

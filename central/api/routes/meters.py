@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from central.api.deps import Admin, ContextDep, SessionDep, Viewer
+from central.api.deps import Admin, ContextDep, Offset, SessionDep, Viewer
 from central.api.schemas import ImportOut, MeterOut
 from central.errors import BadRequest
-from central.services import registry
+from central.models import Meter
+from central.services import protections, registry
 from central.services.registry import MeterChange, MeterFields
 
 router = APIRouter(tags=["meters"])
@@ -19,7 +20,7 @@ router = APIRouter(tags=["meters"])
 def import_meters(
     session: SessionDep,
     context: ContextDep,
-    _actor: Admin,
+    actor: Admin,
     body: Annotated[bytes, Body(media_type="text/csv")],
 ) -> ImportOut:
     """CSV with a header row; see ``registry.import_meters_csv`` for the columns."""
@@ -27,7 +28,7 @@ def import_meters(
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadRequest("the CSV is not UTF-8") from exc
-    report = registry.import_meters_csv(session, text)
+    report = registry.import_meters_csv(session, text, actor=actor.name)
     session.commit()
     context.coordinator.kick()
     return ImportOut(
@@ -35,6 +36,7 @@ def import_meters(
         updated=report.updated,
         concentrators_created=report.concentrators_created,
         errors=report.errors,
+        protection_pending=report.protection_pending,
     )
 
 
@@ -44,7 +46,7 @@ def list_meters(
     _actor: Viewer,
     concentrator_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[MeterOut]:
     rows = registry.list_meters(
         session, concentrator_id=concentrator_id, limit=limit, offset=offset
@@ -59,21 +61,27 @@ def show_meter(meter_id: str, session: SessionDep, _actor: Viewer) -> MeterOut:
 
 @router.put("/meters/{meter_id}", response_model=MeterOut)
 def put_meter(
-    meter_id: str, body: MeterFields, session: SessionDep, context: ContextDep, _actor: Admin
+    meter_id: str, body: MeterFields, session: SessionDep, context: ContextDep, actor: Admin
 ) -> MeterOut:
     if body.id != meter_id:
         raise BadRequest("the body's id differs from the path")
-    row = registry.upsert_meter(session, body)
+    row = registry.upsert_meter(session, body, actor=actor.name)
     session.commit()
     context.coordinator.kick()
-    return MeterOut.model_validate(row)
+    return _meter_out(session, row)
 
 
 @router.patch("/meters/{meter_id}", response_model=MeterOut)
 def change_meter(
-    meter_id: str, body: MeterChange, session: SessionDep, context: ContextDep, _actor: Admin
+    meter_id: str, body: MeterChange, session: SessionDep, context: ContextDep, actor: Admin
 ) -> MeterOut:
-    row = registry.change_meter(session, meter_id, body)
+    row = registry.change_meter(session, meter_id, body, actor=actor.name)
     session.commit()
     context.coordinator.kick()
-    return MeterOut.model_validate(row)
+    return _meter_out(session, row)
+
+
+def _meter_out(session: SessionDep, row: Meter) -> MeterOut:
+    out = MeterOut.model_validate(row)
+    out.protection_change_pending = protections.pending_for(session, row.id) is not None
+    return out

@@ -12,7 +12,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from central.api.deps import AppContext, Approver, ContextDep, Operator, SessionDep, Viewer
+from central.api.deps import (
+    AppContext,
+    Approver,
+    ContextDep,
+    Offset,
+    Operator,
+    SessionDep,
+    Viewer,
+)
 from central.api.schemas import (
     BatchApprovalOut,
     BatchIn,
@@ -87,7 +95,12 @@ def create_batch(
     )
 
 
-@router.post("/orders", response_model=SingleOut, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/orders",
+    response_model=SingleOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": SingleOut, "description": "refused, or already known"}},
+)
 def create_order(
     body: OrderRequest,
     session: SessionDep,
@@ -121,7 +134,7 @@ def list_orders(
     external_ref: str | None = None,
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[OrderOut]:
     rows = service.list_orders(
         session,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from central.api.deps import Operator, SessionDep
+from central.api.deps import Offset, Operator, SessionDep
 from central.api.schemas import RejectedMessageOut
 from central.models import RejectedMessage
 from central.services import rejected as service
@@ -38,7 +38,7 @@ def list_rejected_messages(
     order_id: str | None = None,
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[RejectedMessageOut]:
     rows = service.list_rejected(
         session,

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, cast
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from central.api.deps import Operator, SessionDep, Viewer
+from central.api.deps import Offset, Operator, RowId, SessionDep, Viewer
 from central.api.schemas import CloseIn, WorkOrderOut
 from central.models import WorkOrder
 from central.services import workorders as service
@@ -48,7 +48,7 @@ def list_work_orders(
     reason: str | None = None,
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[WorkOrderOut]:
     rows = _filtered(session, status, meter_id, concentrator_id, reason, since, limit, offset)
     return [WorkOrderOut.model_validate(row) for row in rows]
@@ -73,13 +73,13 @@ def export_work_orders(
 
 
 @router.get("/work-orders/{work_order_id}", response_model=WorkOrderOut)
-def show_work_order(work_order_id: int, session: SessionDep, _actor: Viewer) -> WorkOrderOut:
+def show_work_order(work_order_id: RowId, session: SessionDep, _actor: Viewer) -> WorkOrderOut:
     return WorkOrderOut.model_validate(service.get_work_order(session, work_order_id))
 
 
 @router.post("/work-orders/{work_order_id}/close", response_model=WorkOrderOut)
 def close_work_order(
-    work_order_id: int, body: CloseIn, session: SessionDep, actor: Operator
+    work_order_id: RowId, body: CloseIn, session: SessionDep, actor: Operator
 ) -> WorkOrderOut:
     row = service.close_work_order(
         session, work_order_id, actor, cast(service.TechnicianOutcome, body.outcome), body.notes
