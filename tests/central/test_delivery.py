@@ -39,8 +39,13 @@ from .conftest import OPERATOR, WORKDAY, RecordingPublisher, add_meters
 
 
 def accept(session: Session, settings: Settings, meter: str = "m0", **kw: object) -> str:
+    channel = orders.Channel(
+        source=str(kw.pop("source", "rest")), reply_address=kw.pop("reply_address", None)  # type: ignore[arg-type]
+    )
     request = OrderRequest(meter_id=meter, action="disconnect", reason="non_payment", **kw)  # type: ignore[arg-type]
-    item = orders.create_orders(session, [request], OPERATOR, settings, now=WORKDAY).items[0]
+    item = orders.create_orders(
+        session, [request], OPERATOR, settings, now=WORKDAY, channel=channel
+    ).items[0]
     session.commit()
     assert item.order_id is not None
     return item.order_id
@@ -237,7 +242,8 @@ def test_a_late_result_corrects_an_expired_and_reported_order_and_tells_legacy_a
     # Legacy's outbox row is due again with the new end: same CorrelationID, new MessageID
     row = session.scalars(select(LegacyNotification).where(LegacyNotification.order_id == order_id)).one()
     assert row.final_state == "completed_disconnected" and row.delivered_at is None
-    notifier = LegacyNotifier(sessionmaker(bind=session.get_bind()), SoapSettings())
+    soap = SoapSettings(reply_address_prefixes=("http://legacy.invalid/",))
+    notifier = LegacyNotifier(sessionmaker(bind=session.get_bind()), soap)
     delivery = notifier._prepare(session, row, order)
     assert delivery.body is not None and delivery.message_id != expired_message_id
     assert b"corr-42" in delivery.body and delivery.message_id.encode() in delivery.body
