@@ -20,7 +20,7 @@ from central.models import Concentrator, Meter, Order
 from central.services.lifecycle import advance
 from central.services.results import apply_result
 from central.settings import Settings
-from central.soap.adapter import install
+from central.soap.router import install
 from central.soap.config import SoapSettings
 from central.soap.gateway import SoapGateway
 from central.state import Event

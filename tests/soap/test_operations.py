@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from central.services import validation
-from central.soap.adapter import install
+from central.soap.router import install
 from central.soap.auth import TokenAuthenticator
 from central.soap.config import SoapSettings
 from central.soap.gateway import SoapGateway
