@@ -74,9 +74,7 @@ def parse_events(body: bytes) -> list[LegacyEvent]:
                 message_id=message_id,
                 correlation_id=correlation_id,
                 meter_id=event.findtext(f"{{{EVENTS_NS}}}Assets/{{{EVENTS_NS}}}mRID")
-                or event.findtext(
-                    f"{{{EVENTS_NS}}}Assets/{{{EVENTS_NS}}}Names/{{{EVENTS_NS}}}name"
-                )
+                or event.findtext(f"{{{EVENTS_NS}}}Assets/{{{EVENTS_NS}}}Names/{{{EVENTS_NS}}}name")
                 or "",
                 event_code=code.get("ref", "") if code is not None else "",
                 reason=event.findtext(f"{{{EVENTS_NS}}}reason") or "",

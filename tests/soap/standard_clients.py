@@ -109,7 +109,10 @@ def execute_client(server: AppServer, **kwargs: Any) -> StandardZeep:
 
 def get_client(server: AppServer, **kwargs: Any) -> StandardZeep:
     return StandardZeep(
-        "GetEndDeviceControls.wsdl", GET_BINDING, f"{server.base}/soap/GetEndDeviceControls", **kwargs
+        "GetEndDeviceControls.wsdl",
+        GET_BINDING,
+        f"{server.base}/soap/GetEndDeviceControls",
+        **kwargs,
     )
 
 
@@ -118,9 +121,7 @@ def suds_client(server: AppServer, wsdl: str, path: str, user: tuple[str, str] =
     from suds.transport.http import HttpAuthenticated
 
     transport = HttpAuthenticated(username=user[0], password=user[1])
-    return Client(
-        (STANDARD / wsdl).as_uri(), location=f"{server.base}{path}", transport=transport
-    )
+    return Client((STANDARD / wsdl).as_uri(), location=f"{server.base}{path}", transport=transport)
 
 
 # --------------------------------------------------------------------------- messages

@@ -17,7 +17,6 @@ from central.soap.service_port import (
     Outcome,
     Refusal,
 )
-
 from tests.soap.standard_clients import assert_standard
 
 SOAP = "{http://schemas.xmlsoap.org/soap/envelope/}"
@@ -58,7 +57,9 @@ def test_result_event_code_and_schema(outcome: Outcome, action: ControlAction, c
     )
     message_id = cim_write.result_message_id(ended)
     assert message_id == cim_write.result_message_id(ended)  # stable
-    xml = cim_write.build_event(ended, correlation_id="c-1", source="ami-rcd", message_id=message_id)
+    xml = cim_write.build_event(
+        ended, correlation_id="c-1", source="ami-rcd", message_id=message_id
+    )
     element = body_child(xml)
     cim.validate(element)
     assert_standard(xml)

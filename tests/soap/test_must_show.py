@@ -175,8 +175,12 @@ def test_suds_client_from_standard_wsdl_creates_cancels_and_gets(coordinator: Co
         request = getter.factory.create(
             "{http://iec.ch/TC57/2011/GetEndDeviceControlsMessage}GetEndDeviceControlsRequestType"
         )
-        query = getter.factory.create("{http://iec.ch/TC57/2011/GetEndDeviceControls#}GetEndDeviceControls")
-        wanted = getter.factory.create("{http://iec.ch/TC57/2011/GetEndDeviceControls#}EndDeviceControl")
+        query = getter.factory.create(
+            "{http://iec.ch/TC57/2011/GetEndDeviceControls#}GetEndDeviceControls"
+        )
+        wanted = getter.factory.create(
+            "{http://iec.ch/TC57/2011/GetEndDeviceControls#}EndDeviceControl"
+        )
         wanted.mRID = order_id
         query.EndDeviceControl = [wanted]
         request.GetEndDeviceControls = query
