@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from central.db import session_scope
 from central.errors import CentralError
-from central.models import LegacyNotification, Order
+from central.models import LEGACY_GIVEN_UP, LegacyNotification, Order
 from central.services import orders as order_service
 from central.services.lifecycle import note, utcnow
 from central.services.workorders import work_order_for
@@ -58,7 +58,7 @@ OUTCOME_OF_STATE: dict[str, Outcome] = {
 }
 _ACK_LIMITS = XmlLimits(max_bytes=1024 * 1024, max_depth=40, max_elements=10_000)
 LEGACY_STEP = 9
-GIVEN_UP = "given up: "  # last_error prefix of a row no longer retried
+GIVEN_UP = LEGACY_GIVEN_UP  # last_error prefix of a row no longer retried
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
