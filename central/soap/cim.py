@@ -8,6 +8,7 @@ events in :mod:`central.soap.cim_write`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -278,16 +279,16 @@ def _operation_of(message: etree._Element) -> tuple[str, str]:
     )
 
 
-def open_envelope(root: etree._Element, *, legacy_shapes: bool = False) -> Envelope:
-    """Check the SOAP envelope and the CIM header; validate the message.
+# rewrites a pre-standard message into the standard shape (central.soap.legacy_shapes)
+Normaliser = Callable[[etree._Element], tuple[etree._Element, dict[int, str]]]
 
-    With ``legacy_shapes`` the gateway's pre-standard request shapes are rewritten
-    into the standard ones first (see :mod:`central.soap.legacy_shapes`)."""
+
+def open_envelope(root: etree._Element, *, normalise: Normaliser | None = None) -> Envelope:
+    """Check the SOAP envelope and the CIM header; validate the message (after
+    ``normalise``, when the old shapes are accepted)."""
     message = _check_soap(root)
     legacy_priorities: dict[int, str] = {}
-    if legacy_shapes:
-        from central.soap.legacy_shapes import normalise
-
+    if normalise is not None:
         message, legacy_priorities = normalise(message)
     operation, expected_verb = _operation_of(message)
     # Validate a detached copy: the SOAP wrapper is not part of our schema.

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urlsplit
 
-from central.soap import auth, cim, cim_read, cim_write
+from central.soap import auth, cim, cim_read, cim_write, legacy_shapes
 from central.soap.cim_read import MessageRefused
 from central.soap.config import SoapSettings
 from central.soap.faults import SOAP11_ENV, SoapFault, fault_xml
@@ -108,7 +108,9 @@ class SoapGateway:
             replay_check=self._wsse_replay,
             require_nonce=self.settings.wsse_require_nonce,
         )
-        env = cim.open_envelope(root, legacy_shapes=self.settings.compat_legacy_shapes)
+        env = cim.open_envelope(
+            root, normalise=legacy_shapes.normalise if self.settings.compat_legacy_shapes else None
+        )
         auth.authorize(principal, env.operation)
         self._check_reply_address(env.reply_address)
         refused = self._refused_at_once(env)
