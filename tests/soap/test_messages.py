@@ -98,3 +98,31 @@ def test_replies_are_valid_against_the_schema() -> None:
     assert cim_write.result_of(outcomes) == "PARTIAL"
     assert cim_write.result_of(outcomes[:1]) == "OK"
     assert cim_write.result_of(outcomes[1:2]) == "FAILED"
+
+
+@pytest.mark.parametrize("service", sorted(cim.WSDL_FILES))
+def test_no_type_is_defined_twice_in_one_wsdl(service: str) -> None:
+    """One Java package can be generated from each served WSDL: every global type
+    and element name of the schemas it pulls in is unique (issue 13)."""
+    xs = "{http://www.w3.org/2001/XMLSchema}"
+    seen: dict[str, str] = {}
+    duplicates: list[str] = []
+    todo = [cim.WSDL_FILES[service]]
+    done: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        tree = etree.parse(str(cim.SCHEMA_DIR / name))
+        todo.extend(i.get("schemaLocation") for i in tree.iter(f"{xs}import", f"{xs}include"))
+        for kind in ("complexType", "simpleType"):
+            for node in tree.getroot().iter(f"{xs}{kind}"):
+                type_name = node.get("name")
+                if type_name is None:
+                    continue  # anonymous
+                if type_name in seen:
+                    duplicates.append(f"{type_name} ({seen[type_name]}, {name})")
+                seen[type_name] = name
+    assert len(done) >= 3
+    assert duplicates == []
