@@ -18,7 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 from central.soap import auth, cim, cim_read, cim_write, legacy_shapes
 from central.soap.cim_read import MessageRefused
 from central.soap.config import SoapSettings
-from central.soap.faults import SOAP11_ENV, SoapFault, fault_xml
+from central.soap.faults import EXECUTE_FAULT_NS, SOAP11_ENV, SoapFault, fault_xml
 from central.soap.replay import NonceLog, freshness_problem
 from central.soap.service_port import (
     Authenticator,
@@ -69,11 +69,15 @@ class SoapGateway:
 
     # ------------------------------------------------------------------ entry
 
-    def handle(self, body: bytes, authorization: str | None) -> GatewayResponse:
+    def handle(
+        self, body: bytes, authorization: str | None, *, fault_ns: str = EXECUTE_FAULT_NS
+    ) -> GatewayResponse:
+        """``fault_ns``: the message namespace of the service called, for the
+        standard fault element in a Fault's detail."""
         try:
             return self._handle(body, authorization)
         except SoapFault as fault:
-            return self.fault(fault)
+            return self.fault(fault, fault_ns)
         except Exception:
             log.exception("SOAP request failed")
             return self.fault(
@@ -81,15 +85,16 @@ class SoapGateway:
                     "internal error; the request may be retried with the same MessageID",
                     problem="internal",
                     code="Server",
-                )
+                ),
+                fault_ns,
             )
 
-    def fault(self, fault: SoapFault) -> GatewayResponse:
+    def fault(self, fault: SoapFault, fault_ns: str = EXECUTE_FAULT_NS) -> GatewayResponse:
         headers = {"Content-Type": XML_CONTENT_TYPE}
         if fault.http_status == 401:
             headers["WWW-Authenticate"] = f'Basic realm="{self.settings.realm}"'
         log.info("SOAP fault %s: %s", fault.problem, fault.message)
-        return GatewayResponse(fault.http_status, fault_xml(fault), headers)
+        return GatewayResponse(fault.http_status, fault_xml(fault, fault_ns), headers)
 
     # ------------------------------------------------------------------ pipeline
 

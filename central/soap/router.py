@@ -22,7 +22,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import cache
+from functools import cache, partial
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
@@ -33,7 +33,7 @@ from central.settings import Settings
 from central.soap.adapter import build_gateway
 from central.soap.cim import SCHEMA_DIR, SCHEMA_FILES, SERVED_SERVICES, WSDL_FILES
 from central.soap.config import SoapSettings
-from central.soap.faults import SoapFault, fault_xml
+from central.soap.faults import EXECUTE_FAULT_NS, GET_FAULT_NS, SoapFault, fault_xml
 from central.soap.gateway import XML_CONTENT_TYPE, SoapGateway
 from central.soap.notifier import LegacyNotifier
 
@@ -77,11 +77,18 @@ def _gateway(request: Request) -> SoapGateway | None:
     return gateway if isinstance(gateway, SoapGateway) else None
 
 
-def _fault_response(fault: SoapFault, gateway: SoapGateway | None) -> Response:
+def _fault_ns(request: Request) -> str:
+    """The fault element's namespace: the Get service's own, else Execute's."""
+    return GET_FAULT_NS if request.url.path.endswith("/GetEndDeviceControls") else EXECUTE_FAULT_NS
+
+
+def _fault_response(fault: SoapFault, gateway: SoapGateway | None, fault_ns: str) -> Response:
     if gateway is not None:
-        answer = gateway.fault(fault)
+        answer = gateway.fault(fault, fault_ns)
         return Response(answer.body, status_code=answer.status, headers=answer.headers)
-    return Response(fault_xml(fault), status_code=fault.http_status, media_type=XML_CONTENT_TYPE)
+    return Response(
+        fault_xml(fault, fault_ns), status_code=fault.http_status, media_type=XML_CONTENT_TYPE
+    )
 
 
 def _wsdl_text(request: Request, service: str) -> str:
@@ -121,6 +128,7 @@ async def schema(name: str) -> Response:
 
 async def endpoint(request: Request) -> Response:
     gateway = _gateway(request)
+    fault_ns = _fault_ns(request)
     if gateway is None:
         return _fault_response(
             SoapFault(
@@ -130,6 +138,7 @@ async def endpoint(request: Request) -> Response:
                 http_status=503,
             ),
             None,
+            fault_ns,
         )
     limit = gateway.settings.max_body_bytes
     declared = request.headers.get("content-length")
@@ -139,20 +148,22 @@ async def endpoint(request: Request) -> Response:
     if declared is not None:
         try:
             if int(declared) > limit:
-                return _fault_response(too_large, gateway)
+                return _fault_response(too_large, gateway, fault_ns)
         except ValueError:
             return _fault_response(
-                SoapFault("invalid Content-Length", problem="malformed"), gateway
+                SoapFault("invalid Content-Length", problem="malformed"), gateway, fault_ns
             )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return _fault_response(too_large, gateway)
+            return _fault_response(too_large, gateway, fault_ns)
         chunks.append(chunk)
     answer = await run_in_threadpool(
-        gateway.handle, b"".join(chunks), request.headers.get("authorization")
+        partial(gateway.handle, fault_ns=fault_ns),
+        b"".join(chunks),
+        request.headers.get("authorization"),
     )
     return Response(answer.body, status_code=answer.status, headers=answer.headers)
 

@@ -185,3 +185,53 @@ def test_wsdl_and_schemas_are_served(server: AppServer) -> None:
     xsd = httpx.get(f"{base}/schemas/Message.xsd", timeout=10)
     assert xsd.status_code == 200 and "IEC 61968-100" in xsd.text
     assert httpx.get(f"{base}/schemas/..%2Fcim.py", timeout=10).status_code == 404
+
+
+def test_faults_carry_the_standard_fault_message(server: AppServer) -> None:
+    """A Fault's detail holds the declared EndDeviceControlsFaultMessage (in the called
+    service's namespace), valid against the standard schemas; zeep built from the
+    standard WSDL surfaces it."""
+    import zeep.exceptions
+    from lxml import etree
+
+    from tests.soap.standard_clients import execute_client, header, standard_schema
+
+    for path, body, namespace, code in (
+        (
+            "/soap/ExecuteEndDeviceControls",
+            BAD_TIMING,
+            "http://iec.ch/TC57/2011/EndDeviceControlsMessage",
+            "2.1",
+        ),
+        (
+            "/soap/GetEndDeviceControls",
+            get_by_meter("MTR-001"),
+            "http://iec.ch/TC57/2011/GetEndDeviceControlsMessage",
+            "6.2",
+        ),
+    ):
+        headers = basic() if code != "6.2" else {"Content-Type": "text/xml"}
+        response = httpx.post(f"{server.base}{path}", content=body, headers=headers, timeout=10)
+        assert response.status_code in (401, 500)
+        detail = etree.fromstring(response.content).find(".//detail")
+        assert detail is not None
+        message = etree.fromstring(etree.tostring(detail[0]))
+        assert message.tag == f"{{{namespace}}}EndDeviceControlsFaultMessage"
+        assert standard_schema().validate(message), standard_schema().error_log
+        error = message.find(".//{http://iec.ch/TC57/2011/schema/message}Error")
+        assert error is not None and error.findtext("{*}code") == code
+
+    client = execute_client(server, user=("legacy", "wrong-token"))
+    with pytest.raises(zeep.exceptions.Fault) as caught:
+        client.service.CancelEndDeviceControls(
+            Header=header("f-1", verb="cancel"),
+            Payload={
+                "EndDeviceControls": {
+                    "EndDeviceControl": [{"mRID": "x", "EndDeviceControlType": {}}]
+                }
+            },
+        )
+    detail = caught.value.detail
+    assert detail is not None and etree.QName(detail[0]).localname == (
+        "EndDeviceControlsFaultMessage"
+    )
