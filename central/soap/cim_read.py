@@ -182,7 +182,12 @@ def timing_of(control: etree._Element) -> Timing:
     duration = text(node, f"{{{EDC}}}duration")
     indefinite = (text(node, f"{{{EDC}}}durationIndefinite") or "") in ("true", "1")
     if end is None and duration is not None and not indefinite:
-        end = (start or now_utc()) + timedelta(minutes=float(duration))
+        try:
+            end = (start or now_utc()) + timedelta(minutes=float(duration))
+        except (ValueError, OverflowError) as exc:  # xs:float allows INF, NaN, 1e38
+            raise _ItemProblem(
+                Refusal.MISSING_DATA, f"primaryDeviceTiming duration '{duration}': {exc}"
+            ) from exc
     if indefinite:
         end = None
     if start and end and end <= start:

@@ -171,6 +171,18 @@ def test_randomisation_spreads_the_start_over_the_first_half(
     assert all(order_of(coordinator, m).deadline == end for m in meters)
 
 
+@pytest.mark.parametrize("duration", ["INF", "NaN", "1e38", "-30"])
+def test_a_duration_we_cannot_use_is_a_coded_error(client: TestClient, duration: str) -> None:
+    body = create(
+        control(
+            ["MTR-001"],
+            timing=timing(f"<edc:duration>{duration}</edc:duration>" + interval(LATER, None)),
+        )
+    )
+    result, errors, _ = send(client, body)
+    assert result == "FAILED" and errors[0]["code"] == "2.11"
+
+
 def test_interval_end_before_start_is_a_coded_error(client: TestClient) -> None:
     body = create(control(["MTR-001"], timing=timing(interval(LATER, LATER - timedelta(hours=1)))))
     result, errors, _ = send(client, body)
