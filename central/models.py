@@ -221,6 +221,10 @@ class WorkOrder(Base):
     order: Mapped[Order] = relationship(lazy="raise_on_sql")
 
 
+# last_error prefix of an outbox row whose delivery was given up (see central/soap/notifier.py)
+LEGACY_GIVEN_UP = "given up: "
+
+
 class LegacyNotification(Base):
     """Outbox for step 9: one row per ended order, written in the same transaction
     as the final state. The SOAP gateway's notifier consumes it (see docs/central.md)."""

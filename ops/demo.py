@@ -504,7 +504,9 @@ class DemoRunning:
         session = requests.Session()
         session.auth = HTTPBasicAuth("demo-operator", self.demo.tokens["operator"])
         transport = Transport(session=session, timeout=30)  # type: ignore[no-untyped-call]
-        client = zeep.Client(f"{self.server.url}/soap/cim?wsdl", transport=transport)  # type: ignore[no-untyped-call]
+        client = zeep.Client(
+            f"{self.server.url}/soap/ExecuteEndDeviceControls?wsdl", transport=transport
+        )  # type: ignore[no-untyped-call]
         controls = []
         for action in ("disconnect", "connect"):
             meters = [s.meter_id for s in SCENARIOS if s.action == action]
@@ -514,7 +516,10 @@ class DemoRunning:
                     "issuerTrackingID": f"DEMO-{action.upper()}",
                     "reason": "nonPayment" if action == "disconnect" else "paymentReceived",
                     "EndDeviceControlType": {"ref": CONTROL_CODES[action]},
-                    "EndDevices": [{"Names": [{"name": meter}]} for meter in meters],
+                    "EndDevices": [
+                        {"Names": [{"name": meter, "NameType": {"name": "MeterNumber"}}]}
+                        for meter in meters
+                    ],
                 }
             )
         reply = client.service.CreateEndDeviceControls(
@@ -527,12 +532,15 @@ class DemoRunning:
                 "MessageID": f"demo-{secrets.token_hex(6)}",
                 "CorrelationID": "demo-correlation",
             },
-            # The demo may run on a weekend or holiday: its disconnects are flagged special.
-            Request={"Option": [{"name": "special", "value": "true"}]},
+            # The demo may run on a weekend or holiday: its disconnects are flagged for
+            # it (our weekend flag, a standard Request/Option).
+            Request={"Option": [{"name": "weekendAllowed", "value": "true"}]},
             Payload={"EndDeviceControls": {"EndDeviceControl": controls}},
         )
         refused = {}
         for error in reply.Reply.Error or []:
+            if error.level == "INFORM":  # the state of an accepted order
+                continue
             meter = getattr(getattr(error, "ID", None), "_value_1", None) or ""
             refused[meter] = error.reason
         self.demo.say(

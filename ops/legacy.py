@@ -1,9 +1,11 @@
 """A stand-in for Legacy's result endpoint (step 9), for the demo and tests.
 
-It accepts the coordinator's ``CreatedEndDeviceEvents`` SOAP messages over
-HTTP, records what each one says (meter, event code, reason, work order,
-energy, CorrelationID, MessageID), drops duplicates by MessageID as Legacy
-should, and acknowledges with a SOAP reply whose Result is OK.
+It accepts the coordinator's standard ``CreatedEndDeviceEvents`` SOAP messages
+(IEC 61968-9, the meter in ``Assets``) over HTTP, records what each one says
+(meter, event code, reason, work order, energy, CorrelationID, MessageID), drops
+duplicates by MessageID as Legacy should, and acknowledges with the standard
+``EndDeviceEventsResponseMessage`` whose ``Reply/Result`` is OK, or, as many times
+as :meth:`LegacyStandIn.refuse` asked, FAILED with a coded Error.
 """
 
 from __future__ import annotations
@@ -18,15 +20,27 @@ from lxml import etree
 MSG_NS = "http://iec.ch/TC57/2011/schema/message"
 EVENTS_NS = "http://iec.ch/TC57/2011/EndDeviceEvents#"
 
-ACK = b"""<?xml version="1.0" encoding="UTF-8"?>
+ACK_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
 <soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">
 <soapenv:Body>
-<m:CreatedEndDeviceEventsResponse xmlns:m="http://iec.ch/TC57/2011/EndDeviceEventsMessage"
+<m:EndDeviceEventsResponseMessage xmlns:m="http://iec.ch/TC57/2011/EndDeviceEventsMessage"
     xmlns:msg="http://iec.ch/TC57/2011/schema/message">
 <m:Header><msg:Verb>reply</msg:Verb><msg:Noun>EndDeviceEvents</msg:Noun></m:Header>
-<m:Reply><msg:Result>OK</msg:Result></m:Reply>
-</m:CreatedEndDeviceEventsResponse>
+<m:Reply><msg:Result>{result}</msg:Result>{errors}</m:Reply>
+</m:EndDeviceEventsResponseMessage>
 </soapenv:Body></soapenv:Envelope>"""
+REFUSAL_ERROR = (
+    "<msg:Error><msg:code>5.1</msg:code><msg:level>FATAL</msg:level>"
+    "<msg:reason>Legacy could not store the result</msg:reason></msg:Error>"
+)
+
+
+def acknowledgement(result: str = "OK") -> bytes:
+    errors = "" if result == "OK" else REFUSAL_ERROR
+    return ACK_TEMPLATE.format(result=result, errors=errors).encode()
+
+
+ACK = acknowledgement()
 
 
 @dataclass(frozen=True)
@@ -59,9 +73,8 @@ def parse_events(body: bytes) -> list[LegacyEvent]:
             LegacyEvent(
                 message_id=message_id,
                 correlation_id=correlation_id,
-                meter_id=event.findtext(
-                    f"{{{EVENTS_NS}}}EndDevice/{{{EVENTS_NS}}}Names/{{{EVENTS_NS}}}name"
-                )
+                meter_id=event.findtext(f"{{{EVENTS_NS}}}Assets/{{{EVENTS_NS}}}mRID")
+                or event.findtext(f"{{{EVENTS_NS}}}Assets/{{{EVENTS_NS}}}Names/{{{EVENTS_NS}}}name")
                 or "",
                 event_code=code.get("ref", "") if code is not None else "",
                 reason=event.findtext(f"{{{EVENTS_NS}}}reason") or "",
@@ -87,6 +100,8 @@ class LegacyStandIn:
         self.message_ids: set[str] = set()
         self.duplicates = 0
         self.malformed = 0
+        self.refused = 0  # how many posts were answered with a Result that is not OK
+        self._refusals: list[str] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
@@ -115,17 +130,33 @@ class LegacyStandIn:
                     self.send_response(400)
                     self.end_headers()
                     return
-                standin._record(body, events)
+                answer = standin._answer(body, events)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/xml; charset=utf-8")
-                self.send_header("Content-Length", str(len(ACK)))
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
-                self.wfile.write(ACK)
+                self.wfile.write(answer)
 
             def log_message(self, format: str, *args: object) -> None:
                 return
 
         return Handler
+
+    def refuse(self, times: int, result: str = "FAILED") -> None:
+        """Answer the next ``times`` posts with ``result`` (PARTIAL or FAILED) and an
+        Error, recording nothing, as a Legacy that could not take the result."""
+        with self._lock:
+            self._refusals.extend([result] * times)
+
+    def _answer(self, body: bytes, events: list[LegacyEvent]) -> bytes:
+        with self._lock:
+            if self._refusals:
+                self.refused += 1
+                self.received.append(body)
+                self._lock.notify_all()
+                return acknowledgement(self._refusals.pop(0))
+        self._record(body, events)
+        return ACK
 
     def _record(self, body: bytes, events: list[LegacyEvent]) -> None:
         with self._lock:

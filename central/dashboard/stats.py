@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from central.models import Concentrator, LegacyNotification, Order, WorkOrder
+from central.models import LEGACY_GIVEN_UP, Concentrator, LegacyNotification, Order, WorkOrder
 from central.services import rejected
 from central.services.lifecycle import utcnow
 from central.state import ACTIVE_STATES, OrderState
@@ -59,6 +59,9 @@ class DashboardStats(BaseModel):
     concentrators_total: int
     concentrators_online: int
     work_orders_open: int
+    # results whose delivery to Legacy was given up (not acknowledged after the
+    # configured attempts): someone has to tell Legacy by hand
+    legacy_given_up: int = 0
     recent: list[EndedOrder]  # newest first, at most RECENT_LIMIT
     security_events: list[SecurityEvent] = []  # newest first, the last SECURITY_LIMIT
     # concentrator id -> the last signature alarm it raised in the last day (its
@@ -107,6 +110,15 @@ def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:
     online = session.scalar(select(func.count()).where(Concentrator.online)) or 0
     total_conc = session.scalar(select(func.count(Concentrator.id))) or 0
     open_wo = session.scalar(select(func.count()).where(WorkOrder.status == "open")) or 0
+    given_up = (
+        session.scalar(
+            select(func.count()).where(
+                LegacyNotification.delivered_at.is_(None),
+                LegacyNotification.last_error.startswith(LEGACY_GIVEN_UP),
+            )
+        )
+        or 0
+    )
     return DashboardStats(
         generated_at=utcnow(),
         orders_total=sum(by_state.values()),
@@ -119,6 +131,7 @@ def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:
         concentrators_total=int(total_conc),
         concentrators_online=int(online),
         work_orders_open=int(open_wo),
+        legacy_given_up=int(given_up),
         recent=recent,
         **_security(session),
     )

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from central.db import session_scope
@@ -35,8 +36,6 @@ from central.state import ACTIVE_STATES, OrderState
 from shared.contracts import Action, OrderReason
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
     from central.soap.gateway import SoapGateway
 
 REFUSALS: dict[str, Refusal] = {
@@ -72,7 +71,19 @@ def _view(order: Order) -> OrderView:
         issuer_tracking_id=order.external_ref,
         updated_at=order.updated_at,
         detail=detail,
+        not_before=order.not_before,
+        deadline=order.deadline,
     )
+
+
+def _by_correlation(session: Session, correlation_id: str) -> list[Order]:
+    query = (
+        select(Order)
+        .where(Order.correlation_id == correlation_id)
+        .order_by(Order.created_at.desc(), Order.id)
+        .limit(1000)
+    )
+    return list(session.scalars(query))
 
 
 class CentralServicePort:
@@ -221,6 +232,9 @@ class CentralServicePort:
             for meter in query.meter_ids:
                 for order in order_service.list_orders(session, meter_id=meter, limit=100):
                     found[order.id] = order
+            for correlation_id in query.correlation_ids:
+                for order in _by_correlation(session, correlation_id):
+                    found[order.id] = order
             return [_view(o) for o in found.values()]
 
 
@@ -245,20 +259,3 @@ def build_gateway(
         message_log=MessageLog(engine),
         settings=soap_settings or SoapSettings(),
     )
-
-
-def install(
-    app: FastAPI,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    soap_settings: SoapSettings | None = None,
-) -> SoapGateway:
-    """Put the gateway in ``app.state`` and include the router (if not yet included)."""
-    from central.soap.router import router
-
-    gateway = build_gateway(settings, sessions, soap_settings)
-    app.state.soap_gateway = gateway
-    paths = {getattr(route, "path", None) for route in app.router.routes}
-    if "/soap/cim" not in paths:
-        app.include_router(router)
-    return gateway

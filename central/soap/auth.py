@@ -1,17 +1,20 @@
 """Authentication of SOAP callers, with the same roles as the REST API.
 
-HTTP Basic (over TLS) or a WS-Security UsernameToken with a PasswordText in the
-SOAP header. The password is an API token of the coordinator's configuration
-(``Settings.api_tokens``: token -> name, role) and the user name must be that
-token's name.
+HTTP Basic (over TLS) or a WS-Security UsernameToken in the SOAP header, with
+PasswordText or PasswordDigest (Base64(SHA-1(nonce + created + secret))) and a
+Nonce and Created that the gateway checks against replays. The secret is an API
+token of the coordinator's configuration (``Settings.api_tokens``: token -> name,
+role) and the user name must be that token's name.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from lxml import etree
 
@@ -19,13 +22,37 @@ from central.soap.faults import SoapFault
 from central.soap.service_port import Authenticator, Principal
 
 WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-PASSWORD_TEXT = (
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
-    "#PasswordText"
-)
+WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+_PROFILE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
+PASSWORD_TEXT = f"{_PROFILE}#PasswordText"
+PASSWORD_DIGEST = f"{_PROFILE}#PasswordDigest"
 ROLES = ("viewer", "operator", "approver", "admin")
 # operation -> lowest role allowed (roles are ordered, as in the REST API)
-REQUIRED_ROLE = {"get": "viewer", "create": "operator", "cancel": "operator"}
+REQUIRED_ROLE = {
+    "get": "viewer",
+    "create": "operator",
+    "change": "operator",
+    "cancel": "operator",
+    "close": "operator",
+    "delete": "operator",
+}
+# (nonce, created) -> None, or raises a SoapFault: the gateway's replay check
+ReplayCheck = Callable[[str, str], None]
+
+
+def password_digest(nonce: bytes, created: str, secret: str) -> str:
+    """The UsernameToken profile's PasswordDigest."""
+    raw = hashlib.sha1(nonce + created.encode() + secret.encode()).digest()
+    return base64.b64encode(raw).decode()
+
+
+@dataclass(frozen=True)
+class UsernameToken:
+    user: str
+    password: str
+    digest: bool
+    nonce: str | None  # base64, as sent
+    created: str | None
 
 
 class TokenAuthenticator:
@@ -40,6 +67,17 @@ class TokenAuthenticator:
             # compare every entry, so timing does not tell which token is near
             same_token = hmac.compare_digest(token.encode(), password.encode())
             if same_token and hmac.compare_digest(name.encode(), username.encode()):
+                found = Principal(name=name, role=role)
+        return found
+
+    def authenticate_digest(
+        self, username: str, digest: str, nonce: bytes, created: str
+    ) -> Principal | None:
+        found: Principal | None = None
+        for token, (name, role) in self._tokens.items():
+            expected = password_digest(nonce, created, token)
+            same = hmac.compare_digest(expected.encode(), digest.encode())
+            if same and hmac.compare_digest(name.encode(), username.encode()):
                 found = Principal(name=name, role=role)
         return found
 
@@ -64,7 +102,7 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def wsse_credentials(soap_header: etree._Element | None) -> tuple[str, str] | None:
+def wsse_credentials(soap_header: etree._Element | None) -> UsernameToken | None:
     if soap_header is None:
         return None
     token = soap_header.find(f"{{{WSSE}}}Security/{{{WSSE}}}UsernameToken")
@@ -75,11 +113,42 @@ def wsse_credentials(soap_header: etree._Element | None) -> tuple[str, str] | No
     if user is None or password_node is None or password_node.text is None:
         raise _unauthorized("WS-Security UsernameToken needs Username and Password")
     kind = password_node.get("Type", PASSWORD_TEXT)
-    if kind != PASSWORD_TEXT:
-        raise _unauthorized(
-            "only the PasswordText UsernameToken profile is accepted (use it over TLS)"
+    if kind not in (PASSWORD_TEXT, PASSWORD_DIGEST):
+        raise _unauthorized(f"unknown UsernameToken password type '{kind}'")
+    nonce = token.findtext(f"{{{WSSE}}}Nonce")
+    created = token.findtext(f"{{{WSU}}}Created")
+    return UsernameToken(
+        user=user.strip(),
+        password=password_node.text.strip() if kind == PASSWORD_DIGEST else password_node.text,
+        digest=kind == PASSWORD_DIGEST,
+        nonce=nonce.strip() if nonce else None,
+        created=created.strip() if created else None,
+    )
+
+
+def _check_token(
+    authenticator: Authenticator,
+    token: UsernameToken,
+    replay_check: ReplayCheck | None,
+    require_nonce: bool,
+) -> Principal | None:
+    if token.nonce is None or token.created is None:
+        if token.digest or require_nonce:
+            raise _unauthorized("WS-Security UsernameToken needs a Nonce and a Created")
+        return authenticator.authenticate(token.user, token.password)
+    if token.digest:
+        try:
+            nonce = base64.b64decode(token.nonce, validate=True)
+        except binascii.Error:
+            raise _unauthorized("WS-Security Nonce is not base64") from None
+        principal = authenticator.authenticate_digest(
+            token.user, token.password, nonce, token.created
         )
-    return user.strip(), password_node.text
+    else:
+        principal = authenticator.authenticate(token.user, token.password)
+    if principal is not None and replay_check is not None:
+        replay_check(token.nonce, token.created)  # only a valid token uses up its nonce
+    return principal
 
 
 def authenticate(
@@ -87,25 +156,25 @@ def authenticate(
     modes: tuple[str, ...],
     authorization: str | None,
     soap_header: etree._Element | None,
+    *,
+    replay_check: ReplayCheck | None = None,
+    require_nonce: bool = False,
 ) -> Principal:
-    candidates: list[tuple[str, str]] = []
-    if "basic" in modes:
-        basic = basic_credentials(authorization)
-        if basic:
-            candidates.append(basic)
-    if "wsse" in modes:
-        wsse = wsse_credentials(soap_header)
-        if wsse:
-            candidates.append(wsse)
-    if not candidates:
+    basic = basic_credentials(authorization) if "basic" in modes else None
+    token = wsse_credentials(soap_header) if "wsse" in modes else None
+    if basic is None and token is None:
         raise _unauthorized(
             "authentication required: "
             + " or ".join(
                 {"basic": "HTTP Basic", "wsse": "a WS-Security UsernameToken"}[m] for m in modes
             )
         )
-    for user, password in candidates:
-        principal = authenticator.authenticate(user, password)
+    if basic is not None:
+        principal = authenticator.authenticate(*basic)
+        if principal is not None:
+            return principal
+    if token is not None:
+        principal = _check_token(authenticator, token, replay_check, require_nonce)
         if principal is not None:
             return principal
     raise _unauthorized("invalid credentials")

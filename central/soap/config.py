@@ -30,9 +30,21 @@ class SoapSettings(BaseSettings):
     max_devices_per_message: int = Field(default=10_000, ge=1)
 
     # Authentication: HTTP Basic (user name + API token as password), and/or a
-    # WS-Security UsernameToken (PasswordText) in the SOAP header.
+    # WS-Security UsernameToken (PasswordText or PasswordDigest) in the SOAP header.
     auth_modes: tuple[Literal["basic", "wsse"], ...] = ("basic", "wsse")
     realm: str = "ami-rcd"
+    # A UsernameToken must carry Nonce and Created (a captured one cannot be re-sent).
+    wsse_require_nonce: bool = True
+    # Nonce/Created (WS-Security and Header/ReplayDetection): Created must be within
+    # this many seconds of now, and a nonce is accepted once.
+    replay_window_s: float = Field(default=300.0, gt=0)
+
+    # CIM: which Names/NameType/name names the meter number (Names without a
+    # NameType count too); what we send carries this NameType.
+    meter_name_type: str = "MeterNumber"
+    # Accept the gateway's pre-standard request shapes and acknowledgements without
+    # Reply (see central/soap/legacy_shapes.py). Off: standard shapes only.
+    compat_legacy_shapes: bool = False
 
     # Outbox delivery (the notifier runs with the app unless disabled)
     notifier_enabled: bool = True
@@ -42,6 +54,9 @@ class SoapSettings(BaseSettings):
     poll_interval_s: float = Field(default=1.0, gt=0)
     claim_s: float = Field(default=60.0, gt=0)  # a claimed row is left alone this long
     batch_size: int = Field(default=50, ge=1)
+    # A result Legacy has not acknowledged after this many attempts is given up
+    # (kept undelivered, on the order's timeline and counted on the dashboard); 0: never.
+    max_attempts: int = Field(default=200, ge=0)
 
     # Header/Source of what we send
     source: str = "ami-rcd"

@@ -6,9 +6,11 @@ order, written in the same transaction as the order's final state
 (``central.services.lifecycle.on_order_finished``), so nothing is lost across a
 restart. :class:`LegacyNotifier` claims due rows, sends a ``created EndDeviceEvents``
 message to the order's ReplyAddress (or the configured Legacy endpoint), and on an
-acknowledgement (HTTP 2xx with a SOAP reply that is not a Fault) marks the row
-delivered and the order ``reported``. Otherwise the row is retried with exponential
-backoff. The MessageID is derived from the order and its final state, so a re-send
+acknowledgement (HTTP 2xx, a SOAP response whose ``Reply/Result`` is OK) marks the
+row delivered and the order ``reported``. Otherwise the row is retried with
+exponential backoff; a Result PARTIAL or FAILED, with Legacy's Errors, is also
+written on the order's timeline. After ``max_attempts`` the row is given up: it
+stays undelivered, the order's timeline says so and the dashboard counts it. The MessageID is derived from the order and its final state, so a re-send
 (e.g. after a crash between Legacy's acknowledgement and our commit) carries the same
 MessageID and Legacy can drop the duplicate.
 
@@ -23,7 +25,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from lxml import etree
@@ -32,11 +34,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from central.db import session_scope
 from central.errors import CentralError
-from central.models import LegacyNotification, Order
+from central.models import LEGACY_GIVEN_UP, LegacyNotification, Order
 from central.services import orders as order_service
-from central.services.lifecycle import utcnow
+from central.services.lifecycle import note, utcnow
 from central.services.workorders import work_order_for
-from central.soap import cim, reply_policy
+from central.soap import cim_write, reply_policy
 from central.soap.config import SoapSettings
 from central.soap.faults import SOAP11_ENV, SoapFault
 from central.soap.service_port import ControlAction, OrderEnded, Outcome
@@ -55,6 +57,9 @@ OUTCOME_OF_STATE: dict[str, Outcome] = {
     "cancelled": Outcome.CANCELLED,
 }
 _ACK_LIMITS = XmlLimits(max_bytes=1024 * 1024, max_depth=40, max_elements=10_000)
+LEGACY_STEP = 9
+GIVEN_UP = LEGACY_GIVEN_UP  # last_error prefix of a row no longer retried
+NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -97,21 +102,42 @@ def ended_from_order(order: Order, work_order_id: int | None) -> OrderEnded | No
 _SUCCESS = frozenset({Outcome.CONNECTED, Outcome.DISCONNECTED, Outcome.ARMED})
 
 
-def is_acknowledgement(response: httpx.Response) -> tuple[bool, str]:
-    """(acknowledged, why not)."""
+@dataclass(frozen=True)
+class Acknowledgement:
+    ok: bool
+    why: str = ""
+    # Legacy answered with a Reply that is not OK (kept on the order's timeline)
+    refused: bool = False
+
+
+def is_acknowledgement(
+    response: httpx.Response, *, reply_optional: bool = False
+) -> Acknowledgement:
+    """Legacy's acknowledgement is its Reply/Result: OK ends delivery, anything else
+    (PARTIAL, FAILED, a Fault, no Reply unless ``reply_optional``) does not."""
     if not 200 <= response.status_code < 300:
-        return False, f"HTTP {response.status_code}"
+        return Acknowledgement(False, f"HTTP {response.status_code}")
     try:
         root = parse_request(response.content, _ACK_LIMITS)
     except SoapFault as fault:
-        return False, f"reply is not usable XML: {fault.message}"
+        return Acknowledgement(False, f"reply is not usable XML: {fault.message}")
     if root.tag != f"{{{SOAP11_ENV}}}Envelope":
-        return False, f"reply is not a SOAP 1.1 envelope ({root.tag})"
-    refusal = root.find(f"{{{SOAP11_ENV}}}Body/{{{SOAP11_ENV}}}Fault")
-    if refusal is not None:
-        text = refusal.findtext("faultstring") or etree.tostring(refusal, encoding="unicode")[:200]
-        return False, f"SOAP Fault: {text}"
-    return True, ""
+        return Acknowledgement(False, f"reply is not a SOAP 1.1 envelope ({root.tag})")
+    body = root.find(f"{{{SOAP11_ENV}}}Body")
+    message = next((c for c in body if isinstance(c.tag, str)), None) if body is not None else None
+    if message is None:
+        return Acknowledgement(False, "reply has an empty SOAP Body")
+    if message.tag == f"{{{SOAP11_ENV}}}Fault":
+        text = message.findtext("faultstring") or etree.tostring(message, encoding="unicode")[:200]
+        return Acknowledgement(False, f"SOAP Fault: {text}")
+    answer = cim_write.read_answer(message)
+    if answer.result is None:
+        if reply_optional:
+            return Acknowledgement(True)
+        return Acknowledgement(False, "reply has no Reply/Result")
+    if answer.result != "OK":
+        return Acknowledgement(False, answer.summary, refused=True)
+    return Acknowledgement(True)
 
 
 class LegacyNotifier:
@@ -245,12 +271,13 @@ class LegacyNotifier:
         ended = ended_from_order(order, work_order.id if work_order else None)
         if ended is None:
             return Delivery(row.id, order.id, None, "", None, skip=f"state {order.state}")
-        message_id = cim.result_message_id(ended)
-        body = cim.build_event(
+        message_id = cim_write.result_message_id(ended)
+        body = cim_write.build_event(
             ended,
             correlation_id=order.correlation_id,
             source=self.settings.source,
             message_id=message_id,
+            naming=cim_write.Naming(self.settings.meter_name_type),
         )
         # checked again here: a stored address is no more trusted than a requested one
         target = reply_policy.delivery_target(
@@ -280,11 +307,11 @@ class LegacyNotifier:
                 content=delivery.body,
                 headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": SOAP_ACTION},
             )
-            acknowledged, why = is_acknowledgement(response)
+            ack = is_acknowledgement(response, reply_optional=self.settings.compat_legacy_shapes)
         except httpx.HTTPError as exc:
-            acknowledged, why = False, f"{type(exc).__name__}: {exc}"
-        if not acknowledged:
-            self._retry(delivery, why)
+            ack = Acknowledgement(False, f"{type(exc).__name__}: {exc}")
+        if not ack.ok:
+            self._retry(delivery, ack.why, on_timeline=ack.refused)
             return False
         self._close(
             delivery, f"acknowledged by {delivery.target} (MessageID {delivery.message_id})"
@@ -318,17 +345,29 @@ class LegacyNotifier:
         jitter = self.settings.retry_jitter
         return float(base * (1 - jitter + 2 * jitter * self._random.random()))
 
-    def _retry(self, delivery: Delivery, why: str) -> None:
+    def _retry(self, delivery: Delivery, why: str, *, on_timeline: bool = False) -> None:
         now = utcnow()
+        limit = self.settings.max_attempts
         with session_scope(self.sessions) as session:
             row = session.get(LegacyNotification, delivery.row_id)
             if row is None:
                 return
             row.attempts += 1
-            row.last_error = why[:2000]
-            row.next_attempt_at = now + timedelta(seconds=self.backoff(row.attempts))
+            given_up = bool(limit) and row.attempts >= limit
+            row.last_error = ((GIVEN_UP if given_up else "") + why)[:2000]
+            row.next_attempt_at = (
+                NEVER if given_up else now + timedelta(seconds=self.backoff(row.attempts))
+            )
+            order = session.get(Order, delivery.order_id) if on_timeline or given_up else None
+            if order is not None:
+                detail = f"attempt {row.attempts}: {why}"
+                if given_up:
+                    detail += f"; given up after {row.attempts} attempts"
+                event = "legacy_gave_up" if given_up else "legacy_refused"
+                note(session, order, event, ACTOR, detail[:2000], step=LEGACY_STEP, at=now)
         log.warning(
-            "legacy notification for order %s not acknowledged (%s); retry later",
+            "legacy notification for order %s not acknowledged (%s); %s",
             delivery.order_id,
             why,
+            "given up" if limit and row.attempts >= limit else "retry later",
         )

@@ -37,6 +37,9 @@ class Refusal(StrEnum):
     ORDER_NOT_FOUND = "order_not_found"
     NOT_CANCELLABLE = "not_cancellable"
     INTERNAL_ERROR = "internal_error"
+    UNSUPPORTED_OPERATION = "unsupported_operation"  # change / close / delete
+    UNSUPPORTED_PAYLOAD = "unsupported_payload"  # Format, OperationSet, bad Compressed
+    REPLAY = "replay"  # Header/ReplayDetection seen before or outside the window
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class OrderQuery:
     issuer_tracking_ids: Sequence[str] = ()
     order_ids: Sequence[str] = ()
     meter_ids: Sequence[str] = ()
+    correlation_ids: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class OrderView:
     issuer_tracking_id: str | None = None
     updated_at: datetime | None = None
     detail: str | None = None
+    not_before: datetime | None = None
+    deadline: datetime | None = None
 
 
 class Outcome(StrEnum):
@@ -154,4 +160,10 @@ class ServicePort(Protocol):
 class Authenticator(Protocol):
     def authenticate(self, username: str, password: str) -> Principal | None:
         """The principal for these credentials, or None."""
+        ...
+
+    def authenticate_digest(
+        self, username: str, digest: str, nonce: bytes, created: str
+    ) -> Principal | None:
+        """The principal whose secret gives this WS-Security PasswordDigest, or None."""
         ...

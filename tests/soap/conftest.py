@@ -20,9 +20,9 @@ from central.models import Concentrator, Meter, Order
 from central.services.lifecycle import advance
 from central.services.results import apply_result
 from central.settings import Settings
-from central.soap.adapter import install
 from central.soap.config import SoapSettings
 from central.soap.gateway import SoapGateway
+from central.soap.router import install
 from central.state import Event
 from ops.legacy import LegacyStandIn
 from ops.serving import ThreadedServer

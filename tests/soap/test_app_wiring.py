@@ -10,7 +10,14 @@ from pathlib import Path
 from central.app import create_app
 from shared.contracts import Outcome
 from tests.soap.conftest import AppServer, LegacyServer, fast_soap_settings, open_coordinator
-from tests.soap.test_must_show import create_payload, header, zeep_client
+from tests.soap.standard_clients import (
+    control,
+    execute_client,
+    get_client,
+    header,
+    payload,
+    states_of,
+)
 
 
 def test_create_app_serves_soap_and_notifies_legacy(tmp_path: Path, legacy: LegacyServer) -> None:
@@ -18,10 +25,11 @@ def test_create_app_serves_soap_and_notifies_legacy(tmp_path: Path, legacy: Lega
     try:
         app = create_app(coordinator.settings)
         with AppServer(None, fast_soap_settings(legacy_endpoint=legacy.url), app=app) as server:
-            client = zeep_client(server)
-            reply = client.service.CreateEndDeviceControls(
+            client = execute_client(server)
+            reply = client.call(
+                "CreateEndDeviceControls",
                 Header=header("wired-1"),
-                Payload=create_payload(["MTR-001"], "3.31.0.18", "W-1", "paymentReceived"),
+                Payload=payload(control(["MTR-001"], "3.31.0.18", "W-1")),
             )
             assert reply.Reply.Result == "OK"
             order_id = reply.Payload.EndDeviceControls.EndDeviceControl[0].mRID
@@ -33,14 +41,16 @@ def test_create_app_serves_soap_and_notifies_legacy(tmp_path: Path, legacy: Lega
             # Legacy's acknowledgement is committed just after Legacy has answered
             deadline = time.monotonic() + 10
             state = ""
+            getter = get_client(server)
             while state != "reported" and time.monotonic() < deadline:
-                found = client.service.GetEndDeviceControls(
+                found = getter.call(
+                    "GetEndDeviceControls",
                     Header=header("wired-2", verb="get"),
                     Request={
                         "GetEndDeviceControls": {"EndDeviceControl": [{"issuerTrackingID": "W-1"}]}
                     },
                 )
-                state = found.Payload.EndDeviceControls.EndDeviceControl[0].status.value
+                state = states_of(found)[order_id]
                 time.sleep(0.05)
             assert state == "reported"
     finally:

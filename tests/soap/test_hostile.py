@@ -77,13 +77,19 @@ WRONG_PAYLOAD_NS = VALID.replace(
     'xmlns:edc="http://iec.ch/TC57/2011/EndDeviceControls#"',
     'xmlns:edc="http://iec.ch/TC57/2009/EndDeviceControls#"',
 )
-BAD_CODE = create(control(["MTR-001"], code="disconnect-now"))
+BAD_TIMING = create(
+    control(
+        ["MTR-001"],
+        timing="<edc:primaryDeviceTiming><edc:randomisation>sometimes</edc:randomisation>"
+        "</edc:primaryDeviceTiming>",
+    )
+)
 UNEXPECTED_ELEMENT = create(control(["MTR-001"], extra="<edc:colour>red</edc:colour>"))
 MALFORMED = VALID[:-30]
 NOT_SOAP = '<Envelope xmlns="urn:something-else"><Body/></Envelope>'
 VERB_MISMATCH = VALID.replace("<msg:Verb>create</msg:Verb>", "<msg:Verb>get</msg:Verb>")
 UNKNOWN_OPERATION = envelope(
-    f"<m:DeleteEndDeviceControls>{header('delete')}</m:DeleteEndDeviceControls>"
+    f"<m:PurgeEndDeviceControls>{header('delete')}</m:PurgeEndDeviceControls>"
 )
 
 CASES = [
@@ -98,12 +104,12 @@ CASES = [
     ("wrong body namespace", WRONG_BODY_NS, "wrong_namespace", "http://example.com/NotCIM"),
     ("not SOAP", NOT_SOAP, "wrong_namespace", "wrong namespace"),
     ("wrong payload namespace", WRONG_PAYLOAD_NS, "schema", "schema violation"),
-    ("bad control code", BAD_CODE, "schema", "EndDeviceControlType"),
+    ("bad randomisation", BAD_TIMING, "schema", "randomisation"),
     ("unexpected element", UNEXPECTED_ELEMENT, "schema", "colour"),
     ("malformed", MALFORMED, "malformed", "malformed XML"),
     ("empty", "", "malformed", "empty"),
     ("verb mismatch", VERB_MISMATCH, "verb_mismatch", "Verb"),
-    ("unknown operation", UNKNOWN_OPERATION, "unknown_operation", "DeleteEndDeviceControls"),
+    ("unknown operation", UNKNOWN_OPERATION, "unknown_operation", "PurgeEndDeviceControls"),
 ]
 
 
@@ -121,10 +127,10 @@ def test_hostile_input_gets_its_fault(
 
 
 def test_schema_fault_names_the_element_path(server: AppServer) -> None:
-    response = post(server, BAD_CODE)
+    response = post(server, BAD_TIMING)
     _code, text, problem, path = fault_of(response.content)
     assert problem == "schema"
-    assert path is not None and "EndDeviceControl" in path and "EndDeviceControlType" in path
+    assert path is not None and "EndDeviceControl" in path and "randomisation" in path
     assert path in text
 
 
@@ -163,35 +169,69 @@ def test_authentication_and_roles(server: AppServer) -> None:
     assert response.status_code == 200
 
 
-def test_ws_security_username_token(server: AppServer) -> None:
-    from tests.soap.conftest import OPERATOR
-
-    wsse = (
-        '<wsse:Security xmlns:wsse="http://docs.oasis-open.org/wss/2004/01/'
-        'oasis-200401-wss-wssecurity-secext-1.0.xsd"><wsse:UsernameToken>'
-        f"<wsse:Username>{OPERATOR[0]}</wsse:Username>"
-        f"<wsse:Password>{OPERATOR[1]}</wsse:Password>"
-        "</wsse:UsernameToken></wsse:Security>"
-    )
-    body = get_by_meter("MTR-001").replace("<soapenv:Header>", "<soapenv:Header>" + wsse)
-    response = post(server, body, {"Content-Type": "text/xml"})
-    assert response.status_code == 200, response.text
-    digest = wsse.replace(
-        "<wsse:Password>",
-        '<wsse:Password Type="http://docs.oasis-open.org/wss/2004/01/'
-        'oasis-200401-wss-username-token-profile-1.0#PasswordDigest">',
-    )
-    body = get_by_meter("MTR-001").replace("<soapenv:Header>", "<soapenv:Header>" + digest)
-    response = post(server, body, {"Content-Type": "text/xml"})
-    assert response.status_code == 401
-    assert "PasswordText" in fault_of(response.content)[1]
-
-
 def test_wsdl_and_schemas_are_served(server: AppServer) -> None:
-    wsdl = httpx.get(f"{server.endpoint}?wsdl", timeout=10)
-    assert wsdl.status_code == 200
-    assert f'location="{server.endpoint}"' in wsdl.text
-    assert f'schemaLocation="{server.endpoint}/schemas/EndDeviceControlsMessage.xsd"' in wsdl.text
-    xsd = httpx.get(f"{server.endpoint}/schemas/Message.xsd", timeout=10)
+    base = f"{server.base}/soap"
+    for service, message_xsd in (
+        ("ExecuteEndDeviceControls", "EndDeviceControlsMessage.xsd"),
+        ("GetEndDeviceControls", "GetEndDeviceControlsMessage.xsd"),
+        ("ReceiveEndDeviceEvents", "EndDeviceEventsMessage.xsd"),
+        ("ReplyEndDeviceControls", "EndDeviceControlsMessage.xsd"),
+    ):
+        wsdl = httpx.get(f"{base}/{service}?wsdl", timeout=10)
+        assert wsdl.status_code == 200, service
+        assert f'schemaLocation="{base}/schemas/{message_xsd}"' in wsdl.text
+        if service.endswith("EndDeviceControls") and not service.startswith("Reply"):
+            assert f'location="{base}/{service}"' in wsdl.text
+    xsd = httpx.get(f"{base}/schemas/Message.xsd", timeout=10)
     assert xsd.status_code == 200 and "IEC 61968-100" in xsd.text
-    assert httpx.get(f"{server.endpoint}/schemas/..%2Fcim.py", timeout=10).status_code == 404
+    assert httpx.get(f"{base}/schemas/..%2Fcim.py", timeout=10).status_code == 404
+
+
+def test_faults_carry_the_standard_fault_message(server: AppServer) -> None:
+    """A Fault's detail holds the declared EndDeviceControlsFaultMessage (in the called
+    service's namespace), valid against the standard schemas; zeep built from the
+    standard WSDL surfaces it."""
+    import zeep.exceptions
+    from lxml import etree
+
+    from tests.soap.standard_clients import execute_client, header, standard_schema
+
+    for path, body, namespace, code in (
+        (
+            "/soap/ExecuteEndDeviceControls",
+            BAD_TIMING,
+            "http://iec.ch/TC57/2011/EndDeviceControlsMessage",
+            "2.1",
+        ),
+        (
+            "/soap/GetEndDeviceControls",
+            get_by_meter("MTR-001"),
+            "http://iec.ch/TC57/2011/GetEndDeviceControlsMessage",
+            "6.2",
+        ),
+    ):
+        headers = basic() if code != "6.2" else {"Content-Type": "text/xml"}
+        response = httpx.post(f"{server.base}{path}", content=body, headers=headers, timeout=10)
+        assert response.status_code in (401, 500)
+        detail = etree.fromstring(response.content).find(".//detail")
+        assert detail is not None
+        message = etree.fromstring(etree.tostring(detail[0]))
+        assert message.tag == f"{{{namespace}}}EndDeviceControlsFaultMessage"
+        assert standard_schema().validate(message), standard_schema().error_log
+        error = message.find(".//{http://iec.ch/TC57/2011/schema/message}Error")
+        assert error is not None and error.findtext("{*}code") == code
+
+    client = execute_client(server, user=("legacy", "wrong-token"))
+    with pytest.raises(zeep.exceptions.Fault) as caught:
+        client.service.CancelEndDeviceControls(
+            Header=header("f-1", verb="cancel"),
+            Payload={
+                "EndDeviceControls": {
+                    "EndDeviceControl": [{"mRID": "x", "EndDeviceControlType": {}}]
+                }
+            },
+        )
+    detail = caught.value.detail
+    assert detail is not None and etree.QName(detail[0]).localname == (
+        "EndDeviceControlsFaultMessage"
+    )

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from central.settings import TokenEntry
-from central.soap.adapter import install
+from central.soap.router import install
 from tests.soap.conftest import OPERATOR, Coordinator, fast_soap_settings
 from tests.soap.helpers import basic, control, create, fault_of, reply_of
 

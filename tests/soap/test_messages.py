@@ -1,4 +1,5 @@
-"""What the gateway writes is valid against its own schemas; result codes per outcome."""
+"""What the gateway writes is valid against its own schemas and against the
+standard-shaped ones of the tests; result codes per outcome."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from lxml import etree
 
-from central.soap import cim
+from central.soap import cim, cim_write
 from central.soap.service_port import (
     ControlAction,
     ItemOutcome,
@@ -16,6 +17,7 @@ from central.soap.service_port import (
     Outcome,
     Refusal,
 )
+from tests.soap.standard_clients import assert_standard
 
 SOAP = "{http://schemas.xmlsoap.org/soap/envelope/}"
 
@@ -53,11 +55,14 @@ def test_result_event_code_and_schema(outcome: Outcome, action: ControlAction, c
         work_order_ref="WO-7",
         issuer_tracking_id="T-1",
     )
-    message_id = cim.result_message_id(ended)
-    assert message_id == cim.result_message_id(ended)  # stable
-    xml = cim.build_event(ended, correlation_id="c-1", source="ami-rcd", message_id=message_id)
+    message_id = cim_write.result_message_id(ended)
+    assert message_id == cim_write.result_message_id(ended)  # stable
+    xml = cim_write.build_event(
+        ended, correlation_id="c-1", source="ami-rcd", message_id=message_id
+    )
     element = body_child(xml)
     cim.validate(element)
+    assert_standard(xml)
     ede = "{http://iec.ch/TC57/2011/EndDeviceEvents#}"
     assert element.find(f".//{ede}EndDeviceEventType").get("ref") == code  # type: ignore[union-attr]
 
@@ -68,11 +73,12 @@ def test_replies_are_valid_against_the_schema() -> None:
         ItemOutcome(meter_id="MTR-2", refusal=Refusal.UNKNOWN_METER, detail="not registered"),
         ItemOutcome(meter_id="MTR-3", order_id="o-3", existing=True, state="dispatched"),
     ]
-    for operation in ("create", "cancel"):
-        xml = cim.build_reply(
+    for operation in ("create", "cancel", "change", "get"):
+        xml = cim_write.build_reply(
             operation=operation, outcomes=outcomes, source="ami-rcd", correlation_id="c"
         )
         cim.validate(body_child(xml))
+        assert_standard(xml)
     view = OrderView(
         order_id="o-1",
         meter_id="MTR-1",
@@ -84,10 +90,39 @@ def test_replies_are_valid_against_the_schema() -> None:
         updated_at=datetime.now(UTC),
         detail="x" * 400,
     )
-    xml = cim.build_reply(
+    xml = cim_write.build_reply(
         operation="get", outcomes=[], source="s", correlation_id=None, views=[view], result="OK"
     )
     cim.validate(body_child(xml))
-    assert cim.result_of(outcomes) == "PARTIAL"
-    assert cim.result_of(outcomes[:1]) == "OK"
-    assert cim.result_of(outcomes[1:2]) == "FAILED"
+    assert_standard(xml)
+    assert cim_write.result_of(outcomes) == "PARTIAL"
+    assert cim_write.result_of(outcomes[:1]) == "OK"
+    assert cim_write.result_of(outcomes[1:2]) == "FAILED"
+
+
+@pytest.mark.parametrize("service", sorted(cim.WSDL_FILES))
+def test_no_type_is_defined_twice_in_one_wsdl(service: str) -> None:
+    """One Java package can be generated from each served WSDL: every global type
+    and element name of the schemas it pulls in is unique (issue 13)."""
+    xs = "{http://www.w3.org/2001/XMLSchema}"
+    seen: dict[str, str] = {}
+    duplicates: list[str] = []
+    todo = [cim.WSDL_FILES[service]]
+    done: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        tree = etree.parse(str(cim.SCHEMA_DIR / name))
+        todo.extend(i.get("schemaLocation") for i in tree.iter(f"{xs}import", f"{xs}include"))
+        for kind in ("complexType", "simpleType"):
+            for node in tree.getroot().iter(f"{xs}{kind}"):
+                type_name = node.get("name")
+                if type_name is None:
+                    continue  # anonymous
+                if type_name in seen:
+                    duplicates.append(f"{type_name} ({seen[type_name]}, {name})")
+                seen[type_name] = name
+    assert len(done) >= 3
+    assert duplicates == []

@@ -10,11 +10,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from central.services import validation
-from central.soap.adapter import install
 from central.soap.auth import TokenAuthenticator
 from central.soap.config import SoapSettings
 from central.soap.gateway import SoapGateway
-from central.soap.router import router
+from central.soap.router import install, router
 from central.soap.service_port import (
     CancelRequest,
     ControlRequest,
@@ -28,6 +27,7 @@ from tests.soap.conftest import OPERATOR, Coordinator, fast_soap_settings
 from tests.soap.helpers import (
     EDC,
     EDCM,
+    MSG,
     basic,
     cancel,
     control,
@@ -36,6 +36,7 @@ from tests.soap.helpers import (
     get_by_tracking,
     reply_of,
     special,
+    states_of,
 )
 
 
@@ -115,7 +116,12 @@ def test_duplicate_request_returns_the_existing_order(
         for m in (first, second)
     ]  # type: ignore[attr-defined]
     assert ids[0] == ids[1]
-    assert "existing order" in (second.findtext(f".//{EDC}status/{EDC}remark") or "")  # type: ignore[attr-defined]
+    informed = [
+        e.findtext(f"{MSG}details") or ""
+        for e in second.iter(f"{MSG}Error")  # type: ignore[attr-defined]
+        if e.findtext(f"{MSG}level") == "INFORM"
+    ]
+    assert any("existing order" in text for text in informed)
     assert len(coordinator.orders()) == 1
     # a disconnect while that connect is active: refused as a duplicate, naming it
     result, errors, _ = send(
@@ -129,13 +135,12 @@ def test_cancel_and_get_by_issuer_tracking_id(client: TestClient) -> None:
     send(client, create(control(["MTR-001", "MTR-002"], tracking="T-9")))
     result, _, message = send(client, get_by_tracking("T-9"))
     assert result == "OK"
-    states = [s.text for s in message.iter(f"{EDC}value")]  # type: ignore[attr-defined]
-    assert states == ["validated", "validated"]
+    assert sorted(states_of(message).values()) == ["validated", "validated"]  # type: ignore[arg-type]
 
     result, errors, _ = send(client, cancel("T-9", message_id="c-1"))
     assert result == "OK", errors
     result, _, message = send(client, get_by_tracking("T-9"))
-    assert [s.text for s in message.iter(f"{EDC}value")] == ["cancelled", "cancelled"]  # type: ignore[attr-defined]
+    assert sorted(states_of(message).values()) == ["cancelled", "cancelled"]  # type: ignore[arg-type]
 
     # the same cancel MessageID: the same reply; a new cancel: nothing left to cancel
     again = client.post("/soap/cim", content=cancel("T-9", message_id="c-1"), headers=basic())
@@ -145,8 +150,9 @@ def test_cancel_and_get_by_issuer_tracking_id(client: TestClient) -> None:
     assert result == "FAILED" and {e["code"] for e in errors} == {"3.8"}
     result, errors, _ = send(client, cancel("T-nothing"))
     assert result == "FAILED" and errors[0]["code"] == "2.4"
-    result, errors, _ = send(client, get_by_tracking("T-nothing"))
-    assert result == "OK" and errors[0]["level"] == "INFORM"
+    result, errors, message = send(client, get_by_tracking("T-nothing"))
+    assert result == "OK" and errors == []
+    assert message.findtext(f".//{MSG}Error/{MSG}code") == "2.4"  # type: ignore[attr-defined]
 
 
 def test_message_id_reused_for_another_operation(client: TestClient) -> None:
@@ -241,24 +247,26 @@ def test_values_the_coordinator_cannot_take_are_refused_per_meter(
     client: TestClient, coordinator: Coordinator
 ) -> None:
     long_issuer = "I" * 250  # the schema allows 256, the coordinator stores 200
+    too_high = "<msg:Option><msg:name>priority</msg:name><msg:value>99</msg:value></msg:Option>"
+    result, errors, _ = send(client, create(control(["MTR-001"]), options=too_high))
+    assert result == "FAILED" and "priority 99" in errors[0]["details"]
+    assert errors[0]["code"] == "2.11" and errors[0]["ID"] == "MTR-001"
     body = create(
-        control(["MTR-001"], extra="<edc:priority>99</edc:priority>")
-        + control(["MTR-002"], tracking="T-long").replace(
+        control(["MTR-002"], tracking="T-long").replace(
             "<edc:issuerID>LEGACY</edc:issuerID>", f"<edc:issuerID>{long_issuer}</edc:issuerID>"
         )
         + control(
             ["MTR-003"],
             tracking="T-late",
-            after_reason="<edc:scheduledInterval><edc:end>2026-11-26T10:00:00Z</edc:end>"
-            "<edc:start>2026-11-26T12:00:00Z</edc:start></edc:scheduledInterval>",
+            timing="<edc:primaryDeviceTiming><edc:interval><edc:end>2026-11-26T10:00:00Z</edc:end>"
+            "<edc:start>2026-11-26T12:00:00Z</edc:start></edc:interval></edc:primaryDeviceTiming>",
         )
         + control(["MTR-004"], tracking="T-ok")
     )
     result, errors, _ = send(client, body)
     assert result == "PARTIAL"
     by_meter = {e["ID"]: e for e in errors}
-    assert set(by_meter) == {"MTR-001", "MTR-002", "MTR-003"}
-    assert "priority 99" in by_meter["MTR-001"]["details"]
+    assert set(by_meter) == {"MTR-002", "MTR-003"}
     assert "issuer_id" in by_meter["MTR-002"]["details"]
     assert "end is not after its start" in by_meter["MTR-003"]["details"]
     assert all(e["code"] == "2.11" for e in errors)

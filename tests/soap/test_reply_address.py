@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from central.soap.adapter import install
+from central.soap.router import install
 from tests.soap.conftest import Coordinator, fast_soap_settings
 from tests.soap.helpers import basic, control, create, fault_of, reply_of
 
