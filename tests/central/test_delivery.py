@@ -18,7 +18,7 @@ from central.services import dispatch, orders, rejected, results, workorders
 from central.services.orders import OrderRequest
 from central.services.registry import MeterChange, change_meter
 from central.settings import Settings
-from central.soap import cim
+from central.soap import cim_write
 from central.soap.config import SoapSettings
 from central.soap.notifier import LegacyNotifier, ended_from_order
 from shared import topics
@@ -221,7 +221,7 @@ def test_a_late_result_corrects_an_expired_and_reported_order_and_tells_legacy_a
     order = orders.get_order(session, order_id)
     first = ended_from_order(order, None)
     assert first is not None
-    expired_message_id = cim.result_message_id(first)
+    expired_message_id = cim_write.result_message_id(first)
     orders.mark_reported(session, order_id, "legacy-notifier", now=later)  # Legacy was told
     session.commit()
     work_order = workorders.work_order_for(session, order_id)

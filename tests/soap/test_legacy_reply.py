@@ -33,7 +33,7 @@ def test_standard_receiver_reads_our_result_event(
     """A receiver generated from the standard WSDL finds the meter in Assets."""
     order_id = created_order(coordinator, legacy)
     coordinator.finish(order_id, Outcome.CONNECTED, energy=3.5)
-    with LegacyNotifier(coordinator.sessions, fast_soap_settings()):
+    with LegacyNotifier(coordinator.sessions, fast_soap_settings(legacy_endpoint=legacy.url)):
         [body] = legacy.wait_for_posts(1, 15)
     assert_standard(body)
     operation = legacy_side().wsdl.bindings[RECEIVE_BINDING]._operations["CreatedEndDeviceEvents"]
@@ -47,7 +47,7 @@ def test_standard_receiver_reads_our_result_event(
 
 
 def created_order(coordinator: Coordinator, legacy: LegacyServer) -> str:
-    with AppServer(coordinator, fast_soap_settings()) as server:
+    with AppServer(coordinator, fast_soap_settings(legacy_endpoint=legacy.url)) as server:
         body = create(control(["MTR-001"]), message_id="lr-1").replace(
             "<msg:MessageID>", f"<msg:ReplyAddress>{legacy.url}</msg:ReplyAddress><msg:MessageID>"
         )
@@ -72,7 +72,7 @@ def test_failed_reply_is_not_delivery_then_ok_is(
     order_id = created_order(coordinator, legacy)
     coordinator.finish(order_id, Outcome.CONNECTED, energy=7.0)
     legacy.refuse(2, "FAILED")
-    notifier = LegacyNotifier(coordinator.sessions, fast_soap_settings())
+    notifier = LegacyNotifier(coordinator.sessions, fast_soap_settings(legacy_endpoint=legacy.url))
     notifier.run_once()  # answered FAILED
     [order] = coordinator.orders()
     assert order.state == "completed_connected"  # not reported
@@ -100,7 +100,9 @@ def test_given_up_after_the_configured_attempts_and_raised(
     order_id = created_order(coordinator, legacy)
     coordinator.finish(order_id, Outcome.CONNECTED, energy=7.0)
     legacy.refuse(10, "PARTIAL")
-    settings = fast_soap_settings(max_attempts=3, retry_initial_s=0.01, retry_max_s=0.02)
+    settings = fast_soap_settings(
+        legacy_endpoint=legacy.url, max_attempts=3, retry_initial_s=0.01, retry_max_s=0.02
+    )
     with LegacyNotifier(coordinator.sessions, settings):
         deadline = time.monotonic() + 15
         while legacy.refused < 3 and time.monotonic() < deadline:
