@@ -77,8 +77,7 @@ def test_result_and_receipt_stay_in_the_outbox_until_the_coordinators_ack(store:
     assert kinds(store) == [("receipt", "o1"), ("result", "o1")]
     # published (PUBACK or not): not due again until its backoff, and still kept
     now = time.time()
-    for outbox_id, _, _ in store.outbox_pending(now=now):
-        store.outbox_sent(outbox_id, now + 10)
+    store.outbox_sent([(outbox_id, now + 10) for outbox_id, _, _ in store.outbox_pending(now=now)])
     assert store.outbox_pending(now=now + 9) == [] and store.outbox_depth() == 2
     assert [sends for _, _, sends in store.outbox_pending(now=now + 10)] == [1, 1]
     # a reconnect makes all of it due at once
