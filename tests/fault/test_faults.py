@@ -20,7 +20,7 @@ import pytest
 
 from tests.fault.conftest import VERDICTS
 from tests.fault.driver import FINAL, Run
-from tests.fault.system import System, wait_until
+from tests.fault.system import CONCENTRATORS, System, wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -33,7 +33,11 @@ def finish(run: Run, settle_s: float = 60) -> None:
     run.settle(settle_s)
     verdict = run.verdict()
     VERDICTS.append(verdict)
-    assert verdict.ok, f"{run.name}: " + "\n".join(verdict.problems[:40])
+    if not verdict.ok:
+        logs = "\n".join(
+            f"--- {name} log\n{run.system.log_tail(name, 15)}" for name in ("central", *CONCENTRATORS)
+        )
+        pytest.fail(f"{run.name}: " + "\n".join(verdict.problems[:40]) + "\n" + logs)
 
 
 @pytest.fixture
