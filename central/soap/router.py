@@ -39,7 +39,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if context is not None:
         soap_settings = getattr(state, "soap_settings", None) or SoapSettings()
         if getattr(state, "soap_gateway", None) is None:
-            state.soap_gateway = build_gateway(context.settings, context.factory, soap_settings)
+            state.soap_gateway = build_gateway(
+                context.settings, context.factory, soap_settings, context.coordinator.kick
+            )
         if soap_settings.notifier_enabled and getattr(state, "soap_notifier", None) is None:
             notifier = LegacyNotifier(context.factory, soap_settings)
             notifier.start()
