@@ -28,6 +28,7 @@ import argparse
 import base64
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def raw_publish_rate(broker: MosquittoBroker, count: int, payload: bytes) -> flo
     """QoS 1 publishes with PUBACK, from one paho client, as fast as it goes."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=paho.MQTTv5)
     client.username_pw_set("coordinator", broker.password)
-    client.max_inflight_messages_set(1000)
+    # the same window as the coordinator's link: the broker's Receive Maximum
+    client.max_inflight_messages_set(100)
     client.max_queued_messages_set(0)
     client.connect(broker.host, broker.port)
     client.loop_start()
@@ -278,6 +280,13 @@ def central_rate(broker: MosquittoBroker, run: Run, args: argparse.Namespace, wo
                                 raise SystemExit(f"SOAP refused: {answer.text[:500]}")
                         per_batch.append(time.perf_counter() - t0)
 
+            spy = None
+            if args.py_spy:  # a sampling profile of the coordinator during the timed part
+                out = Path(args.py_spy).with_suffix(f".{run.via}-{run.db}-{run.history}.txt")
+                spy = subprocess.Popen([args.py_spy_bin, "record", "--pid", str(server.pid),
+                                        "--format", "raw", "--rate", "250", "--nonblocking",
+                                        "--output", str(out)], stdout=subprocess.DEVNULL)
+                time.sleep(1.0)
             cpu_before = _cpu_seconds(server.pid)
             started = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
@@ -286,6 +295,9 @@ def central_rate(broker: MosquittoBroker, run: Run, args: argparse.Namespace, wo
             while _unpublished(db) and time.perf_counter() - started < 600:
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=30)
             run.cpu_share = (_cpu_seconds(server.pid) - cpu_before) / elapsed
             run.rate = orders / elapsed
             run.batch_ms = statistics.median(per_batch) * 1000
@@ -339,6 +351,8 @@ def main() -> int:
     parser.add_argument("--history", default="0,200000", help="finished orders seeded first")
     parser.add_argument("--quick", action="store_true",
                         help="5,000 orders and a history of 20,000: a short burst")
+    parser.add_argument("--py-spy", metavar="FILE", help="write py-spy raw profiles (FILE.*.txt)")
+    parser.add_argument("--py-spy-bin", default="py-spy")
     args = parser.parse_args()
     if args.quick:
         args.orders = min(args.orders, 5000)

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # results are consumed with a plain subscription (one coordinator, no shared groups)
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_puback_timeout_s: float = 30.0
+    # QoS 1 messages in flight to the broker: at most its Receive Maximum (mosquitto's
+    # max_inflight_messages, 100 in deploy/mosquitto/mosquitto.conf)
+    mqtt_inflight_window: int = Field(default=100, ge=1, le=65535)
     mqtt_tls_ca: Path | None = None
     signing_key_path: Path | None = None
     signing_key_pem: str | None = None  # for tests/demo; a file is preferred
