@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     )
     max_inflight_per_concentrator: int = Field(default=50, ge=1)
     disconnects_per_minute: int = Field(default=600, ge=1)  # fleet-wide
+    # seconds per order on a line with no measured orders yet (a PLC disconnect: about
+    # 1 s of airtime at 9.6 kbit/s), for the campaign estimate
+    campaign_assumed_order_s: float = Field(default=1.0, gt=0)
     approval_threshold: int = Field(default=100, ge=1)  # disconnects per batch ...
     # ... and per rolling window, fleet-wide: a batch that would bring the disconnects
     # accepted without approval in the last ``approval_window_s`` over the threshold is
