@@ -4,7 +4,7 @@ the lines' measured times, stated before it starts."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -13,8 +13,6 @@ from central.app import create_app
 from central.models import Order
 from central.services.estimate import estimate, estimate_requests
 from central.settings import Settings
-
-from .conftest import WORKDAY
 
 Meters = Callable[..., list[str]]
 
@@ -46,8 +44,9 @@ def test_measured_times_come_from_the_attempts_agents_reported(
     settings: Settings, session: Session, meters: Meters
 ) -> None:
     meters(3, concentrator="conc-a")
+    now = datetime.now(UTC)
     for n in range(5):  # finished orders: two attempts of 0.4 s and 0.2 s each
-        start = WORKDAY + timedelta(minutes=n)
+        start = now - timedelta(minutes=n + 1)
         attempts = [
             {"number": k + 1, "started_at": (start + timedelta(seconds=k)).isoformat(),
              "finished_at": (start + timedelta(seconds=k + d)).isoformat()}
@@ -55,7 +54,8 @@ def test_measured_times_come_from_the_attempts_agents_reported(
         ]
         session.add(Order(id=f"done{n}", meter_id="m0", concentrator_id="conc-a",
                           action="connect", reason="payment_restored", state="completed_connected",
-                          created_by="t", finished_at=start, result_json={"attempts": attempts}))
+                          created_by="t", dispatched_at=start, finished_at=start,
+                          result_json={"attempts": attempts}))
     session.commit()
     found = estimate_requests(session, settings, [("m1", "connect"), ("m2", "connect"),
                                                   ("unknown", "connect")])
