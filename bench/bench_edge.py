@@ -1,8 +1,10 @@
-"""Edge agent figures: resident memory and idle CPU with 1,000 meters in its table, and
-orders per second against zero-latency simulated meters.
+"""Edge agent figures: resident memory and idle CPU with 1,000 meters in its table, before
+its first order and again after a batch (the goal, < 40 MB, is checked on the second: the
+agent in service), and orders per second against zero-latency simulated meters.
 
     .venv/bin/python bench/bench_edge.py [--meters 1000] [--idle-s 10] [--idle-runs 3]
-                                         [--idle-only] [--orders 400] [--sim-meters 8]
+                                         [--batch 40] [--idle-only] [--orders 400]
+                                         [--sim-meters 8]
 
 The agent runs as it is deployed, as ``python -m edge_agent run`` (what the systemd unit
 starts) in its own process with the unit's ``MALLOC_ARENA_MAX=2``, against a private
@@ -67,11 +69,12 @@ IMPORT_STEPS: tuple[tuple[str, str], ...] = (
     ("msgspec (+ typing_extensions, inspect, decimal, uuid)", "import msgspec"),
     ("shared.contracts (the message Structs)", "import shared.contracts"),
     ("edge_agent.config (the configuration Structs)", "import edge_agent.config"),
-    ("cryptography Ed25519 + serialization (own OpenSSL in _rust.abi3.so)",
-     "import shared.signing"),
+    ("shared.signing (Ed25519 through the system libcrypto, ctypes)", "import shared.signing"),
     ("paho-mqtt (+ urllib.request, http.client, socks)", "import paho.mqtt.client"),
     ("rest of edge_agent (store, executor, mqtt_link, agent, cli)",
      "import edge_agent.agent, edge_agent.__main__"),
+    ("DLMS stack at the first exchange (gurux-dlms, shared.dlms.client)",
+     "import edge_agent.dlms_driver"),
 )
 
 _IMPORT_PROBE = """
@@ -142,34 +145,55 @@ def setup(work: Path, broker: MosquittoBroker, cid: str, meters: list[MeterEntry
     return cfg, signer
 
 
-def bench_idle(broker: MosquittoBroker, n_meters: int, idle_s: float, run: int = 0) -> float:
+def _report_rss(label: str, pid: int) -> float:
+    rss = rss_mb(pid)
+    print(f"  {label:<26}{rss:8.1f} MB   (anonymous {proc_status_mb(pid, 'RssAnon'):.1f} MB: "
+          f"heap, stacks; file-backed {proc_status_mb(pid, 'RssFile'):.1f} MB: interpreter, "
+          f".so libraries), {threads(pid)} threads")
+    return rss
+
+
+def bench_idle(broker: MosquittoBroker, n_meters: int, idle_s: float, batch: int,
+               run: int = 0) -> tuple[float, float]:
+    """Idle RSS with ``n_meters`` in the table, before the first order and again after a
+    batch of ``batch`` orders on the simulated meters among them (real DLMS over TCP): the
+    first exchange loads the DLMS stack (gurux), which stays. The goal is on the second."""
     work = Path(tempfile.mkdtemp(prefix="rcd-bench-idle-"))
     cid = f"bench-idle{run}"
-    meters = [MeterEntry(meter_id=f"M{i:05d}", transport="hdlc", line_id="plc1",
-                         hdlc_address=16 + i, keys_ref="default") for i in range(n_meters)]
-    cfg, _ = setup(work, broker, cid, meters, 4)
-    coord = Coordinator(broker, cid, f"{cid}-coord")
-    proc = spawn(cfg, work / "agent.log")
-    try:
-        wait_for(lambda: any(decode(ConcentratorStatus, s).online for s in coord.status),
-                 timeout=20, what="agent online")
-        time.sleep(1.0)  # let start-up settle
-        cpu0, t0 = cpu_s(proc.pid), time.monotonic()
-        time.sleep(idle_s)
-        cpu1, t1 = cpu_s(proc.pid), time.monotonic()
-        status = decode(ConcentratorStatus, coord.status[-1])
-        rss = rss_mb(proc.pid)
-        print(f"idle agent (run {run + 1}), {status.meter_count} meters in table:")
-        print(f"  resident memory (VmRSS)   {rss:8.1f} MB   (goal < 40 MB)")
-        print(f"    of which anonymous      {proc_status_mb(proc.pid, 'RssAnon'):8.1f} MB   "
-              f"(heap, stacks), file-backed {proc_status_mb(proc.pid, 'RssFile'):.1f} MB "
-              "(interpreter, .so libraries)")
-        print(f"  threads                   {threads(proc.pid):8d}")
-        print(f"  idle CPU over {t1 - t0:4.1f} s     {100 * (cpu1 - cpu0) / (t1 - t0):8.2f} %")
-        return rss
-    finally:
-        stop(proc)
-        coord.close()
+    specs = tuple(MeterSpec(f"S{i}", "tcp", control_mode=2) for i in range(4))
+    with running_fleet(FleetSpec(meters=specs)) as fleet:
+        meters = [MeterEntry(meter_id=s.meter_id, transport="tcp", host="127.0.0.1",
+                             port=fleet.tcp_port(s.meter_id), keys_ref="default") for s in specs]
+        meters += [MeterEntry(meter_id=f"M{i:05d}", transport="hdlc", line_id="plc1",
+                              hdlc_address=16 + i, keys_ref="default")
+                   for i in range(n_meters - len(specs))]
+        cfg, signer = setup(work, broker, cid, meters, 4)
+        coord = Coordinator(broker, cid, f"{cid}-coord")
+        proc = spawn(cfg, work / "agent.log")
+        try:
+            wait_for(lambda: any(decode(ConcentratorStatus, s).online for s in coord.status),
+                     timeout=20, what="agent online")
+            time.sleep(1.0)  # let start-up settle
+            cpu0, t0 = cpu_s(proc.pid), time.monotonic()
+            time.sleep(idle_s)
+            cpu1, t1 = cpu_s(proc.pid), time.monotonic()
+            status = decode(ConcentratorStatus, coord.status[-1])
+            print(f"idle agent (run {run + 1}), {status.meter_count} meters in table:")
+            before = _report_rss("RSS before any order", proc.pid)
+            print(f"  idle CPU over {t1 - t0:4.1f} s     {100 * (cpu1 - cpu0) / (t1 - t0):8.2f} %")
+            for i in range(batch):
+                action = Action.DISCONNECT if (i // len(specs)) % 2 == 0 else Action.CONNECT
+                coord.client.publish(f"rcd/v1/c/{cid}/cmd", signer.sign(  # type: ignore[attr-defined]
+                    order(f"i{run}-{i:04d}", f"S{i % len(specs)}", action, concentrator_id=cid,
+                          deadline_s=600)), qos=1)
+            wait_for(lambda: len(coord.by_order()) >= batch, timeout=300, what="the batch")
+            time.sleep(idle_s)  # idle again
+            after = _report_rss(f"RSS after {batch} orders", proc.pid)
+            print(f"  goal < 40 MB in service (after orders): {'met' if after < 40 else 'NOT met'}")
+            return before, after
+        finally:
+            stop(proc)
+            coord.close()
 
 
 def bench_throughput(broker: MosquittoBroker, n_orders: int, n_sim: int) -> None:
@@ -221,14 +245,20 @@ def main() -> None:
     parser.add_argument("--sim-meters", type=int, default=8)
     parser.add_argument("--idle-runs", type=int, default=3,
                         help="start the idle agent this many times (RSS varies a little)")
+    parser.add_argument("--batch", type=int, default=40,
+                        help="orders between the two idle measurements")
     parser.add_argument("--idle-only", action="store_true", help="skip the throughput part")
     args = parser.parse_args()
     bench_imports()
     with MosquittoBroker() as broker:
-        rss = [bench_idle(broker, args.meters, args.idle_s, run) for run in range(args.idle_runs)]
-        if len(rss) > 1:
-            print(f"idle RSS over {len(rss)} runs: min {min(rss):.1f}, max {max(rss):.1f}, "
-                  f"mean {sum(rss) / len(rss):.1f} MB")
+        runs = [bench_idle(broker, args.meters, args.idle_s, args.batch, run)
+                for run in range(args.idle_runs)]
+        after = [a for _, a in runs]
+        print(f"idle RSS over {len(runs)} run(s): before orders mean "
+              f"{sum(b for b, _ in runs) / len(runs):.1f} MB; after orders min {min(after):.1f}, "
+              f"max {max(after):.1f}, mean {sum(after) / len(after):.1f} MB (goal < 40 MB: "
+              f"{'met' if max(after) < 40 else 'NOT met'}); load average "
+              f"{os.getloadavg()[0]:.2f}")
         if not args.idle_only:
             bench_throughput(broker, args.orders, args.sim_meters)
 

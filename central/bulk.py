@@ -130,8 +130,30 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     if extra:
         rows = [{**extra, **row} for row in rows]
     keys = tuple(rows[0])
+    if session.get_bind().dialect.name == "postgresql":
+        _copy_rows(session, table, keys, rows)
+        return
     sql, processors, positional = _prepare(session, table, "insert", keys, None)
     session.connection().exec_driver_sql(sql, _params(rows, processors, positional, None))
+
+
+def _copy_rows(
+    session: Session, table: Table, keys: tuple[str, ...], rows: Sequence[dict[str, Any]]
+) -> None:
+    """PostgreSQL: COPY FROM STDIN in the session's transaction, one statement for all
+    rows (executemany sends one statement per row, even pipelined: the round trips and
+    the driver's per-row work were most of a batch's database time)."""
+    dialect = session.get_bind().dialect
+    processors: list[tuple[str, _Processor]] = [
+        (key, table.c[key].type.dialect_impl(dialect).bind_processor(dialect)) for key in keys
+    ]
+    values = _params(rows, processors, True, None)
+    columns = ", ".join(dialect.identifier_preparer.quote(key) for key in keys)
+    name = dialect.identifier_preparer.format_table(table)
+    raw: Any = session.connection().connection.dbapi_connection
+    with raw.cursor() as cursor, cursor.copy(f"COPY {name} ({columns}) FROM STDIN") as copy:
+        for row in values:
+            copy.write_row(row)
 
 
 def update_rows(
@@ -151,5 +173,53 @@ def update_rows(
         return
     keys = tuple(rows[0])
     guard = tuple(sorted(expect or {}))
+    if session.get_bind().dialect.name == "postgresql":
+        _update_from_arrays(session, table, keys, key, rows, expect or {})
+        return
     sql, processors, positional = _prepare(session, table, "update", keys, key, guard)
     session.connection().exec_driver_sql(sql, _params(rows, processors, positional, key, expect))
+
+
+def _update_from_arrays(
+    session: Session,
+    table: Table,
+    keys: tuple[str, ...],
+    key: str,
+    rows: Sequence[dict[str, Any]],
+    expect: dict[str, Any],
+) -> None:
+    """PostgreSQL: one ``UPDATE ... FROM unnest(arrays)`` for all rows; a value the
+    same in every row goes as one parameter."""
+    dialect = session.get_bind().dialect
+    quote = dialect.identifier_preparer.quote
+    processors: list[tuple[str, _Processor]] = [
+        (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in keys
+    ]
+    columns = list(zip(*_params(rows, processors, True, None), strict=True))
+    params: dict[str, Any] = {}
+    arrays: list[str] = []
+    names: list[str] = []
+    sets: list[str] = []
+    for index, (name, values) in enumerate(zip(keys, columns, strict=True)):
+        sql_type = table.c[name].type.compile(dialect=dialect)
+        first = values[0]
+        if name != key and all(v == first for v in values):
+            params[f"c{index}"] = first
+            sets.append(f"{quote(name)} = CAST(%(c{index})s AS {sql_type})")
+            continue
+        params[f"a{index}"] = list(values)
+        arrays.append(f"CAST(%(a{index})s AS {sql_type}[])")
+        names.append(f"v{index}")
+        if name != key:
+            sets.append(f"{quote(name)} = v.v{index}")
+    where = [f"t.{quote(key)} = v.v{keys.index(key)}"]
+    for index, (name, value) in enumerate(sorted(expect.items())):
+        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        params[f"e{index}"] = process(value) if process is not None else value
+        where.append(f"t.{quote(name)} = %(e{index})s")
+    sql = (
+        f"UPDATE {dialect.identifier_preparer.format_table(table)} AS t "
+        f"SET {', '.join(sets)} FROM unnest({', '.join(arrays)}) AS v({', '.join(names)}) "
+        f"WHERE {' AND '.join(where)}"
+    )
+    session.connection().exec_driver_sql(sql, params)

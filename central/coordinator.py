@@ -114,12 +114,15 @@ class Coordinator:
         """One dispatch pass now (the API calls it after accepting orders)."""
         if self.link is None:
             return 0
+        published = 0
         with self.factory() as session:
-            with self._dispatch_lock:  # claims are serialised; publishing overlaps
-                claim = dispatch.claim_ready(session, self.signer, self.settings)
-            if not claim.ids:
-                return 0
-            return dispatch.publish_claimed(session, self.link, claim)
+            while True:  # claim after claim until nothing more is ready: no per-pass cap
+                with self._dispatch_lock:  # claims are serialised; publishing overlaps
+                    claim = dispatch.claim_ready(session, self.signer, self.settings)
+                if claim.ids:
+                    published += dispatch.publish_claimed(session, self.link, claim)
+                if not claim.more:
+                    return published
 
     def run_once(self) -> None:
         """One background pass. Each step runs on its own: one that fails (logged) does

@@ -70,7 +70,13 @@ class MqttLink:
         )
         self._client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
         self._set_tls(settings)
-        self._client.max_inflight_messages_set(1000)
+        # The in-flight window must not exceed the broker's Receive Maximum (checked in
+        # ``_handle_connect``; mosquitto sends its max_inflight_messages, 100 as shipped).
+        # Wider breaks the protocol, and paho pays for it: on each PUBACK it walks the
+        # in-flight messages to find the next queued one (``_update_inflight``); a 1,000
+        # window was slower than 100 (measured: raw QoS 1 rate 2,080/s against 3,683/s).
+        # paho cannot change the window on an open connection, hence a setting.
+        self._client.max_inflight_messages_set(settings.mqtt_inflight_window)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
@@ -140,11 +146,17 @@ class MqttLink:
         _userdata: object,
         _flags: object,
         reason: ReasonCode,
-        _props: object,
+        props: object,
     ) -> None:
         if reason.is_failure:
             log.error("MQTT connection refused: %s", reason)
             return
+        allowed = getattr(props, "ReceiveMaximum", None) if self._v5 else None
+        if isinstance(allowed, int) and allowed < self._settings.mqtt_inflight_window:
+            log.warning(
+                "the broker's Receive Maximum is %d, below RCD_MQTT_INFLIGHT_WINDOW=%d: "
+                "set the window to it", allowed, self._settings.mqtt_inflight_window,
+            )
         subscriptions = []
         if self._on_result is not None:
             shared = self._v5 and self._settings.mqtt_results_subscription == "shared"

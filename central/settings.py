@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # results are consumed with a plain subscription (one coordinator, no shared groups)
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_puback_timeout_s: float = 30.0
+    # QoS 1 messages in flight to the broker: at most its Receive Maximum (mosquitto's
+    # max_inflight_messages, 100 in deploy/mosquitto/mosquitto.conf)
+    mqtt_inflight_window: int = Field(default=100, ge=1, le=65535)
     mqtt_tls_ca: Path | None = None
     # client certificate and key for a listener with require_certificate (the shipped
     # tls-listener.conf); the certificate's CN is the account (use_identity_as_username)
@@ -98,6 +101,9 @@ class Settings(BaseSettings):
     )
     max_inflight_per_concentrator: int = Field(default=50, ge=1)
     disconnects_per_minute: int = Field(default=600, ge=1)  # fleet-wide
+    # seconds per order on a line with no measured orders yet (a PLC disconnect: about
+    # 1 s of airtime at 9.6 kbit/s), for the campaign estimate
+    campaign_assumed_order_s: float = Field(default=1.0, gt=0)
     approval_threshold: int = Field(default=100, ge=1)  # disconnects per batch ...
     # ... and per rolling window, fleet-wide: a batch that would bring the disconnects
     # accepted without approval in the last ``approval_window_s`` over the threshold is

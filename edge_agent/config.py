@@ -97,6 +97,8 @@ class ExecutorSettings(_Section, frozen=True, kw_only=True):
     dlms_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 5.0
     client_address: Annotated[int, Meta(ge=1, le=0x7F)] = 1
     counter_block: Annotated[int, Meta(ge=10, le=1_000_000)] = 1000
+    # control_mode and scaler_unit are read again at least this often (the audit cycle)
+    meter_facts_max_age_s: Annotated[float, Meta(ge=0, le=30 * 86400)] = 86400.0
     idle_poll_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
 
 

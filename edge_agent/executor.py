@@ -71,7 +71,9 @@ PROTECTED = ("cancelled: the meter table flags the meter as a registered electro
 class MeterLink(Protocol):
     """An open association with one meter."""
 
-    def read_state(self) -> RelayReading: ...
+    def read_state(self) -> tuple[RelayReading, EnergyReading | None]:
+        """Relay state with the energy reading, in one exchange."""
+        ...
 
     def disconnect(self) -> None: ...
 
@@ -189,21 +191,20 @@ def switch(
     PLC line); if it returns a result (deadline passed: ``expired``; cancel requested:
     ``cancelled``) that is the attempt's result and the relay is not touched.
     """
-    before = link.read_state()
+    before, first_energy = link.read_state()
     if before.control_state in _WANTED[action]:
-        # Nothing to switch, but Legacy still wants the reading (step 6 of the brief).
-        relay, energy = link.read_back()
-        if not _confirms(relay, _WANTED[action]):
-            # The two reads disagree: the meter's answer cannot be trusted as "in state".
+        # Nothing to switch; the first read carried the reading Legacy wants (step 6 of
+        # the brief), so this order costs one GET.
+        if not _confirms(before, _WANTED[action]):
+            # control_state and output_state disagree: not to be trusted as "in state"
             return AttemptResult(
                 reason=ReasonCode.INVALID_METER_RESPONSE,
-                detail=(f"control_state {before.control_state.name.lower()} at first, then "
-                        f"{relay.control_state.name.lower()} (output_state {relay.output_state})"
-                        " in the read-back"),
-                relay=relay, energy=energy,
+                detail=(f"control_state {before.control_state.name.lower()} but output_state "
+                        f"{before.output_state}"),
+                relay=before, energy=first_energy,
             )
         return AttemptResult(
-            outcome=_OUTCOME_OF_STATE[relay.control_state], relay=relay, energy=energy,
+            outcome=_OUTCOME_OF_STATE[before.control_state], relay=before, energy=first_energy,
             already=True,
         )
     if before.control_mode == 0:

@@ -295,6 +295,8 @@ class Store:
             ),
         )
 
+    table_version = 0  # bumped on every meter-table change (drops cached meter facts)
+
     def import_meters(self, entries: Iterable[MeterEntry]) -> int:
         """Add or update meters (the counters of known meters are kept)."""
         count = 0
@@ -302,6 +304,7 @@ class Store:
             for entry in entries:
                 self._upsert_meter(conn, entry)
                 count += 1
+        self.table_version += 1
         return count
 
     def apply_meter_table(self, sync: MeterTableSync) -> bool:
@@ -321,6 +324,7 @@ class Store:
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('meter_generation', ?)",
                 (str(sync.generation),),
             )
+        self.table_version += 1
         return True
 
     def meter(self, meter_id: str) -> Meter | None:

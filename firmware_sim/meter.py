@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -107,6 +108,9 @@ class SimulatedMeter:
         self.events: list[str] = []
         self.oplog = OperationLog(spec.meter_id)
         self._aarq_from: tuple[int, int | None] = (0, None)  # client, IC of the AARQ in hand
+        # what the meter was asked, in order (the last 256 requests), for exchange traces:
+        # "SNRM", "DISC", "AARQ", "RLRQ", "GET 70/2 70/3 ...", "ACTION 70/1"
+        self.trace: deque[str] = deque(maxlen=256)
         self._random: Callable[[int], bytes] = os.urandom
 
     # ------------------------------------------------------------ control interface
@@ -183,8 +187,10 @@ class SimulatedMeter:
             return A.build_exception_response(1, 2)
         tag = req[0]
         if tag == A.AARQ:
+            self.trace.append("AARQ")
             return self._aarq(assoc, req)
         if tag == A.RLRQ:
+            self.trace.append("RLRQ")
             self.release(assoc)
             return A.build_rlre(0)
         if assoc.state == "idle":
@@ -305,6 +311,8 @@ class SimulatedMeter:
         if tag not in (A.GET_REQUEST, A.SET_REQUEST, A.ACTION_REQUEST):
             return A.build_exception_response(2, 2)  # service-unknown / not supported
         r = A.parse_request(req)
+        name = {A.GET_REQUEST: "GET", A.SET_REQUEST: "SET"}.get(tag, "ACTION")
+        self.trace.append(" ".join([name, *(f"{ref.class_id}/{ref.index}" for ref in r.refs)]))
         if assoc.state == "pending":
             ok = (
                 tag == A.ACTION_REQUEST and r.kind == 1 and r.refs

@@ -285,6 +285,8 @@ class HdlcLine:
         self, meter: SimulatedMeter, link: _HdlcLink, f: hdlc.Frame
     ) -> tuple[int, bytes, bool] | None:
         ctrl = f.control
+        if ctrl | 0x10 in (hdlc.SNRM, hdlc.DISC):
+            meter.trace.append("SNRM" if ctrl | 0x10 == hdlc.SNRM else "DISC")
         if ctrl | 0x10 == hdlc.SNRM:
             params = hdlc.parse_snrm_info(f.info)
             meter.release(link.association)

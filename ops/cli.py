@@ -441,6 +441,11 @@ def read_campaign(path: Path) -> list[dict[str, Any]]:
 def _campaign_run(args: argparse.Namespace) -> int:
     requests = read_campaign(args.file)
     with _client(args) as client:
+        # The time it will take, stated before anything starts (the rate limits and the
+        # lines' measured airtime decide it, not the size of the file alone).
+        planned = client.json("POST", "orders/estimate", json={"orders": requests})
+        if isinstance(planned, dict) and planned.get("text"):
+            print(f"estimate: {planned['text']}", file=sys.stderr)
         # One batch, never split: the approval threshold applies to what is sent together.
         answer = client.json("POST", "orders/batch", json={"orders": requests})
         items = _list_of(answer, "items", "results", "orders")

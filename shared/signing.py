@@ -27,12 +27,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
+from shared import ed25519
 from shared.contracts import (
     MAX_METER_TABLE_BYTES,
     Command,
@@ -58,13 +55,35 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def key_id_of(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# The signing side (coordinator, key tools) uses ``cryptography``, imported where it is
+# needed; the verifying side (the agent) does not import it at all (``shared.ed25519``).
+PublicKey = ed25519.PublicKey
+
+
+def _raw(public_key: Any) -> bytes:
+    if isinstance(public_key, ed25519.PublicKey):
+        return public_key.raw
+    from cryptography.hazmat.primitives import serialization
+
+    raw: bytes = public_key.public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return raw
+
+
+def key_id_of(public_key: Any) -> str:
+    """The key id of an Ed25519 public key (``PublicKey`` or ``cryptography``'s)."""
+    return hashlib.sha256(_raw(public_key)).hexdigest()[:16]
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
     """A fresh key pair as (private PEM, public PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     private_pem = private.private_bytes(
         serialization.Encoding.PEM,
@@ -78,20 +97,24 @@ def generate_keypair() -> tuple[bytes, bytes]:
 
 
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError("the signing key is not an Ed25519 private key")
     return key
 
 
-def load_public_key(pem: bytes) -> Ed25519PublicKey:
-    key = serialization.load_pem_public_key(pem)
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError("the verification key is not an Ed25519 public key")
-    return key
+def load_public_key(pem: bytes) -> PublicKey:
+    """An Ed25519 public key from its PEM (SubjectPublicKeyInfo); ValueError otherwise."""
+    try:
+        return ed25519.PublicKey.from_pem(pem)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"the verification key is not an Ed25519 public key: {exc}") from exc
 
 
-def load_public_key_file(path: str | Path) -> Ed25519PublicKey:
+def load_public_key_file(path: str | Path) -> PublicKey:
     return load_public_key(Path(path).read_bytes())
 
 
@@ -196,16 +219,16 @@ class CommandVerifier:
 
     def __init__(
         self,
-        public_keys: Mapping[str, Ed25519PublicKey] | Ed25519PublicKey,
+        public_keys: Mapping[str, Any] | Any,
         concentrator_id: str,
         seen: SeenCommands,
         *,
         clock: Callable[[], datetime] = utcnow,
         clock_skew: timedelta = timedelta(minutes=5),
     ) -> None:
-        if isinstance(public_keys, Ed25519PublicKey):
+        if not isinstance(public_keys, Mapping):
             public_keys = {key_id_of(public_keys): public_keys}
-        self._keys = dict(public_keys)
+        self._keys = {name: PublicKey(_raw(key)) for name, key in public_keys.items()}
         self._concentrator_id = concentrator_id
         self._seen = seen
         self._clock = clock
@@ -218,7 +241,7 @@ class CommandVerifier:
             raise UnknownSigningKey(f"command signed with unknown key {envelope.key_id!r}")
         try:
             key.verify(envelope.signature, envelope.body)
-        except InvalidSignature as exc:
+        except ed25519.InvalidSignature as exc:
             raise BadSignature("signature does not match the command body") from exc
         command = parse_command(envelope.body)  # within the size limit of its kind
         if command.concentrator_id != self._concentrator_id:

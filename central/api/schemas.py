@@ -81,12 +81,23 @@ class BatchIn(BaseModel):
     orders: list[OrderRequest] = Field(min_length=1, max_length=20_000)
 
 
+class EstimateOut(BaseModel):
+    """How long a batch takes if it goes as planned (``central.services.estimate``)."""
+
+    seconds: float
+    bound: str
+    orders: int
+    disconnects: int
+    text: str
+
+
 class BatchOut(BaseModel):
     batch_id: str | None
     needs_approval: bool
     accepted: int
     refused: int
     dispatched: int
+    estimate: EstimateOut
     items: list[ItemOut]
 
 

@@ -162,17 +162,140 @@ _READY_COLUMNS = (
     Order.updated_at,
     Order.special,
     Order.approved_by,
+    Order.created_at,
 )
 
 
 _CLAIM_LOCK_KEY = 0x52434402
+CLAIM_SIZE = 5000  # orders signed and committed per claim; a pass claims until none is left
+_PAGE = 5000  # candidates read per query while selecting one claim
 
 
 def select_ready(
-    session: Session, settings: Settings, now: datetime, limit: int = 5000
+    session: Session, settings: Settings, now: datetime, limit: int | None = None
 ) -> list[Any]:
-    """Validated orders that may go now, within every limit (rows of ``_READY_COLUMNS``).
-    Locks them on PostgreSQL (SKIP LOCKED) so that replicas do not pick the same ones."""
+    """Validated orders that may go now, within every limit (rows of ``_READY_COLUMNS``),
+    at most ``limit``. Locks them on PostgreSQL (SKIP LOCKED) so that replicas do not pick
+    the same ones.
+
+    Candidates are read in pages, best first; each page leaves out what can no longer go
+    (concentrators at their in-flight cap, disconnects once the minute's budget is spent),
+    so orders that wait behind a capped concentrator never hide ready ones behind them.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        # One claim at a time across replicas: SKIP LOCKED alone lets a second replica take
+        # the next candidates while the first one's dispatches are uncommitted, and both
+        # would spend the same fleet-wide disconnect budget and in-flight caps (released
+        # when the claim's transaction ends).
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK_KEY})
+    limit = CLAIM_SIZE if limit is None else limit
+    waiting = select(Order.id).where(Order.state == OrderState.VALIDATED.value).limit(1)
+    if session.execute(waiting).first() is None:
+        return []  # the usual pass: nothing waits, so no limit needs reading
+    limits = _Limits.read(session, settings, now)
+    ready: list[Any] = []
+    after: Any = None
+    while len(ready) < limit:
+        page = list(session.execute(_candidates(session, limits, after, _PAGE)))
+        if not page:
+            break
+        after = page[-1]
+        limits.mark_busy(session, page)
+        for order in page:
+            if len(ready) < limit and limits.admit(order):
+                ready.append(order)
+        if len(page) < _PAGE:
+            break
+    return ready
+
+
+@dataclass
+class _Limits:
+    """What bounds one claim: in-flight per concentrator, busy meters, the disconnect
+    budget of the minute, and the day rules for disconnects."""
+
+    settings: Settings
+    now: datetime
+    inflight: dict[str, int]
+    busy_meters: set[str]
+    disconnect_budget: int
+    working_day: bool
+    moratorium: bool
+
+    @classmethod
+    def read(cls, session: Session, settings: Settings, now: datetime) -> _Limits:
+        inflight: dict[str, int] = {
+            conc: count
+            for conc, count in session.execute(
+                select(Order.concentrator_id, func.count())
+                .where(Order.state.in_(IN_FLIGHT))
+                .group_by(Order.concentrator_id)
+            )
+            if conc is not None
+        }
+        recent_disconnects = (
+            session.scalar(
+                select(func.count()).where(
+                    Order.action == Action.DISCONNECT.value,
+                    Order.dispatched_at >= now - timedelta(seconds=60),
+                )
+            )
+            or 0
+        )
+        # The working-day and moratorium rules hold on the day the relay is switched, not
+        # only on the day the order was accepted: a disconnect accepted on Friday that waits
+        # (not_before, rate limit, approval) past midnight into a Saturday or a holiday in
+        # America/Santiago is held until a working day (unless special).
+        today = validation.local_day(now, settings.timezone)
+        return cls(
+            settings=settings,
+            now=now,
+            inflight=inflight,
+            busy_meters=set(),
+            disconnect_budget=settings.disconnects_per_minute - recent_disconnects,
+            working_day=validation.is_working_day(today, settings.holiday_country),
+            moratorium=validation.in_moratorium(today, settings),
+        )
+
+    def full(self) -> list[str]:
+        cap = self.settings.max_inflight_per_concentrator
+        return [conc for conc, count in self.inflight.items() if count >= cap]
+
+    def mark_busy(self, session: Session, page: list[Any]) -> None:
+        """Meters of ``page`` with an order in flight."""
+        wanted = sorted({o.meter_id for o in page} - self.busy_meters)
+        for start in range(0, len(wanted), 500):
+            self.busy_meters.update(
+                session.scalars(
+                    select(Order.meter_id).where(
+                        Order.state.in_(IN_FLIGHT),
+                        Order.meter_id.in_(wanted[start : start + 500]),
+                    )
+                )
+            )
+
+    def admit(self, order: Any) -> bool:
+        conc = order.concentrator_id
+        if conc is None or order.meter_id in self.busy_meters:
+            return False
+        if self.inflight.get(conc, 0) >= self.settings.max_inflight_per_concentrator:
+            return False
+        if order.action == Action.DISCONNECT.value:
+            if not self.working_day and not weekend_allowed(order):
+                return False
+            if self.moratorium and order.reason == OrderReason.NON_PAYMENT.value:
+                return False
+            if self.disconnect_budget <= 0:
+                return False
+            self.disconnect_budget -= 1
+        self.inflight[conc] = self.inflight.get(conc, 0) + 1
+        self.busy_meters.add(order.meter_id)
+        return True
+
+
+def _candidates(session: Session, limits: _Limits, after: Any, size: int) -> Any:
+    """The next page of validated, approved, sendable orders after the row ``after``
+    (priority first, then age), leaving out what ``limits`` already rules out."""
     approved = (Order.needs_approval.is_(False)) | (Order.approved_by.is_not(None))
     # Ley 21.304, checked again at dispatch: a meter flagged protected after its
     # disconnect was accepted is never sent one (``stop_protected_disconnects`` ends it)
@@ -185,83 +308,42 @@ def select_ready(
     in_service = exists().where(
         Concentrator.id == Order.concentrator_id, Concentrator.decommissioned.is_(False)
     )
-    query = (
-        select(*_READY_COLUMNS)
-        .where(
-            Order.state == OrderState.VALIDATED.value,
-            Order.deadline > now,  # past it: the sweep ends it expired, never sent
-            approved,
-            not_protected,
-            in_service,
-        )
-        .order_by(Order.priority.desc(), Order.created_at, Order.id)
-        .limit(limit)
+    query = select(*_READY_COLUMNS).where(
+        Order.state == OrderState.VALIDATED.value,
+        Order.deadline > limits.now,  # past it: the sweep ends it expired, never sent
+        approved,
+        not_protected,
+        in_service,
     )
-    if session.get_bind().dialect.name == "postgresql":
-        # One claim at a time across replicas: SKIP LOCKED alone lets a second replica take
-        # the next candidates while the first one's dispatches are uncommitted, and both
-        # would spend the same fleet-wide disconnect budget and in-flight caps (released
-        # when the claim's transaction ends).
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK_KEY})
-        query = query.with_for_update(skip_locked=True)
-    candidates = list(session.execute(query))
-    if not candidates:
-        return []
-    inflight: dict[str, int] = {
-        conc: count
-        for conc, count in session.execute(
-            select(Order.concentrator_id, func.count())
-            .where(Order.state.in_(IN_FLIGHT))
-            .group_by(Order.concentrator_id)
+    full = limits.full()
+    if full:
+        query = query.where(Order.concentrator_id.not_in(full))
+    if limits.disconnect_budget <= 0 or not limits.working_day:
+        # no disconnect can go (special ones may on a non-working day, if budget is left)
+        no_disconnect = Order.action != Action.DISCONNECT.value
+        query = query.where(
+            no_disconnect if limits.disconnect_budget <= 0 else no_disconnect | Order.special
         )
-        if conc is not None
-    }
-    busy_meters: set[str] = set()
-    wanted = sorted({o.meter_id for o in candidates})
-    for start in range(0, len(wanted), 500):
-        busy_meters.update(
-            session.scalars(
-                select(Order.meter_id).where(
-                    Order.state.in_(IN_FLIGHT), Order.meter_id.in_(wanted[start : start + 500])
+    if limits.moratorium:
+        query = query.where(
+            (Order.action != Action.DISCONNECT.value)
+            | (Order.reason != OrderReason.NON_PAYMENT.value)
+        )
+    if after is not None:
+        query = query.where(
+            (Order.priority < after.priority)
+            | (
+                (Order.priority == after.priority)
+                & (
+                    (Order.created_at > after.created_at)
+                    | ((Order.created_at == after.created_at) & (Order.id > after.id))
                 )
             )
         )
-    recent_disconnects = (
-        session.scalar(
-            select(func.count()).where(
-                Order.action == Action.DISCONNECT.value,
-                Order.dispatched_at >= now - timedelta(seconds=60),
-            )
-        )
-        or 0
-    )
-    disconnect_budget = settings.disconnects_per_minute - recent_disconnects
-    # The working-day and moratorium rules hold on the day the relay is switched, not only
-    # on the day the order was accepted: a disconnect accepted on Friday that waits
-    # (not_before, rate limit, approval) past midnight into a Saturday or a holiday in
-    # America/Santiago is held until a working day (unless special).
-    today = validation.local_day(now, settings.timezone)
-    working_day = validation.is_working_day(today, settings.holiday_country)
-    moratorium = validation.in_moratorium(today, settings)
-    ready: list[Any] = []
-    for order in candidates:
-        conc = order.concentrator_id
-        if conc is None or order.meter_id in busy_meters:
-            continue
-        if inflight.get(conc, 0) >= settings.max_inflight_per_concentrator:
-            continue
-        if order.action == Action.DISCONNECT.value:
-            if not working_day and not weekend_allowed(order):
-                continue
-            if moratorium and order.reason == OrderReason.NON_PAYMENT.value:
-                continue
-            if disconnect_budget <= 0:
-                continue
-            disconnect_budget -= 1
-        inflight[conc] = inflight.get(conc, 0) + 1
-        busy_meters.add(order.meter_id)
-        ready.append(order)
-    return ready
+    query = query.order_by(Order.priority.desc(), Order.created_at, Order.id).limit(size)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return query
 
 
 @dataclass
@@ -270,6 +352,7 @@ class Claim:
 
     ids: list[str]
     messages: list[Outgoing]
+    more: bool = False  # the claim was full: more orders may be ready
 
 
 def dispatch_ready(
@@ -397,7 +480,7 @@ def claim_ready(
     for order in ready:
         if order.id in claimed:
             latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
-    return Claim(ids, [messages[order_id] for order_id in ids])
+    return Claim(ids, [messages[order_id] for order_id in ids], more=len(ready) >= CLAIM_SIZE)
 
 
 def publish_claimed(session: Session, publisher: Publisher, claim: Claim) -> int:

@@ -6,7 +6,7 @@ get_order / list_orders, each in its own committed session.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -87,9 +87,18 @@ def _by_correlation(session: Session, correlation_id: str) -> list[Order]:
 
 
 class CentralServicePort:
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        on_accepted: Callable[[], None] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.settings = settings
+        # called once accepted orders are committed: wakes the dispatcher at once (the
+        # REST route dispatches in its request; SOAP answers Legacy without waiting for
+        # the broker, so its orders must not wait for the next sweep either)
+        self.on_accepted = on_accepted
 
     @staticmethod
     def _order_request(r: ControlRequest) -> order_service.OrderRequest | ItemOutcome:
@@ -135,6 +144,8 @@ class CentralServicePort:
             batch = order_service.create_orders(
                 session, wanted, _actor(actor), self.settings, channel=channel
             )
+        if self.on_accepted is not None and batch.accepted:
+            self.on_accepted()
         answers: list[ItemOutcome] = []
         for item in batch.items:
             if item.accepted:
@@ -248,13 +259,14 @@ def build_gateway(
     settings: Settings,
     sessions: sessionmaker[Session],
     soap_settings: SoapSettings | None = None,
+    on_accepted: Callable[[], None] | None = None,
 ) -> SoapGateway:
     from central.soap.gateway import SoapGateway
     from central.soap.store import MessageLog
 
     engine: Any = sessions.kw["bind"]
     return SoapGateway(
-        service=CentralServicePort(sessions, settings),
+        service=CentralServicePort(sessions, settings, on_accepted),
         authenticator=token_authenticator(settings),
         message_log=MessageLog(engine),
         settings=soap_settings or SoapSettings(),

@@ -48,7 +48,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if context is not None:
         soap_settings = getattr(state, "soap_settings", None) or SoapSettings()
         if getattr(state, "soap_gateway", None) is None:
-            state.soap_gateway = build_gateway(context.settings, context.factory, soap_settings)
+            state.soap_gateway = build_gateway(
+                context.settings, context.factory, soap_settings, context.coordinator.kick
+            )
         if soap_settings.notifier_enabled and getattr(state, "soap_notifier", None) is None:
             notifier = LegacyNotifier(context.factory, soap_settings)
             notifier.start()
@@ -180,9 +182,10 @@ def install(
     settings: Settings,
     sessions: sessionmaker[Session],
     soap_settings: SoapSettings | None = None,
+    on_accepted: Callable[[], None] | None = None,
 ) -> SoapGateway:
     """Put the gateway in ``app.state`` and include the router (if not yet included)."""
-    gateway = build_gateway(settings, sessions, soap_settings)
+    gateway = build_gateway(settings, sessions, soap_settings, on_accepted)
     app.state.soap_gateway = gateway
     paths = {getattr(route, "path", None) for route in app.router.routes}
     if "/soap/cim" not in paths:

@@ -99,6 +99,21 @@ class DisconnectState:
 
 
 @dataclass(frozen=True)
+class Status:
+    """One GET-with-list of what a switch decision and its result need: the relay state,
+    the energy register and the clock; control_mode and scaler_unit only when asked
+    (the agent caches them per meter)."""
+
+    output_state: bool
+    control_state: int
+    control_mode: int | None
+    energy_raw: float  # unscaled register value
+    scaler: int | None
+    unit: int | None
+    meter_clock: datetime | None
+
+
+@dataclass(frozen=True)
 class ReadBack:
     output_state: bool
     control_state: int
@@ -145,6 +160,24 @@ def _register(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedResponse(f"{what}: expected a number, got {value!r}")
     return float(value)
+
+
+def _scaler_unit(value: Any) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise MalformedResponse(f"bad scaler_unit {value!r}")
+    return _integer(value[0], "scaler"), _integer(value[1], "unit")
+
+
+def _clock(value: Any) -> datetime | None:
+    if isinstance(value, bytes | bytearray):
+        return parse_cosem_datetime(bytes(value))
+    if hasattr(value, "value") and isinstance(value.value, datetime):
+        return value.value
+    return None
+
+
+def unit_name(unit: int) -> str:
+    return UNITS.get(unit, str(unit))
 
 
 class MeterSession:
@@ -249,23 +282,37 @@ class MeterSession:
             (DISCONNECT_CONTROL_OBIS, 70, 4), (ENERGY_OBIS, 3, 2), (ENERGY_OBIS, 3, 3),
             (CLOCK_OBIS, 8, 2),
         ])
-        scaler_unit = v[4]
-        if not isinstance(scaler_unit, list) or len(scaler_unit) != 2:
-            raise MalformedResponse(f"bad scaler_unit {scaler_unit!r}")
-        scaler, unit = _integer(scaler_unit[0], "scaler"), _integer(scaler_unit[1], "unit")
+        scaler, unit = _scaler_unit(v[4])
         energy = _register(v[3], "energy register") * (10.0**scaler)
-        clock_raw = v[5]
-        meter_clock: datetime | None = None
-        if isinstance(clock_raw, bytes | bytearray):
-            meter_clock = parse_cosem_datetime(bytes(clock_raw))
-        elif hasattr(clock_raw, "value") and isinstance(clock_raw.value, datetime):
-            meter_clock = clock_raw.value
+        meter_clock = _clock(v[5])
         return ReadBack(
             output_state=_boolean(v[1], "output_state"),
             control_state=_integer(v[0], "control_state"),
             control_mode=_integer(v[2], "control_mode"),
             energy_value=energy, energy_unit=UNITS.get(unit, str(unit)), meter_clock=meter_clock,
         )
+
+    def read_status(self, *, mode: bool, scaler: bool) -> Status:
+        """One GET-with-list: output_state, control_state, energy value and clock, plus
+        control_mode (``mode``) and the energy scaler_unit (``scaler``) when asked."""
+        items = [(DISCONNECT_CONTROL_OBIS, 70, 2), (DISCONNECT_CONTROL_OBIS, 70, 3)]
+        if mode:
+            items.append((DISCONNECT_CONTROL_OBIS, 70, 4))
+        items.append((ENERGY_OBIS, 3, 2))
+        if scaler:
+            items.append((ENERGY_OBIS, 3, 3))
+        items.append((CLOCK_OBIS, 8, 2))
+        values = iter(self._read_list(items))
+        output_state = _boolean(next(values), "output_state")
+        control_state = _integer(next(values), "control_state")
+        control_mode = _integer(next(values), "control_mode") if mode else None
+        energy = _register(next(values), "energy register")
+        scale: int | None = None
+        unit: int | None = None
+        if scaler:
+            scale, unit = _scaler_unit(next(values))
+        return Status(output_state, control_state, control_mode, energy, scale, unit,
+                      _clock(next(values)))
 
     # ------------------------------------------------------------------ internals
 
@@ -375,9 +422,14 @@ class MeterSession:
         self._associated = True
 
     def _close_link(self) -> None:
-        """Release the association and the HDLC link; never raises."""
+        """Release the association, one exchange; never raises.
+
+        On HDLC the DISC that closes the link releases the association with it (the
+        association lives as long as its link), so no RLRQ goes first: one exchange
+        of airtime less per order on a PLC line. On the TCP wrapper an RLRQ releases it.
+        """
         try:
-            if self._associated and not self._broken:
+            if self._associated and not self._broken and not self._hdlc:
                 with contextlib.suppress(Exception):
                     frames = self._client.releaseRequest()
                     if frames:

@@ -22,6 +22,7 @@ PUBLIC = {("GET", "/health"), ("GET", "/ready")}
 # The lowest role each route accepts.
 REQUIRED = {
     ("POST", "/api/v1/orders/batch"): "operator",
+    ("POST", "/api/v1/orders/estimate"): "viewer",
     ("POST", "/api/v1/orders"): "operator",
     ("GET", "/api/v1/orders"): "viewer",
     ("GET", "/api/v1/orders/{order_id}"): "viewer",

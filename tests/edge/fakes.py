@@ -42,10 +42,10 @@ class FakeLink:
             control_mode=self.m.control_mode,
         )
 
-    def read_state(self) -> RelayReading:
+    def read_state(self) -> tuple[RelayReading, EnergyReading | None]:
         if self.m.fault == "garbage":
             raise MalformedResponse("bad FCS")
-        return self._reading()
+        return self._with_energy()
 
     def disconnect(self) -> None:
         self.m.switches += 1
@@ -66,6 +66,9 @@ class FakeLink:
             self.m.control_state = ControlState.READY_FOR_RECONNECTION
 
     def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
+        return self._with_energy()
+
+    def _with_energy(self) -> tuple[RelayReading, EnergyReading | None]:
         now = datetime.now(UTC)
         if self.m.fault == "energy_unusable":  # as DlmsLink answers a NaN register
             return self._reading(), None

@@ -19,7 +19,7 @@ from shared.contracts import (
     SimState,
     decode,
 )
-from shared.dlms.client import ReadBack
+from shared.dlms.client import Status
 
 from .fakes import FakeDriver, tcp_entry
 from .helpers import config_dict, make_signer
@@ -32,9 +32,10 @@ class _ReadBackSession:
         self._energy = energy_value
         self._clock = clock
 
-    def read_back(self) -> ReadBack:
-        return ReadBack(output_state=False, control_state=0, control_mode=1,
-                        energy_value=self._energy, energy_unit="Wh", meter_clock=self._clock)
+    def read_status(self, *, mode: bool, scaler: bool) -> Status:
+        return Status(output_state=False, control_state=0, control_mode=1 if mode else None,
+                      energy_raw=self._energy, scaler=0 if scaler else None,
+                      unit=30 if scaler else None, meter_clock=self._clock)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])

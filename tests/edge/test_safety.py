@@ -29,6 +29,7 @@ from shared.contracts import (
     decode,
     replace,
 )
+from shared.dlms.client import Status
 from shared.dlms.errors import MalformedResponse
 
 from .fakes import FakeDriver, FakeLink, FakeMeter, order, tcp_entry
@@ -106,19 +107,20 @@ def test_cancel_while_waiting_for_retry_stops_next_attempt(store: Store) -> None
 
 
 # -- a meter's answer must confirm the state ----------------------------------------------
-class FlipFlopLink(FakeLink):
-    """First read says disconnected, the read-back says connected (garbage / wrong frame)."""
+class InconsistentFirstLink(FakeLink):
+    """The one read of a meter already in state says disconnected, but output_state says
+    the relay is closed (garbage / wrong frame)."""
 
-    def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
-        relay, energy = super().read_back()
-        return replace(relay, control_state=ControlState.CONNECTED, output_state=True), energy
+    def read_state(self) -> tuple[RelayReading, EnergyReading | None]:
+        relay, energy = super().read_state()
+        return replace(relay, output_state=True), energy
 
 
 class InconsistentLink(FakeLink):
-    """control_state says disconnected but output_state says the relay is still closed."""
+    """Every read: output_state says the relay is closed, whatever control_state says."""
 
-    def read_back(self) -> tuple[RelayReading, EnergyReading | None]:
-        relay, energy = super().read_back()
+    def _with_energy(self) -> tuple[RelayReading, EnergyReading | None]:
+        relay, energy = super()._with_energy()
         return replace(relay, output_state=True), energy
 
 
@@ -133,7 +135,7 @@ class LinkDriver(FakeDriver):
         yield self.link_type(m)
 
 
-@pytest.mark.parametrize(("link", "start"), [(FlipFlopLink, ControlState.DISCONNECTED),
+@pytest.mark.parametrize(("link", "start"), [(InconsistentFirstLink, ControlState.DISCONNECTED),
                                              (InconsistentLink, ControlState.CONNECTED)])
 def test_unconfirmed_read_back_is_never_success(store: Store, link: type[FakeLink],
                                                 start: ControlState) -> None:
@@ -151,16 +153,9 @@ def test_unconfirmed_read_back_is_never_success(store: Store, link: type[FakeLin
     assert len(r.attempts) == 2  # retried: the next answer may be a good one
 
 
-@dataclass
-class _State:
-    output_state: object
-    control_state: object
-    control_mode: object
-
-
 class GarbageSession:
-    def read_disconnect_state(self) -> _State:
-        return _State(True, 7, 2)
+    def read_status(self, *, mode: bool, scaler: bool) -> Status:
+        return Status(True, 7, 2, 0.0, 0, 30, None)
 
 
 def test_out_of_range_control_state_is_invalid_meter_response() -> None:

@@ -228,6 +228,8 @@ def test_campaign_above_threshold_waits_for_approval(
     assert rcd(live, OPERATOR, "campaign", "run", str(path)) == 3
     _, err = capsys.readouterr()
     assert "approval" in err
+    # the time it will take, stated before it starts (six orders on one line)
+    assert "estimate: about" in err and "concentrator conc-west: 6 orders" in err
     batch_id = err.split("batch ")[1].split(":")[0]
     assert rcd(live, APPROVER, "campaign", "approve", batch_id) == 0
     assert "approved" in capsys.readouterr().out

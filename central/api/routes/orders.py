@@ -26,12 +26,14 @@ from central.api.schemas import (
     BatchIn,
     BatchOut,
     CancelIn,
+    EstimateOut,
     ItemOut,
     OrderDetail,
     OrderOut,
 )
 from central.db import sqlite_write_lock
 from central.errors import DispatchError, StorageError
+from central.services import estimate
 from central.services import orders as service
 from central.services.lifecycle import Actor
 from central.services.orders import ItemResult, OrderRequest
@@ -82,6 +84,8 @@ def create_batch(
     """Create many orders; one item per request (accepted, or refused with a code)."""
     outcome = _create(session, body.orders, context, actor)
     dispatched = _dispatch(context) if outcome.accepted else 0
+    accepted = [(item.meter_id, body.orders[item.index].action.value) for item in outcome.items
+                if item.accepted and not item.duplicate]
     # Built directly (no second validation of thousands of items): same shape as BatchOut.
     return JSONResponse(
         {
@@ -90,9 +94,24 @@ def create_batch(
             "accepted": outcome.accepted,
             "refused": outcome.refused,
             "dispatched": dispatched,
+            "estimate": _estimate(session, context, accepted),
             "items": [_item_dict(item) for item in outcome.items],
         }
     )
+
+
+def _estimate(
+    session: Session, context: AppContext, requests: list[tuple[str, str]]
+) -> dict[str, object]:
+    return estimate.estimate_requests(session, context.settings, requests).as_dict()
+
+
+@router.post("/orders/estimate", response_model=EstimateOut)
+def estimate_batch(body: BatchIn, session: SessionDep, context: ContextDep, _: Viewer) -> JSONResponse:
+    """How long this batch would take, from the rate limits and the lines' measured
+    times, before anything is created (``rcd campaign run`` prints it first)."""
+    requests = [(order.meter_id, order.action.value) for order in body.orders]
+    return JSONResponse(_estimate(session, context, requests))
 
 
 @router.post(

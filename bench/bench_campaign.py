@@ -1,0 +1,226 @@
+"""A disconnect campaign through the whole system, every part its own OS process:
+mosquitto (shipped configuration and ACL), the coordinator (``rcd central run``, SQLite),
+one edge agent per line (``python -m edge_agent run``), and the simulator (``rcd sim``)
+with N HDLC lines on ptys under the PLC channel model (20 ms per frame, 9.6 kbit/s), M
+meters per line. One REST batch of N x M disconnects; the time from the request until
+the last order has ended, next to the channel bound: the lines work in parallel and
+each carries one frame at a time, so no campaign can end before its busiest line has
+carried its frames. The bound is computed twice from the simulator's own airtime
+accounting (``/lines``: frames, bytes, channel seconds per line):
+
+* for the exchanges actually made (what the line carried);
+* for the minimum exchange set: per disconnect 7 exchanges, 14 frames, 796 bytes (the
+  sequence ``tests/edge/test_exchange_trace.py`` checks on real bytes), at the line's
+  latency and bit rate.
+
+    .venv/bin/python bench/bench_campaign.py [--lines 20] [--meters 50] [--shipped-limits]
+
+What is switched off, and why: the fleet-wide disconnect rate limit (600/min shipped)
+and the approval threshold are lifted, since the figure is the system's overhead over
+the channel, not the limit (``--shipped-limits`` keeps them and shows the limit as the
+bound, with the coordinator's own estimate printed before the campaign starts). The
+in-flight cap per concentrator stays as shipped (50). Prints the figures and the load
+average: the machine is shared, and every process here competes for its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.broker import MosquittoBroker, free_port  # noqa: E402
+from shared.signing import generate_keypair  # noqa: E402
+from tests.edge.helpers import config_dict, dump_toml  # noqa: E402
+
+LATENCY_S = 0.020
+BIT_RATE = 9600
+MIN_FRAMES = 14  # per disconnect: SNRM, AARQ, HLS pass 3, GET, ACTION, GET, DISC, each way
+MIN_BYTES = 796
+ADMIN = {"Authorization": "Bearer dev-admin"}
+OPERATOR = {"Authorization": "Bearer dev-operator"}
+FINISHED = ("completed_disconnected", "completed_connected", "completed_armed", "failed",
+            "expired", "cancelled")
+
+
+def start_simulator(work: Path, lines: int, meters: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    fleet = work / "fleet.toml"
+    with fleet.open("w") as f:
+        for line in range(lines):
+            f.write(f'[[line]]\nline_id = "L{line:02d}"\nlatency_s = {LATENCY_S}\n'
+                    f"bit_rate = {BIT_RATE}\nseed = {line}\n\n")
+            for n in range(meters):
+                f.write(f'[[meter]]\nmeter_id = "M{line:02d}-{n:03d}"\ntransport = "hdlc"\n'
+                        f'line_id = "L{line:02d}"\nhdlc_address = {17 + n}\n'
+                        'relay = "connected"\ncontrol_mode = 2\n\n')
+    sim = subprocess.Popen([sys.executable, "-m", "shared.cli", "sim", "--fleet", str(fleet),
+                            "--json"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert sim.stdout is not None
+    return sim, json.loads(sim.stdout.readline())
+
+
+def start_coordinator(work: Path, broker: MosquittoBroker, shipped: bool
+                      ) -> tuple[subprocess.Popen[bytes], str, Path, Path]:
+    private, public = generate_keypair()
+    (work / "coordinator.key").write_bytes(private)
+    (work / "coordinator.pub").write_bytes(public)
+    port = free_port()
+    database = work / "central.sqlite3"
+    env = {**os.environ, "RCD_ENVIRONMENT": "test", "RCD_DATABASE_URL": f"sqlite:///{database}",
+           "RCD_MQTT_HOST": broker.host, "RCD_MQTT_PORT": str(broker.port),
+           "RCD_MQTT_PASSWORD": broker.password, "RCD_MQTT_CLIENT_ID": "bench-campaign",
+           "RCD_SIGNING_KEY_PATH": str(work / "coordinator.key"),
+           "RCD_SWEEP_INTERVAL_S": "1", "RCD_SOAP_NOTIFIER_ENABLED": "false"}
+    if not shipped:
+        env |= {"RCD_DISCONNECTS_PER_MINUTE": "10000000", "RCD_APPROVAL_THRESHOLD": "10000000"}
+    server = subprocess.Popen([sys.executable, "-m", "shared.cli", "central", "run", "--port",
+                               str(port), "--log-level", "warning"], env=env, cwd=ROOT)
+    return server, f"http://127.0.0.1:{port}", database, work / "coordinator.pub"
+
+
+def start_agent(work: Path, broker: MosquittoBroker, pub: Path, cid: str, line: str,
+                path: str) -> subprocess.Popen[bytes]:
+    home = work / cid
+    home.mkdir()
+    broker.add_user(cid)
+    conf = config_dict(home, pub, cid, broker_url=broker.url, lines={line: path})
+    conf["lines"][line]["baudrate"] = BIT_RATE
+    conf["agent"].update(status_interval_s=2, log_level="warning")
+    conf["executor"].update(dlms_timeout_s=5.0, idle_poll_s=1.0, counter_block=1000)
+    (home / "edge.toml").write_text(dump_toml(conf))
+    with (home / "agent.log").open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config",
+                                 str(home / "edge.toml")], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=ROOT, env={**os.environ, "MALLOC_ARENA_MAX": "2"})
+
+
+def wait(check: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, sqlite3.Error):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", type=int, default=20)
+    parser.add_argument("--meters", type=int, default=50, help="meters per line")
+    parser.add_argument("--shipped-limits", action="store_true")
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+    load_start = os.getloadavg()
+    procs: list[subprocess.Popen[Any]] = []
+    total = args.lines * args.meters
+    with tempfile.TemporaryDirectory(prefix="rcd-campaign-") as tmp, MosquittoBroker() as broker:
+        work = Path(tmp)
+        try:
+            sim, table = start_simulator(work, args.lines, args.meters)
+            procs.append(sim)
+            paths = {m["line_id"]: m["serial_path"] for m in table["meters"]}
+            server, base, database, pub = start_coordinator(work, broker, args.shipped_limits)
+            procs.append(server)
+            for n, line in enumerate(sorted(paths)):
+                procs.append(start_agent(work, broker, pub, f"DC{n:02d}", line, paths[line]))
+            with httpx.Client(base_url=base, timeout=120) as http:
+                wait(lambda: http.get("/ready").status_code == 200, 60, "the coordinator")
+                csv = "meter_id,concentrator_id,line_id,hdlc_address\n" + "".join(
+                    f"M{line:02d}-{n:03d},DC{line:02d},L{line:02d},{17 + n}\n"
+                    for line in range(args.lines) for n in range(args.meters))
+                http.post("/api/v1/meters/import", content=csv,
+                          headers={**ADMIN, "Content-Type": "text/csv"}).raise_for_status()
+                def tables_in() -> bool:
+                    rows = http.get("/api/v1/concentrators", headers=OPERATOR).json()
+                    return len(rows) == args.lines and all(
+                        c["online"] and c["agent_table_generation"] == c["table_generation"]
+                        for c in rows)
+
+                wait(tables_in, 180, "every agent online with its meter table")
+                before = httpx.get(f"{table['control_url']}/lines").json()
+                body = {"orders": [{"meter_id": f"M{line:02d}-{n:03d}", "action": "disconnect",
+                                    "reason": "losses", "special": True}
+                                   for n in range(args.meters) for line in range(args.lines)]}
+                planned = http.post("/api/v1/orders/estimate", json=body, headers=OPERATOR).json()
+                print(f"coordinator's estimate before the start: {planned['text']}", flush=True)
+                started = time.perf_counter()
+                answer = http.post("/api/v1/orders/batch", json=body, headers=OPERATOR)
+                answer.raise_for_status()
+                if answer.json()["refused"]:
+                    raise SystemExit(f"refused: {answer.text[:300]}")
+
+                def finished() -> bool:
+                    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+                        marks = ",".join("?" * len(FINISHED))
+                        done = db.execute(f"SELECT count(*) FROM orders WHERE state IN ({marks})",
+                                          FINISHED).fetchone()[0]
+                    return bool(done >= total)
+
+                wait(finished, args.timeout, "every order to end")
+                elapsed = time.perf_counter() - started
+                after = httpx.get(f"{table['control_url']}/lines").json()
+                with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+                    outcomes = dict(db.execute("SELECT state, count(*) FROM orders GROUP BY state"))
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+    report(args, elapsed, before, after, outcomes, load_start)
+    return 0
+
+
+def report(args: argparse.Namespace, elapsed: float, before: dict[str, Any],
+           after: dict[str, Any], outcomes: dict[str, int], load_start: tuple[float, ...]) -> None:
+    lines = sorted(after)
+    made = {ln: after[ln]["channel_time_s"] - before[ln]["channel_time_s"] for ln in lines}
+    frames = sum(after[ln]["frames"] - before[ln]["frames"] for ln in lines)
+    size = sum(after[ln]["bytes"] - before[ln]["bytes"] for ln in lines)
+    minimum_order = MIN_FRAMES * LATENCY_S + 8 * MIN_BYTES / BIT_RATE
+    minimum = args.meters * minimum_order  # every line carries M disconnects
+    bound = max(made.values())
+    total = args.lines * args.meters
+    print(f"\n{args.lines} lines x {args.meters} meters = {total} disconnects, PLC model "
+          f"{LATENCY_S * 1000:.0f} ms/frame + {BIT_RATE} bit/s; "
+          f"{'shipped limits' if args.shipped_limits else 'disconnect rate limit lifted'}")
+    print(f"outcomes: {outcomes}")
+    print(f"campaign time (request to last order ended)  {elapsed:8.1f} s")
+    print(f"channel bound, exchanges made (busiest line)  {bound:8.1f} s   "
+          f"ratio {elapsed / bound:.3f}   ({frames / total:.1f} frames, {size / total:.0f} B "
+          "per order)")
+    print(f"channel bound, minimum exchange set          {minimum:8.1f} s   "
+          f"ratio {elapsed / minimum:.3f}   ({MIN_FRAMES} frames, {MIN_BYTES} B per order, "
+          f"{minimum_order:.3f} s)")
+    print(f"goal <= 1.05 x the minimum-exchange bound: "
+          f"{'met' if elapsed <= 1.05 * minimum else 'NOT met'}")
+    print(f"load average {load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at the end "
+          f"({os.cpu_count()} cores, shared with other work)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
