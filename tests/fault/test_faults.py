@@ -174,6 +174,9 @@ def test_broker_frozen_past_a_deadline(system: System, run: Run) -> None:
     finish(run)
 
 
+CAPTURE_ACCOUNT = "rcd-central-9"
+
+
 class Capture:
     """A client with the coordinator's broker credentials: reads one agent's command
     topic and publishes on it (what an attacker holding those credentials can do)."""
@@ -181,11 +184,13 @@ class Capture:
     def __init__(self, system: System, concentrator: str) -> None:
         self.topic = f"rcd/v1/c/{concentrator}/cmd"
         self.seen: list[bytes] = []
+        # a coordinator replica's account of its own: the broker makes the account the
+        # client id, so borrowing the running coordinator's would log it out
+        system.broker.add_coordinator(CAPTURE_ACCOUNT, system.mqtt_password)
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id="fault-capture",
-            protocol=mqtt.MQTTv5,
+            mqtt.CallbackAPIVersion.VERSION2, client_id=CAPTURE_ACCOUNT, protocol=mqtt.MQTTv5
         )
-        self.client.username_pw_set("coordinator", system.mqtt_password)
+        self.client.username_pw_set(CAPTURE_ACCOUNT, system.mqtt_password)
         self.client.on_message = lambda _c, _u, msg: self.seen.append(bytes(msg.payload))
         self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
         self.client.connect("127.0.0.1", system.broker.port)
