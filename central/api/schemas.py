@@ -32,6 +32,10 @@ class OrderOut(ORM):
     special: bool
     priority: int
     state: str
+    # how it ended (connected, disconnected, armed, failed, expired, cancelled, rejected),
+    # kept once the state is reported; None while it runs. final_state: the state it ended in.
+    outcome: str | None
+    final_state: str | None
     created_by: str
     created_at: datetime
     updated_at: datetime
@@ -118,6 +122,13 @@ class MeterOut(ORM):
     relay_state: str
     relay_state_at: datetime | None
     energy_kwh: float | None
+    service_address: str | None
+    comuna: str | None
+    region: str | None
+    latitude: float | None
+    longitude: float | None
+    customer_ref: str | None
+    access_notes: str | None
 
 
 class ImportOut(BaseModel):
@@ -164,6 +175,13 @@ class WorkOrderOut(ORM):
     closed_by: str | None
     technician_outcome: str | None
     notes: str | None
+    service_address: str | None
+    comuna: str | None
+    region: str | None
+    latitude: float | None
+    longitude: float | None
+    customer_ref: str | None
+    access_notes: str | None
 
 
 class CloseIn(BaseModel):

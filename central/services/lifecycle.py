@@ -12,6 +12,20 @@ from central.models import LegacyNotification, Meter, Order, OrderEvent, WorkOrd
 from central.state import FINAL_STATES, STEP_OF, WORK_ORDER_STATES, Event, OrderState, transition
 
 ROLES = ("viewer", "operator", "approver", "admin")
+# What a field crew needs, copied from the meter onto its work order when it is created.
+FIELD_DETAILS = (
+    "service_address",
+    "comuna",
+    "region",
+    "latitude",
+    "longitude",
+    "customer_ref",
+    "access_notes",
+)
+
+
+def field_details(meter: Meter | None) -> dict[str, object]:
+    return {name: getattr(meter, name) if meter else None for name in FIELD_DETAILS}
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,7 @@ def advance(
             max(0.0, (now - previous).total_seconds())
         )
     if after in FINAL_STATES:
+        order.final_state = after.value  # kept when the order becomes reported
         order.finished_at = order.finished_at or now
         on_order_finished(session, order, actor, now)
     return after
@@ -169,6 +184,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
             detail=order.result_detail or "",
             last_relay_state=meter.relay_state if meter else "unknown",
             created_at=now,
+            **field_details(meter),
         )
         session.add(work_order)
         session.flush()

@@ -16,9 +16,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 from sqlalchemy import Table, func, select, text
 from sqlalchemy.orm import Session, selectinload
 
@@ -26,11 +26,12 @@ from central import bulk
 from central.db import stale_to_conflict, where_given
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
-from central.services import validation
+from central.services import lookup, validation
 from central.services.lifecycle import Actor, advance, note, on_order_finished, utcnow
 from central.settings import Settings
 from central.state import (
     ACTIVE_STATES,
+    FINAL_STATE_OF,
     FINAL_STATES,
     IN_FLIGHT_STATES,
     STEP_OF,
@@ -62,7 +63,9 @@ _CHUNK = 500
 class OrderRequest(BaseModel):
     """One order as a caller asks for it (REST body item, or mapped from CIM)."""
 
-    meter_id: str = Field(min_length=1, max_length=64)
+    meter_id: Annotated[  # spaces around an id are never part of it (registry rule)
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)
+    ]
     action: Action
     reason: OrderReason
     special: bool = False  # allowed outside Chilean working days
@@ -212,6 +215,7 @@ class _Writer:
         order.state = after
         self.event(order, event.value, actor, detail, STEP_OF[event], before, after)
         if after in _FINAL:
+            order.row["final_state"] = after
             order.row["finished_at"] = self.now
             self.notifications.append(
                 {"order_id": order.id, "final_state": after, "created_at": self.now}
@@ -225,6 +229,7 @@ class _Writer:
             row["refusal_code"] = pending.refusal_code
             row["refusal_detail"] = pending.refusal_detail
             row["needs_approval"] = pending.needs_approval
+            row.setdefault("final_state", None)
             rows.append(row)
         for start in range(0, len(rows), 2000):
             bulk.insert_rows(session, cast(Table, Order.__table__), rows[start : start + 2000])
@@ -347,6 +352,8 @@ def create_orders(
             settings,
             now,
         )
+        if refusal is not None and refusal.code is validation.RefusalCode.UNKNOWN_METER:
+            refusal = _with_suggestion(session, refusal, request.meter_id)
         if (
             refusal is None
             and request.not_before is not None
@@ -493,6 +500,15 @@ def create_orders(
 _APPROVAL_LOCK_KEY = 0x52434401
 
 
+def _with_suggestion(
+    session: Session, refusal: validation.Refusal, meter_id: str
+) -> validation.Refusal:
+    similar = lookup.similar_meter(session, meter_id)
+    if similar is None:
+        return refusal
+    return validation.Refusal(refusal.code, f"{refusal.message}; did you mean {similar}?")
+
+
 def _recent_unapproved_disconnects(session: Session, settings: Settings, now: datetime) -> int:
     """Disconnects accepted without a second person's approval, fleet-wide, in the last
     ``approval_window_s``: a mass disconnect split into many small batches (or single
@@ -564,6 +580,7 @@ def list_orders(
     session: Session,
     *,
     state: str | None = None,
+    outcome: str | None = None,
     meter_id: str | None = None,
     concentrator_id: str | None = None,
     action: str | None = None,
@@ -573,9 +590,17 @@ def list_orders(
     limit: int = 100,
     offset: int = 0,
 ) -> list[Order]:
+    """Newest first. ``state`` of a final state also finds the orders that ended in it
+    and were then reported to Legacy; ``outcome`` (connected, ..., rejected) likewise."""
+    query = select(Order)
+    if state and state in _FINAL:
+        query = query.where((Order.state == state) | (Order.final_state == state))
+    elif state:
+        query = query.where(Order.state == state)
+    if outcome:
+        query = query.where(Order.final_state == FINAL_STATE_OF[outcome].value)
     query = where_given(
-        select(Order),
-        (Order.state, state),
+        query,
         (Order.meter_id, meter_id),
         (Order.concentrator_id, concentrator_id),
         (Order.action, action),
