@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from central.services.orders import OrderRequest
+from central.timeline import label_of
 
 
 class ORM(BaseModel):
@@ -21,6 +22,12 @@ class EventOut(ORM):
     from_state: str | None
     to_state: str | None
     detail: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def label(self) -> str:
+        """What the line holds (central/timeline.py), the same words everywhere."""
+        return label_of(self.event)
 
 
 class OrderOut(ORM):
@@ -64,6 +71,8 @@ class OrderOut(ORM):
 
 
 class OrderDetail(OrderOut):
+    # In the order the coordinator recorded them, which is the order they happened in:
+    # agent events carry the agent's clock, so sorting by time would mix two clocks.
     events: list[EventOut]
 
 

@@ -134,7 +134,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
             session,
             order,
             "no_work_order",
-            actor,
+            SYSTEM,
             "ended without the required approval",
             step=10,
             at=now,
@@ -149,7 +149,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
                 session,
                 order,
                 "no_work_order",
-                actor,
+                SYSTEM,
                 "meter supplies a registered electro-dependent patient (Ley 21.304): "
                 "no field work order to disconnect",
                 step=10,
@@ -166,7 +166,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
                 session,
                 order,
                 "no_work_order",
-                actor,
+                SYSTEM,
                 f"{order.action} was {why} while in flight: no field work order to finish "
                 f"it; the relay state is uncertain (last known: "
                 f"{meter.relay_state if meter else 'unknown'})",
@@ -192,7 +192,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
             session,
             order,
             "work_order_created",
-            actor,
+            SYSTEM,
             f"field work order {work_order.id}: {reason}",
             step=10,
             at=now,
