@@ -40,6 +40,7 @@ from typing import Any, Literal, TextIO
 
 import httpx
 
+from ops.demo_console import serving_lines, write_profile
 from ops.legacy import LegacyStandIn
 from ops.serving import ThreadedServer
 
@@ -711,11 +712,18 @@ def run_demo(
             demo.say("")
             good = sum(row.ok for row in rows)
             demo.say(f"{good} of {len(rows)} scenarios as expected in {report.elapsed_s:.1f}s")
-            demo.say(f"dashboard   {report.dashboard_url}  (viewer token {demo.tokens['viewer']})")
             if serve:
-                demo.say("serving     until Ctrl-C")
+                url = running.server.url
+                tokens = {str(role): token for role, token in demo.tokens.items()}
+                profile = write_profile(directory, url, tokens)
+                for line in serving_lines(url, tokens, profile):
+                    demo.say(line)
                 (stop_event or threading.Event()).wait()
+            else:  # everything stops now: no link to a server that is gone
+                demo.say("dashboard   stops with the demo; `rcd demo --serve` keeps it running")
             return report
     finally:
-        if own_dir and not serve:
+        if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
+            if serve:
+                demo.say(f"stopped     everything; removed {directory}")

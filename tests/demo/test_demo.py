@@ -53,6 +53,9 @@ def test_demo_ends_every_scenario_as_expected_and_leaves_nothing_running(
     assert by_meter["DC01-M05"].work_order.startswith("WO-")
     assert "16 of 16 scenarios as expected" in text
     assert report.ok
+    # Issue 15 item 3: everything stops at the end, so no link to a server that is gone.
+    after = text.split("scenarios as expected", 1)[1]
+    assert "http://" not in after and "--serve" in after
 
     # Nothing it started is left: no broker process, no threads.
     assert child_processes() <= before_children
