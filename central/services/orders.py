@@ -609,7 +609,9 @@ def list_orders(
     )
     if since:
         query = query.where(Order.created_at >= since)
-    query = query.order_by(Order.created_at.desc(), Order.id).limit(min(limit, 1000)).offset(offset)
+    # Orders created together (a batch) come by meter, not by their random ids.
+    query = query.order_by(Order.created_at.desc(), Order.meter_id, Order.id)
+    query = query.limit(min(limit, 1000)).offset(offset)
     return list(session.scalars(query))
 
 
