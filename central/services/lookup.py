@@ -29,24 +29,35 @@ def choice(name: str, value: str | None, valid: Iterable[str]) -> str | None:
     return value
 
 
+def order_id_of(session: Session, text: str) -> str:
+    """The id of the order whose id is ``text``, or of the only one whose id starts
+    with it. Reads ids only: no order is loaded into the session, so a caller that then
+    changes the order reads it afresh (its compare-and-set on the state stays tight)."""
+    if session.scalar(select(Order.id).where(Order.id == text)) is not None:
+        return text
+    prefix = text.strip().lower()
+    if len(prefix) < MIN_PREFIX or not _HEX.fullmatch(prefix):
+        raise NotFound(f"order {text} does not exist")
+    found = list(session.scalars(select(Order.id).where(Order.id.startswith(prefix)).limit(6)))
+    if not found:
+        raise NotFound(f"no order id starts with {prefix}")
+    if len(found) > 1:
+        raise Conflict(
+            f"{prefix} is the start of several order ids ({', '.join(found[:5])}): "
+            "give more of it"
+        )
+    return found[0]
+
+
 def find_order(session: Session, text: str, *, with_events: bool = True) -> Order:
     """The order whose id is ``text``, or the only one whose id starts with it."""
     query = select(Order)
     if with_events:
         query = query.options(selectinload(Order.events))
-    order = session.scalars(query.where(Order.id == text)).first()
-    if order is not None:
-        return order
-    prefix = text.strip().lower()
-    if len(prefix) < MIN_PREFIX or not _HEX.fullmatch(prefix):
+    order = session.scalars(query.where(Order.id == order_id_of(session, text))).first()
+    if order is None:
         raise NotFound(f"order {text} does not exist")
-    found = list(session.scalars(query.where(Order.id.startswith(prefix)).limit(6)))
-    if not found:
-        raise NotFound(f"no order id starts with {prefix}")
-    if len(found) > 1:
-        shown = ", ".join(o.id for o in found[:5])
-        raise Conflict(f"{prefix} is the start of several order ids ({shown}): give more of it")
-    return found[0]
+    return order
 
 
 def meter_key(meter_id: str) -> str:

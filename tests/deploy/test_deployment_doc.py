@@ -291,6 +291,11 @@ def machine() -> Iterator[Machine]:
             pytest.skip(f"{tool} is not installed")
     if not Path("/usr/bin/python3").exists():
         pytest.skip("no /usr/bin/python3 for the service venv")
+    system = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
+                            capture_output=True, text=True).stdout.strip()
+    if system != str(sys.version_info[:2]):
+        pytest.skip(f"/usr/bin/python3 is {system}, the test's packages are for "
+                    f"{sys.version_info[:2]}: they cannot be linked into the service venv")
     try:
         _psql("SELECT 1")
     except (AssertionError, OSError):

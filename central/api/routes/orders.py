@@ -162,7 +162,7 @@ def cancel_order(
     actor: Operator,
     body: CancelIn | None = None,
 ) -> OrderOut:
-    order_id = lookup.find_order(session, order_id, with_events=False).id
+    order_id = lookup.order_id_of(session, order_id)
     order = service.cancel_order(session, order_id, actor, detail=body.detail if body else "")
     session.commit()
     context.coordinator.kick()
