@@ -34,7 +34,7 @@ class DemoFormatter(logging.Formatter):
 
     def __init__(self, scenarios: Iterable[ScenarioLike]) -> None:
         super().__init__()
-        self.expected = {s.meter_id: s for s in scenarios if s.expect in ("failed", "refused")}
+        self.expected = {s.meter_id: s for s in scenarios if s.expect in ("failed", "rejected")}
 
     def format(self, record: logging.LogRecord) -> str:
         fields: Mapping[str, Any] = getattr(record, "fields", {}) or {}

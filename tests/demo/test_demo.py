@@ -45,7 +45,7 @@ def test_demo_ends_every_scenario_as_expected_and_leaves_nothing_running(
     for scenario in SCENARIOS:
         row = by_meter[scenario.meter_id]
         assert row.outcome == scenario.expect, (scenario, row, text)
-        if scenario.reason and scenario.expect != "refused":
+        if scenario.reason and scenario.expect != "rejected":
             assert row.reason == scenario.reason, (scenario, row)
         assert row.ok, (row.problems, text)
     assert by_meter["DC02-M04"].legacy_event == "3.31.0.11"  # armed, not connected
