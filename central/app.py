@@ -74,7 +74,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        coordinator.start()
+        # ``rcd central run`` starts it before serving, so that a refused login is one
+        # line and exit 2 (no restart loop) instead of uvicorn's traceback and exit 3.
+        if not getattr(app.state, "coordinator_started", False):
+            coordinator.start()
         try:
             yield
         finally:

@@ -17,7 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # configuration error: the units' RestartPreventExitStatus, no restart loop
+EXIT_UNAVAILABLE = 1  # something it needs is down (broker, database): systemd restarts it
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
     from central.errors import ConfigurationError
     from central.settings import Settings
 
@@ -50,6 +53,12 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         if args.env_file is not None:
             return Settings(_env_file=args.env_file)  # type: ignore[call-arg]
         return Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            name = "RCD_" + "_".join(str(p) for p in error.get("loc", ())).upper()
+            message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+            print(f"configuration error: {name}: {message}", file=sys.stderr)
+        return None
     except (ConfigurationError, ValueError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return None
@@ -59,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from central.app import create_app
-    from central.errors import CentralError
+    from central.errors import BrokerRefused, CentralError
 
     settings = _settings(args)
     if settings is None:
@@ -72,6 +81,18 @@ def _run(args: argparse.Namespace) -> int:
     except CentralError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    coordinator = app.state.context.coordinator
+    try:
+        coordinator.start()
+    except BrokerRefused as exc:
+        # Credentials or certificate: retrying cannot help. Exit 2 is the units'
+        # RestartPreventExitStatus; a broker that is down (DispatchError) exits 1.
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CentralError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    app.state.coordinator_started = True
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -4,6 +4,7 @@ The tree::
 
     CentralError                      anything raised by the coordinator
     ├── ConfigurationError            settings refused (e.g. default secret in production)
+    │   └── BrokerRefused             the broker refused our credentials or certificate
     ├── NotFound                      an order, meter, concentrator or work order id unknown
     ├── Conflict                      request clashes with current data (duplicate id, ...)
     │   └── InvalidTransition         "event X in state Y" refused by central.state
@@ -24,6 +25,11 @@ class CentralError(Exception):
 
 class ConfigurationError(CentralError, ValueError):
     """Settings that must not be used (ValueError so pydantic reports it)."""
+
+
+class BrokerRefused(ConfigurationError):
+    """The MQTT broker refused the coordinator's user name, password or certificate, or
+    its TLS certificate failed: retrying cannot help, someone must fix the settings."""
 
 
 class NotFound(CentralError):

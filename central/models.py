@@ -25,6 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from central.state import outcome_of
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -93,6 +95,14 @@ class Meter(Base):
     relay_state: Mapped[str] = mapped_column(String(16), default="unknown")
     relay_state_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     energy_kwh: Mapped[float | None] = mapped_column(Float)
+    # where a field crew goes (service address, GPS when known, who the customer is)
+    service_address: Mapped[str | None] = mapped_column(String(300))
+    comuna: Mapped[str | None] = mapped_column(String(100))
+    region: Mapped[str | None] = mapped_column(String(100))
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    customer_ref: Mapped[str | None] = mapped_column(String(100))  # customer/supply number
+    access_notes: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
@@ -126,6 +136,9 @@ class Order(Base):
     special: Mapped[bool] = mapped_column(Boolean, default=False)  # allowed outside working days
     priority: Mapped[int] = mapped_column(Integer, default=5)
     state: Mapped[str] = mapped_column(String(32))  # see ix_orders_state_conc
+    # The final state the order reached (kept when it then becomes ``reported``): its
+    # outcome. None while it runs.
+    final_state: Mapped[str | None] = mapped_column(String(32), index=True)
     created_by: Mapped[str] = mapped_column(String(100))
     # indexed with not_before: the approval window counts disconnects by switching time
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
@@ -179,6 +192,11 @@ class Order(Base):
     # callers map it to ``central.errors.Conflict`` (see ``central.db.stale_to_conflict``).
     __mapper_args__ = {"version_id_col": state, "version_id_generator": False}
 
+    @property
+    def outcome(self) -> str | None:
+        """How it ended (connected ... rejected), also once reported; None while it runs."""
+        return outcome_of(self.final_state)
+
 
 class OrderEvent(Base):
     """One line of an order's timeline: what happened, when, in which step, by whom."""
@@ -217,6 +235,14 @@ class WorkOrder(Base):
     closed_by: Mapped[str | None] = mapped_column(String(100))
     technician_outcome: Mapped[str | None] = mapped_column(String(40))
     notes: Mapped[str | None] = mapped_column(Text)
+    # copied from the meter when the work order is created: where the crew goes
+    service_address: Mapped[str | None] = mapped_column(String(300))
+    comuna: Mapped[str | None] = mapped_column(String(100))
+    region: Mapped[str | None] = mapped_column(String(100))
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    customer_ref: Mapped[str | None] = mapped_column(String(100))
+    access_notes: Mapped[str | None] = mapped_column(Text)
 
     order: Mapped[Order] = relationship(lazy="raise_on_sql")
 

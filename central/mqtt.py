@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from central.errors import DispatchError
+from central.errors import BrokerRefused, DispatchError
 from central.services.dispatch import Outgoing
 from central.settings import Settings
 from shared import topics
@@ -69,6 +69,8 @@ class MqttLink:
             manual_ack=True,
         )
         self._client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+        self._refused: str | None = None  # the broker's CONNACK reason, when it refused us
+        self._connected_once = False
         self._set_tls(settings)
         # The in-flight window must not exceed the broker's Receive Maximum (checked in
         # ``_handle_connect``; mosquitto sends its max_inflight_messages, 100 as shipped).
@@ -87,7 +89,7 @@ class MqttLink:
         if settings.mqtt_tls_ca is None and settings.mqtt_tls_cert is None:
             return
         if (settings.mqtt_tls_cert is None) != (settings.mqtt_tls_key is None):
-            raise DispatchError("RCD_MQTT_TLS_CERT and RCD_MQTT_TLS_KEY go together")
+            raise BrokerRefused("RCD_MQTT_TLS_CERT and RCD_MQTT_TLS_KEY go together")
         try:
             self._client.tls_set(
                 ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
@@ -96,7 +98,7 @@ class MqttLink:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise DispatchError(f"MQTT TLS settings: {exc}") from exc
+            raise BrokerRefused(f"MQTT TLS settings: {exc}") from exc
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MqttLink:
@@ -115,15 +117,32 @@ class MqttLink:
                 self._client.connect(
                     self._settings.mqtt_host, self._settings.mqtt_port, keepalive=30
                 )
+        except ssl.SSLError as exc:
+            raise BrokerRefused(
+                f"TLS with MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port} "
+                f"failed (RCD_MQTT_TLS_CA?): {exc.reason or exc}"
+            ) from exc
         except (OSError, ValueError) as exc:
             raise DispatchError(
                 f"cannot reach MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port}: {exc}"
             ) from exc
         self._client.loop_start()
         self._started = True
-        if not self._connected.wait(timeout):
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.05) and self._refused is None:
+            if time.monotonic() > deadline:
+                self.close()
+                raise DispatchError(
+                    f"MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port} did "
+                    f"not answer within {timeout:.0f}s"
+                )
+        if self._refused is not None:
             self.close()
-            raise DispatchError("MQTT broker did not accept the connection (credentials?)")
+            raise BrokerRefused(
+                f"MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port} refused "
+                f"user {self._settings.mqtt_username!r}: {self._refused} "
+                "(check RCD_MQTT_USERNAME, RCD_MQTT_PASSWORD and the broker's password file)"
+            )
         return self
 
     def close(self) -> None:
@@ -149,7 +168,10 @@ class MqttLink:
         props: object,
     ) -> None:
         if reason.is_failure:
-            log.error("MQTT connection refused: %s", reason)
+            # At start-up the caller says it in one line (BrokerRefused); later, log it.
+            if self._connected_once:
+                log.error("MQTT connection refused: %s", reason)
+            self._refused = str(reason)
             return
         allowed = getattr(props, "ReceiveMaximum", None) if self._v5 else None
         if isinstance(allowed, int) and allowed < self._settings.mqtt_inflight_window:
@@ -170,6 +192,8 @@ class MqttLink:
             subscriptions.append((topics.ALL_STATUS, 1))
         if subscriptions:
             client.subscribe(subscriptions)
+        self._refused = None
+        self._connected_once = True
         self._connected.set()
 
     def _handle_disconnect(
@@ -181,7 +205,7 @@ class MqttLink:
         _props: object,
     ) -> None:
         self._connected.clear()
-        if reason.is_failure:
+        if reason.is_failure and self._connected_once:  # a refused start-up says it itself
             log.warning("MQTT disconnected: %s (paho reconnects)", reason)
 
     def _handle_message(

@@ -121,6 +121,29 @@ TRANSITIONS: Final[dict[tuple[OrderState, Event], OrderState]] = {
 # or failed for lack of one); from ``reported`` the caller checks what it was reported as.
 CORRECTABLE_STATES: Final = frozenset({S.EXPIRED, S.FAILED})
 
+# An ended order's outcome, from its final state. ``state`` and outcome are two fields:
+# once Legacy is told, the state is ``reported`` and the outcome stays (``final_state``).
+OUTCOME_OF: Final[dict[OrderState, str]] = {
+    S.COMPLETED_CONNECTED: "connected",
+    S.COMPLETED_DISCONNECTED: "disconnected",
+    S.COMPLETED_ARMED: "armed",
+    S.FAILED: "failed",
+    S.EXPIRED: "expired",
+    S.CANCELLED: "cancelled",
+    S.REJECTED: "rejected",
+}
+FINAL_STATE_OF: Final[dict[str, OrderState]] = {v: k for k, v in OUTCOME_OF.items()}
+OUTCOMES: Final[tuple[str, ...]] = tuple(OUTCOME_OF.values())
+
+
+def outcome_of(final_state: str | None) -> str | None:
+    """``connected`` ... ``rejected`` for an ended order, None while it runs."""
+    if final_state is None:
+        return None
+    known = _STATE_OF.get(final_state)
+    return OUTCOME_OF.get(known) if known is not None else None
+
+
 # The step of the brief (Table 2) each event belongs to.
 STEP_OF: Final[dict[Event, int]] = {
     E.VALIDATE: 3,

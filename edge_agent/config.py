@@ -251,6 +251,13 @@ def _build(data: Mapping[str, Any], from_env: Mapping[str, str]) -> EdgeConfig:
 def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> EdgeConfig:
     merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     from_env = _apply_env(merged, os.environ if environ is None else environ)
+    broker = merged.get("broker")
+    if isinstance(broker, dict):
+        # An empty file setting means "not set" (ca_file = "": the system's CA store),
+        # not the current directory.
+        for name in ("password_file", "ca_file", "cert_file", "key_file"):
+            if broker.get(name) == "":
+                del broker[name]
     config = _build(merged, from_env)
     _check_files(config)
     return config

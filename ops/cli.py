@@ -31,13 +31,33 @@ SUCCESS_OUTCOMES: Final = frozenset({"connected", "disconnected", "armed"})
 # What an operator means by "connect" is what the API calls an action.
 ACTIONS: Final = ("disconnect", "connect", "arm")
 REASONS: Final = ("non_payment", "payment_restored", "losses", "customer_request")
+STATES: Final = (
+    "received",
+    "validated",
+    "dispatched",
+    "delivered",
+    "completed_connected",
+    "completed_disconnected",
+    "completed_armed",
+    "failed",
+    "expired",
+    "cancelled",
+    "rejected",
+    "reported",
+)
+OUTCOMES: Final = ("connected", "disconnected", "armed", "failed", "expired", "cancelled", "rejected")
 BATCH_CHUNK: Final = 500
+DEFAULT_WAIT_S: Final = 120.0
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 class UsageError(Exception):
-    """Bad input the user can fix (CSV columns, files)."""
+    """Bad input the user can fix (CSV columns, files); one line per problem."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
 
 
 # ------------------------------------------------------------------ registration
@@ -74,20 +94,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p.add_argument(
             "--wait",
             type=float,
+            nargs="?",
+            const=DEFAULT_WAIT_S,
             default=0.0,
             metavar="SECONDS",
-            help="wait up to SECONDS for the order to end, then show its timeline",
+            help="wait for the order to end (up to SECONDS, default "
+            f"{DEFAULT_WAIT_S:.0f}), then show its timeline",
         )
         p.set_defaults(handler=_guard(_order_create), action=action)
     show = order_sub.add_parser("show", parents=[common], help="an order and its timeline")
-    show.add_argument("order_id")
+    show.add_argument("order_id", help="the id, or its first characters (at least 4)")
     show.set_defaults(handler=_guard(_order_show))
     cancel = order_sub.add_parser("cancel", parents=[common], help="cancel an order")
     cancel.add_argument("order_id")
     cancel.add_argument("--detail", default="", help="why (kept in the timeline)")
     cancel.set_defaults(handler=_guard(_order_cancel))
     lst = order_sub.add_parser("list", parents=[common], help="the newest orders")
-    lst.add_argument("--state", default=None)
+    lst.add_argument(
+        "--state", choices=STATES, default=None, help="also finds reported orders that ended so"
+    )
+    lst.add_argument("--outcome", choices=OUTCOMES, default=None, help="how the order ended")
     lst.add_argument("--meter", default=None)
     lst.add_argument("--limit", type=int, default=50)
     lst.set_defaults(handler=_guard(_order_list))
@@ -115,29 +141,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     approve.add_argument("batch_id")
     approve.set_defaults(handler=_guard(_campaign_approve))
 
-    meters = subparsers.add_parser("meters", help="the meter registry")
-    meters_sub = meters.add_subparsers(dest="meters_command", metavar="ACTION")
-    meters_sub.required = True
-    imp = meters_sub.add_parser("import", parents=[common], help="import meters from a CSV file")
-    imp.add_argument("file", type=Path)
-    imp.set_defaults(handler=_guard(_meters_import))
+    from ops import cli_fleet  # meters and work orders; it builds on this module
 
-    workorders = subparsers.add_parser("workorders", help="field work orders (step 10)")
-    wo_sub = workorders.add_subparsers(dest="workorders_command", metavar="ACTION")
-    wo_sub.required = True
-    exp = wo_sub.add_parser("export", parents=[common], help="export work orders as CSV")
-    exp.add_argument("--out", type=Path, default=None, help="file to write (default stdout)")
-    exp.add_argument("--status", default=None, help="open or closed (default all)")
-    exp.set_defaults(handler=_guard(_workorders_export))
+    cli_fleet.register(subparsers, common)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Only the ops commands (``python -m ops.cli``); ``rcd`` is the usual way in."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rcd", description="ami-rcd operations over the REST API")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     register(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed arguments of an ops command line (without running it)."""
+    return _parser().parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Only the ops commands (``python -m ops.cli``); ``rcd`` is the usual way in."""
+    args = _parser().parse_args(argv)
     handler: Handler = args.handler
     return handler(args)
 
@@ -152,7 +176,8 @@ def _guard(handler: Handler) -> Handler:
             print(exc.one_line(), file=sys.stderr)
             return EXIT_API
         except UsageError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            for line in exc.lines:
+                print(f"error: {line}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -167,20 +192,6 @@ def _client(args: argparse.Namespace) -> RcdClient:
 
 
 # ------------------------------------------------------------------ orders
-STEP_TITLES: Final = {
-    1: "order received",
-    2: "routed to head-end",
-    3: "meter validated",
-    4: "sent to concentrator",
-    5: "executed on meter",
-    6: "meter answers",
-    7: "result / retries",
-    8: "result collected",
-    9: "reported to Legacy",
-    10: "field work order",
-}
-
-
 def outcome_of(order: dict[str, Any]) -> str:
     """connected / disconnected / armed / failed / expired / cancelled / rejected, or ''."""
     if order.get("outcome"):
@@ -243,10 +254,15 @@ def _order_create(args: argparse.Namespace) -> int:
         print(f"order {order_id} {state}{note}")
         if order.get("needs_approval"):
             print("waiting for a second person's approval", file=sys.stderr)
-        if args.wait > 0 and order_id:
+        if args.wait and args.wait > 0 and order_id:
             final = _wait_for(client, order_id, args.wait)
             _print_order(final)
             if is_active(final):
+                print(
+                    f"order {order_id} is still running (state {final.get('state')}) after "
+                    f"{args.wait:.0f}s; it goes on: follow it with rcd order show {order_id}",
+                    file=sys.stderr,
+                )
                 return EXIT_INCOMPLETE
             return EXIT_OK if outcome_of(final) in SUCCESS_OUTCOMES else EXIT_FAILURES
     return EXIT_OK
@@ -294,7 +310,8 @@ def _print_order(order: dict[str, Any]) -> None:
         ("action", order.get("action")),
         ("reason", order.get("reason")),
         ("state", order.get("state")),
-        ("outcome", " · ".join(x for x in (outcome_of(order), reason_of(order)) if x) or "-"),
+        ("outcome", outcome_of(order) or "- (running)"),
+        ("reason code", reason_of(order)),
         ("detail", order.get("refusal_detail") or order.get("result_detail")),
         ("attempts", order.get("attempts")),
         (
@@ -316,21 +333,21 @@ def _print_order(order: dict[str, Any]) -> None:
     rows = []
     for ev in events:
         step = ev.get("step")
-        title = STEP_TITLES.get(step, "") if isinstance(step, int) else ""
+        title = ev.get("label") or ev.get("event") or ""
         move = ""
         if ev.get("from_state") or ev.get("to_state"):
             move = f"{ev.get('from_state') or '-'} -> {ev.get('to_state') or ''}"
         rows.append(
             (
                 _short_time(ev.get("at")),
-                f"{step} {title}".strip() if step is not None else "",
-                ev.get("event"),
+                step,
+                title,
                 move,
                 ev.get("actor"),
                 ev.get("detail"),
             )
         )
-    print(table(("time (UTC)", "step", "event", "state", "actor", "detail"), rows))
+    print(table(("time (UTC)", "step", "what", "state", "actor", "detail"), rows))
 
 
 def _order_show(args: argparse.Namespace) -> int:
@@ -345,10 +362,11 @@ def _order_cancel(args: argparse.Namespace) -> int:
         answer = client.json("POST", f"orders/{args.order_id}/cancel", json=body)
         order = _order_from_answer(answer) if answer else _get_order(client, args.order_id)
     state = order.get("state")
+    order_id = order.get("id") or args.order_id
     if state == "cancelled":
-        print(f"order {args.order_id} cancelled")
+        print(f"order {order_id} cancelled")
     else:
-        print(f"order {args.order_id} {state}: cancel sent to the concentrator; the result ends it")
+        print(f"order {order_id} {state}: cancel sent to the concentrator; the result ends it")
     return EXIT_OK
 
 
@@ -356,6 +374,8 @@ def _order_list(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.state:
         params["state"] = args.state
+    if args.outcome:
+        params["outcome"] = args.outcome
     if args.meter:
         params["meter_id"] = args.meter
     with _client(args) as client:
@@ -391,7 +411,8 @@ _TRUE: Final = frozenset({"1", "true", "yes", "y", "si", "sí", "x"})
 
 
 def read_campaign(path: Path) -> list[dict[str, Any]]:
-    """Rows of a campaign CSV as order requests; raises UsageError naming the bad line."""
+    """Rows of a campaign CSV as order requests; raises UsageError with one line per
+    bad row (``FILE:LINE: field ...``), every bad row of the file at once."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -401,41 +422,45 @@ def read_campaign(path: Path) -> list[dict[str, Any]]:
     if not fields & {"meter_id", "meter"} or "action" not in fields:
         raise UsageError(f"{path}: the header must name meter_id (or meter) and action")
     requests: list[dict[str, Any]] = []
+    problems: list[str] = []
     for line_no, raw in enumerate(reader, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-        meter = row.get("meter_id") or row.get("meter") or ""
-        action = row.get("action", "").lower()
-        if not meter and not any(row.values()):
+        if not any(row.values()):
             continue  # blank line
-        if not meter:
-            raise UsageError(f"{path}:{line_no}: no meter id")
-        if action not in ACTIONS:
-            raise UsageError(
-                f"{path}:{line_no}: action {action!r} is not one of {', '.join(ACTIONS)}"
-            )
-        reason = row.get("reason") or (
-            "non_payment" if action == "disconnect" else "payment_restored"
-        )
-        if reason not in REASONS:
-            raise UsageError(
-                f"{path}:{line_no}: reason {reason!r} is not one of {', '.join(REASONS)}"
-            )
-        request: dict[str, Any] = {"meter_id": meter, "action": action, "reason": reason}
-        if row.get("special", "").lower() in _TRUE:
-            request["special"] = True
-        if row.get("priority"):
-            try:
-                request["priority"] = int(row["priority"])
-            except ValueError as exc:
-                raise UsageError(
-                    f"{path}:{line_no}: priority {row['priority']!r} is not a number"
-                ) from exc
-        if row.get("external_ref"):
-            request["external_ref"] = row["external_ref"]
-        requests.append(request)
+        request, problem = _campaign_row(row)
+        if problem:
+            problems.append(f"{path}:{line_no}: {problem}")
+        else:
+            requests.append(request)
+    if problems:
+        raise UsageError(*problems)
     if not requests:
         raise UsageError(f"{path}: no orders in the file")
     return requests
+
+
+def _campaign_row(row: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """One CSV row as an order request, or the problem with it (naming the field)."""
+    meter = row.get("meter_id") or row.get("meter") or ""
+    action = row.get("action", "").lower()
+    if not meter:
+        return {}, "meter_id: empty"
+    if action not in ACTIONS:
+        return {}, f"action: {action!r} is not one of {', '.join(ACTIONS)}"
+    reason = row.get("reason") or ("non_payment" if action == "disconnect" else "payment_restored")
+    if reason not in REASONS:
+        return {}, f"reason: {reason!r} is not one of {', '.join(REASONS)}"
+    request: dict[str, Any] = {"meter_id": meter, "action": action, "reason": reason}
+    if row.get("special", "").lower() in _TRUE:
+        request["special"] = True
+    if row.get("priority"):
+        try:
+            request["priority"] = int(row["priority"])
+        except ValueError:
+            return {}, f"priority: {row['priority']!r} is not a number"
+    if row.get("external_ref"):
+        request["external_ref"] = row["external_ref"]
+    return request, ""
 
 
 def _campaign_run(args: argparse.Namespace) -> int:
@@ -589,48 +614,6 @@ def _campaign_approve(args: argparse.Namespace) -> int:
     print(
         f"batch {args.batch_id} approved by {batch.get('approved_by')} ({batch.get('size')} orders)"
     )
-    return EXIT_OK
-
-
-# ------------------------------------------------------------------ registry, work orders
-def _meters_import(args: argparse.Namespace) -> int:
-    try:
-        content = args.file.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
-    with _client(args) as client:
-        answer = client.json(
-            "POST", "meters/import", content=content, headers={"Content-Type": "text/csv"}
-        )
-    report = answer if isinstance(answer, dict) else {}
-    counts = [f"{k}: {v}" for k, v in report.items() if isinstance(v, int)]
-    print("meters imported: " + (", ".join(counts) or "ok"))
-    errors = report.get("errors") or []
-    for line in errors:
-        print(f"error: {line}", file=sys.stderr)
-    if errors:
-        return EXIT_USAGE
-    return EXIT_OK
-
-
-def _workorders_export(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {}
-    if args.status:
-        params["status"] = args.status
-    with _client(args) as client:
-        response = client.request(
-            "GET", "work-orders/export", params=params, headers={"Accept": "text/csv"}
-        )
-    text = response.text
-    if args.out is None:
-        sys.stdout.write(text)
-    else:
-        try:
-            args.out.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
-        lines = max(0, len(text.strip().splitlines()) - 1)
-        print(f"{lines} work orders written to {args.out}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -40,6 +40,7 @@ from typing import Any, Literal, TextIO
 
 import httpx
 
+from ops.demo_console import serving_lines, write_profile
 from ops.legacy import LegacyStandIn
 from ops.serving import ThreadedServer
 
@@ -65,7 +66,7 @@ ROLES: tuple[Role, ...] = ("viewer", "operator", "approver", "admin")
 class Scenario:
     meter_id: str
     action: Literal["disconnect", "connect"]
-    expect: str  # disconnected, connected, armed, failed, refused
+    expect: str  # disconnected, connected, armed, failed, rejected (the API's outcomes)
     reason: str | None  # expected reason code (failures and refusals)
     what: str
 
@@ -88,14 +89,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "DC03-M03",
         "disconnect",
-        "refused",
+        "rejected",
         "protected_customer",
         "electro-dependent patient (Ley 21.304)",
     ),
     Scenario(
-        "DC03-M04", "disconnect", "refused", "not_commissioned", "not commissioned in the registry"
+        "DC03-M04", "disconnect", "rejected", "not_commissioned", "not commissioned in the registry"
     ),
-    Scenario("MTR-UNKNOWN", "disconnect", "refused", "unknown_meter", "meter not in the registry"),
+    Scenario("MTR-UNKNOWN", "disconnect", "rejected", "unknown_meter", "meter not in the registry"),
     Scenario("DC02-M03", "connect", "connected", None, "reconnect after payment (control mode 2)"),
     Scenario("DC02-M04", "connect", "armed", None, "reconnect that only arms (control mode 1)"),
     Scenario("DC01-M06", "connect", "connected", None, "reconnect after payment (control mode 4)"),
@@ -604,7 +605,7 @@ class DemoRunning:
 
 
 def _refused_ids() -> set[str]:
-    return {s.meter_id for s in SCENARIOS if s.expect == "refused"}
+    return {s.meter_id for s in SCENARIOS if s.expect == "rejected"}
 
 
 def final_outcome(detail: dict[str, Any]) -> str:
@@ -616,7 +617,7 @@ def final_outcome(detail: dict[str, Any]) -> str:
         "failed": "failed",
         "expired": "expired",
         "cancelled": "cancelled",
-        "rejected": "refused",
+        "rejected": "rejected",
     }
     outcome = "pending"
     for event in detail.get("events", []):
@@ -648,7 +649,7 @@ def check_rows(running: DemoRunning, refused_now: dict[str, str]) -> list[Row]:
             wo = work_orders.get(order["id"])
             row.work_order = f"WO-{wo['id']}" if wo else ""
         elif scenario.meter_id in refused_now:
-            row.outcome = "refused"
+            row.outcome = "rejected"
             row.reason = refused_now[scenario.meter_id]
         event = legacy.get(scenario.meter_id)
         row.legacy_event = event.event_code if event else ""
@@ -664,7 +665,7 @@ def _parse_time(text: str) -> float:
 
 
 def _check(row: Row, scenario: Scenario, refused_now: dict[str, str], event: Any) -> None:
-    if scenario.expect == "refused":
+    if scenario.expect == "rejected":
         if scenario.meter_id not in refused_now:
             row.problems.append("expected a refusal in the synchronous Reply")
         elif (
@@ -765,11 +766,18 @@ def run_demo(
             demo.say("")
             good = sum(row.ok for row in rows)
             demo.say(f"{good} of {len(rows)} scenarios as expected in {report.elapsed_s:.1f}s")
-            demo.say(f"dashboard   {report.dashboard_url}  (viewer token {demo.tokens['viewer']})")
             if serve:
-                demo.say("serving     until Ctrl-C")
+                url = running.server.url
+                tokens = {str(role): token for role, token in demo.tokens.items()}
+                profile = write_profile(directory, url, tokens)
+                for line in serving_lines(url, tokens, profile):
+                    demo.say(line)
                 (stop_event or threading.Event()).wait()
+            else:  # everything stops now: no link to a server that is gone
+                demo.say("dashboard   stops with the demo; `rcd demo --serve` keeps it running")
             return report
     finally:
-        if own_dir and not serve:
+        if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
+            if serve:
+                demo.say(f"stopped     everything; removed {directory}")

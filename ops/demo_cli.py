@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import threading
 from pathlib import Path
@@ -33,13 +32,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ops.demo import run_demo
+    from ops.demo import SCENARIOS, run_demo
+    from ops.demo_console import STOPS, configure_logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(SCENARIOS)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            return  # already stopping
         stop.set()
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{name}: stopping {STOPS}", flush=True)
+        if not args.serve:
+            raise KeyboardInterrupt  # unwinds the run: each part stops in its context
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -51,6 +57,9 @@ def _run(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             stop_event=stop,
         )
+    except KeyboardInterrupt:
+        print("stopped before the end of the demo", flush=True)
+        return 130
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

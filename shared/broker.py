@@ -1,8 +1,9 @@
 """Run a private mosquitto with the configuration we ship (tests, demo, bench).
 
-The shipped ``deploy/mosquitto/mosquitto.conf`` is used as it is, except for
-the lines that name host paths and the listener, which are pointed at a
-temporary directory and a free port. So every test that passes through this
+The shipped ``deploy/mosquitto/mosquitto.conf`` (main file) and its drop-in
+``ami-rcd.conf`` (in a ``conf.d`` directory, as on Debian) are used as they are,
+except for the lines that name host paths and the listener, which are pointed at
+a temporary directory and a free port. So every test that passes through this
 broker also checks our production settings: no anonymous access, the ACL, the
 queue limits.
 """
@@ -52,7 +53,7 @@ def mosquitto_binary() -> str:
 def render_config(
     template: str, *, port: int, work_dir: Path, drop: Iterable[str] = ()
 ) -> str:
-    """Our shipped configuration with paths and listener moved into ``work_dir``.
+    """Our drop-in (``ami-rcd.conf``) with its paths and listener moved into ``work_dir``.
 
     Directives named in ``drop`` are left out, so mosquitto's own default applies
     (the fault suite drops ``autosave_interval``: delivery must not rest on it)."""
@@ -60,7 +61,6 @@ def render_config(
     replacements = {
         "password_file": f"password_file {work_dir / 'passwd'}",
         "acl_file": f"acl_file {work_dir / 'acl'}",
-        "persistence_location": f"persistence_location {work_dir}/",
         "listener": f"listener {port} 127.0.0.1",
     }
     lines = []
@@ -69,6 +69,23 @@ def render_config(
         if directive in dropped:
             lines.append(f"# {line}  (left out: mosquitto's default applies)")
             continue
+        lines.append(replacements.get(directive, line) if not line.startswith("#") else line)
+    text = "\n".join(lines) + "\n"
+    missing = [d for d in replacements if not re.search(rf"^{d} ", text, re.MULTILINE)]
+    if missing:
+        raise BrokerError(f"shipped ami-rcd.conf lacks {', '.join(missing)}")
+    return text
+
+
+def render_main(template: str, *, work_dir: Path) -> str:
+    """Our main file (``mosquitto.conf``) with persistence and conf.d in ``work_dir``."""
+    replacements = {
+        "persistence_location": f"persistence_location {work_dir}/",
+        "include_dir": f"include_dir {work_dir / 'conf.d'}",
+    }
+    lines = []
+    for line in template.splitlines():
+        directive = line.split(" ", 1)[0]
         lines.append(replacements.get(directive, line) if not line.startswith("#") else line)
     text = "\n".join(lines) + "\n"
     if os.geteuid() == 0:
@@ -162,12 +179,20 @@ class MosquittoBroker:
 
     # -- process ----------------------------------------------------------------
     def start(self) -> MosquittoBroker:
-        template = (DEPLOY_DIR / "mosquitto.conf").read_text()
-        config = render_config(template, port=self.port, work_dir=self.work_dir, drop=self._drop)
+        # The main file as on a Debian host, our drop-in in its conf.d directory.
+        main = render_main((DEPLOY_DIR / "mosquitto.conf").read_text(), work_dir=self.work_dir)
+        (self.work_dir / "mosquitto.conf").write_text(main)
+        (self.work_dir / "conf.d").mkdir(exist_ok=True)
+        config = render_config(
+            (DEPLOY_DIR / "ami-rcd.conf").read_text(),
+            port=self.port,
+            work_dir=self.work_dir,
+            drop=self._drop,
+        )
         if self.tls_dir is not None and self.tls_port is not None:
             tls_template = (DEPLOY_DIR / "tls-listener.conf").read_text()
             config += render_tls_listener(tls_template, port=self.tls_port, tls_dir=self.tls_dir)
-        (self.work_dir / "mosquitto.conf").write_text(config)
+        (self.work_dir / "conf.d" / "ami-rcd.conf").write_text(config)
         self._write_acl()
         self._write_passwords()
         log = open(self.log_path, "ab")

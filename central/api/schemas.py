@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from central.services.inputs import Input
 from central.services.orders import OrderRequest
+from central.timeline import label_of
 
 
 class ORM(BaseModel):
@@ -24,6 +25,12 @@ class EventOut(ORM):
     to_state: str | None
     detail: str
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def label(self) -> str:
+        """What the line holds (central/timeline.py), the same words everywhere."""
+        return label_of(self.event)
+
 
 class OrderOut(ORM):
     id: str
@@ -34,6 +41,10 @@ class OrderOut(ORM):
     special: bool
     priority: int
     state: str
+    # how it ended (connected, disconnected, armed, failed, expired, cancelled, rejected),
+    # kept once the state is reported; None while it runs. final_state: the state it ended in.
+    outcome: str | None
+    final_state: str | None
     created_by: str
     created_at: datetime
     updated_at: datetime
@@ -62,6 +73,8 @@ class OrderOut(ORM):
 
 
 class OrderDetail(OrderOut):
+    # In the order the coordinator recorded them, which is the order they happened in:
+    # agent events carry the agent's clock, so sorting by time would mix two clocks.
     events: list[EventOut]
 
 
@@ -133,6 +146,13 @@ class MeterOut(ORM):
     energy_kwh: float | None
     # a request to clear protected_customer waits for a second person (protection-changes)
     protection_change_pending: bool = False
+    service_address: str | None
+    comuna: str | None
+    region: str | None
+    latitude: float | None
+    longitude: float | None
+    customer_ref: str | None
+    access_notes: str | None
 
 
 class ImportOut(BaseModel):
@@ -195,6 +215,13 @@ class WorkOrderOut(ORM):
     closed_by: str | None
     technician_outcome: str | None
     notes: str | None
+    service_address: str | None
+    comuna: str | None
+    region: str | None
+    latitude: float | None
+    longitude: float | None
+    customer_ref: str | None
+    access_notes: str | None
 
 
 class CloseIn(Input):

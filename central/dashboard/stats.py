@@ -1,7 +1,7 @@
 """The one aggregate the dashboard needs that the REST API does not give.
 
-The REST list of orders is paged (newest first, at most 1,000) and a ``reported``
-order no longer shows how it ended. The dashboard's tiles count *all* orders,
+The REST list of orders is paged (newest first, at most 1,000); each order there
+keeps its outcome once reported (``final_state``). The dashboard's tiles count *all* orders,
 and its charts need, for the most recent ended orders, the final state (from the
 Legacy outbox row written in the same transaction as that state) with the times
 to place them and measure their latency.

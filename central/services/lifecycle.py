@@ -13,6 +13,20 @@ from central.models import LegacyNotification, Meter, Order, OrderEvent, WorkOrd
 from central.state import FINAL_STATES, STEP_OF, WORK_ORDER_STATES, Event, OrderState, transition
 
 ROLES = ("viewer", "operator", "approver", "admin")
+# What a field crew needs, copied from the meter onto its work order when it is created.
+FIELD_DETAILS = (
+    "service_address",
+    "comuna",
+    "region",
+    "latitude",
+    "longitude",
+    "customer_ref",
+    "access_notes",
+)
+
+
+def field_details(meter: Meter | None) -> dict[str, object]:
+    return {name: getattr(meter, name) if meter else None for name in FIELD_DETAILS}
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ def advance(
             max(0.0, (now - previous).total_seconds())
         )
     if after in FINAL_STATES:
+        order.final_state = after.value  # kept when the order becomes reported
         order.finished_at = order.finished_at or now
         on_order_finished(session, order, actor, now)
     return after
@@ -120,7 +135,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
             session,
             order,
             "no_work_order",
-            actor,
+            SYSTEM,
             "ended without the required approval",
             step=10,
             at=now,
@@ -135,7 +150,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
                 session,
                 order,
                 "no_work_order",
-                actor,
+                SYSTEM,
                 "meter supplies a registered electro-dependent patient (Ley 21.304): "
                 "no field work order to disconnect",
                 step=10,
@@ -152,7 +167,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
                 session,
                 order,
                 "no_work_order",
-                actor,
+                SYSTEM,
                 f"{order.action} was {why} while in flight: no field work order to finish "
                 f"it; the relay state is uncertain (last known: "
                 f"{meter.relay_state if meter else 'unknown'})",
@@ -170,6 +185,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
             detail=order.result_detail or "",
             last_relay_state=meter.relay_state if meter else "unknown",
             created_at=now,
+            **field_details(meter),
         )
         session.add(work_order)
         session.flush()
@@ -177,7 +193,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
             session,
             order,
             "work_order_created",
-            actor,
+            SYSTEM,
             f"field work order {work_order.id}: {reason}",
             step=10,
             at=now,

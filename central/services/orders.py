@@ -16,9 +16,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final, cast
+from typing import Annotated, Any, Final, cast
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, selectinload
@@ -27,13 +27,14 @@ from central import bulk
 from central.db import stale_to_conflict, where_given
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
-from central.services import approvals, validation
+from central.services import approvals, lookup, validation
 from central.services.inputs import Input
 from central.services.lifecycle import Actor, advance, note, on_order_finished, utcnow
 from central.settings import Settings
 from central.state import (
     ACTIVE_STATES,
     ENDED_STATES,
+    FINAL_STATE_OF,
     FINAL_STATES,
     IN_FLIGHT_STATES,
     STEP_OF,
@@ -72,7 +73,9 @@ CHANNEL_FIELDS: Final = ("source", "reply_address")
 class OrderRequest(Input):
     """One order as a caller asks for it (REST body item, or mapped from CIM)."""
 
-    meter_id: str = Field(min_length=1, max_length=64)
+    meter_id: Annotated[  # spaces around an id are never part of it (registry rule)
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)
+    ]
     action: Action
     reason: OrderReason
     special: bool = False  # allowed outside Chilean working days
@@ -243,6 +246,7 @@ class _Writer:
         order.state = after
         self.event(order, event.value, actor, detail, STEP_OF[event], before, after)
         if after in _FINAL:
+            order.row["final_state"] = after
             order.row["finished_at"] = self.now
             self.notifications.append(
                 {"order_id": order.id, "final_state": after, "created_at": self.now}
@@ -256,6 +260,7 @@ class _Writer:
             row["refusal_code"] = pending.refusal_code
             row["refusal_detail"] = pending.refusal_detail
             row["needs_approval"] = pending.needs_approval
+            row.setdefault("final_state", None)
             rows.append(row)
         for start in range(0, len(rows), 2000):
             bulk.insert_rows(session, cast(Table, Order.__table__), rows[start : start + 2000])
@@ -379,6 +384,8 @@ def create_orders(
             settings,
             now,
         )
+        if refusal is not None and refusal.code is validation.RefusalCode.UNKNOWN_METER:
+            refusal = _with_suggestion(session, refusal, request.meter_id)
         if (
             refusal is None
             and request.not_before is not None
@@ -513,6 +520,15 @@ def create_orders(
     return outcome
 
 
+def _with_suggestion(
+    session: Session, refusal: validation.Refusal, meter_id: str
+) -> validation.Refusal:
+    similar = lookup.similar_meter(session, meter_id)
+    if similar is None:
+        return refusal
+    return validation.Refusal(refusal.code, f"{refusal.message}; did you mean {similar}?")
+
+
 _ACTIVE = frozenset(s.value for s in ACTIVE_STATES)
 _RECEIVED = OrderState.RECEIVED.value
 _DISCONNECT = Action.DISCONNECT.value
@@ -567,6 +583,7 @@ def list_orders(
     session: Session,
     *,
     state: str | None = None,
+    outcome: str | None = None,
     meter_id: str | None = None,
     concentrator_id: str | None = None,
     action: str | None = None,
@@ -576,9 +593,17 @@ def list_orders(
     limit: int = 100,
     offset: int = 0,
 ) -> list[Order]:
+    """Newest first. ``state`` of a final state also finds the orders that ended in it
+    and were then reported to Legacy; ``outcome`` (connected, ..., rejected) likewise."""
+    query = select(Order)
+    if state and state in _FINAL:
+        query = query.where((Order.state == state) | (Order.final_state == state))
+    elif state:
+        query = query.where(Order.state == state)
+    if outcome:
+        query = query.where(Order.final_state == FINAL_STATE_OF[outcome].value)
     query = where_given(
-        select(Order),
-        (Order.state, state),
+        query,
         (Order.meter_id, meter_id),
         (Order.concentrator_id, concentrator_id),
         (Order.action, action),
@@ -587,7 +612,9 @@ def list_orders(
     )
     if since:
         query = query.where(Order.created_at >= since)
-    query = query.order_by(Order.created_at.desc(), Order.id).limit(min(limit, 1000)).offset(offset)
+    # Orders created together (a batch) come by meter, not by their random ids.
+    query = query.order_by(Order.created_at.desc(), Order.meter_id, Order.id)
+    query = query.limit(min(limit, 1000)).offset(offset)
     return list(session.scalars(query))
 
 

@@ -49,9 +49,26 @@ Host = Annotated[str, Field(min_length=1, max_length=253)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 LogicalServer = Annotated[int, Field(ge=1, le=0x3FFF)]
 KeysRef = Annotated[str, Field(min_length=1, max_length=64)]
+Address = Annotated[str, Field(min_length=1, max_length=300)]
+Place = Annotated[str, Field(min_length=1, max_length=100)]
+Latitude = Annotated[float, Field(ge=-90, le=90)]
+Longitude = Annotated[float, Field(ge=-180, le=180)]
+Notes = Annotated[str, Field(min_length=1, max_length=2000)]
 
 
-class MeterFields(Input):
+class FieldDetails(Input):
+    """Where a field crew goes and whom it serves (copied onto work orders)."""
+
+    service_address: Address | None = None
+    comuna: Place | None = None
+    region: Place | None = None
+    latitude: Latitude | None = None
+    longitude: Longitude | None = None
+    customer_ref: Place | None = None  # customer / supply number
+    access_notes: Notes | None = None
+
+
+class MeterFields(FieldDetails):
     """Writable meter fields (CSV row, REST body)."""
 
     id: RegistryId
@@ -68,7 +85,7 @@ class MeterFields(Input):
     protected_customer: bool = False
 
 
-class MeterChange(Input):
+class MeterChange(FieldDetails):
     """A partial change (REST PATCH): only the fields given are written."""
 
     concentrator_id: RegistryId | None = None
@@ -271,34 +288,83 @@ def _flag(value: str, column: str, line: int) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise BadRequest(f"line {line}: {column} must be true/false, got {value!r}")
+    raise BadRequest(f"line {line}: {column}: must be true or false, got {value!r}")
+
+
+# The CSV's columns: ``meter`` is taken for ``meter_id`` (as in campaign files).
+CSV_ALIASES = {"meter": "meter_id", "id": "meter_id"}
+CSV_COLUMNS = ("meter_id", *(name for name in MeterFields.model_fields if name != "id"))
+
+
+def _problems(exc: ValidationError, line: int) -> list[str]:
+    """One line per field: ``line 3: hdlc_address: must be ... (got '5')``."""
+    out = []
+    for error in exc.errors(include_url=False):
+        name = ".".join(str(p) for p in error.get("loc", ())) or "row"
+        name = "meter_id" if name == "id" else name
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        out.append(f"line {line}: {name}: {message} (got {error.get('input')!r})")
+    return out
+
+
+def _csv_header(reader: csv.DictReader[str]) -> dict[str, str]:
+    """The file's column names mapped to ours; BadRequest naming what is wrong."""
+    if not reader.fieldnames:
+        raise BadRequest("the CSV is empty: it needs a header row with at least meter_id")
+    header: dict[str, str] = {}
+    unknown = []
+    for raw in reader.fieldnames:
+        name = (raw or "").strip().lower()
+        column = CSV_ALIASES.get(name, name)
+        if column not in CSV_COLUMNS:
+            unknown.append(raw)
+        header[raw] = column
+    if "meter_id" not in header.values():
+        raise BadRequest(
+            f"the header row has no meter_id column (or meter); it has: "
+            f"{', '.join(reader.fieldnames)}"
+        )
+    if unknown:
+        raise BadRequest(
+            f"unknown column(s) {', '.join(map(repr, unknown))}; "
+            f"the columns are: {', '.join(CSV_COLUMNS)}"
+        )
+    return header
 
 
 def import_meters_csv(session: Session, text: str, *, actor: str = "central") -> ImportReport:
     """Create or update meters from CSV with a header row.
 
-    Columns: ``meter_id`` (required), ``concentrator_id``, ``topology``, ``transport``,
-    ``line_id``, ``hdlc_address``, ``host``, ``port``, ``logical_server``, ``keys_ref``,
-    ``commissioned``, ``protected_customer``. Unknown concentrators are created.
-    A bad row is reported and skipped; the others are imported. Does not commit.
+    Columns: ``meter_id`` (or ``meter``, required), ``concentrator_id``, ``topology``,
+    ``transport``, ``line_id``, ``hdlc_address``, ``host``, ``port``, ``logical_server``,
+    ``keys_ref``, ``commissioned``, ``protected_customer``, and for field crews
+    ``service_address``, ``comuna``, ``region``, ``latitude``, ``longitude``,
+    ``customer_ref``, ``access_notes`` (example: ``deploy/central/meters.example.csv``).
+    Unknown concentrators are created. Every bad row is reported, one line per bad field,
+    and skipped; the others are imported. A bad header imports nothing. Does not commit.
     """
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "meter_id" not in reader.fieldnames:
-        raise BadRequest("CSV needs a header row with at least a meter_id column")
+    header = _csv_header(reader)
     report = ImportReport()
     for line, raw in enumerate(reader, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
-        try:
-            data: dict[str, object] = {"id": row.pop("meter_id")}
-            for column in ("commissioned", "protected_customer"):
-                if column in row:
+        row = {header[k]: (v or "").strip() for k, v in raw.items() if k in header}
+        if not any(row.values()):
+            continue  # a blank line
+        errors: list[str] = []
+        data: dict[str, object] = {"id": row.pop("meter_id", "")}
+        for column in ("commissioned", "protected_customer"):
+            if column in row:
+                try:
                     data[column] = _flag(row.pop(column), column, line)
-            for column, value in row.items():
-                if value != "":
-                    data[column] = value
+                except BadRequest as exc:
+                    errors.append(str(exc))
+        data.update({column: value for column, value in row.items() if value != ""})
+        try:
             fields = MeterFields.model_validate(data)
-        except (BadRequest, ValidationError) as exc:
-            report.errors.append(f"line {line}: {exc}".replace("\n", " ")[:500])
+        except ValidationError as exc:
+            errors += _problems(exc, line)
+        if errors:
+            report.errors += errors
             continue
         upsert_meter(session, fields, report, actor=actor)
     session.flush()

@@ -38,3 +38,34 @@ def test_soap_messages_revision_matches_the_gateway_table(database_url: str) -> 
         assert [d for d in diff if "soap_messages" in str(d)] == []
     finally:
         engine.dispose()
+
+
+def test_outcome_revision_keeps_how_reported_orders_ended(database_url: str) -> None:
+    """Revision 0010: orders that ended before it get final_state from their outbox row."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from central.db import alembic_config
+
+    engine = make_engine(database_url)
+    try:
+        config = alembic_config(engine)
+        command.upgrade(config, "0005")
+        with engine.begin() as connection:
+            connection.execute(sa.text(
+                "INSERT INTO orders (id, meter_id, action, reason, special, priority, state, "
+                "created_by, created_at, updated_at, max_attempts, needs_approval, source, "
+                "cancel_requested, already_in_state, attempts) VALUES ('o1', 'M1', 'disconnect', "
+                "'non_payment', false, 5, 'reported', 'x', :now, :now, 3, false, 'rest', false, "
+                "false, 3)"
+            ), {"now": "2026-01-01 00:00:00"})
+            connection.execute(sa.text(
+                "INSERT INTO legacy_notifications (order_id, final_state, created_at, attempts) "
+                "VALUES ('o1', 'failed', :now, 1)"
+            ), {"now": "2026-01-01 00:00:00"})
+        migrate(engine)
+        with engine.connect() as connection:
+            value = connection.execute(sa.text("SELECT final_state FROM orders")).scalar_one()
+        assert value == "failed"
+    finally:
+        engine.dispose()

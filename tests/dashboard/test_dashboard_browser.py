@@ -235,6 +235,81 @@ def test_dashboard_shows_orders_and_opens_a_timeline(
     assert not severe, severe
 
 
+def _fits(driver: Any) -> dict[str, Any]:
+    result: dict[str, Any] = driver.execute_script(
+        """
+        const wrap = document.querySelector('#orders-wrap');
+        const head = [...document.querySelectorAll('#orders thead th')];
+        return {
+          page: document.documentElement.scrollWidth, view: window.innerWidth,
+          wrap: wrap.scrollWidth, wrapView: wrap.clientWidth,
+          headers: head.map((th) => [th.textContent, th.getBoundingClientRect().right]),
+        };
+        """
+    )
+    return result
+
+
+def test_dashboard_fits_1280x800_and_an_order_link_opens_its_timeline(
+    browser: Any, fleet: tuple[LiveServer, dict[str, str]]
+) -> None:
+    """Issue 15 items 9 and 13: no sideways scroll at 1280x800, the attempts column in
+    view, state and outcome badges distinct, a URL fragment per order that opens its
+    timeline, the timeline in recorded order with labels by content and the right actor."""
+    live, ids = fleet
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+    )
+    try:
+        browser.get(f"{live.url}/dashboard")
+        for order_id in ids.values():
+            _wait(browser, lambda d, i=order_id: _row(d, i), f"order {order_id} in the table")
+        sizes = _fits(browser)
+        assert sizes["view"] == 1280
+        assert sizes["page"] <= sizes["view"], sizes
+        assert sizes["wrap"] <= sizes["wrapView"], sizes
+        assert [h for h, _ in sizes["headers"]][-1] == "attempts"
+        assert all(right <= sizes["view"] for _, right in sizes["headers"]), sizes
+
+        failed = _row(browser, ids["failed"])
+        state, outcome = failed.find_elements("css selector", ".st")[:2]
+        assert "state" in state.get_attribute("class") and "bad" not in state.get_attribute("class")
+        assert outcome.text == "failed" and "bad" in outcome.get_attribute("class")
+        assert "3" in failed.find_elements("css selector", "td")[-1].text  # attempts, in view
+        tiles = browser.find_element("css selector", "#tiles").text
+        assert "refused" not in tiles and "rejected at validation" in tiles
+
+        # a row's link is a URL fragment; opening that URL afresh shows that order
+        link = failed.find_element("css selector", "a.order-link")
+        assert link.get_attribute("href").endswith(f"#order={ids['failed']}")
+        browser.get("about:blank")
+        browser.get(f"{live.url}/dashboard#order={ids['failed'][:8]}")
+        _wait(
+            browser,
+            lambda d: (
+                d.find_elements("css selector", "#detail-order-id")
+                and d.find_element("css selector", "#detail-order-id").text == ids["failed"]
+            ),
+            "the timeline opened by the link",
+        )
+        events = browser.find_elements("css selector", "#history li")
+        names = [e.get_attribute("data-event") for e in events]
+        assert names[:3] == ["receive", "validate", "dispatch"], names
+        assert names.index("deliver") < names.index("attempt_retried") < names.index("attempt")
+        assert names.index("attempt") < names.index("fail") < names.index("work_order_created")
+        by_name = {e.get_attribute("data-event"): e.text for e in events}
+        assert "stored by the edge agent (receipt)" in by_name["deliver"]
+        assert "executed on" not in browser.find_element("css selector", "#detail").text.lower()
+        assert "field work order created" in by_name["work_order_created"]
+        assert "· central" in by_name["work_order_created"]
+        assert "agent:" not in by_name["work_order_created"]
+        steps = browser.find_element("css selector", '#timeline li[data-step="5"]').text
+        assert "Stored by the edge agent" in steps
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
 def test_dashboard_refreshes_by_itself(
     browser: Any, fleet: tuple[LiveServer, dict[str, str]]
 ) -> None:

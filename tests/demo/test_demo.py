@@ -45,7 +45,7 @@ def test_demo_ends_every_scenario_as_expected_and_leaves_nothing_running(
     for scenario in SCENARIOS:
         row = by_meter[scenario.meter_id]
         assert row.outcome == scenario.expect, (scenario, row, text)
-        if scenario.reason and scenario.expect != "refused":
+        if scenario.reason and scenario.expect != "rejected":
             assert row.reason == scenario.reason, (scenario, row)
         assert row.ok, (row.problems, text)
     assert by_meter["DC02-M04"].legacy_event == "3.31.0.11"  # armed, not connected
@@ -53,6 +53,9 @@ def test_demo_ends_every_scenario_as_expected_and_leaves_nothing_running(
     assert by_meter["DC01-M05"].work_order.startswith("WO-")
     assert "16 of 16 scenarios as expected" in text
     assert report.ok
+    # Issue 15 item 3: everything stops at the end, so no link to a server that is gone.
+    after = text.split("scenarios as expected", 1)[1]
+    assert "http://" not in after and "--serve" in after
 
     # Nothing it started is left: no broker process, no threads.
     assert child_processes() <= before_children

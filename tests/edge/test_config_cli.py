@@ -99,3 +99,12 @@ def test_run_with_bad_config_exits_2_naming_setting(conf: dict, tmp_path: Path) 
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert proc.returncode == 2
     assert "broker.url: missing" in proc.stderr
+
+
+def test_empty_file_setting_means_not_set(conf: dict) -> None:  # type: ignore[type-arg]
+    """Issue 15 item 2: ``ca_file = ""`` is the system's CA store, not "no such file: ."."""
+    conf["broker"].update(url="mqtts://broker.example:8883", ca_file="", cert_file="",
+                          key_file="")
+    config = parse_config(conf, environ={})
+    assert config.broker.ca_file is None and config.broker.cert_file is None
+    assert config.broker.tls

@@ -63,11 +63,21 @@ def test_disconnect_then_show_timeline(
     assert code == 0, err
     assert "completed_disconnected" in out
     assert "812.25 kWh" in out
-    # the timeline table: one line per event with its step of the brief
+    # the timeline table: one line per event with its step of the brief, labelled by
+    # what it holds (the same labels as the API's and the dashboard's)
     assert "time (UTC)" in out and "step" in out
-    for step in ("3 meter validated", "4 sent to concentrator", "8 result collected"):
-        assert step in out, out
-    assert "complete_disconnected" in out
+    lines = out.splitlines()
+    for step, label in (
+        ("3", "meter validated"),
+        ("4", "signed and sent to the concentrator"),
+        ("5", "stored by the edge agent (receipt)"),
+        ("6", "DLMS attempt on the meter"),
+        ("8", "result: disconnected"),
+    ):
+        assert any(line.split()[2:3] == [step] and label in line for line in lines), out
+    assert "executed on meter" not in out
+    # recorded order: the receipt comes after the dispatch, whatever the agent's clock says
+    assert out.index("signed and sent") < out.index("stored by the edge agent")
 
 
 def test_refused_order_says_why(live: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:

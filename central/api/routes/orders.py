@@ -33,10 +33,12 @@ from central.api.schemas import (
 )
 from central.db import sqlite_write_lock
 from central.errors import DispatchError, StorageError
-from central.services import estimate
+from central.services import estimate, lookup
 from central.services import orders as service
 from central.services.lifecycle import Actor
 from central.services.orders import ItemResult, OrderRequest
+from central.state import OUTCOMES, OrderState
+from shared.contracts import Action
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["orders"])
@@ -146,6 +148,7 @@ def list_orders(
     session: SessionDep,
     _actor: Viewer,
     state: str | None = None,
+    outcome: str | None = None,
     meter_id: str | None = None,
     concentrator_id: str | None = None,
     action: str | None = None,
@@ -155,12 +158,16 @@ def list_orders(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Offset = 0,
 ) -> list[OrderOut]:
+    """Newest first. ``state`` and ``outcome`` are two fields: an order reported to
+    Legacy keeps its outcome, and ``state=failed`` also finds the reported ones that
+    failed. An unknown state, outcome or action is refused (400) with the valid ones."""
     rows = service.list_orders(
         session,
-        state=state,
+        state=lookup.choice("state", state, [s.value for s in OrderState]),
+        outcome=lookup.choice("outcome", outcome, OUTCOMES),
         meter_id=meter_id,
         concentrator_id=concentrator_id,
-        action=action,
+        action=lookup.choice("action", action, [a.value for a in Action]),
         batch_id=batch_id,
         external_ref=external_ref,
         since=since,
@@ -172,8 +179,10 @@ def list_orders(
 
 @router.get("/orders/{order_id}", response_model=OrderDetail)
 def show_order(order_id: str, session: SessionDep, _actor: Viewer) -> OrderDetail:
-    """The order with its timeline: every step of the brief, when, by whom."""
-    return OrderDetail.model_validate(service.get_order(session, order_id))
+    """The order with its timeline: every step of the brief, when, by whom. ``order_id``
+    may be the first characters of the id (at least 4, as the dashboard shows 8) when
+    only one order starts with them."""
+    return OrderDetail.model_validate(lookup.find_order(session, order_id))
 
 
 @router.post("/orders/{order_id}/cancel", response_model=OrderOut)
@@ -184,6 +193,7 @@ def cancel_order(
     actor: Operator,
     body: CancelIn | None = None,
 ) -> OrderOut:
+    order_id = lookup.order_id_of(session, order_id)
     order = service.cancel_order(session, order_id, actor, detail=body.detail if body else "")
     session.commit()
     context.coordinator.kick()

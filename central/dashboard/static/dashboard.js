@@ -30,9 +30,9 @@
     [2, "Routed to the head-end", "mapped to an order and stored"],
     [3, "Meter validated", "registered, commissioned, linked, working day, protected customer"],
     [4, "Sent to the concentrator", "signed order published over MQTT"],
-    [5, "Executed on the meter", "edge agent stores the order (receipt), then runs the DLMS control"],
-    [6, "Meter answers", "the attempt the outcome rests on: relay state and energy read back"],
-    [7, "Result to the head-end", "attempts that failed and were retried locally, then the result"],
+    [5, "Stored by the edge agent", "the agent verified and stored the order (its receipt)"],
+    [6, "Meter answers", "the DLMS attempt the outcome rests on: relay state and energy read back"],
+    [7, "Retried on KO", "earlier attempts that failed and were retried locally"],
     [8, "Result collected", "order reconciled, relay state updated"],
     [9, "Reported to Legacy", "EndDeviceEvents delivered"],
     [10, "Field work order", "remote execution failed: a technician goes"],
@@ -140,14 +140,15 @@
     return ["received", "validated", "dispatched", "delivered"].includes(o.state);
   }
 
+  // State and outcome are two things: the state says where the order is in its life
+  // (outlined badge: running or ended), the outcome how it ended (filled, coloured).
   function stateClass(state) {
-    if (!state) return "";
-    if (state.startsWith("completed_")) return state === "completed_armed" ? "armed" : "ok";
-    if (["failed", "rejected"].includes(state)) return "bad";
-    if (state === "expired") return "warn";
-    if (["dispatched", "delivered", "validated", "received"].includes(state)) return "run";
-    if (state === "reported") return "ok";
-    return "";
+    if (!state) return "state";
+    return isActive({ state }) ? "state running" : "state ended";
+  }
+
+  function stateText(state) {
+    return String(state || "").replace(/_/g, " ");
   }
 
   function outcomeClass(outcome) {
@@ -216,7 +217,7 @@
       ["tile-active", pick(s.active, local.active), "in progress"],
       ["tile-ok", pick(s.succeeded, local.ok), "done remotely"],
       ["tile-bad", pick(s.failed, local.bad), "failed / expired"],
-      ["tile-rejected", pick(s.rejected, local.rejected), "refused at validation"],
+      ["tile-rejected", pick(s.rejected, local.rejected), "rejected at validation"],
       ["tile-conc", online + " / " + known, "concentrators online"],
       ["tile-wo", pick(s.work_orders_open, workorders.filter((w) => w.status === "open").length), "open work orders"],
       ["tile-legacy", pick(s.legacy_given_up, 0), "results Legacy never took"],
@@ -248,7 +249,10 @@
           "data-order-id": o.id,
           class: o.id === selectedId ? "selected" : null,
           tabindex: "0",
-          onclick: () => selectOrder(o.id),
+          onclick: (e) => {
+            if (e.target.closest("a")) return; // the link sets the fragment itself
+            selectOrder(o.id);
+          },
           onkeydown: (e) => {
             if (e.key === "Enter" || e.key === " ") {
               e.preventDefault();
@@ -258,10 +262,10 @@
           title: "open the timeline of " + o.id,
         },
         el("td", { text: fmtTime(o.created_at) }),
-        el("td", { class: "mono", title: o.id, text: String(o.id).slice(0, 8) }),
+        el("td", { class: "mono" }, el("a", { href: "#order=" + o.id, class: "order-link", title: "link to the timeline of " + o.id, text: String(o.id).slice(0, 8) })),
         el("td", { class: "mono", text: o.meter_id }),
-        el("td", { text: o.action }),
-        el("td", {}, badge(o.state, stateClass(o.state))),
+        el("td", { title: o.reason || "" }, o.action || "", el("div", { class: "sub", text: o.reason || "" })),
+        el("td", { class: "wrap" }, badge(stateText(o.state), stateClass(o.state))),
         el(
           "td",
           {},
@@ -271,7 +275,7 @@
               ? badge("awaiting approval", "warn")
               : ""
         ),
-        el("td", { class: "wrap", text: [o.reason, reasonOf(o)].filter(Boolean).join(" · ") }),
+        el("td", { class: "wrap", text: reasonOf(o) }),
         el("td", { text: o.attempts === undefined || o.attempts === null ? "" : String(o.attempts) })
       );
       return tr;
@@ -304,8 +308,10 @@
       el("dt", { text: "meter" }), el("dd", { class: "mono", text: order.meter_id || "" }),
       el("dt", { text: "concentrator" }), el("dd", { class: "mono", text: order.concentrator_id || "—" }),
       el("dt", { text: "action · reason" }), el("dd", { text: (order.action || "") + " · " + (order.reason || "") }),
-      el("dt", { text: "state" }), el("dd", {}, badge(order.state, stateClass(order.state))),
-      el("dt", { text: "outcome" }), el("dd", { text: [outcomeOf(order), reasonOf(order)].filter(Boolean).join(" · ") || "—" }),
+      el("dt", { text: "state" }), el("dd", {}, badge(stateText(order.state), stateClass(order.state))),
+      el("dt", { text: "outcome" }), el("dd", {}, outcomeOf(order) ? badge(outcomeOf(order), outcomeClass(outcomeOf(order))) : "—"),
+      reasonOf(order) ? [el("dt", { text: "reason code" }), el("dd", { class: "mono", text: reasonOf(order) })] : null,
+      el("dt", { text: "link" }), el("dd", {}, el("a", { href: "#order=" + order.id, text: "#order=" + String(order.id).slice(0, 8) + "…" })),
       order.refusal_detail || order.result_detail
         ? [el("dt", { text: "detail" }), el("dd", { class: "wrap", text: order.refusal_detail || order.result_detail })]
         : null,
@@ -367,7 +373,7 @@
                   "div",
                   { class: "ev" },
                   fmtTime(e.at || e.time || e.created_at) + " · ",
-                  el("b", { text: e.event || "" }),
+                  el("b", { text: e.label || e.event || "" }),
                   e.from_state || e.to_state ? " " + (e.from_state || "∅") + " → " + (e.to_state || "") : "",
                   e.actor ? " · " + e.actor : "",
                   e.detail ? " · " + (typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail)) : ""
@@ -378,10 +384,24 @@
       );
     });
     const extra = events.filter((e) => !(stepOfEvent(e) >= 1 && stepOfEvent(e) <= 10));
+    // Every event in the order it happened (as recorded), labelled by what it holds,
+    // with who did it; the ten steps above group the same events by the brief's step.
+    const historyItems = events.map((e) =>
+      el(
+        "li",
+        { "data-event": e.event || "", "data-step": String(stepOfEvent(e)) },
+        el("span", { class: "when", text: fmtTime(e.at || e.time || e.created_at) }),
+        el("span", { class: "stepno", text: String(stepOfEvent(e)) }),
+        el("span", {}, el("b", { text: e.label || e.event || "" }), e.actor ? " · " + e.actor : "",
+          e.detail ? " · " + (typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail)) : "")
+      )
+    );
     $("#detail").replaceChildren(
       ...[
         facts,
         el("ol", { class: "steps", id: "timeline" }, items),
+        el("h3", { text: "What happened, in order" }),
+        el("ol", { class: "history", id: "history" }, historyItems),
         extra.length ? el("p", { class: "hint", text: extra.length + " event(s) outside the ten steps." }) : null,
       ].filter(Boolean)
     );
@@ -439,12 +459,18 @@
         el("td", { class: "mono", text: w.concentrator_id || "" }),
         el("td", { text: w.action }),
         el("td", { class: "wrap", text: w.reason + (w.detail ? " · " + w.detail : "") }),
+        el("td", { class: "wrap where" },
+          [w.service_address, w.comuna, w.region].filter(Boolean).join(", ") || "—",
+          w.latitude !== null && w.latitude !== undefined && w.longitude !== null && w.longitude !== undefined
+            ? el("div", { class: "sub mono", text: "GPS " + w.latitude + ", " + w.longitude })
+            : null),
+        el("td", { class: "wrap", text: [w.customer_ref, w.access_notes].filter(Boolean).join(" · ") }),
         el("td", { text: w.last_relay_state || "" }),
         el("td", {}, badge(w.status, w.status === "open" ? "warn" : "ok")),
         el("td", { class: "mono" }, el("a", { href: "#", title: w.order_id, onclick: (e) => { e.preventDefault(); selectOrder(w.order_id); }, text: String(w.order_id).slice(0, 8) }))
       )
     );
-    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "9", class: "hint", text: "No open field work orders." })));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "11", class: "hint", text: "No open field work orders." })));
     $("#workorders tbody").replaceChildren(...rows);
   }
 
@@ -599,6 +625,7 @@
 
   async function selectOrder(id) {
     selectedId = id;
+    if (location.hash !== "#order=" + id) history.replaceState(null, "", "#order=" + id);
     document.querySelectorAll("#orders tbody tr").forEach((tr) => tr.classList.toggle("selected", tr.dataset.orderId === id));
     await refreshDetail();
   }
@@ -607,6 +634,11 @@
     if (!selectedId) return;
     try {
       const order = await getJSON(API.order.replace("{id}", encodeURIComponent(selectedId)));
+      const full = (order.order || order).id;
+      if (full && full !== selectedId) {
+        selectedId = full; // a link may give only the first characters of the id
+        document.querySelectorAll("#orders tbody tr").forEach((tr) => tr.classList.toggle("selected", tr.dataset.orderId === full));
+      }
       renderDetail(order.order ? Object.assign({}, order.order, { events: order.events || order.timeline || order.order.events }) : order);
     } catch (err) {
       $("#detail").replaceChildren(el("p", { class: "error", text: "Order " + selectedId + ": " + err.message }));
@@ -689,6 +721,13 @@
       $("#detail-close").hidden = true;
       renderOrders(lastOrders);
     });
+    // A link #order=<id> (or its first characters) opens that order's timeline.
+    const fromHash = () => {
+      const m = /^#order=([0-9A-Za-z._:-]+)$/.exec(location.hash);
+      if (m && m[1] !== selectedId) selectOrder(m[1]);
+    };
+    window.addEventListener("hashchange", fromHash);
+    fromHash();
     if (token) start();
     else showLogin("");
   });
