@@ -12,7 +12,7 @@ from shared.broker import MosquittoBroker
 from shared.signing import generate_keypair, load_public_key
 from tests.central.agent import TestAgent, wait_until
 from tests.soap.conftest import CONCENTRATOR, AppServer, fast_soap_settings, open_coordinator
-from tests.soap.test_must_show import create_payload, header, zeep_client
+from tests.soap.standard_clients import control, execute_client, header, payload
 
 
 def test_soap_orders_are_published_without_waiting_for_the_sweep(
@@ -38,10 +38,13 @@ def test_soap_orders_are_published_without_waiting_for_the_sweep(
     try:
         app = create_app(settings)
         with AppServer(None, fast_soap_settings(notifier_enabled=False), app=app) as server:
-            client = zeep_client(server)
-            reply = client.service.CreateEndDeviceControls(
+            client = execute_client(server)
+            reply = client.call(
+                "CreateEndDeviceControls",
                 Header=header(f"wake-{tag}"),
-                Payload=create_payload(["MTR-001", "MTR-002"], "3.31.0.18", "W-9", "paymentReceived"),
+                Payload=payload(
+                    control(["MTR-001", "MTR-002"], "3.31.0.18", "W-9", "paymentReceived")
+                ),
             )
             assert reply.Reply.Result == "OK"
             assert wait_until(lambda: len(agent.orders) == 2, timeout=15), agent.orders
