@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import ssl
 import threading
 import time
@@ -90,6 +91,13 @@ class MqttLink:
             return
         if (settings.mqtt_tls_cert is None) != (settings.mqtt_tls_key is None):
             raise BrokerRefused("RCD_MQTT_TLS_CERT and RCD_MQTT_TLS_KEY go together")
+        for name, path in (
+            ("RCD_MQTT_TLS_CA", settings.mqtt_tls_ca),
+            ("RCD_MQTT_TLS_CERT", settings.mqtt_tls_cert),
+            ("RCD_MQTT_TLS_KEY", settings.mqtt_tls_key),
+        ):
+            if path is not None and not os.access(path, os.R_OK):
+                raise BrokerRefused(f"{name} {path}: no such file, or not readable by this user")
         try:
             self._client.tls_set(
                 ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
@@ -98,7 +106,9 @@ class MqttLink:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise BrokerRefused(f"MQTT TLS settings: {exc}") from exc
+            raise BrokerRefused(
+                f"MQTT TLS settings (RCD_MQTT_TLS_CA, _CERT, _KEY): {exc}"
+            ) from exc
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MqttLink:

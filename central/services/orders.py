@@ -348,7 +348,7 @@ def create_orders(
     }
 
     for index, request in enumerate(requests):
-        key = request.idempotency_key
+        key = request.idempotency_key or None  # an empty key is no key (it is not unique)
         if key and key in by_key:
             known = by_key[key]
             if _same_request(known, request, actor):

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from central.coordinator import Coordinator
 from central.models import Order
 from central.services import dispatch
+from central.services.lifecycle import utcnow
 from central.settings import Settings
 
 from .conftest import WORKDAY, RecordingPublisher
@@ -53,7 +54,8 @@ def test_one_pass_dispatches_past_the_claim_size(
     monkeypatch.setattr(dispatch, "CLAIM_SIZE", 4)
     monkeypatch.setattr(dispatch, "_PAGE", 3)
     meters(11, concentrator="conc-a")
-    create(session, settings, [req(f"m{n}", "connect") for n in range(11)])
+    # accepted now: dispatch_now runs on the real clock, and never sends past a deadline
+    create(session, settings, [req(f"m{n}", "connect") for n in range(11)], now=utcnow())
     coordinator = Coordinator(settings, factory)
     link = _Link()
     coordinator.link = link  # type: ignore[assignment]

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from central.errors import DispatchError
+from central.errors import BrokerRefused, DispatchError
 from central.mqtt import MqttLink
 from central.services.dispatch import Outgoing
 from central.settings import Settings
@@ -167,7 +167,7 @@ def test_a_half_configured_certificate_is_refused_with_a_clear_error(
     tls_broker: MosquittoBroker, pki: Path
 ) -> None:
     settings = _settings(tls_broker, pki, with_cert=True).model_copy(update={"mqtt_tls_key": None})
-    with pytest.raises(DispatchError, match="RCD_MQTT_TLS_KEY"):
+    with pytest.raises(BrokerRefused, match="RCD_MQTT_TLS_KEY"):
         MqttLink(settings)
 
 
