@@ -196,7 +196,8 @@ class System:
                 "RCD_MQTT_HOST": "127.0.0.1",
                 "RCD_MQTT_PORT": str(self.broker.port),
                 "RCD_MQTT_PASSWORD": self.mqtt_password,
-                "RCD_MQTT_CLIENT_ID": "rcd-central-fault",
+                # Legacy's endpoint is configuration: the ReplyAddress is honoured under it
+                "RCD_SOAP_LEGACY_ENDPOINT": self.legacy_url,
                 "RCD_SIGNING_KEY_PEM": private_pem.decode(),
                 "RCD_API_TOKENS": json.dumps({
                     ADMIN: {"name": "fault-admin", "role": "admin"},
