@@ -2,7 +2,8 @@
 background loop (meter tables, dispatch, cancels, republish, expiry sweep).
 
 One per process; several processes may share one PostgreSQL (dispatch claims
-rows with SKIP LOCKED; results are split by the shared subscription).
+rows with SKIP LOCKED; results are split by the shared subscription on an
+MQTT 5 broker, by one durable JetStream consumer on a NATS cluster).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from central.db import session_scope
 from central.errors import CentralError, ConfigurationError, Conflict
+from central.jetstream import JetStreamResults
 from central.mqtt import MqttLink
 from central.services import dispatch, rejected, results
 from central.settings import Settings
@@ -52,6 +54,7 @@ class Coordinator:
         self.factory = factory
         self.signer = load_signer(settings)
         self.link: MqttLink | None = None
+        self.results_consumer: JetStreamResults | None = None
         self._dispatch_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -63,6 +66,14 @@ class Coordinator:
             self.link = MqttLink(
                 self.settings, on_result=self.handle_result, on_status=self.handle_status
             ).start()
+            if self.settings.broker_kind == "nats":
+                try:
+                    self.results_consumer = JetStreamResults(
+                        self.settings, self.handle_result
+                    ).start()
+                except CentralError:
+                    self.link.close()
+                    raise
         self._thread = threading.Thread(target=self._loop, name="rcd-central-loop", daemon=True)
         self._thread.start()
 
@@ -71,6 +82,8 @@ class Coordinator:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.results_consumer is not None:
+            self.results_consumer.close()
         if self.link is not None:
             self.link.close()
 

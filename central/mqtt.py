@@ -7,6 +7,10 @@ so replicas split them, with a persistent session (clean_start False) so that
 results published while the coordinator is down wait at the broker, and with
 ``manual_ack``: a result is acknowledged only after the handler committed it.
 Status messages (retained) use a plain subscription: every replica sees them.
+On a NATS cluster (``broker_kind="nats"``, MQTT 3.1.1) results come from
+JetStream instead (``central.jetstream``) and this link only publishes and
+follows status. With several broker nodes (``mqtt_brokers``) a lost or refused
+connection is retried on the next node (``shared.failover``).
 paho errors are mapped to :class:`central.errors.DispatchError`.
 """
 
@@ -29,6 +33,7 @@ from central.errors import DispatchError
 from central.services.dispatch import Outgoing
 from central.settings import Settings
 from shared import topics
+from shared.failover import BrokerRotation
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ class MqttLink:
         self._on_status = on_status
         self._connected = threading.Event()
         self._v5 = settings.mqtt_protocol == "5"
+        self._rotation = BrokerRotation(settings.broker_addresses())
         # MQTT 3.1.1 asks for a persistent session with clean_session=False; MQTT 5
         # with clean_start at connect (clean_session must stay None there).
         self._client = paho.Client(
@@ -69,35 +75,34 @@ class MqttLink:
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
+        self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_message = self._handle_message
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MqttLink:
+        host, port = self._rotation.current
         try:
+            # connect_async: a node that is down now is skipped by the reconnect loop
             if self._v5:
                 properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 properties.SessionExpiryInterval = SESSION_EXPIRY_S
-                self._client.connect(
-                    self._settings.mqtt_host,
-                    self._settings.mqtt_port,
-                    keepalive=30,
-                    clean_start=False,
-                    properties=properties,
+                self._client.connect_async(
+                    host, port, keepalive=30, clean_start=False, properties=properties
                 )
             else:
-                self._client.connect(
-                    self._settings.mqtt_host, self._settings.mqtt_port, keepalive=30
-                )
+                self._client.connect_async(host, port, keepalive=30)
         except (OSError, ValueError) as exc:
-            raise DispatchError(
-                f"cannot reach MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port}: {exc}"
-            ) from exc
+            raise DispatchError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
+        self._client.reconnect_delay_set(min_delay=1, max_delay=5 if self._rotation.several else 120)
         self._client.loop_start()
         self._started = True
         if not self._connected.wait(timeout):
             self.close()
-            raise DispatchError("MQTT broker did not accept the connection (credentials?)")
+            raise DispatchError(
+                f"no MQTT broker of {self._settings.broker_addresses()} accepted the "
+                "connection (down, or credentials?)"
+            )
         return self
 
     def close(self) -> None:
@@ -126,7 +131,7 @@ class MqttLink:
             log.error("MQTT connection refused: %s", reason)
             return
         subscriptions = []
-        if self._on_result is not None:
+        if self._on_result is not None and self._settings.broker_kind != "nats":
             results_filter = (
                 topics.shared_subscription(self._settings.mqtt_share_group, topics.ALL_RESULTS)
                 if self._v5
@@ -150,6 +155,15 @@ class MqttLink:
         self._connected.clear()
         if reason.is_failure:
             log.warning("MQTT disconnected: %s (paho reconnects)", reason)
+            self._next_node()
+
+    def _handle_connect_fail(self, _client: paho.Client, _userdata: object) -> None:
+        self._next_node()
+
+    def _next_node(self) -> None:
+        if self._rotation.several:
+            host, port = self._rotation.advance(self._client)
+            log.warning("MQTT: next attempt on broker node %s:%d", host, port)
 
     def _handle_message(
         self, client: paho.Client, _userdata: object, message: paho.MQTTMessage

@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     # results are consumed with a plain subscription (one coordinator, no shared groups)
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_puback_timeout_s: float = 30.0
+    # Failover: "host:port" of every broker node, tried in turn (empty: mqtt_host:mqtt_port)
+    mqtt_brokers: list[str] = Field(default_factory=list)
+    # "mosquitto" (or any MQTT 5 broker): results through the shared subscription.
+    # "nats": a NATS cluster; MQTT 3.1.1 (NATS refuses MQTT 5), results from the
+    # JetStream stream through one durable consumer the replicas share (central/jetstream.py)
+    broker_kind: Literal["mosquitto", "nats"] = "mosquitto"
+    nats_urls: list[str] = Field(default_factory=list)  # nats://host:4222 of every node
+    nats_durable: str = "central"  # the same on every replica
+    nats_ack_wait_s: float = Field(default=30.0, gt=0)  # a dead replica's results move on after this
+    nats_retry_s: float = Field(default=2.0, gt=0)  # a result whose handler failed, again after this
+    nats_replicas: int = Field(default=3, ge=1, le=5)
     mqtt_tls_ca: Path | None = None
     signing_key_path: Path | None = None
     signing_key_pem: str | None = None  # for tests/demo; a file is preferred
@@ -106,6 +117,27 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 5.0
     republish_after_s: float = 60.0
     expiry_grace_s: float = 60.0  # in-flight orders get this long past the deadline
+
+    @model_validator(mode="after")
+    def _check_broker(self) -> Settings:
+        if self.broker_kind == "nats":
+            if self.mqtt_protocol != "3.1.1":
+                raise ConfigurationError(
+                    "RCD_BROKER_KIND=nats needs RCD_MQTT_PROTOCOL=3.1.1 (NATS refuses MQTT 5)"
+                )
+            if self.mqtt_enabled and not self.nats_urls:
+                raise ConfigurationError("RCD_BROKER_KIND=nats needs RCD_NATS_URLS")
+        for address in self.mqtt_brokers:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigurationError(f"RCD_MQTT_BROKERS: {address!r} is not host:port")
+        return self
+
+    def broker_addresses(self) -> list[tuple[str, int]]:
+        """Every broker node to try, in order."""
+        if not self.mqtt_brokers:
+            return [(self.mqtt_host, self.mqtt_port)]
+        return [(a.rpartition(":")[0], int(a.rpartition(":")[2])) for a in self.mqtt_brokers]
 
     @model_validator(mode="after")
     def _refuse_defaults_in_production(self) -> Settings:

@@ -11,7 +11,9 @@
   and deletes a row only when its PUBACK arrives (``on_publish`` with a success reason
   code). Anything unacknowledged is published again after a reconnect or restart, so a
   result may arrive twice (identical payload), never zero times.
-* Reconnect with exponential backoff (paho's ``reconnect_delay_set``), last will
+* Reconnect with exponential backoff (paho's ``reconnect_delay_set``); with
+  ``broker.failover_urls`` (a NATS cluster) each failed or lost connection moves
+  the next attempt to the next node (``shared.failover``); last will
   "offline" and a retained status refreshed every ``agent.status_interval_s``.
 
 paho callbacks run on paho's network thread; they only hand work to the pump thread
@@ -41,6 +43,7 @@ from edge_agent.logs import log
 from edge_agent.store import Store
 from shared import topics
 from shared.contracts import ConcentratorStatus
+from shared.failover import BrokerRotation
 
 MAX_INFLIGHT = 50
 INFLIGHT_STALE_S = 60.0
@@ -81,6 +84,7 @@ class MqttLink:
         )
         self._client.username_pw_set(config.username, config.password())
         broker = config.broker
+        self._rotation = BrokerRotation(broker.addresses)
         if broker.tls:
             try:
                 self._client.tls_set(
@@ -101,6 +105,7 @@ class MqttLink:
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_connect_fail = self._on_connect_fail
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -114,16 +119,17 @@ class MqttLink:
 
     def start(self) -> None:
         broker = self._config.broker
+        host, port = self._rotation.current
         try:
             if self._v5:
                 props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = broker.session_expiry_s
                 self._client.connect_async(
-                    broker.host, broker.port, keepalive=broker.keepalive_s,
+                    host, port, keepalive=broker.keepalive_s,
                     clean_start=False, properties=props,
                 )
             else:
-                self._client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
+                self._client.connect_async(host, port, keepalive=broker.keepalive_s)
         except (OSError, ValueError) as exc:
             raise LinkError(f"cannot connect to {broker.url}: {exc}") from exc
         self._client.loop_start()
@@ -182,6 +188,16 @@ class MqttLink:
             level = logging.INFO if self._stop.is_set() else logging.WARNING
             log("link.down", level, reason=str(reason_code))
             self._note_link("disconnected")
+        if not self._stop.is_set():
+            self._next_node()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._next_node()
+
+    def _next_node(self) -> None:
+        if self._rotation.several:
+            host, port = self._rotation.advance(self._client)
+            log("link.failover", logging.WARNING, next=f"{host}:{port}")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
