@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from firmware_sim.cosem import STATE_NAMES, DisconnectControl, EnergyRegister, Refused
+from firmware_sim.oplog import OperationLog, RelayMethod
 from shared.dlms import apdu as A
 from shared.dlms import axdr
 from shared.dlms import security as S
@@ -78,6 +79,8 @@ class Association:
     stoc: bytes = b""
     general_glo: bool = False
     max_pdu: int = MAX_PDU
+    request_ic: int | None = None  # the client's invocation counter of the current request
+    aarq_ic: int | None = None  # ... and of the AARQ that opened this association
 
 
 def system_title_for(meter_id: str) -> bytes:
@@ -102,6 +105,8 @@ class SimulatedMeter:
         self.last_client_ic: dict[int, int] = {}
         self.lock = threading.RLock()
         self.events: list[str] = []
+        self.oplog = OperationLog(spec.meter_id)
+        self._aarq_from: tuple[int, int | None] = (0, None)  # client, IC of the AARQ in hand
         self._random: Callable[[int], bytes] = os.urandom
 
     # ------------------------------------------------------------ control interface
@@ -167,8 +172,11 @@ class SimulatedMeter:
                 return A.build_exception_response(1, 3)
 
     def release(self, assoc: Association) -> None:
-        assoc.state = "idle"
-        assoc.secured = False
+        with self.lock:
+            if assoc.state == "ready":
+                self.oplog.association("close", client=assoc.client, invocation_counter=None)
+            assoc.state = "idle"
+            assoc.secured = False
 
     def _handle(self, assoc: Association, req: bytes) -> bytes:
         if not req:
@@ -195,9 +203,11 @@ class SimulatedMeter:
                 return A.build_exception_response(1, 5)  # decipher-error
             self.last_client_ic[assoc.client] = c.ic
             assoc.general_glo = c.tag == S.GENERAL_GLO
+            assoc.request_ic = c.ic
             return self._protect(assoc, self._service(assoc, plain))
         if assoc.secured:
             return A.build_exception_response(1, 1)  # plain APDU on a ciphered association
+        assoc.request_ic = None
         return self._service(assoc, req)
 
     def _protect(self, assoc: Association, plain: bytes) -> bytes:
@@ -213,11 +223,16 @@ class SimulatedMeter:
 
     def _refuse(self, diagnostic: int, context: bytes, result: int = 1) -> bytes:
         self.counters.refused_associations += 1
+        client, ic = self._aarq_from
+        self.oplog.association(
+            "refused", client=client, invocation_counter=ic, diagnostic=diagnostic
+        )
         return A.build_aare(A.Aare(result=result, diagnostic=diagnostic, context=context))
 
     def _aarq(self, assoc: Association, req: bytes) -> bytes:
         aarq = A.parse_aarq(req)
         self.release(assoc)
+        self._aarq_from = (assoc.client, None)
         if assoc.client == PUBLIC_CLIENT:
             # mechanism first: diagnostic 2 is reserved for "not provisioned" (see errors.py)
             if aarq.mechanism not in (None, A.MECH_NONE) or aarq.ciphered:
@@ -230,6 +245,7 @@ class SimulatedMeter:
             assoc.state = "ready"
             assoc.max_pdu = min(MAX_PDU, init.max_pdu or MAX_PDU)
             self.counters.associations += 1
+            self.oplog.association("open", client=assoc.client, invocation_counter=None)
             conf = A.SERVER_CONFORMANCE & init.conformance
             return A.build_aare(A.Aare(
                 context=aarq.context,
@@ -254,6 +270,7 @@ class SimulatedMeter:
             plain = S.unwrap(c, aarq.calling_title, self.keys)
         except MalformedResponse:
             return self._refuse(DIAG_AUTHENTICATION_FAILURE, aarq.context)
+        self._aarq_from = (assoc.client, c.ic)
         if c.ic <= self.last_client_ic.get(assoc.client, -1):
             self.events.append(f"replayed invocation counter {c.ic}")
             return self._refuse(DIAG_AUTHENTICATION_FAILURE, aarq.context)
@@ -264,6 +281,7 @@ class SimulatedMeter:
         assoc.state = "pending"
         assoc.secured = True
         assoc.client_title = aarq.calling_title
+        assoc.aarq_ic = c.ic
         assoc.ctos = aarq.calling_auth_value
         assoc.stoc = self._random(16)
         assoc.general_glo = c.tag == S.GENERAL_GLO
@@ -314,7 +332,22 @@ class SimulatedMeter:
             return A.build_exception_response(2, 2)
         if assoc.client != MANAGEMENT_CLIENT:
             return A.build_action_response(r.invoke_id, A.AR_READ_WRITE_DENIED)
-        return A.build_action_response(r.invoke_id, self._action(r.refs[0], r.data))
+        return A.build_action_response(r.invoke_id, self._logged_action(assoc, r))
+
+    def _logged_action(self, assoc: Association, r: A.Request) -> int:
+        """Run the method; a Disconnect control method goes into the operation log with
+        the relay state before and after, whatever its result."""
+        ref = r.refs[0]
+        before = (self.disconnect.control_state, self.disconnect.output_state)
+        result = self._action(ref, r.data)
+        if (ref.class_id, ref.obis) == DISCONNECT_CONTROL and ref.index in (1, 2):
+            method: RelayMethod = "remote_disconnect" if ref.index == 1 else "remote_reconnect"
+            self.oplog.relay(
+                method, client=assoc.client, invocation_counter=assoc.request_ic,
+                action_result=result, before=before,
+                after=(self.disconnect.control_state, self.disconnect.output_state),
+            )
+        return result
 
     def _hls_pass3(self, assoc: Association, r: A.Request) -> bytes:
         f_stoc = r.data[0].value if r.data and r.data[0].tag == axdr.OCTET_STRING else b""
@@ -322,10 +355,14 @@ class SimulatedMeter:
             S.verify_hls(assoc.client_title, self.keys, assoc.stoc, f_stoc)
         except MalformedResponse:
             self.counters.refused_associations += 1
+            self.oplog.association(
+                "refused", client=assoc.client, invocation_counter=assoc.aarq_ic
+            )
             assoc.state = "idle"
             return A.build_action_response(r.invoke_id, A.AR_READ_WRITE_DENIED)
         assoc.state = "ready"
         self.counters.associations += 1
+        self.oplog.association("open", client=assoc.client, invocation_counter=assoc.aarq_ic)
         self.server_ic += 1
         f_ctos = S.gmac_hls(self.system_title, self.server_ic, self.keys, assoc.ctos)
         return A.build_action_response(r.invoke_id, A.AR_SUCCESS, axdr.octets(f_ctos))

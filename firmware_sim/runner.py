@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from firmware_sim.channel import Channel
 from firmware_sim.fleet import SERVER_LOGICAL_ADDRESS, FleetSpec, LineSpec, MeterSpec
@@ -159,6 +160,8 @@ class TcpMeterServer:
         except OSError:
             return
         finally:
+            for assoc in assocs.values():
+                self.meter.release(assoc)  # the connection was the association's lifetime
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
@@ -442,7 +445,10 @@ class RunningFleet:
                 self.wfile.write(raw)
 
             def do_GET(self) -> None:
-                parts = [p for p in self.path.split("/") if p]
+                url = urlsplit(self.path)
+                parts = [p for p in url.path.split("/") if p]
+                if parts == ["log"] or (parts[-1:] == ["log"] and len(parts) == 3):
+                    return self._log(parts, parse_qs(url.query))
                 if parts == ["health"]:
                     return self._reply(200, {"ok": True})
                 if parts == ["meters"]:
@@ -453,6 +459,23 @@ class RunningFleet:
                 if len(parts) == 2 and parts[0] == "meters" and parts[1] in fleet._meters:
                     return self._reply(200, fleet.meter(parts[1]).state())
                 return self._reply(404, {"error": "not found"})
+
+            def _log(self, parts: list[str], query: dict[str, list[str]]) -> None:
+                # GET /log (every meter) or /meters/<id>/log; ?since=<seq>&kind=relay|association
+                try:
+                    since = int(query.get("since", ["0"])[0])
+                except ValueError:
+                    return self._reply(400, {"error": "since must be an integer"})
+                kind = query.get("kind", [None])[0]
+                if kind not in (None, "relay", "association"):
+                    return self._reply(400, {"error": "kind must be relay or association"})
+                if len(parts) == 3:
+                    if parts[0] != "meters" or parts[1] not in fleet._meters:
+                        return self._reply(404, {"error": "not found"})
+                    return self._reply(200, fleet.meter(parts[1]).oplog.as_json(since, kind))
+                return self._reply(
+                    200, {m.meter_id: m.oplog.as_json(since, kind) for m in fleet.meters()}
+                )
 
             def do_POST(self) -> None:
                 parts = [p for p in self.path.split("/") if p]

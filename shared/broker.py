@@ -46,8 +46,14 @@ def mosquitto_binary() -> str:
     raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
 
 
-def render_config(template: str, *, port: int, work_dir: Path) -> str:
-    """Our shipped configuration with paths and listener moved into ``work_dir``."""
+def render_config(
+    template: str, *, port: int, work_dir: Path, drop: Iterable[str] = ()
+) -> str:
+    """Our shipped configuration with paths and listener moved into ``work_dir``.
+
+    Directives named in ``drop`` are left out, so mosquitto's own default applies
+    (the fault suite drops ``autosave_interval``: delivery must not rest on it)."""
+    dropped = frozenset(drop)
     replacements = {
         "password_file": f"password_file {work_dir / 'passwd'}",
         "acl_file": f"acl_file {work_dir / 'acl'}",
@@ -57,6 +63,9 @@ def render_config(template: str, *, port: int, work_dir: Path) -> str:
     lines = []
     for line in template.splitlines():
         directive = line.split(" ", 1)[0]
+        if directive in dropped:
+            lines.append(f"# {line}  (left out: mosquitto's default applies)")
+            continue
         lines.append(replacements.get(directive, line) if not line.startswith("#") else line)
     text = "\n".join(lines) + "\n"
     if os.geteuid() == 0:
@@ -84,8 +93,10 @@ class MosquittoBroker:
         password: str = "secret",
         port: int | None = None,
         work_dir: Path | None = None,
+        drop: Iterable[str] = (),
     ) -> None:
         self.port = port or free_port()
+        self._drop = tuple(drop)
         self.host = "127.0.0.1"
         self.password = password
         self._own_dir = work_dir is None
@@ -116,7 +127,7 @@ class MosquittoBroker:
     def start(self) -> MosquittoBroker:
         template = (DEPLOY_DIR / "mosquitto.conf").read_text()
         (self.work_dir / "mosquitto.conf").write_text(
-            render_config(template, port=self.port, work_dir=self.work_dir)
+            render_config(template, port=self.port, work_dir=self.work_dir, drop=self._drop)
         )
         shutil.copyfile(DEPLOY_DIR / "acl", self.work_dir / "acl")
         self._write_passwords()
@@ -163,6 +174,11 @@ class MosquittoBroker:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(timeout=5)
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs (a fault test freezes it with SIGSTOP)."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:
