@@ -24,7 +24,6 @@ from tests.fault.system import (
     ADMIN,
     CONCENTRATORS,
     COORDINATOR_ENV,
-    KEYS,
     OPERATOR,
     Proc,
     System,
