@@ -22,6 +22,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from central.errors import DispatchError
 from central.settings import Settings
@@ -94,6 +95,8 @@ class JetStreamResults:
 
         async def down() -> None:
             self.connected = False
+            if self._stopping is not None and self._stopping.is_set():
+                return
             log.warning("NATS connection lost; reconnecting to the other nodes")
 
         connection = await nats.connect(
@@ -123,7 +126,7 @@ class JetStreamResults:
             self.connected = True
             self._ready.set()
             while not self._stopping.is_set():
-                await self._fetch_once(subscription)
+                await self._fetch_once(subscription, connection)
         finally:
             self.connected = False
             await connection.close()
@@ -153,7 +156,7 @@ class JetStreamResults:
         )
         log.info("created JetStream stream %s (%d replicas)", RESULTS_STREAM, self._settings.nats_replicas)
 
-    async def _fetch_once(self, subscription) -> None:  # type: ignore[no-untyped-def]
+    async def _fetch_once(self, subscription, connection) -> None:  # type: ignore[no-untyped-def]
         import nats.errors
 
         try:
@@ -165,18 +168,26 @@ class JetStreamResults:
             await asyncio.sleep(0.5)
             return
         loop = asyncio.get_running_loop()
+        # the handler (database) runs off the event loop, one batch per executor call
+        outcomes = await loop.run_in_executor(None, self._handle_batch, messages)
+        try:
+            for message, ok in zip(messages, outcomes, strict=True):
+                if ok:
+                    await message.ack()
+                else:
+                    await message.nak(delay=self._settings.nats_retry_s)
+            await connection.flush(timeout=5)
+        except (TimeoutError, nats.errors.Error) as exc:
+            # an ack that did not arrive: redelivered after the ack wait, handled as a duplicate
+            log.warning("acknowledgements not confirmed: %s", exc)
+
+    def _handle_batch(self, messages: list[Any]) -> list[bool]:
+        outcomes = []
         for message in messages:
             topic = mqtt_topic(message.subject)
             try:
-                ok = await loop.run_in_executor(None, self._on_result, topic, message.data)
+                outcomes.append(self._on_result(topic, message.data))
             except Exception:
                 log.exception("handler failed for %s", topic)
-                ok = False
-            try:
-                if ok:
-                    await message.ack_sync(timeout=5)
-                else:
-                    await message.nak(delay=self._settings.nats_retry_s)
-            except (TimeoutError, nats.errors.Error) as exc:
-                # not acknowledged: redelivered after the ack wait; the handler is idempotent
-                log.warning("ack for %s not confirmed: %s", topic, exc)
+                outcomes.append(False)
+        return outcomes
