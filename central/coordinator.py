@@ -2,8 +2,9 @@
 background loop (meter tables, dispatch, cancels, republish, expiry sweep).
 
 One per process; several processes may share one PostgreSQL (dispatch claims
-rows with SKIP LOCKED; results are split by the shared subscription on an
-MQTT 5 broker, by one durable JetStream consumer on a NATS cluster).
+rows with SKIP LOCKED; results are split by the shared subscription on an MQTT 5
+broker, by one durable JetStream consumer on a NATS cluster, or each replica gets
+them all with a plain one: every handler is idempotent).
 """
 
 from __future__ import annotations
@@ -11,21 +12,47 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from functools import partial
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from central import metrics
 from central.db import session_scope
 from central.errors import CentralError, ConfigurationError, Conflict
 from central.jetstream import JetStreamResults
 from central.mqtt import MqttLink
 from central.services import dispatch, rejected, results
+from central.services.dispatch import Outgoing
+from central.services.lifecycle import utcnow
 from central.settings import Settings
-from shared.contracts import ConcentratorStatus, OrderResult, decode, parse_agent_message
+from shared import topics
+from shared.contracts import (
+    AckedKind,
+    AckedMessage,
+    ConcentratorStatus,
+    MessageAck,
+    OrderReceipt,
+    OrderResult,
+    RefusalReport,
+    decode,
+    parse_agent_message,
+)
 from shared.errors import SharedError
 from shared.signing import CommandSigner, generate_keypair, load_private_key, load_private_key_file
 
 log = logging.getLogger(__name__)
+
+# An ack is idempotent; its signed deadline only bounds how long a copy may linger.
+ACK_LIFETIME = timedelta(days=1)
+# Receipts and results that apply to no order: kept as rejected messages, then acked.
+_KEPT_AS_REJECTED = {
+    "unknown_order": "for an order the coordinator does not know",
+    "wrong_concentrator": "for an order of another concentrator or meter",
+    "refused_outcome": (
+        "outcome 'rejected' (an agent's refusal of a command it could not verify) ends no order"
+    ),
+}
 
 
 def load_signer(settings: Settings) -> CommandSigner:
@@ -116,7 +143,15 @@ class Coordinator:
         ]
         if link is not None and link.connected:
             steps = [
-                ("cancels", lambda: self._under_dispatch_lock(dispatch.send_cancels, link)),
+                (
+                    "cancels",
+                    lambda: self._under_dispatch_lock(
+                        partial(
+                            dispatch.send_cancels, resend_after_s=self.settings.republish_after_s
+                        ),
+                        link,
+                    ),
+                ),
                 *steps,
                 (
                     "meter tables",
@@ -169,8 +204,10 @@ class Coordinator:
 
     # -- consumers (paho thread) --------------------------------------------------
     def handle_result(self, topic: str, payload: bytes) -> bool:
-        """A message on a result topic: an :class:`OrderReceipt` (step 5) or an
-        :class:`OrderResult` (steps 6-8)."""
+        """A message on a result topic: an :class:`OrderReceipt` (step 5), an
+        :class:`OrderResult` (steps 6-8) or a :class:`RefusalReport`. Once it is
+        committed the agent gets a signed :class:`MessageAck`; an exception (database
+        down) sends none, and the agent sends the message again."""
         try:
             message = parse_agent_message(payload)
         except SharedError as exc:
@@ -179,20 +216,66 @@ class Coordinator:
             return self._reject(
                 topic, payload, f"{message.kind} names concentrator {message.concentrator_id}"
             )
+        if isinstance(message, RefusalReport):
+            return self._refusal(topic, payload, message)
+        effect = self._apply(topic, payload, message)
+        self._ack(message.concentrator_id, message.kind, message.order_id)
+        if isinstance(message, OrderResult) and effect != "duplicate":
+            self._wake.set()  # a slot was freed: dispatch waiting orders
+        return True
+
+    def _apply(self, topic: str, payload: bytes, message: OrderResult | OrderReceipt) -> str:
         for attempt in (1, 2):
             try:
                 with session_scope(self.factory) as session:
-                    results.apply_agent_message(session, message)
-                break
+                    effect = results.apply_agent_message(session, message)
+                    if effect in _KEPT_AS_REJECTED:
+                        # nothing to apply it to: kept for the audit trail, then acked
+                        rejected.record_rejected(
+                            session, topic, payload, f"{message.kind}: {_KEPT_AS_REJECTED[effect]}"
+                        )
+                return effect
             except Conflict:
                 # the order changed between read and write (e.g. the expiry sweep):
                 # read it again once; it is then applied or recorded as late
                 if attempt == 2:
                     raise
                 log.info("%s for %s raced another change; retrying", message.kind, topic)
-        if isinstance(message, OrderResult):
-            self._wake.set()  # a slot was freed: dispatch waiting orders
+        raise AssertionError("unreachable")
+
+    def _refusal(self, topic: str, payload: bytes, report: RefusalReport) -> bool:
+        with session_scope(self.factory) as session:
+            _, new = rejected.record_refusal(session, topic, payload, report)
+        if new:
+            alarm = report.reason.value in rejected.KEY_ALARM_REASONS
+            log.log(
+                logging.ERROR if alarm else logging.WARNING,
+                "security event: concentrator %s refused a message on its %s topic: %s (%s)%s",
+                report.concentrator_id,
+                report.topic_leaf,
+                report.reason.value,
+                report.detail,
+                "; configuration alarm: check the concentrator's coordinator key" if alarm else "",
+            )
+        self._ack(report.concentrator_id, "refusal", report.refusal_id)
         return True
+
+    def _ack(self, concentrator_id: str, kind: AckedKind, key: str) -> None:
+        """Tell the agent it may drop ``kind``/``key`` from its outbox (after the commit)."""
+        link = self.link
+        if link is None:
+            return
+        now = utcnow()
+        ack = MessageAck(
+            command_id=dispatch.new_command_id(),
+            concentrator_id=concentrator_id,
+            issued_at=now,
+            deadline=now + ACK_LIFETIME,
+            acks=[AckedMessage(kind=kind, id=key)],
+        )
+        signed = self.signer.sign(ack)
+        if link.publish_nowait(Outgoing(topics.commands(concentrator_id), signed)):
+            metrics.ACKS.labels(kind=kind).inc()
 
     def _reject(self, topic: str, payload: bytes, reason: str) -> bool:
         """Keep a refused message (``services.rejected``), then acknowledge it: redelivery

@@ -41,6 +41,18 @@ REJECTED = Counter(
     "Agent messages refused (malformed, too large, wrong topic) and kept for audit",
     registry=PROCESS_REGISTRY,
 )
+AGENT_REFUSALS = Counter(
+    "rcd_agent_refusals_total",
+    "Messages an agent could not verify and reported (security events), by reason",
+    ["reason"],
+    registry=PROCESS_REGISTRY,
+)
+ACKS = Counter(
+    "rcd_agent_message_acks_total",
+    "Acknowledgements sent to agents for stored receipts, results and refusals",
+    ["kind"],
+    registry=PROCESS_REGISTRY,
+)
 PUBLISHED = Counter(
     "rcd_commands_published_total",
     "Commands acknowledged by the broker",

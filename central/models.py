@@ -147,6 +147,12 @@ class Order(Base):
     command_id: Mapped[str | None] = mapped_column(String(64))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The signed command exactly as first sent: re-sent as is (same command id, same
+    # signed deadline) until the agent's receipt, never after ``command_deadline``.
+    command_payload: Mapped[str | None] = mapped_column(Text)
+    command_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resend_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     cancel_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     superseded_by: Mapped[str | None] = mapped_column(String(64))

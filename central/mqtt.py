@@ -1,17 +1,24 @@
 """The one paho-mqtt adapter of the coordinator.
 
-MQTT v5, ``CallbackAPIVersion.VERSION2``, QoS 1 everywhere. Publishing waits
-for the broker's PUBACK of every message (``publish_many``). Results are
-consumed through a shared subscription (``$share/<group>/rcd/v1/c/+/result``)
-so replicas split them, with a persistent session (clean_start False) so that
-results published while the coordinator is down wait at the broker, and with
-``manual_ack``: a result is acknowledged only after the handler committed it.
-Status messages (retained) use a plain subscription: every replica sees them.
-On a NATS cluster (``broker_kind="nats"``, MQTT 3.1.1) results come from
-JetStream instead (``central.jetstream``) and this link only publishes and
-follows status. With several broker nodes (``mqtt_brokers``) a lost or refused
-connection is retried on the next node (``shared.failover``).
-paho errors are mapped to :class:`central.errors.DispatchError`.
+MQTT v5, ``CallbackAPIVersion.VERSION2``, QoS 1 everywhere. Publishing commands
+waits for the broker's PUBACK of every message (``publish_many``); acks to agents
+(``publish_nowait``, from paho's thread) do not wait: a lost one costs a re-send by the
+agent, acknowledged again. Results are consumed through a shared subscription
+(``$share/<group>/rcd/v1/c/+/result``) so replicas split them, or a plain one
+(``mqtt_results_subscription = "plain"``: every replica gets every result; handling is
+idempotent), with a persistent session (clean_start False) so that results published
+while the coordinator is down wait at the broker.
+
+Every message is PUBACKed once its handler returned, also when the handler failed
+(database down): the broker redelivers an unacknowledged message only on reconnect,
+and unacknowledged ones fill the client's in-flight window until nothing else comes.
+What makes a result safe is the application's ack: the agent keeps it and sends it
+again until the coordinator's :class:`shared.contracts.MessageAck`, sent only after the
+database commit. Status messages (retained) use a plain subscription: every replica
+sees them. On a NATS cluster (``broker_kind="nats"``, MQTT 3.1.1) results come from
+JetStream instead (``central.jetstream``) and this link only publishes and follows
+status. With several broker nodes (``mqtt_brokers``) a lost or refused connection is
+retried on the next node (``shared.failover``). paho errors are mapped to :class:`central.errors.DispatchError`.
 """
 
 from __future__ import annotations
@@ -132,9 +139,10 @@ class MqttLink:
             return
         subscriptions = []
         if self._on_result is not None and self._settings.broker_kind != "nats":
+            shared = self._v5 and self._settings.mqtt_results_subscription == "shared"
             results_filter = (
                 topics.shared_subscription(self._settings.mqtt_share_group, topics.ALL_RESULTS)
-                if self._v5
+                if shared
                 else topics.ALL_RESULTS
             )
             subscriptions.append((results_filter, 1))
@@ -169,17 +177,24 @@ class MqttLink:
         self, client: paho.Client, _userdata: object, message: paho.MQTTMessage
     ) -> None:
         handler = self._on_status if message.topic.endswith("/status") else self._on_result
-        ok = True
         if handler is not None:
             try:
-                ok = handler(message.topic, bytes(message.payload))
+                handler(message.topic, bytes(message.payload))
             except Exception:  # never let a handler kill paho's thread
-                log.exception("handler failed for %s", message.topic)
-                ok = False
-        if ok and message.qos > 0:
+                # not stored, so not acknowledged to the agent: it sends the message again
+                log.exception("handler failed for %s; the agent sends it again", message.topic)
+        if message.qos > 0:
             client.ack(message.mid, message.qos)
 
     # -- publishing ---------------------------------------------------------------
+    def publish_nowait(self, message: Outgoing) -> bool:
+        """Queue one QoS 1 message without waiting for its PUBACK (safe on paho's
+        thread); False if paho refused it at once (e.g. not connected)."""
+        info = self._client.publish(
+            message.topic, message.payload, qos=topics.QOS, retain=message.retain
+        )
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
         """Publish all with QoS 1, then wait until the broker acknowledged each."""
         if not self._connected.is_set():

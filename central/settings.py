@@ -115,7 +115,16 @@ class Settings(BaseSettings):
 
     # Background loops
     sweep_interval_s: float = 5.0
-    republish_after_s: float = 60.0
+    # A command without the agent's receipt is sent again after republish_after_s, then
+    # twice as long each time up to republish_max_s (never after its deadline); a cancel
+    # without the agent's result every republish_after_s.
+    republish_after_s: float = Field(default=60.0, gt=0)
+    republish_max_s: float = Field(default=600.0, gt=0)
+    # How results are consumed: "shared" ($share/<group>/..., replicas split them) or
+    # "plain" (every replica gets every result; handling is idempotent, so both are
+    # correct; plain also survives mosquitto's loss of an offline $share subscriber's
+    # queue on restart, though the agents' re-sending covers that too)
+    mqtt_results_subscription: Literal["shared", "plain"] = "shared"
     expiry_grace_s: float = 60.0  # in-flight orders get this long past the deadline
 
     @model_validator(mode="after")

@@ -9,6 +9,9 @@
     completed_connected | completed_disconnected | completed_armed | failed | expired
     | cancelled | rejected ──report──▶ reported
 
+    expired | failed | reported ──correct_connected|correct_disconnected|correct_armed──▶
+        completed_connected | completed_disconnected | completed_armed   (a late result)
+
 ``transition(state, event)`` is the only place that decides; anything not in
 ``TRANSITIONS`` raises :class:`central.errors.InvalidTransition`. Each event also
 names the step of the brief (1-10) it belongs to, for the timeline.
@@ -53,6 +56,12 @@ class Event(StrEnum):
     # one, and the old agent answered that the meter is not in its table: nothing was
     # switched, so the order goes back to be dispatched to the meter's new concentrator.
     REROUTE = "reroute"
+    # A late result (the order had ended expired, or failed without the agent's answer,
+    # and may already be reported) says the relay switched: the record becomes what the
+    # meter did, and Legacy is told again.
+    CORRECT_CONNECTED = "correct_connected"
+    CORRECT_DISCONNECTED = "correct_disconnected"
+    CORRECT_ARMED = "correct_armed"
 
 
 S = OrderState
@@ -98,7 +107,19 @@ TRANSITIONS: Final[dict[tuple[OrderState, Event], OrderState]] = {
     (S.DISPATCHED, E.REROUTE): S.VALIDATED,
     (S.DELIVERED, E.REROUTE): S.VALIDATED,
     **{(final, E.REPORT): S.REPORTED for final in FINAL_STATES},
+    **{
+        (ended, event): target
+        for ended in (S.EXPIRED, S.FAILED, S.REPORTED)
+        for event, target in (
+            (E.CORRECT_CONNECTED, S.COMPLETED_CONNECTED),
+            (E.CORRECT_DISCONNECTED, S.COMPLETED_DISCONNECTED),
+            (E.CORRECT_ARMED, S.COMPLETED_ARMED),
+        )
+    },
 }
+# Corrections apply only to an order that ended without the agent's answer (expired,
+# or failed for lack of one); from ``reported`` the caller checks what it was reported as.
+CORRECTABLE_STATES: Final = frozenset({S.EXPIRED, S.FAILED})
 
 # The step of the brief (Table 2) each event belongs to.
 STEP_OF: Final[dict[Event, int]] = {
@@ -114,6 +135,9 @@ STEP_OF: Final[dict[Event, int]] = {
     E.CANCEL: 2,
     E.REPORT: 9,
     E.REROUTE: 4,
+    E.CORRECT_CONNECTED: 8,
+    E.CORRECT_DISCONNECTED: 8,
+    E.CORRECT_ARMED: 8,
 }
 
 

@@ -9,19 +9,25 @@ on SIGTERM/SIGINT.
 Incoming commands (paho's network thread, :meth:`EdgeAgent.handle_message`): the
 signed envelope is verified (signature, recipient, deadline, replay), then the order is
 stored and its command id remembered in one transaction; only then does the link PUBACK
-it. Refused orders (unsigned, forged, expired, replayed, malformed) are reported on the
-result topic with outcome ``rejected`` and the refusal's reason code, when the payload
-names an order; a payload that names none is logged and dropped. Nothing a payload
+it. A copy of an order the agent holds (the coordinator sends the same command again
+until it has the receipt; a replay of a genuine command) is answered with what the
+agent stored: its receipt or its result, never a refusal. A signed ``ack`` from the
+coordinator drops the messages it names from the outbox. A message the agent cannot
+verify (unsigned, forged, another key, another concentrator, past its deadline and not
+held, malformed) ends no order: it is reported as a :class:`RefusalReport` (reason,
+SHA-256 of the payload, nothing read from it) through the outbox. Nothing a payload
 contains can stop the agent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import signal
 import threading
+import uuid
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import FrameType, TracebackType
@@ -29,7 +35,14 @@ from typing import Any, TypeVar
 
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import ConfigError
-from edge_agent.executor import AGENT_VERSION, Executor, MeterDriver, MeterLink
+from edge_agent.executor import (
+    AGENT_VERSION,
+    DEFAULT_TRANSIT_S,
+    Executor,
+    MeterDriver,
+    MeterLink,
+    TransitEstimator,
+)
 from edge_agent.logs import log
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.store import Meter, Store
@@ -37,16 +50,16 @@ from shared import topics
 from shared.contracts import (
     CancelCommand,
     ConcentratorStatus,
+    MessageAck,
     MeterTableSync,
     ModemState,
     OrderCommand,
-    OrderResult,
-    Outcome,
     ReasonCode,
+    RefusalReport,
     SimState,
     validate,
 )
-from shared.errors import CommandRejected, ContractError, TopicError
+from shared.errors import CommandRejected, CommandReplayed, ContractError, TopicError
 from shared.signing import CommandVerifier, load_public_key_file
 
 
@@ -96,6 +109,10 @@ class EdgeAgent:
             tcp_concurrency=config.executor.tcp_concurrency,
             idle_poll_s=config.executor.idle_poll_s,
             on_result=self.link.wake,
+            transit=TransitEstimator(
+                {f"line:{k}": v.initial_transit_s() for k, v in config.lines.items()},
+                DEFAULT_TRANSIT_S,
+            ),
         )
         self._stopped = threading.Event()
         self._started = False
@@ -203,12 +220,15 @@ class EdgeAgent:
         try:
             command = self.verifier.verify(payload)
         except CommandRejected as exc:
-            self._refused(leaf, payload, exc.reason, str(exc))
+            if not self._copy_of_held(leaf, exc):
+                self._refused(leaf, payload, exc.reason, str(exc))
             return
         except ContractError as exc:
             self._refused(leaf, payload, ReasonCode.MALFORMED_COMMAND, str(exc))
             return
-        if isinstance(command, OrderCommand) and leaf == "cmd":
+        if isinstance(command, MessageAck) and leaf == "cmd":
+            self._acknowledged(command)
+        elif isinstance(command, OrderCommand) and leaf == "cmd":
             outcome = self.store.store_order(command, received)
             log("order.received", order=command.order_id, meter=command.meter_id,
                 action=command.action.value, priority=command.priority,
@@ -235,28 +255,51 @@ class EdgeAgent:
         else:
             log("command.wrong_topic", logging.WARNING, topic=topic, kind=command.kind)
 
+    def _acknowledged(self, ack: MessageAck) -> None:
+        """The coordinator stored these messages: they leave the outbox."""
+        dropped = sum(self.store.outbox_acknowledge(a.kind, a.id) for a in ack.acks)
+        log("outbox.acknowledged", logging.DEBUG, acks=len(ack.acks), dropped=dropped)
+
+    def _copy_of_held(self, leaf: str, exc: CommandRejected) -> bool:
+        """A genuine command seen before or past its deadline: a copy of an order held here
+        is answered with the stored receipt or result, a copy of a cancel (applied once) is
+        ignored. False: it must be reported as refused."""
+        command = exc.command
+        if leaf != "cmd" or command is None or command.concentrator_id != self.cid:
+            return False
+        if isinstance(command, MessageAck):  # idempotent: a late copy is still true
+            self._acknowledged(command)
+            return True
+        if isinstance(command, OrderCommand):
+            answered = self.store.answer_copy(command.order_id)
+            if answered is None:
+                return False
+            log("order.copy", order=command.order_id, command=command.command_id,
+                answered=answered, why=exc.reason.value)
+            self.link.wake()
+            return True
+        if isinstance(command, CancelCommand) and isinstance(exc, CommandReplayed):
+            log("order.cancel_copy", order=command.order_id, command=command.command_id)
+            return True
+        return False
+
     def _refused(self, leaf: str, payload: bytes, reason: ReasonCode, detail: str) -> None:
-        body = _peek_body(payload)
-        order_id, meter_id = body.get("order_id"), body.get("meter_id")
         if leaf == "meters" and reason in (ReasonCode.REPLAYED_COMMAND, ReasonCode.EXPIRED):
             # the retained table comes back on every (re)subscribe: nothing to report
             log("meters.table_ignored", logging.DEBUG, reason=reason.value)
             return
+        digest = hashlib.sha256(payload).hexdigest()
+        report = RefusalReport(
+            refusal_id="r" + uuid.uuid4().hex, concentrator_id=self.cid, reason=reason,
+            detail=detail[:500], topic_leaf="meters" if leaf == "meters" else "cmd",
+            payload_sha256=digest, payload_size=len(payload), received_at=utcnow(),
+            agent_version=AGENT_VERSION,
+        )
+        queued = self.store.add_refusal(report.refusal_id, digest, report.to_json())
         log("command.refused", logging.WARNING, topic_leaf=leaf, reason=reason.value,
-            order=order_id, detail=detail[:300])
-        if body.get("kind") != "order" or not isinstance(order_id, str) or not isinstance(meter_id, str):
-            return
-        try:
-            result = validate(OrderResult, {  # the ids come from the refused command
-                "order_id": order_id, "meter_id": meter_id, "concentrator_id": self.cid,
-                "outcome": Outcome.REJECTED, "reason": reason,
-                "detail": f"command {body.get('command_id')!r} refused: {detail}"[:1000],
-                "received_at": utcnow(), "finished_at": utcnow(), "agent_version": AGENT_VERSION,
-            })
-        except ContractError:
-            return  # the ids themselves are not valid: nothing we can address a report to
-        self.store.outbox_add(order_id, result.to_json())
-        self.link.wake()
+            sha256=digest, reported=queued, detail=detail[:300])
+        if queued:
+            self.link.wake()
 
 
 # The modem daemon writes a few hundred bytes; a larger file is not its status.
@@ -278,13 +321,3 @@ def _signal_dbm(value: object) -> int | None:
         return None
     dbm = round(value)
     return dbm if -150 <= dbm <= 0 else None
-
-
-def _peek_body(payload: bytes) -> dict[str, Any]:
-    """Best effort: the command inside an envelope we refused, for the report only."""
-    try:
-        outer = json.loads(payload)
-        inner = json.loads(outer["body"]) if isinstance(outer, dict) and "body" in outer else outer
-        return inner if isinstance(inner, dict) else {}
-    except (ValueError, TypeError, KeyError, RecursionError):
-        return {}

@@ -52,6 +52,10 @@ class AgentSettings(_Section, frozen=True, kw_only=True):
     log_format: Literal["kv", "json"] = "kv"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     modem_status_file: Path | None = None  # written by the router's modem daemon, if any
+    # an outbox message without the coordinator's ack is sent again after resend_initial_s,
+    # then twice as long each time up to resend_max_s (and at once after a reconnect)
+    resend_initial_s: Annotated[float, Meta(gt=0, le=3600)] = 10.0
+    resend_max_s: Annotated[float, Meta(gt=0, le=86400)] = 120.0
 
 
 class BrokerSettings(_Section, frozen=True, kw_only=True):
@@ -115,6 +119,15 @@ class LineSettings(_Section, frozen=True, kw_only=True):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     concurrency: Annotated[int, Meta(ge=1, le=8)] = 1  # one on a PLC line
+    # The first estimate of a relay method's round trip on this line (request, the
+    # meter's work, response), until measured ones replace it; None: from the baud rate.
+    # The agent does not invoke the method with less time than this left to the deadline.
+    method_transit_s: Annotated[float, Meta(gt=0, le=600)] | None = None
+
+    def initial_transit_s(self) -> float:
+        # two ~128-byte HDLC frames each way at 10 bits a byte, plus half a second for
+        # the meter and the PLC modem
+        return self.method_transit_s or 0.5 + 4 * 128 * 10 / self.baudrate
 
 
 class KeySettings(_Section, frozen=True, kw_only=True):

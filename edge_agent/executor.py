@@ -6,7 +6,12 @@ report "already in state" without switching, otherwise switch and read back
 relay, energy and clock in one request. Failures are classified into the
 contract's reason codes (:func:`classify`); only ``RETRYABLE_REASONS`` are retried,
 with the order's RetryPolicy (exponential backoff with jitter), until the
-attempts or the deadline run out. An order is never started after its deadline.
+attempts or the deadline run out. An order is never started after its deadline, and
+the relay method is not invoked when the time left is shorter than the method's
+expected round trip on that line (:class:`TransitEstimator`, measured per line): the
+order ends ``expired`` without touching the meter. Right before the method, a
+disconnect is also refused when a cancel for the order, or the meter's protected flag
+(Ley 21.304) in the meter table, has arrived.
 
 Scheduling: one scheduler thread claims ready orders (highest priority first)
 whose line has a free slot, and hands them to a worker pool. A serial (PLC/RS-485)
@@ -19,6 +24,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -55,6 +62,10 @@ from shared.dlms.errors import (
 )
 
 AGENT_VERSION = "0.1.0"
+# A TCP meter's first method transit estimate (serial lines: LineSettings).
+DEFAULT_TRANSIT_S = 0.5
+PROTECTED = ("cancelled: the meter table flags the meter as a registered electro-dependent "
+             "patient's supply (Ley 21.304)")
 
 
 class MeterLink(Protocol):
@@ -141,10 +152,35 @@ def _confirms(relay: RelayReading, states: frozenset[ControlState]) -> bool:
     return relay.output_state is (relay.control_state is ControlState.CONNECTED)
 
 
+class TransitEstimator:
+    """The expected round trip of a relay method per line: the largest of the last
+    ``window`` measured ones (a slow PLC exchange is what a deadline must allow for),
+    or the line's configured first estimate until one is measured. Pure logic."""
+
+    def __init__(self, initial: dict[str, float], default_s: float, window: int = 8) -> None:
+        self._initial = dict(initial)
+        self._default = default_s
+        self._window = window
+        self._samples: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, line_key: str, seconds: float) -> None:
+        with self._lock:
+            self._samples.setdefault(line_key, deque(maxlen=self._window)).append(seconds)
+
+    def expected(self, line_key: str) -> float:
+        with self._lock:
+            samples = self._samples.get(line_key)
+            if samples:
+                return max(samples)
+        return self._initial.get(line_key, self._default)
+
+
 def switch(
     link: MeterLink,
     action: Action,
     stop_before_switch: Callable[[RelayReading], AttemptResult | None] = lambda relay: None,
+    on_method: Callable[[float], None] = lambda seconds: None,
 ) -> AttemptResult:
     """The protocol of one attempt on an open association.
 
@@ -180,10 +216,12 @@ def switch(
     stop = stop_before_switch(before)
     if stop is not None:
         return stop
+    began = time.monotonic()
     if action is Action.DISCONNECT:
         link.disconnect()
     else:
         link.reconnect()
+    on_method(time.monotonic() - began)  # the method's round trip on this line
     relay, energy = link.read_back()
     if action is Action.DISCONNECT:
         ok = _confirms(relay, frozenset({ControlState.DISCONNECTED}))
@@ -219,6 +257,7 @@ class Executor:
         on_result: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = utcnow,
         rng: Callable[[], float] = random.random,
+        transit: TransitEstimator | None = None,
     ) -> None:
         self._store = store
         self._driver = driver
@@ -228,6 +267,7 @@ class Executor:
         self._on_result = on_result
         self._clock = clock
         self._rng = rng
+        self.transit = transit or TransitEstimator({}, DEFAULT_TRANSIT_S)
         self._inflight: dict[str, int] = {}
         self._tcp_inflight = 0
         self._lock = threading.Lock()
@@ -398,6 +438,9 @@ class Executor:
             self._fail(order, attempts, ReasonCode.METER_NOT_COMMISSIONED,
                        f"meter {cmd.meter_id} is not commissioned in the meter table")
             return
+        if cmd.action is Action.DISCONNECT and meter.protected_customer:
+            self._end_cancelled(order, attempts, PROTECTED)
+            return
         number = len(attempts) + 1
         log("attempt.start", order=order.order_id, meter=meter.meter_id, action=cmd.action.value,
             attempt=number, of=cmd.retry.max_attempts, line=meter.line_key)
@@ -405,8 +448,11 @@ class Executor:
         try:
             self.executed += 1
             with self._driver.session(meter) as link:
-                outcome = switch(link, cmd.action,
-                                 lambda before: self._stop_before_switch(order, before))
+                outcome = switch(
+                    link, cmd.action,
+                    lambda before: self._stop_before_switch(order, before, meter.line_key),
+                    lambda seconds: self.transit.record(meter.line_key, seconds),
+                )
         except Exception as exc:  # classified below; anything unexpected is internal_error
             reason, detail = classify(exc, meter)
             if isinstance(exc, LineFault | TransportError) and meter.transport == "hdlc":
@@ -454,12 +500,18 @@ class Executor:
         self._fail(order, attempts, reason, outcome.detail, relay=outcome.relay,
                    energy=outcome.energy)
 
-    def _stop_before_switch(self, order: OrderRow, before: RelayReading) -> AttemptResult | None:
-        """Last check before the relay method: deadline, then a cancel that came meanwhile."""
-        if self._clock() >= order.command.deadline:
+    def _stop_before_switch(self, order: OrderRow, before: RelayReading,
+                            line_key: str) -> AttemptResult | None:
+        """Last check before the relay method: time left against the method's expected
+        transit on this line, a cancel that came meanwhile, and for a disconnect the
+        meter's protected flag in the table as it is now."""
+        left = (order.command.deadline - self._clock()).total_seconds()
+        transit = self.transit.expected(line_key)
+        if left <= transit:
             return AttemptResult(
                 outcome=Outcome.EXPIRED, reason=ReasonCode.EXPIRED,
-                detail="deadline passed before the method could be invoked; relay not switched",
+                detail=(f"{max(left, 0.0):.2f}s left before the deadline, the method takes "
+                        f"about {transit:.2f}s on {line_key}: not invoked; relay not switched"),
                 relay=before,
             )
         cancel = self._store.cancel_requested(order.order_id)
@@ -469,12 +521,20 @@ class Executor:
                 detail=f"cancelled by command {cancel} before the method; relay not switched",
                 relay=before,
             )
+        if order.command.action is Action.DISCONNECT:
+            meter = self._store.meter(order.command.meter_id)
+            if meter is not None and meter.protected_customer:
+                return AttemptResult(
+                    outcome=Outcome.CANCELLED, reason=ReasonCode.CANCELLED,
+                    detail=f"{PROTECTED} before the method; relay not switched", relay=before,
+                )
         return None
 
     def _end_cancelled(self, order: OrderRow, attempts: list[Attempt], command_id: str,
                        relay: RelayReading | None = None) -> None:
-        result = self._result(order, Outcome.CANCELLED, ReasonCode.CANCELLED,
-                              f"cancelled by command {command_id}", attempts, relay=relay)
+        why = command_id if command_id == PROTECTED else f"cancelled by command {command_id}"
+        result = self._result(order, Outcome.CANCELLED, ReasonCode.CANCELLED, why, attempts,
+                              relay=relay)
         self._store.finish(order.order_id, Event.CANCEL, result)
         self._ended(order, result)
 

@@ -7,10 +7,14 @@
 * ``manual_ack=True``: an incoming command is PUBACKed only after the handler has
   returned, i.e. after the order is verified and committed to SQLite. If the handler
   fails to store it, no PUBACK is sent and the broker sends it again after a reconnect.
-* Results go through the SQLite outbox: the pump thread publishes pending rows (QoS 1)
-  and deletes a row only when its PUBACK arrives (``on_publish`` with a success reason
-  code). Anything unacknowledged is published again after a reconnect or restart, so a
-  result may arrive twice (identical payload), never zero times.
+* Receipts, results and refusal reports go through the SQLite outbox
+  (``edge_agent.outbox``): the pump thread publishes due rows (QoS 1) and publishes each
+  again with exponential backoff (``agent.resend_initial_s`` doubling up to
+  ``agent.resend_max_s``), and at once after every reconnect, until the coordinator's
+  signed ack removes it. The broker's PUBACK removes nothing: the broker may lose what
+  it acknowledged (kill -9 before its autosave; a ``$share`` subscriber's queue after a
+  restart), and the coordinator may fail to store it. A message may arrive several times
+  (identical payload), never zero times.
 * Reconnect with exponential backoff (paho's ``reconnect_delay_set``); with
   ``broker.failover_urls`` (a NATS cluster) each failed or lost connection moves
   the next attempt to the next node (``shared.failover``); last will
@@ -66,6 +70,7 @@ class MqttLink:
         self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (outbox id, sent at)
         self._acks: queue.SimpleQueue[tuple[int, bool, str]] = queue.SimpleQueue()
         self._wake = threading.Event()
+        self._resend_all = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -165,6 +170,8 @@ class MqttLink:
             log("link.refused", logging.ERROR, reason=str(reason_code))
             return
         log("link.up", session_present=flags.session_present)
+        # what waits for the coordinator's ack goes again now: the broker may have lost it
+        self._resend_all.set()
         client.subscribe([(topics.commands(self._cid), topics.QOS),
                           (topics.meter_table(self._cid), topics.QOS)])
         self._connected.set()
@@ -229,6 +236,9 @@ class MqttLink:
             try:
                 self._settle_acks()
                 if self.connected:
+                    if self._resend_all.is_set():
+                        self._resend_all.clear()
+                        self._store.outbox_due_now()
                     if time.monotonic() >= next_status:
                         self._publish_status()
                         next_status = time.monotonic() + interval
@@ -249,8 +259,8 @@ class MqttLink:
             if entry is None:
                 continue  # status message, or a stale one already re-sent
             if ok:
-                self._store.outbox_delete(entry[0])
-                log("result.delivered", outbox_id=entry[0], note="broker acknowledged; removed from outbox")
+                log("result.published", logging.DEBUG, outbox_id=entry[0],
+                    note="broker acknowledged; kept until the coordinator's ack")
             else:
                 log("result.refused_by_broker", logging.ERROR, outbox_id=entry[0], reason=why)
 
@@ -269,7 +279,7 @@ class MqttLink:
         if room <= 0:
             return
         busy = {oid for oid, _ in self._inflight.values()}
-        for outbox_id, payload in self._store.outbox_pending(exclude=busy, limit=room):
+        for outbox_id, payload, sends in self._store.outbox_pending(exclude=busy, limit=room):
             info = self._client.publish(topics.results(self._cid), payload, qos=topics.QOS)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 log("result.publish_deferred", level=logging.DEBUG, rc=str(info.rc))
@@ -278,4 +288,10 @@ class MqttLink:
                     self._inflight[info.mid] = (outbox_id, now)
                 return
             self._inflight[info.mid] = (outbox_id, now)
+            self._store.outbox_sent(outbox_id, time.time() + self.resend_delay(sends + 1))
             self.published += 1
+
+    def resend_delay(self, sends: int) -> float:
+        """Seconds before a row is sent again after its ``sends``-th sending."""
+        agent = self._config.agent
+        return float(min(agent.resend_max_s, agent.resend_initial_s * 2.0 ** max(0, sends - 1)))

@@ -6,7 +6,8 @@ Tables:
                 DLMS invocation counter (``invocation_counter`` is the next value to use;
                 ``counter_reserved`` is the high-water mark handed out to a session)
 ``orders``      the durable order queue and each order's lifecycle state and result
-``outbox``      receipts and results waiting for the broker's PUBACK
+``outbox``      receipts, results and refusal reports until the coordinator's ack
+                (``edge_agent.outbox``: re-sent with backoff, whatever the broker said)
 ``seen``        command ids already received (replay defence) until their deadline
 ``cancel_requests`` cancels that arrived while their order was running
 ``early_cancels`` cancels that arrived before their order (kept until the cancel's
@@ -31,8 +32,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_agent import outbox
 from edge_agent.errors import StoreError
 from edge_agent.lifecycle import ACTIVE, Event, State, next_state
+from edge_agent.outbox import OutboxKind
 from shared.contracts import (
     Attempt,
     CancelCommand,
@@ -117,6 +120,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Columns added since the first release, for databases created before them."""
+    outbox.migrate(conn)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(meters)")}
+    if "protected_customer" not in have:
+        conn.execute("ALTER TABLE meters ADD COLUMN protected_customer INTEGER NOT NULL DEFAULT 0")
+
+
 @dataclass(frozen=True)
 class Meter:
     meter_id: str
@@ -128,6 +139,7 @@ class Meter:
     logical_server: int
     commissioned: bool
     keys_ref: str | None
+    protected_customer: bool = False  # Ley 21.304: never disconnected
 
     @property
     def line_key(self) -> str:
@@ -164,6 +176,7 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
+            _migrate(conn)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the agent database {self.path}: {exc}") from exc
         self._conn = conn
@@ -260,14 +273,14 @@ class Store:
         self._exec(
             conn,
             """INSERT INTO meters(meter_id, transport, line_id, hdlc_address, host, port,
-                   logical_server, commissioned, keys_ref, in_table)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+                   logical_server, commissioned, keys_ref, protected_customer, in_table)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
                ON CONFLICT(meter_id) DO UPDATE SET transport=excluded.transport,
                    line_id=excluded.line_id, hdlc_address=excluded.hdlc_address,
                    host=excluded.host, port=excluded.port,
                    logical_server=excluded.logical_server,
                    commissioned=excluded.commissioned, keys_ref=excluded.keys_ref,
-                   in_table=1""",
+                   protected_customer=excluded.protected_customer, in_table=1""",
             (
                 entry.meter_id,
                 entry.transport,
@@ -278,6 +291,7 @@ class Store:
                 entry.logical_server,
                 int(entry.commissioned),
                 entry.keys_ref,
+                int(entry.protected_customer),
             ),
         )
 
@@ -324,6 +338,7 @@ class Store:
             logical_server=r["logical_server"],
             commissioned=bool(r["commissioned"]),
             keys_ref=r["keys_ref"],
+            protected_customer=bool(r["protected_customer"]),
         )
 
     def meter_row(self, meter_id: str) -> dict[str, Any] | None:
@@ -396,22 +411,17 @@ class Store:
 
         The same transaction puts an :class:`OrderReceipt` in the outbox, so the
         coordinator learns the order reached the concentrator (step 5) once it is on
-        disk. A second order with a known order id is a duplicate (QoS 1 or a
-        coordinator retry) and gets no second receipt; if that order already ended,
-        its stored result is queued again. An order whose cancel arrived first (e.g. the
+        disk. A second order with a known order id is a copy (QoS 1, or the coordinator
+        sending it again for want of a receipt): it is answered with what is stored
+        (:meth:`_answer_copy`), never stored twice. An order whose cancel arrived first (e.g. the
         coordinator published the order again after the cancel) is stored already
         ended ``cancelled``: receipt and result go out, the meter is never touched.
         """
         with self.transaction() as conn:
             self._remember(conn, cmd.command_id, cmd.deadline)
-            row = conn.execute(
-                "SELECT state, result FROM orders WHERE order_id = ?", (cmd.order_id,)
-            ).fetchone()
-            if row is not None:
-                if row[1] is not None:
-                    self._outbox_add(conn, cmd.order_id, row[1].encode())
-                    return "resent"
-                return "duplicate"
+            answered = self._answer_copy(conn, cmd.order_id)
+            if answered is not None:
+                return answered
             not_before = cmd.not_before.timestamp() if cmd.not_before else 0.0
             self._exec(
                 conn,
@@ -439,7 +449,7 @@ class Store:
                 received_at=received_at,
                 queue_depth=self._queue_depth(conn),
             )
-            self._outbox_add(conn, cmd.order_id, receipt.to_json())
+            self._outbox_add(conn, cmd.order_id, receipt.to_json(), "receipt")
             early = conn.execute(
                 "SELECT command_id FROM early_cancels WHERE order_id = ?", (cmd.order_id,)
             ).fetchone()
@@ -488,7 +498,7 @@ class Store:
             "UPDATE orders SET state = ?, result = ? WHERE order_id = ?",
             (ended.value, payload.decode(), order.order_id),
         )
-        self._outbox_add(conn, order.order_id, payload)
+        self._outbox_add(conn, order.order_id, payload, "result")
         return result
 
     def _order(self, r: dict[str, Any]) -> OrderRow:
@@ -566,7 +576,7 @@ class Store:
                 "UPDATE orders SET state = ?, result = ?, attempts = ? WHERE order_id = ?",
                 (state.value, payload.decode(), _attempts_json(result.attempts), order_id),
             )
-            self._outbox_add(conn, order_id, payload)
+            self._outbox_add(conn, order_id, payload, "result")
 
     def _transition(self, conn: sqlite3.Connection, order_id: str, event: Event) -> State:
         row = conn.execute("SELECT state FROM orders WHERE order_id = ?", (order_id,)).fetchone()
@@ -678,27 +688,75 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"query failed: {exc}") from exc
 
-    # -- outbox ---------------------------------------------------------------
-    def _outbox_add(self, conn: sqlite3.Connection, order_id: str | None, payload: bytes) -> None:
-        self._exec(
-            conn,
-            "INSERT INTO outbox(order_id, payload, created_at) VALUES (?, ?, ?)",
-            (order_id, payload, utcnow().isoformat()),
+    # -- outbox (edge_agent.outbox) -------------------------------------------
+    def _answer_copy(self, conn: sqlite3.Connection, order_id: str) -> StoreOutcome | None:
+        """A copy of an order this agent holds: what it stored goes out again now (the
+        waiting receipt/result, else the result, else a new receipt); None if unknown."""
+        row = conn.execute(
+            "SELECT command, received_at, result FROM orders WHERE order_id = ?", (order_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        with _mapped():
+            waiting = outbox.due_now(conn, order_id)
+        if waiting:
+            return "resent" if row[2] is not None else "duplicate"
+        if row[2] is not None:
+            self._outbox_add(conn, order_id, row[2].encode(), "result")
+            return "resent"
+        cmd = decode(OrderCommand, row[0])
+        receipt = OrderReceipt(
+            order_id=order_id,
+            command_id=cmd.command_id,
+            meter_id=cmd.meter_id,
+            concentrator_id=cmd.concentrator_id,
+            received_at=datetime.fromisoformat(row[1]),
+            queue_depth=self._queue_depth(conn),
         )
+        self._outbox_add(conn, order_id, receipt.to_json(), "receipt")
+        return "duplicate"
 
-    def outbox_add(self, order_id: str | None, payload: bytes) -> None:
+    def answer_copy(self, order_id: str) -> StoreOutcome | None:
+        """:meth:`_answer_copy` in its own transaction (a copy the verifier recognised)."""
         with self.transaction() as conn:
-            self._outbox_add(conn, order_id, payload)
+            return self._answer_copy(conn, order_id)
 
-    def outbox_pending(self, exclude: Iterable[int] = (), limit: int = 100) -> list[tuple[int, bytes]]:
-        skip = set(exclude)
-        rows = self._query("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit + len(skip),))
-        out = [(int(r["id"]), bytes(r["payload"])) for r in rows if int(r["id"]) not in skip]
-        return out[:limit]
+    def _outbox_add(
+        self, conn: sqlite3.Connection, key: str | None, payload: bytes, kind: OutboxKind
+    ) -> None:
+        with _mapped():
+            outbox.add(conn, key, kind, payload)
 
-    def outbox_delete(self, outbox_id: int) -> None:
+    def outbox_add(self, key: str | None, payload: bytes, kind: OutboxKind) -> None:
         with self.transaction() as conn:
-            self._exec(conn, "DELETE FROM outbox WHERE id = ?", (outbox_id,))
+            self._outbox_add(conn, key, payload, kind)
+
+    def add_refusal(self, refusal_id: str, digest: str, payload: bytes) -> bool:
+        """Queue a refusal report, unless one for the same payload waits or too many do."""
+        with self.transaction() as conn, _mapped():
+            if outbox.has_refusal(conn, digest) or outbox.refusal_count(conn) >= outbox.MAX_REFUSALS:
+                return False
+            outbox.add(conn, refusal_id, "refusal", payload)
+        return True
+
+    def outbox_pending(
+        self, exclude: Iterable[int] = (), limit: int = 100, now: float | None = None
+    ) -> list[tuple[int, bytes, int]]:
+        """Rows due to be sent: ``(id, payload, sends so far)``."""
+        with self._lock, _mapped():
+            return outbox.pending(self._conn, time.time() if now is None else now, exclude, limit)
+
+    def outbox_sent(self, outbox_id: int, next_at: float) -> None:
+        with self.transaction() as conn, _mapped():
+            outbox.sent(conn, outbox_id, next_at)
+
+    def outbox_due_now(self) -> int:
+        with self.transaction() as conn, _mapped():
+            return outbox.due_now(conn)
+
+    def outbox_acknowledge(self, kind: OutboxKind, key: str) -> int:
+        with self.transaction() as conn, _mapped():
+            return outbox.acknowledge(conn, kind, key)
 
     def outbox_depth(self) -> int:
         return int(self._query("SELECT count(*) AS n FROM outbox")[0]["n"])
@@ -708,6 +766,15 @@ _ACTIVE_VALUES: tuple[str, ...] = tuple(s.value for s in ACTIVE)
 _QUEUE_DEPTH_SQL = (
     f"SELECT count(*) AS n FROM orders WHERE state IN ({','.join('?' * len(_ACTIVE_VALUES))})"
 )
+
+
+@contextmanager
+def _mapped() -> Iterator[None]:
+    """sqlite3 errors of the outbox functions as :class:`StoreError`."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"outbox: {exc}") from exc
 
 
 def _attempts_json(attempts: list[Attempt]) -> str:

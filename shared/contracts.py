@@ -13,10 +13,12 @@ Encode with :meth:`Contract.to_json` / :func:`encode`; :func:`to_builtins` gives
 the JSON-ready dict and :func:`replace` a changed copy (checked again by
 ``__post_init__``).
 
-Commands (order, cancel, meter table) travel inside a signed envelope (see
-``shared.signing``); receipts, results and status are published by the agent on
-topics only it may write (see ``deploy/mosquitto/acl``). Receipts and results share
-the result topic: :func:`parse_agent_message` tells them apart by ``kind``.
+Commands (order, cancel, meter table, ack) travel inside a signed envelope (see
+``shared.signing``); receipts, results, refusals and status are published by the agent
+on topics only it may write (see ``deploy/mosquitto/acl``). Receipts, results and
+refusals share the result topic: :func:`parse_agent_message` tells them apart by
+``kind``. The agent keeps each of them in its outbox until a :class:`MessageAck` names
+it (the broker's PUBACK is not enough: the broker is a transport, never the only copy).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MAX_RESULT_BYTES: Final = 64 * 1024
 MAX_RECEIPT_BYTES: Final = 2 * 1024
 MAX_STATUS_BYTES: Final = 8 * 1024
 MAX_METER_TABLE_BYTES: Final = 4 * 1024 * 1024
+MAX_REFUSAL_BYTES: Final = 4 * 1024
 
 # Identifiers end up in MQTT topics and file names: no '/', '+', '#' or spaces.
 # msgspec matches with Python's re, whose "$" also matches before a final newline:
@@ -234,6 +237,8 @@ class MeterEntry(Contract, frozen=True, kw_only=True):
     logical_server: Annotated[int, Meta(ge=1, le=0x3FFF)] = 1
     commissioned: bool = True
     keys_ref: Annotated[str, Meta(max_length=64)] | None = None  # name in the agent's key store
+    # Ley 21.304: the agent's own last check refuses a disconnect of such a meter
+    protected_customer: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -255,7 +260,40 @@ class MeterTableSync(Contract, frozen=True, kw_only=True):
     meters: Annotated[list[MeterEntry], Meta(max_length=5000)]
 
 
-Command = OrderCommand | CancelCommand | MeterTableSync
+AckedKind = Literal["receipt", "result", "refusal"]
+
+
+class AckedMessage(Contract, frozen=True, kw_only=True):
+    """One agent message the coordinator has stored: its kind and its key (the order id
+    of a receipt or result, the ``refusal_id`` of a refusal)."""
+
+    kind: AckedKind
+    id: Identifier
+
+
+class MessageAck(Contract, frozen=True, kw_only=True):
+    """Coordinator → agent, signed, on the agent's command topic: these messages are
+    committed to the coordinator's database; the agent may drop them from its outbox.
+
+    Idempotent (an ack of something already dropped changes nothing), so the agent does
+    not remember ack command ids; a replayed ack can only drop what was stored already.
+    A ``result`` ack also drops the order's receipt: the result supersedes it.
+    """
+
+    kind: Literal["ack"] = "ack"
+    command_id: Identifier
+    concentrator_id: Identifier
+    issued_at: AwareDatetime
+    deadline: AwareDatetime
+    acks: Annotated[list[AckedMessage], Meta(min_length=1, max_length=500)]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.deadline <= self.issued_at:
+            raise ValueError("deadline must be after issued_at")
+
+
+Command = OrderCommand | CancelCommand | MeterTableSync | MessageAck
 
 
 class Attempt(Contract, frozen=True, kw_only=True):
@@ -328,7 +366,30 @@ class OrderReceipt(Contract, frozen=True, kw_only=True):
     queue_depth: Count  # active orders on the agent, this one included
 
 
-AgentMessage = OrderResult | OrderReceipt
+Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
+
+
+class RefusalReport(Contract, frozen=True, kw_only=True):
+    """Agent → coordinator, on the result topic: a message on the agent's command branch
+    that it could not verify (no or bad signature, unknown key, another addressee, past
+    its deadline and not held, malformed). It ends no order: nothing in the refused
+    message is trusted, so it carries no order or meter id, only the reason, the
+    payload's SHA-256 digest and size, and where it came in. ``refusal_id`` is the
+    agent's own key for the coordinator's ack."""
+
+    kind: Literal["refusal"] = "refusal"
+    refusal_id: Identifier
+    concentrator_id: Identifier
+    reason: ReasonCode
+    detail: Annotated[str, Meta(max_length=500)] = ""
+    topic_leaf: Literal["cmd", "meters"]
+    payload_sha256: Sha256Hex
+    payload_size: Count
+    received_at: AwareDatetime
+    agent_version: Annotated[str, Meta(max_length=32)] = ""
+
+
+AgentMessage = OrderResult | OrderReceipt | RefusalReport
 
 
 class ModemState(StrEnum):
@@ -368,6 +429,7 @@ _LIMITS: Final[dict[str, int]] = {
     "MeterTableSync": MAX_METER_TABLE_BYTES,
     "OrderResult": MAX_RESULT_BYTES,
     "OrderReceipt": MAX_RECEIPT_BYTES,
+    "RefusalReport": MAX_REFUSAL_BYTES,
     "ConcentratorStatus": MAX_STATUS_BYTES,
 }
 
@@ -507,10 +569,12 @@ _COMMAND_KINDS: Final[dict[str, type[Command]]] = {
     "order": OrderCommand,
     "cancel": CancelCommand,
     "meter_table": MeterTableSync,
+    "ack": MessageAck,
 }
 _AGENT_KINDS: Final[dict[str, type[AgentMessage]]] = {
     "result": OrderResult,
     "receipt": OrderReceipt,
+    "refusal": RefusalReport,
 }
 
 
@@ -524,8 +588,9 @@ def parse_command(data: bytes) -> Command:
 def parse_agent_message(data: bytes | str) -> AgentMessage:
     """Parse a payload from the result topic into the message its ``kind`` names.
 
-    ``kind`` is ``"result"`` (:class:`OrderResult`) or ``"receipt"``
-    (:class:`OrderReceipt`); a payload without ``kind`` is refused naming it.
+    ``kind`` is ``"result"`` (:class:`OrderResult`), ``"receipt"``
+    (:class:`OrderReceipt`) or ``"refusal"`` (:class:`RefusalReport`); a payload without
+    ``kind`` is refused naming it.
     """
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > MAX_RESULT_BYTES:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shared.contracts import ReasonCode
+    from shared.contracts import Command, ReasonCode
 
 
 class SharedError(Exception):
@@ -62,13 +62,20 @@ class TopicError(SharedError):
 
 
 class CommandRejected(SharedError):
-    """A command the receiver refuses; ``reason`` is what it reports back."""
+    """A command the receiver refuses; ``reason`` is what it reports back.
+
+    ``command`` is the parsed command when its signature was good (past its deadline,
+    seen before, for another concentrator): the agent answers a copy of an order it
+    holds with the state it stored, rather than with a refusal."""
 
     reason: ReasonCode
 
-    def __init__(self, message: str, *, command_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, command_id: str | None = None, command: Command | None = None
+    ) -> None:
         super().__init__(message)
         self.command_id = command_id
+        self.command = command
 
 
 def _reason(name: str) -> ReasonCode:

@@ -226,16 +226,19 @@ class CommandVerifier:
                 f"command is for concentrator {command.concentrator_id!r}, "
                 f"this is {self._concentrator_id!r}",
                 command_id=command.command_id,
+                command=command,
             )
         now = self._clock()
         if command.deadline + self._skew < now:
             raise CommandExpired(
                 f"command deadline {command.deadline.isoformat()} has passed",
                 command_id=command.command_id,
+                command=command,
             )
         if self._seen.seen(command.command_id):
             raise CommandReplayed(
                 f"command {command.command_id!r} was already received",
                 command_id=command.command_id,
+                command=command,
             )
         return command

@@ -10,13 +10,14 @@ to place them and measure their latency.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from central.models import Concentrator, LegacyNotification, Order, WorkOrder
+from central.services import rejected
 from central.services.lifecycle import utcnow
 from central.state import ACTIVE_STATES, OrderState
 
@@ -36,6 +37,16 @@ class EndedOrder(BaseModel):
     finished_at: datetime
 
 
+class SecurityEvent(BaseModel):
+    """A message an agent could not verify and reported (``services.rejected``)."""
+
+    id: int
+    received_at: datetime
+    concentrator_id: str | None
+    reason: str
+    alarm: bool  # bad or missing signature: the concentrator's configuration alarm
+
+
 class DashboardStats(BaseModel):
     generated_at: datetime
     orders_total: int
@@ -49,6 +60,10 @@ class DashboardStats(BaseModel):
     concentrators_online: int
     work_orders_open: int
     recent: list[EndedOrder]  # newest first, at most RECENT_LIMIT
+    security_events: list[SecurityEvent] = []  # newest first, the last SECURITY_LIMIT
+    # concentrator id -> the last signature alarm it raised (its configuration is wrong,
+    # or someone forges commands on its topic)
+    concentrator_alarms: dict[str, str] = {}
 
 
 def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:
@@ -105,4 +120,29 @@ def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:
         concentrators_online=int(online),
         work_orders_open=int(open_wo),
         recent=recent,
+        **_security(session),
     )
+
+
+SECURITY_LIMIT: Final = 20
+
+
+def _security(session: Session) -> dict[str, Any]:
+    events = rejected.security_events(session, limit=SECURITY_LIMIT)
+    alarms: dict[str, str] = {}
+    for row in events:  # newest first: the first alarm per concentrator is its last
+        if rejected.key_alarm(row) and row.concentrator_id and row.concentrator_id not in alarms:
+            alarms[row.concentrator_id] = f"{row.received_at.isoformat()}: {row.reason}"[:300]
+    return {
+        "security_events": [
+            SecurityEvent(
+                id=row.id,
+                received_at=row.received_at,
+                concentrator_id=row.concentrator_id,
+                reason=row.reason[len(rejected.REFUSAL_PREFIX) :][:300],
+                alarm=rejected.key_alarm(row),
+            )
+            for row in events
+        ],
+        "concentrator_alarms": alarms,
+    }

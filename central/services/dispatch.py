@@ -1,11 +1,15 @@
 """Step 4: send validated orders to their concentrators, safely.
 
-Outbox pattern: orders are moved to ``dispatched`` and committed *before* they
-are published, so a result can never arrive for an order the database still
-thinks unsent; ``published_at`` is set once the broker acknowledged (PUBACK).
-Orders dispatched but never acknowledged (crash, broker down) are published
-again by :func:`republish_unacked` with a new command id; agents are idempotent
-on ``order_id``.
+Outbox pattern: orders are moved to ``dispatched`` and committed, with their signed
+command (``command_payload``), *before* they are published, so a result can never arrive
+for an order the database still thinks unsent; ``published_at`` is set once the broker
+acknowledged (PUBACK). The broker's PUBACK is not delivery: only the agent's receipt
+moves an order to ``delivered``. Until then :func:`republish_unacked` sends the very
+same signed command again (same command id, same signed deadline) with exponential
+backoff (``resend_at``, ``sends``: in the database, so across restarts), and never once
+its deadline has passed. The deadline in a command is the order's own (or the end of
+the working day, earlier), never extended. The agent answers a copy of an order it
+holds with the receipt or result it stored.
 
 Limits that keep the off-switch safe, applied on every pass:
 
@@ -72,6 +76,10 @@ class Publisher(Protocol):
         ...
 
 
+class DeadlinePassed(ValueError):
+    """No command for an order whose deadline (or working day) has passed."""
+
+
 def new_command_id() -> str:
     return "c" + new_id()
 
@@ -100,19 +108,21 @@ def build_command(
         retry = settings.retry_for(order.action)
         policy = _policy(retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s)
     assert order.concentrator_id is not None and order.deadline is not None
-    deadline = order.deadline if order.deadline > now else now + timedelta(seconds=1)
+    # The order's own deadline, signed: never extended (an order past it is not sent;
+    # OrderCommand refuses a deadline that is not after issued_at).
+    deadline = order.deadline
     if order.action == Action.DISCONNECT.value and not order.special:
         # The day rules hold on the concentrator too: retries must not carry an
         # ordinary disconnect past local midnight into a weekend or a holiday, so the
-        # agent's deadline ends with the working day it was sent on.
-        # (A command re-sent on a non-working day, e.g. a republish after a lost
-        # PUBACK, gets a deadline the agent sees as already passed: it ends expired.)
+        # agent's deadline ends with the working day it was sent on (earlier, never
+        # later). On a non-working day there is no such time: the command is refused.
         today = validation.local_day(now, settings.timezone)
         if validation.is_working_day(today, settings.holiday_country):
-            day_end = validation.end_of_local_day(now, settings.timezone)
+            deadline = min(deadline, validation.end_of_local_day(now, settings.timezone))
         else:
-            day_end = now
-        deadline = max(now + timedelta(seconds=1), min(deadline, day_end))
+            deadline = min(deadline, now)
+    if deadline <= now:
+        raise DeadlinePassed(f"order {order.id}: deadline {deadline.isoformat()} has passed")
     return OrderCommand(
         command_id=command_id,
         order_id=order.id,
@@ -169,7 +179,13 @@ def select_ready(
     )
     query = (
         select(*_READY_COLUMNS)
-        .where(Order.state == OrderState.VALIDATED.value, approved, not_protected, in_service)
+        .where(
+            Order.state == OrderState.VALIDATED.value,
+            Order.deadline > now,  # past it: the sweep ends it expired, never sent
+            approved,
+            not_protected,
+            in_service,
+        )
         .order_by(Order.priority.desc(), Order.created_at, Order.id)
         .limit(limit)
     )
@@ -297,8 +313,12 @@ def claim_ready(
         command_id = new_command_id()
         assert order.concentrator_id is not None
         try:
-            signed = signer.sign(build_command(order, settings, command_id, now, policy))
-        except InvalidPayload as exc:
+            command = build_command(order, settings, command_id, now, policy)
+            signed = signer.sign(command)
+        except DeadlinePassed as exc:
+            log.info("order %s not dispatched: %s", order.id, exc)
+            continue
+        except (InvalidPayload, ValueError) as exc:
             # One order the contract refuses must not hold back the others: it stays
             # validated (and expires into a work order if it never becomes sendable).
             log.error("order %s not dispatched: its command is invalid: %s", order.id, exc)
@@ -312,6 +332,10 @@ def claim_ready(
                 "command_id": command_id,
                 "dispatched_at": now,
                 "updated_at": now,
+                "command_payload": signed.decode(),
+                "command_deadline": command.deadline,
+                "resend_at": now + timedelta(seconds=resend_delay(settings, 1)),
+                "sends": 1,
             }
         )
         events[order.id] = {
@@ -376,13 +400,13 @@ def publish_claimed(session: Session, publisher: Publisher, claim: Claim) -> int
 def _publish_and_mark(
     session: Session, publisher: Publisher, ids: list[str], messages: list[Outgoing]
 ) -> int:
-    publisher.publish_many(messages)  # raises DispatchError: the sweeper republishes later
+    publisher.publish_many(messages)  # raises DispatchError: resent at ``resend_at``
     acked = utcnow()
     with sqlite_write_lock(session):
         for start in range(0, len(ids), 500):
             session.execute(
                 update(Order)
-                .where(Order.id.in_(ids[start : start + 500]))
+                .where(Order.id.in_(ids[start : start + 500]), Order.published_at.is_(None))
                 .values(published_at=acked),
                 execution_options={"synchronize_session": False},
             )
@@ -390,6 +414,13 @@ def _publish_and_mark(
     session.expire_all()
     metrics.PUBLISHED.labels(kind="order").inc(len(ids))
     return len(ids)
+
+
+def resend_delay(settings: Settings, sends: int) -> float:
+    """Seconds until the command is sent again after its ``sends``-th sending."""
+    return float(
+        min(settings.republish_max_s, settings.republish_after_s * 2.0 ** max(0, sends - 1))
+    )
 
 
 def republish_unacked(
@@ -400,58 +431,100 @@ def republish_unacked(
     *,
     now: datetime | None = None,
 ) -> int:
-    """Publish again dispatched orders the broker never acknowledged."""
+    """Send again, as first signed, the commands of dispatched orders without the agent's
+    receipt whose ``resend_at`` came, as long as their signed deadline is ahead; a
+    PUBACK does not stop this, the receipt does. An order whose cancel was requested is
+    not sent again (the cancel is)."""
     now = now or utcnow()
-    stale = list(
+    due = list(
         session.scalars(
             select(Order)
             .where(
                 Order.state == OrderState.DISPATCHED.value,
-                Order.published_at.is_(None),
-                Order.dispatched_at <= now - timedelta(seconds=settings.republish_after_s),
+                Order.cancel_requested.is_(False),
+                Order.resend_at <= now,
+                Order.deadline > now,
             )
+            .order_by(Order.resend_at)
             .limit(1000)
         )
     )
     messages = []
-    for order in stale:
-        command_id = new_command_id()
-        order.command_id = command_id
+    for order in due:
+        payload = _signed_again(order, signer, settings)
+        if payload is None or order.command_deadline is None or order.command_deadline <= now:
+            order.resend_at = None  # its signed deadline passed: the sweep ends it
+            continue
+        order.sends += 1
+        order.resend_at = now + timedelta(seconds=resend_delay(settings, order.sends))
         note(
             session,
             order,
             "republish",
             SYSTEM,
-            f"no PUBACK seen; published again as {command_id}",
+            f"no receipt from the agent yet: command {order.command_id} sent again "
+            f"(sending {order.sends}, signed deadline {order.command_deadline.isoformat()})",
             step=4,
             at=now,
         )
         assert order.concentrator_id is not None
-        messages.append(
-            Outgoing(
-                topics.commands(order.concentrator_id),
-                signer.sign(build_command(order, settings, command_id, now)),
-            )
-        )
-    if not stale:
+        messages.append((order.id, Outgoing(topics.commands(order.concentrator_id), payload)))
+    if not due:
         return 0
     with stale_to_conflict(session, "republish"):
         session.commit()
-    return _publish_and_mark(session, publisher, [o.id for o in stale], messages)
+    if not messages:
+        return 0
+    return _publish_and_mark(session, publisher, [i for i, _ in messages], [m for _, m in messages])
+
+
+def _signed_again(order: Order, signer: CommandSigner, settings: Settings) -> bytes | None:
+    """The command as first signed; for an order dispatched before it was kept (older
+    rows), the same command rebuilt (same command id, issued when it was dispatched)."""
+    if order.command_payload is not None:
+        return order.command_payload.encode()
+    if order.command_id is None or order.dispatched_at is None:
+        return None
+    try:
+        command = build_command(order, settings, order.command_id, order.dispatched_at)
+        payload = signer.sign(command)
+    except (InvalidPayload, ValueError) as exc:
+        log.warning("order %s: command cannot be signed again: %s", order.id, exc)
+        return None
+    order.command_payload = payload.decode()
+    order.command_deadline = command.deadline
+    return payload
 
 
 def send_cancels(
-    session: Session, publisher: Publisher, signer: CommandSigner, *, now: datetime | None = None
+    session: Session,
+    publisher: Publisher,
+    signer: CommandSigner,
+    *,
+    now: datetime | None = None,
+    resend_after_s: float = 60.0,
 ) -> int:
-    """Send a signed cancel for in-flight orders whose cancel was requested."""
+    """Send a signed cancel for every order whose cancel was requested and that an agent
+    may still hold: in flight, or ended here without the agent's result (expired, a meter
+    flagged protected after its order ended). Sent again every ``resend_after_s`` until
+    the agent's result (the confirmation it no longer holds the order), never once the
+    order's deadline passed: after it the agent runs nothing."""
     now = now or utcnow()
-    orders = list(
-        session.scalars(
-            select(Order).where(
-                Order.state.in_(IN_FLIGHT), Order.cancel_requested, Order.cancel_sent_at.is_(None)
-            )
+    candidates = session.scalars(
+        select(Order).where(
+            Order.cancel_requested,
+            Order.command_id.is_not(None),
+            Order.deadline > now,
+            Order.state.not_in([OrderState.RECEIVED.value, OrderState.VALIDATED.value]),
         )
     )
+    cutoff = now - timedelta(seconds=resend_after_s)
+    orders = [
+        order
+        for order in candidates
+        if order.result_json is None
+        and (order.cancel_sent_at is None or order.cancel_sent_at <= cutoff)
+    ]
     if not orders:
         return 0
     messages = []
@@ -467,13 +540,15 @@ def send_cancels(
         messages.append(Outgoing(topics.commands(order.concentrator_id), signer.sign(command)))
     publisher.publish_many(messages)
     for order in orders:
+        again = order.cancel_sent_at is not None
         order.cancel_sent_at = now
         note(
             session,
             order,
             "cancel_sent",
             SYSTEM,
-            "cancel command acknowledged by the broker",
+            "cancel command acknowledged by the broker"
+            + ("; sent again: no result from the agent yet" if again else ""),
             step=4,
             at=now,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from central import metrics
@@ -112,7 +113,7 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
       disconnect of a meter flagged ``protected_customer`` (Ley 21.304) since it was
       accepted.
     """
-    session.add(LegacyNotification(order_id=order.id, final_state=order.state, created_at=now))
+    _notify_legacy(session, order, now)
     if order.needs_approval and order.approved_by is None:
         # Never approved: a field visit would bypass the second person's approval.
         note(
@@ -181,3 +182,46 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
             step=10,
             at=now,
         )
+
+
+def _notify_legacy(session: Session, order: Order, now: datetime) -> None:
+    """The step-9 outbox row; an order that ends again (corrected by a late result) has
+    its row made due again with the new final state: the notifier sends the order as it
+    now is (a new outcome has a new MessageID, the CorrelationID stays the order's)."""
+    row = session.scalars(
+        select(LegacyNotification).where(LegacyNotification.order_id == order.id)
+    ).first()
+    if row is None:
+        session.add(LegacyNotification(order_id=order.id, final_state=order.state, created_at=now))
+        return
+    row.final_state = order.state
+    row.delivered_at = None
+    row.next_attempt_at = None
+    row.attempts = 0
+    row.last_error = None
+
+
+def cancel_work_order(
+    session: Session, order: Order, actor: Actor | str, reason: str, now: datetime
+) -> WorkOrder | None:
+    """Cancel the order's open field work order (e.g. a late result says the relay did
+    switch: no crew must go). Returns it, or None if there is no open one."""
+    work_order = session.scalars(
+        select(WorkOrder).where(WorkOrder.order_id == order.id, WorkOrder.status == "open")
+    ).first()
+    if work_order is None:
+        return None
+    work_order.status = "cancelled"
+    work_order.closed_at = now
+    work_order.closed_by = str(actor)
+    work_order.notes = reason
+    note(
+        session,
+        order,
+        "work_order_cancelled",
+        actor,
+        f"field work order {work_order.id} cancelled: {reason}",
+        step=10,
+        at=now,
+    )
+    return work_order

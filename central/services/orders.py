@@ -31,6 +31,7 @@ from central.services.lifecycle import Actor, advance, note, on_order_finished, 
 from central.settings import Settings
 from central.state import (
     ACTIVE_STATES,
+    ENDED_STATES,
     FINAL_STATES,
     IN_FLIGHT_STATES,
     STEP_OF,
@@ -631,23 +632,21 @@ def stop_protected_disconnects(
 ) -> int:
     """Ley 21.304: end every active disconnect of a meter flagged ``protected_customer``
     (of ``meter_ids``, or of the whole fleet): one not yet sent is cancelled, one in flight
-    gets a cancel sent to the agent. Called when a meter is flagged and before every
+    gets a cancel sent to the agent, and so does one that ended here without the agent's
+    result while an agent may still hold it (whatever the state, until its deadline). Called when a meter is flagged and before every
     dispatch pass, so a meter protected after its disconnect was accepted is never cut.
     Returns how many orders it touched. Does not commit."""
     now = now or utcnow()
-    query = (
+    base = (
         select(Order)
         .join(Meter, Meter.id == Order.meter_id)
-        .where(
-            Meter.protected_customer.is_(True),
-            Order.action == _DISCONNECT,
-            Order.state.in_([s.value for s in ACTIVE_STATES]),
-        )
+        .where(Meter.protected_customer.is_(True), Order.action == _DISCONNECT)
     )
     if meter_ids is not None:
         if not meter_ids:
             return 0
-        query = query.where(Order.meter_id.in_(list(meter_ids)))
+        base = base.where(Order.meter_id.in_(list(meter_ids)))
+    query = base.where(Order.state.in_([s.value for s in ACTIVE_STATES]))
     touched = 0
     detail = "meter supplies a registered electro-dependent patient (Ley 21.304)"
     with stale_to_conflict(session, "protected customer's disconnect not stopped"):
@@ -670,7 +669,37 @@ def stop_protected_disconnects(
                     at=now,
                 )
                 touched += 1
+        touched += _cancel_held_elsewhere(session, base, detail, now)
         session.flush()
+    return touched
+
+
+def _cancel_held_elsewhere(session: Session, query: Any, detail: str, now: datetime) -> int:
+    """Disconnects that ended here (expired, failed) without the agent's result, before
+    their deadline: the agent may still hold one and switch it. Each gets a cancel, sent
+    until the agent's result says it no longer holds it (``dispatch.send_cancels``)."""
+    ended = query.where(
+        Order.state.in_([s.value for s in ENDED_STATES]),
+        Order.command_id.is_not(None),
+        Order.cancel_requested.is_(False),
+        Order.deadline > now,
+    )
+    touched = 0
+    for order in session.scalars(ended):
+        if order.result_json is not None:
+            continue  # the agent answered: it holds nothing
+        order.cancel_requested = True
+        note(
+            session,
+            order,
+            "cancel_requested",
+            "central",
+            f"{detail}; ended here as {order.state} without the agent's result, which may "
+            "still hold it: cancel sent to the agent",
+            step=3,
+            at=now,
+        )
+        touched += 1
     return touched
 
 

@@ -1,7 +1,8 @@
 """Agent messages the coordinator could not accept, kept for the audit trail.
 
 A result or status that is malformed, over its size limit, or published on another
-concentrator's topic is acknowledged to the broker (redelivery cannot fix it), so the
+concentrator's topic, and an agent's report of a command it refused
+(:func:`record_refusal`, a security event), is acknowledged to the broker (redelivery cannot fix it), so the
 row written here is its only copy: topic, time, the reason naming the problem, and the
 payload (cut at 64 kB; ``size`` is the whole). When the payload still names an order of
 the concentrator whose topic it came on, the order's timeline says so too: the operator
@@ -20,10 +21,14 @@ from central.db import where_given
 from central.models import Order, RejectedMessage
 from central.services.lifecycle import note, utcnow
 from shared import topics
-from shared.contracts import load_object
+from shared.contracts import ReasonCode, RefusalReport, load_object
 from shared.errors import SharedError
 
 KEEP_BYTES = 64 * 1024
+# Refusals that mean the concentrator and the coordinator disagree about keys (or
+# someone forges commands): a configuration alarm on the concentrator, never a work order.
+KEY_ALARM_REASONS = frozenset({ReasonCode.BAD_SIGNATURE.value, ReasonCode.UNSIGNED_COMMAND.value})
+REFUSAL_PREFIX = "agent refused a message: "
 
 
 def _concentrator_of(topic: str) -> str | None:
@@ -85,6 +90,52 @@ def record_rejected(
         )
     metrics.REJECTED.inc()
     return row
+
+
+def record_refusal(
+    session: Session,
+    topic: str,
+    payload: bytes,
+    report: RefusalReport,
+    *,
+    now: datetime | None = None,
+) -> tuple[RejectedMessage, bool]:
+    """Keep an agent's report of a message it refused (a security event); the agent sends
+    it again until acknowledged, so a copy (same topic, same bytes) is not kept twice.
+    Returns (row, new). Touches no order: nothing in the refused message is trusted.
+    Does not commit."""
+    existing = session.scalars(
+        select(RejectedMessage).where(
+            RejectedMessage.concentrator_id == report.concentrator_id,
+            RejectedMessage.topic == _text(topic, 300),
+            RejectedMessage.payload == payload[:KEEP_BYTES],
+        )
+    ).first()
+    if existing is not None:
+        return existing, False
+    reason = (
+        f"{REFUSAL_PREFIX}{report.reason.value} on its {report.topic_leaf} topic "
+        f"(sha256 {report.payload_sha256}, {report.payload_size} bytes): {report.detail}"
+    )
+    row = record_rejected(session, topic, payload, reason, now=now)
+    metrics.AGENT_REFUSALS.labels(reason=report.reason.value).inc()
+    return row, True
+
+
+def security_events(
+    session: Session, *, since: datetime | None = None, limit: int = 20
+) -> list[RejectedMessage]:
+    """The agents' refusal reports, newest first (the dashboard's security events)."""
+    query = select(RejectedMessage).where(RejectedMessage.reason.startswith(REFUSAL_PREFIX))
+    if since is not None:
+        query = query.where(RejectedMessage.received_at >= since)
+    return list(session.scalars(query.order_by(RejectedMessage.id.desc()).limit(limit)))
+
+
+def key_alarm(row: RejectedMessage) -> bool:
+    """Whether a kept refusal is a signature alarm (see ``KEY_ALARM_REASONS``)."""
+    head = row.reason[len(REFUSAL_PREFIX) :].split(" ", 1)[0]
+    return row.reason.startswith(REFUSAL_PREFIX) and head in KEY_ALARM_REASONS
 
 
 def list_rejected(

@@ -15,7 +15,16 @@ it lists, then the final transition. The rule for the step of an attempt event:
 
 A result for an order that already ended (e.g. expired) is kept once as a late
 result (its attempts are recorded too) and still reconciles the meter's relay
-state, because it is the field's truth.
+state, because it is the field's truth. When the order had ended ``expired`` or
+``failed`` without the agent's answer and the late result says the relay switched,
+it corrects the record (:func:`_correct`): the final outcome becomes what the meter
+did, the timeline says "corrected by a late result", Legacy is told again (same
+CorrelationID, the new outcome's MessageID) and the open field work order is
+cancelled.
+
+An ``OrderResult`` with outcome ``rejected`` (what agents before issue 11 sent for a
+command they refused, with ids read from the refused body) ends no order: it is kept
+as a rejected message by the coordinator. Refusals now come as ``RefusalReport``.
 
 A meter moved to another concentrator while its order was in flight: when the old
 agent answers ``not_in_concentrator_table`` (it got the new meter table first, so it
@@ -29,14 +38,21 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from central import metrics
-from central.models import Concentrator, Meter, Order
-from central.services.lifecycle import advance, note, utcnow
-from central.state import ENDED_STATES, IN_FLIGHT_STATES, Event, OrderState
+from central.models import Concentrator, LegacyNotification, Meter, Order
+from central.services.lifecycle import advance, cancel_work_order, note, utcnow
+from central.state import (
+    CORRECTABLE_STATES,
+    ENDED_STATES,
+    FINAL_STATES,
+    IN_FLIGHT_STATES,
+    Event,
+    OrderState,
+)
 from shared.contracts import (
-    AgentMessage,
     Attempt,
     ConcentratorStatus,
     ControlState,
@@ -56,7 +72,11 @@ _EVENT_OF: dict[Outcome, Event] = {
     Outcome.FAILED: Event.FAIL,
     Outcome.EXPIRED: Event.EXPIRE,
     Outcome.CANCELLED: Event.CANCEL,
-    Outcome.REJECTED: Event.FAIL,  # the agent refused the command (signature, table...)
+}
+_CORRECTION_OF: dict[Outcome, Event] = {
+    Outcome.CONNECTED: Event.CORRECT_CONNECTED,
+    Outcome.DISCONNECTED: Event.CORRECT_DISCONNECTED,
+    Outcome.ARMED: Event.CORRECT_ARMED,
 }
 _RELAY_OF_STATE = {
     ControlState.DISCONNECTED: "disconnected",
@@ -102,6 +122,9 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
         return _count("wrong_concentrator")
     if order.result_json is not None:
         return _count("duplicate")
+    if result.outcome is Outcome.REJECTED:
+        # an old agent's refusal: its ids came from a message it could not verify
+        return _count("refused_outcome")
     actor = f"agent:{result.concentrator_id}"
     new_home = _concentrator_it_moved_to(session, order, result)
     if new_home is not None:
@@ -118,6 +141,9 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
     summary = _summary(result, relay)
     if state in ENDED_STATES or state is OrderState.VALIDATED:
         _record_attempts(session, order, result.attempts, actor)
+        ended_as = _ended_as(session, order)
+        if result.outcome in _CORRECTION_OF and ended_as in CORRECTABLE_STATES:
+            return _correct(session, order, result, ended_as, summary, actor, now)
         note(
             session,
             order,
@@ -144,6 +170,44 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
     advance(session, order, _EVENT_OF[result.outcome], actor, summary, at=now)
     order.finished_at = result.finished_at
     return _count("applied")
+
+
+def _ended_as(session: Session, order: Order) -> OrderState | None:
+    """The final state the order ended in (for a reported one, the state Legacy was told)."""
+    state = OrderState(order.state)
+    if state is not OrderState.REPORTED:
+        return state if state in FINAL_STATES else None
+    row = session.scalars(
+        select(LegacyNotification).where(LegacyNotification.order_id == order.id)
+    ).first()
+    return OrderState(row.final_state) if row is not None else None
+
+
+def _correct(
+    session: Session,
+    order: Order,
+    result: OrderResult,
+    ended_as: OrderState,
+    summary: str,
+    actor: str,
+    now: datetime,
+) -> str:
+    """A late result says the relay switched: the record becomes what the meter did."""
+    why = f"corrected by a late result: the order had ended {ended_as.value}, the meter says {summary}"
+    order.result_reason = None
+    order.result_detail = result.detail or None
+    order.finished_at = None  # set again by the final transition
+    advance(session, order, _CORRECTION_OF[result.outcome], actor, why, at=now)
+    order.finished_at = result.finished_at
+    cancel_work_order(
+        session,
+        order,
+        actor,
+        f"corrected by a late result: the relay is {result.outcome.value}",
+        now,
+    )
+    log.warning("order %s %s", order.id, why)
+    return _count("corrected")
 
 
 def _concentrator_it_moved_to(session: Session, order: Order, result: OrderResult) -> str | None:
@@ -218,9 +282,10 @@ def apply_receipt(session: Session, receipt: OrderReceipt, *, now: datetime | No
 
 
 def apply_agent_message(
-    session: Session, message: AgentMessage, *, now: datetime | None = None
+    session: Session, message: OrderResult | OrderReceipt, *, now: datetime | None = None
 ) -> str:
-    """A message from the result topic: a receipt or a result. Does not commit."""
+    """A message from the result topic: a receipt or a result. Does not commit.
+    (A ``RefusalReport`` goes to ``services.rejected.record_refusal``.)"""
     if isinstance(message, OrderReceipt):
         return apply_receipt(session, message, now=now)
     return apply_result(session, message, now=now)

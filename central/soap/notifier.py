@@ -68,6 +68,7 @@ class Delivery:
     body: bytes | None  # None: nothing to send (see ``skip``)
     skip: str | None = None
     report: bool = True  # advance the order to ``reported`` when done
+    final_state: str = ""  # the row's final state when prepared (see ``_close``)
 
 
 def ended_from_order(order: Order, work_order_id: int | None) -> OrderEnded | None:
@@ -252,7 +253,7 @@ class LegacyNotifier:
             message_id=message_id,
         )
         target = (order.reply_address if from_legacy else None) or self.settings.legacy_endpoint
-        return Delivery(row.id, order.id, target, message_id, body)
+        return Delivery(row.id, order.id, target, message_id, body, final_state=row.final_state)
 
     def _deliver(self, delivery: Delivery) -> bool:
         if delivery.body is None:
@@ -292,6 +293,12 @@ class LegacyNotifier:
         with session_scope(self.sessions) as session:
             row = session.get(LegacyNotification, delivery.row_id)
             if row is None:
+                return
+            if delivery.body is not None and row.final_state != delivery.final_state:
+                # a late result corrected the order while this was on its way: what
+                # Legacy acknowledged is the old end; the row stays due for the new one
+                log.info("order %s corrected while notifying; sending again", delivery.order_id)
+                row.next_attempt_at = None
                 return
             row.attempts += 1
             if delivery.report:

@@ -20,6 +20,7 @@ from shared.contracts import (
     ConcentratorStatus,
     ControlState,
     EnergyReading,
+    MessageAck,
     MeterTableSync,
     OrderCommand,
     OrderReceipt,
@@ -28,6 +29,7 @@ from shared.contracts import (
     ReasonCode,
     RelayReading,
 )
+from shared.errors import CommandReplayed
 from shared.signing import CommandVerifier, MemorySeenCommands
 
 Script = Callable[[OrderCommand], tuple[Outcome, ReasonCode | None]]
@@ -73,6 +75,8 @@ class TestAgent:
         self.cancels: list[CancelCommand] = []
         self.tables: list[MeterTableSync] = []
         self.rejected: list[str] = []
+        self.acks: list[MessageAck] = []
+        self.copies: list[OrderCommand] = []  # the same command sent again (no receipt yet)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = paho.Client(
@@ -111,9 +115,20 @@ class TestAgent:
     ) -> None:
         try:
             command = self.verifier.verify(bytes(message.payload))
+        except CommandReplayed as exc:
+            if isinstance(exc.command, OrderCommand):
+                with self._lock:
+                    self.copies.append(exc.command)
+            else:
+                self.rejected.append(str(exc))
+            return
         except Exception as exc:
             self.rejected.append(str(exc))
             return
+        with self._lock:
+            if isinstance(command, MessageAck):
+                self.acks.append(command)
+                return
         self.verifier._seen.remember(command.command_id, command.deadline)  # type: ignore[attr-defined]
         with self._lock:
             if isinstance(command, MeterTableSync):

@@ -313,13 +313,17 @@ def test_expiry_creates_work_order_and_late_result_reconciles(
         order = orders.get_order(session, item.order_id or "")
         assert order.state == "expired"
         assert workorders.work_order_for(session, order.id) is not None
-    # a late result still updates the relay state, once
+    # a late result that says the relay switched corrects the record, once (issue 11)
     late = result_for(flying.order_id or "", "m0", Outcome.DISCONNECTED)
-    assert results.apply_result(session, late) == "late"
+    assert results.apply_result(session, late) == "corrected"
     assert results.apply_result(session, late) == "duplicate"
     session.commit()
     meter = session.get(Meter, "m0")
     assert meter is not None and meter.relay_state == "disconnected"
+    corrected = orders.get_order(session, flying.order_id or "")
+    assert corrected.state == "completed_disconnected"
+    work_order = workorders.work_order_for(session, corrected.id)
+    assert work_order is not None and work_order.status == "cancelled"
 
 
 def test_cancel(

@@ -278,15 +278,17 @@ def test_late_result_records_its_attempts_once(
     assert dispatch.sweep_expired(session, now=later) == 1
     session.commit()
     result = result_with_retries(order_id)
-    assert results.apply_result(session, result, now=later) == "late"
+    # the relay did switch: the late result corrects the expired order (issue 11)
+    assert results.apply_result(session, result, now=later) == "corrected"
     assert results.apply_result(session, result, now=later) == "duplicate"
     session.commit()
     events = [(e.event, e.step) for e in timeline(session, order_id)]
-    assert events[-4:] == [
+    assert events[-5:] == [
         ("attempt_retried", 7),
         ("attempt_retried", 7),
         ("attempt", 6),
-        ("late_result", 8),
+        ("correct_disconnected", 8),
+        ("work_order_cancelled", 10),
     ]
     assert events.count(("attempt", 6)) == 1
 

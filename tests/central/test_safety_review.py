@@ -196,29 +196,38 @@ def test_idempotency_key_of_another_caller_never_returns_their_order(
     assert [o.id for o in orders.list_orders(session, meter_id="m1", state="validated")] == []
 
 
-def test_late_result_after_expiry_does_not_resurrect(
+def test_late_result_after_expiry_changes_the_outcome_only_when_the_relay_switched(
     session: Session,
     settings: Settings,
     meters: Meters,
     publisher: RecordingPublisher,
     signer: CommandSigner,
 ) -> None:
-    meters(1)
-    item = create(session, settings, [req("m0")]).items[0]
-    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    """Issue 11 replaced "a late result never resurrects an expired order": the record
+    must be what the meter did. A late failure leaves it expired; a late switch corrects it."""
+    meters(2)
+    failed, switched = create(session, settings, [req("m0"), req("m1")]).items
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 2
     later = WORKDAY + timedelta(seconds=settings.deadline_for("disconnect") + 3600)
-    assert dispatch.sweep_expired(session, now=later) == 1
+    assert dispatch.sweep_expired(session, now=later) == 2
+    assert (
+        results.apply_result(
+            session,
+            result_for(
+                failed.order_id or "", "m0", Outcome.FAILED, reason=ReasonCode.METER_NOT_RESPONDING
+            ),
+        )
+        == "late"
+    )
     effect = results.apply_result(
-        session,
-        result_for(item.order_id or "", "m0", Outcome.DISCONNECTED, reason=ReasonCode.OK)
-        if hasattr(ReasonCode, "OK")
-        else result_for(item.order_id or "", "m0", Outcome.DISCONNECTED),
+        session, result_for(switched.order_id or "", "m1", Outcome.DISCONNECTED)
     )
     session.commit()
-    assert effect == "late"
+    assert effect == "corrected"
     session.expire_all()
-    assert orders.get_order(session, item.order_id or "").state == "expired"
-    assert session.get(Meter, "m0").relay_state == "disconnected"  # type: ignore[union-attr]
+    assert orders.get_order(session, failed.order_id or "").state == "expired"
+    assert orders.get_order(session, switched.order_id or "").state == "completed_disconnected"
+    assert session.get(Meter, "m1").relay_state == "disconnected"  # type: ignore[union-attr]
 
 
 def test_requester_cannot_approve_own_batch_sent_through_soap(
@@ -270,7 +279,8 @@ def test_disconnect_accepted_on_a_working_day_waits_over_the_weekend(
         [
             req("m0", deadline=deadline),
             req("m1", deadline=deadline, special=True),
-            req("m2", "connect"),
+            # its own deadline reaches Saturday (a passed one is never sent: issue 11)
+            req("m2", "connect", deadline=deadline),
         ],
         now=FRIDAY_NIGHT,
     )
@@ -398,8 +408,10 @@ def test_ordinary_disconnect_cannot_run_past_the_local_working_day_on_the_agent(
     assert sent["m2"] == deadline
 
 
-def test_a_disconnect_command_built_on_a_non_working_day_is_already_due(settings: Settings) -> None:
-    """A republish (lost PUBACK) on a Saturday must not give the agent a weekend to act in."""
+def test_no_ordinary_disconnect_command_is_built_on_a_non_working_day(settings: Settings) -> None:
+    """A command built on a Saturday must not give the agent a weekend to act in. It used to
+    get a deadline one second ahead; since issue 11 no deadline is ever moved, so none is
+    built (a re-send goes out as first signed, on its working day's deadline)."""
     from types import SimpleNamespace
 
     saturday = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
@@ -415,8 +427,8 @@ def test_a_disconnect_command_built_on_a_non_working_day_is_already_due(settings
         updated_at=saturday,
         special=False,
     )
-    command = dispatch.build_command(order, settings, "cmd-1", saturday)  # type: ignore[arg-type]
-    assert command.deadline == saturday + timedelta(seconds=1)
+    with pytest.raises(dispatch.DeadlinePassed):
+        dispatch.build_command(order, settings, "cmd-1", saturday)  # type: ignore[arg-type]
     special = dispatch.build_command(  # type: ignore[arg-type]
         SimpleNamespace(**{**vars(order), "special": True}), settings, "cmd-2", saturday
     )

@@ -36,13 +36,40 @@ def test_refused_event_names_event_and_state(state: OrderState, event: Event) ->
     assert not can(state, event)
 
 
-def test_ended_states_accept_only_report() -> None:
+CORRECTIONS = {
+    Event.CORRECT_CONNECTED: OrderState.COMPLETED_CONNECTED,
+    Event.CORRECT_DISCONNECTED: OrderState.COMPLETED_DISCONNECTED,
+    Event.CORRECT_ARMED: OrderState.COMPLETED_ARMED,
+}
+CORRECTABLE = (OrderState.EXPIRED, OrderState.FAILED, OrderState.REPORTED)
+
+
+def test_ended_states_accept_only_report_and_a_late_results_correction() -> None:
     for state in ENDED_STATES:
         for event in Event:
             if event is Event.REPORT and state is not OrderState.REPORTED:
                 assert can(state, event)
+            elif event in CORRECTIONS and state in CORRECTABLE:
+                assert transition(state, event) is CORRECTIONS[event]
             else:
                 assert not can(state, event), (state, event)
+
+
+@pytest.mark.parametrize("state", CORRECTABLE)
+@pytest.mark.parametrize("event", list(CORRECTIONS))
+def test_a_late_result_corrects_an_order_that_ended_without_an_answer(
+    state: OrderState, event: Event
+) -> None:
+    assert TRANSITIONS[(state, event)] is CORRECTIONS[event]
+
+
+@pytest.mark.parametrize(
+    "state",
+    [s for s in OrderState if s not in CORRECTABLE],
+)
+def test_nothing_else_is_corrected(state: OrderState) -> None:
+    # a completed, cancelled, refused or still active order is never "corrected"
+    assert not any(can(state, event) for event in CORRECTIONS)
 
 
 def test_unknown_names_are_refused() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,15 @@ from paho.mqtt.properties import Properties
 from edge_agent.config import EdgeConfig, parse_config
 from shared import topics
 from shared.broker import MosquittoBroker
-from shared.contracts import OrderReceipt, OrderResult, parse_agent_message
+from shared.contracts import (
+    AckedKind,
+    AckedMessage,
+    MessageAck,
+    OrderReceipt,
+    OrderResult,
+    RefusalReport,
+    parse_agent_message,
+)
 from shared.signing import CommandSigner, generate_keypair, load_private_key
 
 DEMO_BLOCK = "000102030405060708090A0B0C0D0E0F"
@@ -59,12 +69,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
 
 
 class Coordinator:
-    """A stand-in for the central coordinator: publishes commands, collects receipts and results."""
+    """A stand-in for the central coordinator: publishes commands, collects receipts,
+    results and refusal reports, and (given the signer, as the real one does after its
+    commit) acknowledges each, unless ``acking`` is cleared."""
 
-    def __init__(self, broker: MosquittoBroker, concentrator_id: str, client_id: str) -> None:
+    def __init__(self, broker: MosquittoBroker, concentrator_id: str, client_id: str,
+                 signer: CommandSigner | None = None) -> None:
         self.cid = concentrator_id
+        self.signer = signer
+        self.acking = signer is not None
+        self.acks_sent = 0
         self.results: list[OrderResult] = []
         self.receipts: list[OrderReceipt] = []
+        self.refusals: list[RefusalReport] = []
         self.raw: list[bytes] = []
         self.status: list[bytes] = []
         self._lock = threading.Lock()
@@ -89,11 +106,28 @@ class Coordinator:
                 message = parse_agent_message(msg.payload)
                 if isinstance(message, OrderReceipt):
                     self.receipts.append(message)
+                    key = message.order_id
+                elif isinstance(message, RefusalReport):
+                    self.refusals.append(message)
+                    key = message.refusal_id
                 else:
                     self.raw.append(msg.payload)
                     self.results.append(message)
+                    key = message.order_id
+                if self.acking:
+                    self.ack(message.kind, key)
             else:
                 self.status.append(msg.payload)
+
+    def ack(self, kind: AckedKind, key: str) -> None:
+        """What the real coordinator sends once it committed the message."""
+        assert self.signer is not None
+        now = datetime.now(UTC)
+        ack = MessageAck(command_id=f"ack-{uuid.uuid4().hex[:12]}", concentrator_id=self.cid,
+                         issued_at=now, deadline=now + timedelta(hours=1),
+                         acks=[AckedMessage(kind=kind, id=key)])
+        self.client.publish(topics.commands(self.cid), self.signer.sign(ack), qos=1)
+        self.acks_sent += 1
 
     def publish(self, payload: bytes, topic: str | None = None, retain: bool = False) -> None:
         info = self.client.publish(topic or topics.commands(self.cid), payload, qos=1, retain=retain)

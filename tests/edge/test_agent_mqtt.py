@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ def env(broker: MosquittoBroker, tmp_path: Path) -> Iterator[tuple[EdgeConfig, C
     broker.add_user(cid)
     signer, pub = make_signer(tmp_path)
     config = make_config(tmp_path, pub, cid, broker_url=broker.url)
-    coord = Coordinator(broker, cid, f"coord-{cid}")
+    coord = Coordinator(broker, cid, f"coord-{cid}", signer)
     try:
         yield config, signer, coord
     finally:
@@ -80,13 +81,14 @@ def test_order_result_and_status(env: tuple[EdgeConfig, CommandSigner, Coordinat
         receipt = wait_for(lambda: coord.receipts_by_order().get("o1"), what="receipt")[0]
         assert (receipt.command_id, receipt.meter_id, receipt.concentrator_id) == (cmd.command_id, "m1", cid)
         assert receipt.queue_depth == 1 and r.received_at == receipt.received_at
-        # same order again (new command id): a duplicate; the stored result goes out again
+        # same order again (new command id): a copy; the stored result goes out again (its
+        # ack, which also dropped the receipt, came first on the same connection)
         coord.publish(signer.sign(replace(cmd, command_id="again")))
         wait_for(lambda: len(coord.by_order()["o1"]) == 2, what="resent result")
         assert coord.raw.count(coord.raw[0]) == 2  # identical payload
-        assert len(coord.receipts) == 1  # a duplicate order sends no second receipt
+        assert len(coord.receipts) == 1  # the receipt was acknowledged: not sent again
         assert agent.store.counts_by_state() == {"succeeded": 1}
-        wait_for(lambda: agent.store.outbox_depth() == 0, what="outbox emptied on PUBACK")
+        wait_for(lambda: agent.store.outbox_depth() == 0, what="outbox emptied on the acks")
 
         def online() -> bool:
             return any(decode(ConcentratorStatus, s).online for s in coord.status)
@@ -106,7 +108,7 @@ def test_refusals_reported_and_agent_keeps_going(env: tuple[EdgeConfig, CommandS
     config, signer, coord = env
     cid = config.agent.concentrator_id
     meter = FakeMeter(ControlState.CONNECTED)
-    with agent_with(config, {"m1": meter}):
+    with agent_with(config, {"m1": meter}) as agent:
         unsigned = order("o-unsigned", "m1", concentrator_id=cid)
         coord.publish(_envelope(signer, unsigned.to_json().decode(), None))
 
@@ -131,19 +133,25 @@ def test_refusals_reported_and_agent_keeps_going(env: tuple[EdgeConfig, CommandS
                      base64.b64encode(b"\x00" * 64), signer.sign(order("o-x", "m1", concentrator_id="conc-other"))):
             coord.publish(junk)
 
-        expected = {
-            "o-unsigned": ReasonCode.UNSIGNED_COMMAND,
-            "o-forged": ReasonCode.BAD_SIGNATURE,
-            "o-tampered": ReasonCode.BAD_SIGNATURE,
-            "o-expired": ReasonCode.EXPIRED,
-        }
-        for order_id, reason in expected.items():
-            r = coord.result(order_id)
-            assert (r.outcome, r.reason) == (Outcome.REJECTED, reason), r
-        wait_for(lambda: len(coord.by_order()["o-ok"]) == 2, what="replay report")
-        replay = coord.by_order()["o-ok"][1]
-        assert (replay.outcome, replay.reason) == (Outcome.REJECTED, ReasonCode.REPLAYED_COMMAND)
+        # Issue 11: refusals end no order. Each is a refusal report with the reason and the
+        # payload's digest, nothing read from the message; no result for a refused order.
+        wait_for(lambda: len(coord.refusals) == 11, what="refusal reports")
+        reasons = sorted(r.reason.value for r in coord.refusals)
+        assert reasons == sorted(
+            [ReasonCode.UNSIGNED_COMMAND.value, ReasonCode.BAD_SIGNATURE.value,
+             ReasonCode.BAD_SIGNATURE.value, ReasonCode.EXPIRED.value,
+             ReasonCode.UNSIGNED_COMMAND.value, ReasonCode.WRONG_CONCENTRATOR.value]
+            + [ReasonCode.MALFORMED_COMMAND.value] * 5
+        ), reasons
+        unsigned_digest = hashlib.sha256(_envelope(signer, unsigned.to_json().decode(), None)).hexdigest()
+        assert unsigned_digest in {r.payload_sha256 for r in coord.refusals}
+        assert all("o-" not in r.to_json().decode().replace(r.detail, "") for r in coord.refusals)
+        assert set(coord.by_order()) == {"o-ok"}
+        # the replay of the genuine command is answered with the stored result, not refused
+        wait_for(lambda: len(coord.by_order()["o-ok"]) == 2, what="stored result again")
+        assert {r.outcome for r in coord.by_order()["o-ok"]} == {Outcome.DISCONNECTED}
         assert meter.switches == 1  # only the genuine order touched the relay
+        wait_for(lambda: agent.store.outbox_depth() == 0, what="refusals acknowledged")
 
         # still alive and working
         coord.publish(signer.sign(order("o-after", "m1", Action.CONNECT, concentrator_id=cid)))
@@ -201,7 +209,7 @@ def test_results_wait_for_broker(broker_factory: Callable[..., MosquittoBroker],
     broker = broker_factory(users=(cid,))
     signer, pub = make_signer(tmp_path)
     config = make_config(tmp_path, pub, cid, broker_url=broker.url)
-    coord = Coordinator(broker, cid, f"coord-{cid}")
+    coord = Coordinator(broker, cid, f"coord-{cid}", signer)
     try:
         with agent_with(config, {f"m{i}": FakeMeter() for i in range(5)}) as agent:
             wait_for(lambda: agent.link.connected, what="agent connected")

@@ -67,7 +67,7 @@ def test_kill_9_mid_batch(broker: MosquittoBroker, fleet: RunningFleet, tmp_path
     with Store(tmp_path / "data" / "agent.sqlite3") as store:
         store.import_meters(MeterEntry(meter_id=m, transport="tcp", host="127.0.0.1",
                                        port=fleet.tcp_port(m), keys_ref="default") for m in METERS)
-    coord = Coordinator(broker, cid, f"coord-{cid}")
+    coord = Coordinator(broker, cid, f"coord-{cid}", signer)
     log = tmp_path / "agent.log"
     proc = _spawn(cfg, log)
     try:

@@ -59,7 +59,7 @@ def rig(broker: MosquittoBroker, fleet: RunningFleet, tmp_path: Path
     for m in SPECS:
         seen = fleet.meter(m.meter_id).last_client_ic
         agent.store.commit_counter(m.meter_id, max(seen.values(), default=-1) + 1)
-    coord = Coordinator(broker, cid, f"coord-{cid}")
+    coord = Coordinator(broker, cid, f"coord-{cid}", signer)
     agent.start()
     try:
         wait_for(lambda: agent.link.subscribed, what="agent subscribed")

@@ -53,15 +53,21 @@ def test_stored_order_puts_one_receipt_in_the_outbox(sqlite_path: Path) -> None:
         store.store_order(first, now)
         store.store_order(second, now)
         store.store_order(replace(first, command_id="again"), now)  # duplicate
-        receipts = [parse_agent_message(payload) for _, payload in store.outbox_pending()]
+        receipts = [parse_agent_message(payload) for _, payload, _ in store.outbox_pending()]
         assert all(isinstance(r, OrderReceipt) for r in receipts)
         assert [(r.order_id, r.command_id, r.queue_depth) for r in receipts if isinstance(r, OrderReceipt)] == [
             ("o1", first.command_id, 1), ("o2", second.command_id, 2)]
         assert receipts[0].received_at == now and receipts[0].concentrator_id == first.concentrator_id
-        oid = store.outbox_pending()[0][0]
-        store.outbox_delete(oid)  # PUBACK: gone, and a later duplicate does not bring it back
-        store.store_order(replace(first, command_id="third"), now)
+        # the broker's PUBACK removes nothing (issue 11); the coordinator's ack does
+        assert store.outbox_acknowledge("receipt", "o1") == 1
+        assert store.outbox_acknowledge("receipt", "o1") == 0  # an ack copy changes nothing
         assert store.outbox_depth() == 1
+        # a copy after the ack: the coordinator has no receipt yet (e.g. restored), so a
+        # receipt goes out again, for the same stored order
+        assert store.store_order(replace(first, command_id="third"), now) == "duplicate"
+        again = [parse_agent_message(p) for _, p, _ in store.outbox_pending()]
+        assert [(m.kind, m.order_id) for m in again] == [("receipt", "o2"), ("receipt", "o1")]  # type: ignore[union-attr]
+        assert store.queue_depth() == 2
 
 
 def test_receipt_rolls_back_with_the_order(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,7 +156,7 @@ def test_cancel_before_its_order_ends_the_order_when_it_arrives(sqlite_path: Pat
         assert store.store_order(order("o1", "m1"), now) == "cancelled"
         assert store.order_state("o1") is State.CANCELLED
         assert store.claim_next(now + timedelta(seconds=1)) is None  # nothing to execute
-        messages = [parse_agent_message(p) for _, p in store.outbox_pending()]
+        messages = [parse_agent_message(p) for _, p, _ in store.outbox_pending()]
         assert [m.kind for m in messages] == ["receipt", "result"]
         result = messages[1]
         assert result.outcome is Outcome.CANCELLED and "cancel-o1" in result.detail  # type: ignore[union-attr]

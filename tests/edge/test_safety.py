@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.agent import _peek_body
 from edge_agent.dlms_driver import DlmsLink
 from edge_agent.executor import Executor
 from edge_agent.lifecycle import State
@@ -214,7 +213,20 @@ def test_serial_line_never_runs_two_sessions_on_one_meter(store: Store) -> None:
 
 # -- payloads that would crash a parser ---------------------------------------------------
 def test_deeply_nested_payload_is_refused_not_crashing() -> None:
-    assert _peek_body(b"[" * 100_000) == {}
+    # The agent no longer reads ids out of a refused body (issue 11); what it parses is
+    # the envelope, which refuses deep nesting as a malformed message.
+    from shared.errors import ContractError
+    from shared.signing import (
+        CommandVerifier,
+        MemorySeenCommands,
+        generate_keypair,
+        load_private_key,
+    )
+
+    key = load_private_key(generate_keypair()[0]).public_key()
+    verifier = CommandVerifier(key, "c1", MemorySeenCommands())
+    with pytest.raises(ContractError):
+        verifier.verify(b"[" * 100_000)
 
 
 # -- the scheduler does not spin while a line is busy --------------------------------------

@@ -42,7 +42,7 @@ def _filtered(
 def list_work_orders(
     session: SessionDep,
     _actor: Viewer,
-    status: Literal["open", "closed"] | None = None,
+    status: Literal["open", "closed", "cancelled"] | None = None,
     meter_id: str | None = None,
     concentrator_id: str | None = None,
     reason: str | None = None,
@@ -58,7 +58,7 @@ def list_work_orders(
 def export_work_orders(
     session: SessionDep,
     _actor: Viewer,
-    status: Literal["open", "closed"] | None = None,
+    status: Literal["open", "closed", "cancelled"] | None = None,
     meter_id: str | None = None,
     concentrator_id: str | None = None,
     reason: str | None = None,

@@ -400,13 +400,30 @@
         "div",
         { class: "conc " + (c.online ? "online" : "offline"), "data-concentrator": c.id },
         el("div", { class: "id", text: c.id }),
-        el("div", { class: "q" }, badge(state, c.online ? "ok" : "bad")),
+        el("div", { class: "q" }, badge(state, c.online ? "ok" : "bad"), c.alarm ? badge("signature alarm", "bad") : null),
         el("div", { class: "q", text: "queue " + q + (c.outbox_depth ? " · outbox " + c.outbox_depth : "") + (c.inflight !== undefined ? " · in flight " + c.inflight : "") }),
         el("div", { class: "bar" }, el("span", { style: "width:" + Math.round((100 * q) / maxQ) + "%" })),
         el("div", { class: "q", text: c.status_at ? "seen " + fmtTime(c.status_at) : "never seen" })
       );
     });
     $("#concentrators").replaceChildren(el("div", { class: "concs" }, cards));
+  }
+
+  // Messages an agent could not verify (issue 11): never an order's end, always shown.
+  function renderSecurity(stats) {
+    const events = stats && Array.isArray(stats.security_events) ? stats.security_events : [];
+    const rows = events.map((e) =>
+      el(
+        "tr",
+        {},
+        el("td", { text: String(e.id) }),
+        el("td", { text: fmtTime(e.received_at, true) }),
+        el("td", { class: "mono", text: e.concentrator_id || "" }),
+        el("td", { class: "wrap" }, badge(e.alarm ? "alarm" : "refused", e.alarm ? "bad" : "warn"), " " + e.reason)
+      )
+    );
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "4", class: "hint", text: "No refused messages." })));
+    $("#security tbody").replaceChildren(...rows);
   }
 
   function renderWorkOrders(wos) {
@@ -612,7 +629,9 @@
       const woList = listOf(wos, "work_orders", "workorders");
       renderTiles(lastOrders, concList, woList, stats);
       renderOrders(lastOrders);
-      renderConcentrators(concList);
+      const alarms = (stats && stats.concentrator_alarms) || {};
+      renderConcentrators(concList.map((c) => Object.assign({}, c, { alarm: alarms[c.id] })));
+      renderSecurity(stats);
       renderWorkOrders(woList);
       const points = endedPoints(stats && Array.isArray(stats.recent) ? stats.recent : lastOrders);
       drawOutcomes($("#chart-outcomes"), points);
