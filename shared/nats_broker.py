@@ -11,6 +11,7 @@ be killed (SIGKILL) and started again on their data directories.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -81,7 +82,14 @@ class NatsCluster:
         *,
         password: str = "secret",
         work_dir: Path | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+        tls_users: Iterable[str] = (),
     ) -> None:
+        """``tls`` = (CA, node certificate, node key): the MQTT listener runs the
+        shipped ``tls-mqtt.conf`` (client certificates, ``verify_and_map``), and
+        ``tls_users`` are users known by their certificate's CN, without password."""
+        self.tls = tls
+        self.tls_users = list(tls_users)
         self.password = password
         self._own_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="rcd-nats-"))
@@ -120,9 +128,17 @@ class NatsCluster:
     # -- process --------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> NatsCluster:
         config = self.work_dir / "node.conf"
-        shutil.copyfile(DEPLOY_DIR / "node.conf", config)
+        text = (DEPLOY_DIR / "node.conf").read_text()
+        if self.tls is not None:
+            text = self._with_tls(text)
+        config.write_text(text)
         accounts = self.work_dir / "accounts.conf"
-        accounts.write_text(render_accounts({user: self.password for user in self.users}))
+        accounts.write_text(
+            render_accounts(
+                {user: self.password for user in self.users},
+                tls_subjects=[f"CN={name}" for name in self.tls_users],
+            )
+        )
         accounts.chmod(0o600)
         for node in self.nodes:
             self._spawn(node)
@@ -130,8 +146,9 @@ class NatsCluster:
             self._wait_ready(node, timeout)
         # The first MQTT connection of the account creates its MQTT streams (a few
         # seconds on a fresh cluster): done here, so clients of a test do not wait.
-        for node in self.nodes:
-            self.probe_mqtt(node.index, timeout)
+        if self.tls is None:  # with TLS the probe would need a certificate of its own
+            for node in self.nodes:
+                self.probe_mqtt(node.index, timeout)
         return self
 
     def probe_mqtt(self, index: int, timeout: float = 30.0) -> None:
@@ -163,6 +180,27 @@ class NatsCluster:
                 client.loop_stop()
                 client.disconnect()
         raise BrokerError(f"{node.name}: MQTT login not accepted within {timeout}s")
+
+    def _with_tls(self, node_conf: str) -> str:
+        """The shipped node.conf with its TLS include switched on, and the shipped
+        tls-mqtt.conf with our certificate paths."""
+        assert self.tls is not None
+        ca, cert, key = self.tls
+        marker = '  # include "tls-mqtt.conf"'
+        lines = node_conf.splitlines()
+        found = [n for n, line in enumerate(lines) if line.startswith(marker)]
+        if not found:
+            raise BrokerError("shipped node.conf lacks the tls-mqtt.conf include line")
+        lines[found[0]] = '  include "tls-mqtt.conf"'
+        tls_conf = (DEPLOY_DIR / "tls-mqtt.conf").read_text()
+        for setting, path in (("cert_file", cert), ("key_file", key), ("ca_file", ca)):
+            tls_conf, count = re.subn(
+                rf'^(\s*{setting}:\s*)".*"', rf'\g<1>"{path}"', tls_conf, flags=re.MULTILINE
+            )
+            if count != 1:
+                raise BrokerError(f"shipped tls-mqtt.conf lacks {setting}")
+        (self.work_dir / "tls-mqtt.conf").write_text(tls_conf)
+        return "\n".join(lines) + "\n"
 
     def _spawn(self, node: NatsNode) -> None:
         log = open(node.log_path, "ab")
@@ -229,7 +267,8 @@ class NatsCluster:
             return
         self._spawn(node)
         self._wait_ready(node, timeout)
-        self.probe_mqtt(index, timeout)
+        if self.tls is None:
+            self.probe_mqtt(index, timeout)
 
     def stop(self) -> None:
         for node in self.nodes:
