@@ -126,7 +126,11 @@ class JetStreamResults:
             self.connected = True
             self._ready.set()
             while not self._stopping.is_set():
-                await self._fetch_once(subscription, connection)
+                try:
+                    await self._fetch_once(subscription, connection)
+                except Exception:  # whatever it was, results must keep coming
+                    log.exception("NATS consumer pass failed; going on")
+                    await asyncio.sleep(1.0)
         finally:
             self.connected = False
             await connection.close()
