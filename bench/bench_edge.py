@@ -180,7 +180,7 @@ def bench_throughput(broker: MosquittoBroker, n_orders: int, n_sim: int) -> None
         meters = [MeterEntry(meter_id=s.meter_id, transport="tcp", host="127.0.0.1",
                              port=fleet.tcp_port(s.meter_id), keys_ref="default") for s in specs]
         cfg, signer = setup(work, broker, cid, meters, n_sim)
-        coord = Coordinator(broker, cid, "bench-run-coord")
+        coord = Coordinator(broker, cid, "bench-run-coord", signer)  # acks, as central does
         proc = spawn(cfg, work / "agent.log")
         try:
             wait_for(lambda: any(decode(ConcentratorStatus, s).online

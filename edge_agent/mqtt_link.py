@@ -239,6 +239,7 @@ class MqttLink:
                     if self._resend_all.is_set():
                         self._resend_all.clear()
                         self._store.outbox_due_now()
+                        next_status = 0.0  # tell the coordinator at once: it re-sends then
                     if time.monotonic() >= next_status:
                         self._publish_status()
                         next_status = time.monotonic() + interval
@@ -279,17 +280,22 @@ class MqttLink:
         if room <= 0:
             return
         busy = {oid for oid, _ in self._inflight.values()}
-        for outbox_id, payload, sends in self._store.outbox_pending(exclude=busy, limit=room):
-            info = self._client.publish(topics.results(self._cid), payload, qos=topics.QOS)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                log("result.publish_deferred", level=logging.DEBUG, rc=str(info.rc))
-                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                    # paho keeps QoS 1 messages queued and sends them on reconnect
-                    self._inflight[info.mid] = (outbox_id, now)
-                return
-            self._inflight[info.mid] = (outbox_id, now)
-            self._store.outbox_sent(outbox_id, time.time() + self.resend_delay(sends + 1))
-            self.published += 1
+        done: list[tuple[int, float]] = []
+        try:
+            for outbox_id, payload, sends in self._store.outbox_pending(exclude=busy, limit=room):
+                info = self._client.publish(topics.results(self._cid), payload, qos=topics.QOS)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    log("result.publish_deferred", level=logging.DEBUG, rc=str(info.rc))
+                    if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                        # paho keeps QoS 1 messages queued and sends them on reconnect
+                        self._inflight[info.mid] = (outbox_id, now)
+                    return
+                self._inflight[info.mid] = (outbox_id, now)
+                done.append((outbox_id, time.time() + self.resend_delay(sends + 1)))
+                self.published += 1
+        finally:
+            if done:  # one write for the round, not one fsync per message
+                self._store.outbox_sent(done)
 
     def resend_delay(self, sends: int) -> float:
         """Seconds before a row is sent again after its ``sends``-th sending."""

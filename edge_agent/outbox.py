@@ -66,9 +66,11 @@ def pending(
     return [(int(r[0]), bytes(r[1]), int(r[2])) for r in rows if int(r[0]) not in skip][:limit]
 
 
-def sent(conn: sqlite3.Connection, outbox_id: int, next_at: float) -> None:
-    conn.execute(
-        "UPDATE outbox SET sends = sends + 1, next_at = ? WHERE id = ?", (next_at, outbox_id)
+def sent(conn: sqlite3.Connection, rows: Iterable[tuple[int, float]]) -> None:
+    """Rows ``(id, next_at)`` were published: one more sending, due again at ``next_at``."""
+    conn.executemany(
+        "UPDATE outbox SET sends = sends + 1, next_at = ? WHERE id = ?",
+        [(next_at, outbox_id) for outbox_id, next_at in rows],
     )
 
 

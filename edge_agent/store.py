@@ -746,9 +746,10 @@ class Store:
         with self._lock, _mapped():
             return outbox.pending(self._conn, time.time() if now is None else now, exclude, limit)
 
-    def outbox_sent(self, outbox_id: int, next_at: float) -> None:
+    def outbox_sent(self, rows: Iterable[tuple[int, float]]) -> None:
+        """Rows ``(id, next_at)`` were published (one transaction for a pump round)."""
         with self.transaction() as conn, _mapped():
-            outbox.sent(conn, outbox_id, next_at)
+            outbox.sent(conn, rows)
 
     def outbox_due_now(self) -> int:
         with self.transaction() as conn, _mapped():

@@ -3,9 +3,9 @@
 One topic tree per concentrator, so that the broker's ACL can give each agent
 its own branch and nothing else (see ``deploy/mosquitto/acl``)::
 
-    rcd/v1/c/<concentrator>/cmd      coordinator → agent   signed orders and cancels (QoS 1, never retained)
+    rcd/v1/c/<concentrator>/cmd      coordinator → agent   signed orders, cancels and acks (QoS 1, never retained)
     rcd/v1/c/<concentrator>/meters   coordinator → agent   signed meter table (QoS 1, retained)
-    rcd/v1/c/<concentrator>/result   agent → coordinator   order receipts and results (QoS 1)
+    rcd/v1/c/<concentrator>/result   agent → coordinator   receipts, results, refusal reports (QoS 1)
     rcd/v1/c/<concentrator>/status   agent → coordinator   status and last will (QoS 1, retained)
 """
 

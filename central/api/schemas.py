@@ -142,6 +142,9 @@ class ConcentratorOut(ORM):
     table_generation: int
     table_pushed_generation: int
     agent_table_generation: int | None
+    # the last refusal of a badly signed or unsigned command its agent reported in the
+    # last day (issue 11): its coordinator key is wrong, or someone forges commands
+    signature_alarm: str | None = None
 
 
 class ConcentratorChange(BaseModel):

@@ -61,8 +61,8 @@ class DashboardStats(BaseModel):
     work_orders_open: int
     recent: list[EndedOrder]  # newest first, at most RECENT_LIMIT
     security_events: list[SecurityEvent] = []  # newest first, the last SECURITY_LIMIT
-    # concentrator id -> the last signature alarm it raised (its configuration is wrong,
-    # or someone forges commands on its topic)
+    # concentrator id -> the last signature alarm it raised in the last day (its
+    # configuration is wrong, or someone forges commands on its topic)
     concentrator_alarms: dict[str, str] = {}
 
 
@@ -129,10 +129,7 @@ SECURITY_LIMIT: Final = 20
 
 def _security(session: Session) -> dict[str, Any]:
     events = rejected.security_events(session, limit=SECURITY_LIMIT)
-    alarms: dict[str, str] = {}
-    for row in events:  # newest first: the first alarm per concentrator is its last
-        if rejected.key_alarm(row) and row.concentrator_id and row.concentrator_id not in alarms:
-            alarms[row.concentrator_id] = f"{row.received_at.isoformat()}: {row.reason}"[:300]
+    alarms = rejected.signature_alarms(session)
     return {
         "security_events": [
             SecurityEvent(

@@ -434,8 +434,15 @@ def republish_unacked(
     """Send again, as first signed, the commands of dispatched orders without the agent's
     receipt whose ``resend_at`` came, as long as their signed deadline is ahead; a
     PUBACK does not stop this, the receipt does. An order whose cancel was requested is
-    not sent again (the cancel is)."""
+    not sent again (the cancel is), nor one whose concentrator is known to be offline."""
     now = now or utcnow()
+    # While its agent is known to be offline the broker keeps the copy already queued for
+    # it: no pile of copies; when it reports online again its orders are due at once
+    # (``results.apply_status``). One that never reported is not known to be offline.
+    reachable = exists().where(
+        Concentrator.id == Order.concentrator_id,
+        Concentrator.online.is_(True) | Concentrator.status_at.is_(None),
+    )
     due = list(
         session.scalars(
             select(Order)
@@ -444,6 +451,7 @@ def republish_unacked(
                 Order.cancel_requested.is_(False),
                 Order.resend_at <= now,
                 Order.deadline > now,
+                reachable,
             )
             .order_by(Order.resend_at)
             .limit(1000)

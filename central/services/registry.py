@@ -293,7 +293,7 @@ def meter_entry(meter: Meter) -> MeterEntry | None:
                 "logical_server": meter.logical_server,
                 "commissioned": meter.commissioned,
                 "keys_ref": meter.keys_ref,
-                "protected_customer": meter.protected_customer,
+                "protected_customer": bool(meter.protected_customer),  # None before a flush
             },
         )
     except InvalidPayload:

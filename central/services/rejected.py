@@ -11,7 +11,7 @@ then sees why the order has no result and will expire into a field work order.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -130,6 +130,18 @@ def security_events(
     if since is not None:
         query = query.where(RejectedMessage.received_at >= since)
     return list(session.scalars(query.order_by(RejectedMessage.id.desc()).limit(limit)))
+
+
+def signature_alarms(
+    session: Session, *, now: datetime | None = None, within: timedelta = timedelta(days=1)
+) -> dict[str, str]:
+    """Concentrator id -> its last signature alarm (``KEY_ALARM_REASONS``) of ``within``."""
+    since = (now or utcnow()) - within
+    alarms: dict[str, str] = {}
+    for row in security_events(session, since=since, limit=1000):  # newest first
+        if key_alarm(row) and row.concentrator_id and row.concentrator_id not in alarms:
+            alarms[row.concentrator_id] = f"{row.received_at.isoformat()}: {row.reason}"[:300]
+    return alarms
 
 
 def key_alarm(row: RejectedMessage) -> bool:

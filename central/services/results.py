@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from central import metrics
@@ -337,7 +337,9 @@ def _count(effect: str) -> str:
     return effect
 
 
-def apply_status(session: Session, status: ConcentratorStatus) -> bool:
+def apply_status(
+    session: Session, status: ConcentratorStatus, *, now: datetime | None = None
+) -> bool:
     """Record a concentrator's status (online/offline, queue depth); older ones are ignored."""
     row = session.get(Concentrator, status.concentrator_id)
     if row is None:
@@ -345,6 +347,19 @@ def apply_status(session: Session, status: ConcentratorStatus) -> bool:
         return False
     if row.status_at is not None and row.status_at > status.at:
         return False
+    if status.online and not row.online:
+        # back online: whatever it has not acknowledged goes again at the next pass (the
+        # broker may have lost it while the agent was away), not after a long backoff
+        session.execute(
+            update(Order)
+            .where(
+                Order.concentrator_id == row.id,
+                Order.state == OrderState.DISPATCHED.value,
+                Order.resend_at.is_not(None),
+            )
+            .values(resend_at=now or utcnow()),
+            execution_options={"synchronize_session": False},
+        )
     row.online = status.online
     row.status_at = status.at
     row.queue_depth = status.queue_depth

@@ -6,7 +6,7 @@ meter flagged protected gets a cancel for every disconnect an agent may still ho
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -184,6 +184,10 @@ def test_an_agents_refusal_is_a_security_event_and_ends_no_order(
         assert "ends no order" in kept[1].reason
         security = rejected.security_events(session)
         assert [r.id for r in security] == [kept[0].id] and rejected.key_alarm(security[0])
+        # the concentrator's signature alarm (REST and dashboard), for a day
+        alarms = rejected.signature_alarms(session)
+        assert list(alarms) == ["conc-a"] and "bad_signature" in alarms["conc-a"]
+        assert rejected.signature_alarms(session, now=datetime.now(UTC) + timedelta(days=2)) == {}
 
 
 def test_a_refusal_for_another_reason_is_no_key_alarm(session: Session) -> None:
@@ -360,3 +364,28 @@ def test_settings_choose_the_results_subscription(database_url: str) -> None:
     assert Settings(database_url=database_url).mqtt_results_subscription == "shared"
     plain = Settings(database_url=database_url, mqtt_results_subscription="plain")
     assert plain.mqtt_results_subscription == "plain"
+
+
+def test_no_pile_of_copies_for_an_offline_agent_and_all_due_when_it_is_back(
+    session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
+) -> None:
+    from shared.contracts import ConcentratorStatus
+
+    add_meters(session, 1)
+    order_id = accept(session, settings)
+    dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY)
+    results.apply_status(session, ConcentratorStatus(concentrator_id="conc-a", online=False, at=WORKDAY))
+    session.commit()
+    later = WORKDAY + timedelta(minutes=30)
+    # due by its backoff, but its agent is offline: the broker holds the copy it queued
+    assert dispatch.republish_unacked(session, publisher, signer, settings, now=later) == 0
+    order = orders.get_order(session, order_id)
+    order.resend_at = later + timedelta(minutes=10)  # where a long backoff had put it
+    session.commit()
+    back = ConcentratorStatus(concentrator_id="conc-a", online=True, at=later)
+    results.apply_status(session, back, now=later)
+    session.commit()
+    # due at once (not after the backoff it had reached), the same signed command
+    assert dispatch.republish_unacked(session, publisher, signer, settings, now=later) == 1
+    assert publisher.sent[-1].payload == publisher.sent[0].payload
+    assert orders.get_order(session, order_id).sends == 2

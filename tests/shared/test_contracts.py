@@ -321,3 +321,29 @@ def test_bad_attempt_in_a_result_is_named_by_its_index() -> None:
     with pytest.raises(InvalidPayload) as info:
         c.parse_agent_message(json.dumps(payload).encode())
     assert info.value.fields == ["attempts.1.detail"]
+
+
+def test_ack_and_refusal_kinds_round_trip_and_refuse_what_they_cannot_carry() -> None:
+    """Issue 11: the coordinator's ack (a command kind) and the agent's refusal report
+    (an agent message kind)."""
+    now = datetime.now(UTC)
+    ack = c.MessageAck(command_id="a1", concentrator_id="c1", issued_at=now,
+                       deadline=now + timedelta(hours=1),
+                       acks=[c.AckedMessage(kind="result", id="o1"),
+                             c.AckedMessage(kind="refusal", id="r1")])
+    assert c.parse_command(ack.to_json()) == ack
+    report = c.RefusalReport(refusal_id="r1", concentrator_id="c1",
+                             reason=c.ReasonCode.BAD_SIGNATURE, topic_leaf="cmd",
+                             payload_sha256="0" * 64, payload_size=10, received_at=now)
+    assert c.parse_agent_message(report.to_json()) == report
+    empty = json.loads(ack.to_json()) | {"acks": []}
+    with pytest.raises(InvalidPayload, match="acks"):
+        c.parse_command(json.dumps(empty).encode())
+    unknown = json.loads(ack.to_json()) | {"acks": [{"kind": "status", "id": "x"}]}
+    with pytest.raises(InvalidPayload, match=r"acks\.0\.kind"):
+        c.parse_command(json.dumps(unknown).encode())
+    bad_digest = json.loads(report.to_json()) | {"payload_sha256": "not-a-digest"}
+    with pytest.raises(InvalidPayload, match="payload_sha256"):
+        c.parse_agent_message(json.dumps(bad_digest).encode())
+    with pytest.raises(InvalidPayload, match="kind"):
+        c.parse_agent_message(ack.to_json())  # an ack is no agent message
