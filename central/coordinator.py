@@ -2,8 +2,9 @@
 background loop (meter tables, dispatch, cancels, republish, expiry sweep).
 
 One per process; several processes may share one PostgreSQL (dispatch claims
-rows with SKIP LOCKED; results are split by the shared subscription, or each replica
-gets them all with a plain one: every handler is idempotent).
+rows with SKIP LOCKED; results are split by the shared subscription on an MQTT 5
+broker, by one durable JetStream consumer on a NATS cluster, or each replica gets
+them all with a plain one: every handler is idempotent).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from central import metrics
 from central.db import session_scope
 from central.errors import CentralError, ConfigurationError, Conflict
+from central.jetstream import JetStreamResults
 from central.mqtt import MqttLink
 from central.services import dispatch, rejected, results
 from central.services.dispatch import Outgoing
@@ -79,6 +81,7 @@ class Coordinator:
         self.factory = factory
         self.signer = load_signer(settings)
         self.link: MqttLink | None = None
+        self.results_consumer: JetStreamResults | None = None
         self._dispatch_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -90,6 +93,14 @@ class Coordinator:
             self.link = MqttLink(
                 self.settings, on_result=self.handle_result, on_status=self.handle_status
             ).start()
+            if self.settings.broker_kind == "nats":
+                try:
+                    self.results_consumer = JetStreamResults(
+                        self.settings, self.handle_result
+                    ).start()
+                except CentralError:
+                    self.link.close()
+                    raise
         self._thread = threading.Thread(target=self._loop, name="rcd-central-loop", daemon=True)
         self._thread.start()
 
@@ -98,6 +109,8 @@ class Coordinator:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.results_consumer is not None:
+            self.results_consumer.close()
         if self.link is not None:
             self.link.close()
 

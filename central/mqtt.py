@@ -15,7 +15,10 @@ and unacknowledged ones fill the client's in-flight window until nothing else co
 What makes a result safe is the application's ack: the agent keeps it and sends it
 again until the coordinator's :class:`shared.contracts.MessageAck`, sent only after the
 database commit. Status messages (retained) use a plain subscription: every replica
-sees them. paho errors are mapped to :class:`central.errors.DispatchError`.
+sees them. On a NATS cluster (``broker_kind="nats"``, MQTT 3.1.1) results come from
+JetStream instead (``central.jetstream``) and this link only publishes and follows
+status. With several broker nodes (``mqtt_brokers``) a lost or refused connection is
+retried on the next node (``shared.failover``). paho errors are mapped to :class:`central.errors.DispatchError`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from central.errors import BrokerRefused, DispatchError
 from central.services.dispatch import Outgoing
 from central.settings import Settings
 from shared import topics
+from shared.failover import BrokerRotation
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ class MqttLink:
         self._on_status = on_status
         self._connected = threading.Event()
         self._v5 = settings.mqtt_protocol == "5"
+        self._rotation = BrokerRotation(settings.broker_addresses())
         # MQTT 3.1.1 asks for a persistent session with clean_session=False; MQTT 5
         # with clean_start at connect (clean_session must stay None there).
         self._client = paho.Client(
@@ -83,6 +88,7 @@ class MqttLink:
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
+        self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_message = self._handle_message
         self._started = False
 
@@ -112,30 +118,20 @@ class MqttLink:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MqttLink:
+        host, port = self._rotation.current
         try:
+            # connect_async: a node that is down now is skipped by the reconnect loop
             if self._v5:
                 properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 properties.SessionExpiryInterval = SESSION_EXPIRY_S
-                self._client.connect(
-                    self._settings.mqtt_host,
-                    self._settings.mqtt_port,
-                    keepalive=30,
-                    clean_start=False,
-                    properties=properties,
+                self._client.connect_async(
+                    host, port, keepalive=30, clean_start=False, properties=properties
                 )
             else:
-                self._client.connect(
-                    self._settings.mqtt_host, self._settings.mqtt_port, keepalive=30
-                )
-        except ssl.SSLError as exc:
-            raise BrokerRefused(
-                f"TLS with MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port} "
-                f"failed (RCD_MQTT_TLS_CA?): {exc.reason or exc}"
-            ) from exc
+                self._client.connect_async(host, port, keepalive=30)
         except (OSError, ValueError) as exc:
-            raise DispatchError(
-                f"cannot reach MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port}: {exc}"
-            ) from exc
+            raise DispatchError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
+        self._client.reconnect_delay_set(min_delay=1, max_delay=5 if self._rotation.several else 120)
         self._client.loop_start()
         self._started = True
         deadline = time.monotonic() + timeout
@@ -143,15 +139,15 @@ class MqttLink:
             if time.monotonic() > deadline:
                 self.close()
                 raise DispatchError(
-                    f"MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port} did "
-                    f"not answer within {timeout:.0f}s"
+                    f"cannot reach MQTT broker {', '.join(self._settings.broker_addresses())}: "
+                    f"no connection within {timeout:.0f}s (down, or its TLS refused ours?)"
                 )
         if self._refused is not None:
             self.close()
             raise BrokerRefused(
-                f"MQTT broker {self._settings.mqtt_host}:{self._settings.mqtt_port} refused "
-                f"user {self._settings.mqtt_username!r}: {self._refused} "
-                "(check RCD_MQTT_USERNAME, RCD_MQTT_PASSWORD and the broker's password file)"
+                f"MQTT broker {host}:{port} refused user {self._settings.mqtt_username!r}: "
+                f"{self._refused} (check RCD_MQTT_USERNAME, RCD_MQTT_PASSWORD and the "
+                "broker's password file)"
             )
         return self
 
@@ -190,7 +186,7 @@ class MqttLink:
                 "set the window to it", allowed, self._settings.mqtt_inflight_window,
             )
         subscriptions = []
-        if self._on_result is not None:
+        if self._on_result is not None and self._settings.broker_kind != "nats":
             shared = self._v5 and self._settings.mqtt_results_subscription == "shared"
             results_filter = (
                 topics.shared_subscription(self._settings.mqtt_share_group, topics.ALL_RESULTS)
@@ -217,6 +213,15 @@ class MqttLink:
         self._connected.clear()
         if reason.is_failure and self._connected_once:  # a refused start-up says it itself
             log.warning("MQTT disconnected: %s (paho reconnects)", reason)
+            self._next_node()
+
+    def _handle_connect_fail(self, _client: paho.Client, _userdata: object) -> None:
+        self._next_node()
+
+    def _next_node(self) -> None:
+        if self._rotation.several:
+            host, port = self._rotation.advance(self._client)
+            log.warning("MQTT: next attempt on broker node %s:%d", host, port)
 
     def _handle_message(
         self, client: paho.Client, _userdata: object, message: paho.MQTTMessage

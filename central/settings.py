@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     # QoS 1 messages in flight to the broker: at most its Receive Maximum (mosquitto's
     # max_inflight_messages, 100 in deploy/mosquitto/mosquitto.conf)
     mqtt_inflight_window: int = Field(default=100, ge=1, le=65535)
+    # Failover: "host:port" of every broker node, tried in turn (empty: mqtt_host:mqtt_port)
+    mqtt_brokers: list[str] = Field(default_factory=list)
+    # "mosquitto" (or any MQTT 5 broker): results through the shared subscription.
+    # "nats": a NATS cluster; MQTT 3.1.1 (NATS refuses MQTT 5), results from the
+    # JetStream stream through one durable consumer the replicas share (central/jetstream.py)
+    broker_kind: Literal["mosquitto", "nats"] = "mosquitto"
+    nats_urls: list[str] = Field(default_factory=list)  # nats://host:4222 of every node
+    nats_durable: str = "central"  # the same on every replica
+    nats_ack_wait_s: float = Field(default=30.0, gt=0)  # a dead replica's results move on after this
+    nats_retry_s: float = Field(default=2.0, gt=0)  # a result whose handler failed, again after this
+    nats_replicas: int = Field(default=3, ge=1, le=5)
     mqtt_tls_ca: Path | None = None
     # client certificate and key for a listener with require_certificate (the shipped
     # tls-listener.conf); the certificate's CN is the account (use_identity_as_username)
@@ -128,6 +139,27 @@ class Settings(BaseSettings):
     # queue on restart, though the agents' re-sending covers that too)
     mqtt_results_subscription: Literal["shared", "plain"] = "shared"
     expiry_grace_s: float = 60.0  # in-flight orders get this long past the deadline
+
+    @model_validator(mode="after")
+    def _check_broker(self) -> Settings:
+        if self.broker_kind == "nats":
+            if self.mqtt_protocol != "3.1.1":
+                raise ConfigurationError(
+                    "RCD_BROKER_KIND=nats needs RCD_MQTT_PROTOCOL=3.1.1 (NATS refuses MQTT 5)"
+                )
+            if self.mqtt_enabled and not self.nats_urls:
+                raise ConfigurationError("RCD_BROKER_KIND=nats needs RCD_NATS_URLS")
+        for address in self.mqtt_brokers:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigurationError(f"RCD_MQTT_BROKERS: {address!r} is not host:port")
+        return self
+
+    def broker_addresses(self) -> list[tuple[str, int]]:
+        """Every broker node to try, in order."""
+        if not self.mqtt_brokers:
+            return [(self.mqtt_host, self.mqtt_port)]
+        return [(a.rpartition(":")[0], int(a.rpartition(":")[2])) for a in self.mqtt_brokers]
 
     @model_validator(mode="after")
     def _refuse_defaults_in_production(self) -> Settings:

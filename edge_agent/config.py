@@ -60,6 +60,9 @@ class AgentSettings(_Section, frozen=True, kw_only=True):
 
 class BrokerSettings(_Section, frozen=True, kw_only=True):
     url: str  # mqtt://host:1883 or mqtts://host:8883, checked by parse_config
+    # The other nodes of a clustered broker (NATS), tried in turn after ``url`` when a
+    # connection fails or is lost; same scheme as ``url``. In the environment: commas.
+    failover_urls: list[str] = field(default_factory=list)
     username: str | None = None  # default: the concentrator id (the ACL needs it)
     password: str | None = None
     password_file: Path | None = None
@@ -85,6 +88,15 @@ class BrokerSettings(_Section, frozen=True, kw_only=True):
     @property
     def tls(self) -> bool:
         return urlparse(self.url).scheme == "mqtts"
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of ``url`` then of every failover node."""
+        result = []
+        for url in (self.url, *self.failover_urls):
+            parsed = urlparse(url)
+            result.append((parsed.hostname or "", parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)))
+        return result
 
 
 class CoordinatorSettings(_Section, frozen=True, kw_only=True):
@@ -229,6 +241,9 @@ def _build(data: Mapping[str, Any], from_env: Mapping[str, str]) -> EdgeConfig:
         if name not in _SECTIONS and name not in _NAMED:
             raise ConfigError(name, f"unknown section; use {', '.join([*_SECTIONS, *_NAMED])}")
     sections: dict[str, Any] = {}
+    broker = data.get("broker")
+    if isinstance(broker, dict) and isinstance(broker.get("failover_urls"), str):
+        broker["failover_urls"] = [u.strip() for u in broker["failover_urls"].split(",") if u.strip()]
     for name, kind in _SECTIONS.items():
         if name in data:
             sections[name] = _section(kind, data[name], name, from_env)
@@ -245,6 +260,14 @@ def _build(data: Mapping[str, Any], from_env: Mapping[str, str]) -> EdgeConfig:
     parsed = urlparse(config.broker.url)
     if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
         raise _problem("broker.url", "must look like mqtt://host:1883 or mqtts://host:8883", from_env)
+    for url in config.broker.failover_urls:
+        other = urlparse(url)
+        if other.scheme != parsed.scheme or not other.hostname:
+            raise _problem(
+                "broker.failover_urls",
+                f"{url!r} must look like {parsed.scheme}://host:port (the scheme of broker.url)",
+                from_env,
+            )
     return config
 
 

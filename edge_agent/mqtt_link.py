@@ -15,7 +15,9 @@
   it acknowledged (kill -9 before its autosave; a ``$share`` subscriber's queue after a
   restart), and the coordinator may fail to store it. A message may arrive several times
   (identical payload), never zero times.
-* Reconnect with exponential backoff (paho's ``reconnect_delay_set``), last will
+* Reconnect with exponential backoff (paho's ``reconnect_delay_set``); with
+  ``broker.failover_urls`` (a NATS cluster) each failed or lost connection moves
+  the next attempt to the next node (``shared.failover``); last will
   "offline" and a retained status refreshed every ``agent.status_interval_s``.
 
 paho callbacks run on paho's network thread; they only hand work to the pump thread
@@ -45,6 +47,7 @@ from edge_agent.logs import log
 from edge_agent.store import Store
 from shared import topics
 from shared.contracts import ConcentratorStatus
+from shared.failover import BrokerRotation
 
 MAX_INFLIGHT = 50
 INFLIGHT_STALE_S = 60.0
@@ -86,6 +89,7 @@ class MqttLink:
         )
         self._client.username_pw_set(config.username, config.password())
         broker = config.broker
+        self._rotation = BrokerRotation(broker.addresses)
         if broker.tls:
             try:
                 self._client.tls_set(
@@ -106,6 +110,7 @@ class MqttLink:
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_connect_fail = self._on_connect_fail
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -119,16 +124,17 @@ class MqttLink:
 
     def start(self) -> None:
         broker = self._config.broker
+        host, port = self._rotation.current
         try:
             if self._v5:
                 props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = broker.session_expiry_s
                 self._client.connect_async(
-                    broker.host, broker.port, keepalive=broker.keepalive_s,
+                    host, port, keepalive=broker.keepalive_s,
                     clean_start=False, properties=props,
                 )
             else:
-                self._client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
+                self._client.connect_async(host, port, keepalive=broker.keepalive_s)
         except (OSError, ValueError) as exc:
             raise LinkError(f"cannot connect to {broker.url}: {exc}") from exc
         self._client.loop_start()
@@ -189,6 +195,16 @@ class MqttLink:
             level = logging.INFO if self._stop.is_set() else logging.WARNING
             log("link.down", level, reason=str(reason_code))
             self._note_link("disconnected")
+        if not self._stop.is_set():
+            self._next_node()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._next_node()
+
+    def _next_node(self) -> None:
+        if self._rotation.several:
+            host, port = self._rotation.advance(self._client)
+            log("link.failover", logging.WARNING, next=f"{host}:{port}")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
