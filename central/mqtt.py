@@ -138,9 +138,10 @@ class MqttLink:
         while not self._connected.wait(0.05) and self._refused is None:
             if time.monotonic() > deadline:
                 self.close()
+                nodes = ", ".join(f"{h}:{p}" for h, p in self._settings.broker_addresses())
                 raise DispatchError(
-                    f"cannot reach MQTT broker {', '.join(self._settings.broker_addresses())}: "
-                    f"no connection within {timeout:.0f}s (down, or its TLS refused ours?)"
+                    f"cannot reach MQTT broker {nodes}: no connection within {timeout:.0f}s "
+                    "(down, or its TLS refused ours?)"
                 )
         if self._refused is not None:
             self.close()
