@@ -96,7 +96,7 @@ def test_render_has_one_row_per_verdict() -> None:
 def test_broker_config_can_leave_a_directive_to_mosquittos_default(tmp_path: Any) -> None:
     from shared.broker import DEPLOY_DIR, render_config
 
-    shipped = (DEPLOY_DIR / "mosquitto.conf").read_text()
+    shipped = (DEPLOY_DIR / "ami-rcd.conf").read_text()
     text = render_config(shipped, port=1, work_dir=tmp_path, drop=("autosave_interval",))
     assert not [ln for ln in text.splitlines() if ln.startswith("autosave_interval")]
     assert "max_queued_messages 1000000" in text  # everything else as shipped

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from shared import nats_config
 from shared.broker import free_port
 from shared.nats_broker import NatsCluster
 from shared.signing import generate_keypair
@@ -76,7 +77,10 @@ class HaSystem(System):
                 "RCD_NATS_URLS": json.dumps(self.cluster.nats_urls),
                 "RCD_NATS_ACK_WAIT_S": str(ACK_WAIT_S),
                 "RCD_NATS_RETRY_S": "0.5",
+                "RCD_MQTT_USERNAME": nats_config.COORDINATOR_USER,
                 "RCD_MQTT_PASSWORD": self.mqtt_password,
+                # Legacy's endpoint is configuration: the ReplyAddress is honoured under it
+                "RCD_SOAP_LEGACY_ENDPOINT": self.legacy_url,
                 "RCD_SIGNING_KEY_PEM": private_pem.decode(),
                 "RCD_API_TOKENS": json.dumps({
                     ADMIN: {"name": "ha-admin", "role": "admin"},
@@ -128,9 +132,9 @@ class HaSystem(System):
         # Seen once under load: an order expired although its relay had switched, the
         # result late (likely published while the results stream elected a new leader
         # after its node was killed: PUBACKed, not kept). The agent's re-send until the
-        # coordinator's ack brings it; the orders here live 20 s, so re-send within that.
-        text = text.replace("[agent]\n", "[agent]\nresend_initial_s = 2\nresend_max_s = 4\n", 1)
-        assert "resend_initial_s = 2" in text
+        # coordinator's ack brings it; the orders here live 20 s, so the fault suite's
+        # agent file re-sends within that (resend_initial_s 1, resend_max_s 4).
+        assert "resend_max_s = 4" in text
         path.write_text(text)
         return path
 
