@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 # (module, help) per part; a module registers its own subcommands.
 _PARTS: tuple[tuple[str, str], ...] = (
     ("shared.keys_cli", "signing keys"),
+    ("shared.protect_cli", "protect authority (Ley 21.304 lists)"),
     ("firmware_sim.cli", "simulated meters"),
     ("edge_agent.cli", "concentrator agent"),
     ("central.cli", "coordinator"),
