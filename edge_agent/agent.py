@@ -39,7 +39,7 @@ import uuid
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import ConfigError
@@ -355,8 +355,7 @@ class EdgeAgent:
         digest = hashlib.sha256(payload).hexdigest()
         report = RefusalReport(
             refusal_id="r" + uuid.uuid4().hex, concentrator_id=self.cid, reason=reason,
-            detail=detail[:500],
-            topic_leaf=leaf if leaf in ("meters", "protected") else "cmd",  # type: ignore[arg-type]
+            detail=detail[:500], topic_leaf=_REPORTED_LEAF.get(leaf, "cmd"),
             payload_sha256=digest, payload_size=len(payload), received_at=utcnow(),
             agent_version=AGENT_VERSION,
         )
@@ -366,6 +365,10 @@ class EdgeAgent:
         if queued:
             self.link.wake()
 
+
+# The leaf a refusal report names (everything else counts as the command topic).
+_REPORTED_LEAF: dict[str, Literal["cmd", "meters", "protected"]] = {
+    "meters": "meters", "protected": "protected"}
 
 # The modem daemon writes a few hundred bytes; a larger file is not its status.
 _MODEM_FILE_MAX = 64 * 1024
