@@ -393,7 +393,10 @@ class RefusalReport(Contract, frozen=True, kw_only=True):
     its deadline and not held, malformed). It ends no order: nothing in the refused
     message is trusted, so it carries no order or meter id, only the reason, the
     payload's SHA-256 digest and size, and where it came in. ``refusal_id`` is the
-    agent's own key for the coordinator's ack."""
+    agent's own key for the coordinator's ack. Also sent, as a security event, with
+    reason ``protected_customer_edge`` for a verified disconnect of a meter on the
+    protected list (that order's own result ends it) and for refused protected lists
+    (``topic_leaf = "protected"``)."""
 
     kind: Literal["refusal"] = "refusal"
     refusal_id: Identifier
