@@ -17,6 +17,14 @@ verify (unsigned, forged, another key, another concentrator, past its deadline a
 held, malformed) ends no order: it is reported as a :class:`RefusalReport` (reason,
 SHA-256 of the payload, nothing read from it) through the outbox. Nothing a payload
 contains can stop the agent.
+
+Protected list (Ley 21.304, issue 17): the retained message on the ``protected`` leaf
+is verified with the protect authority's key only (``protect.public_key_file``, never
+the coordinator's), then kept if newer (:func:`shared.protect.judge`); a list signed
+by another key, for another concentrator, or stale is refused and reported. A verified
+disconnect of a listed meter ends ``failed`` with ``protected_customer_edge`` (at
+store time or at the last check before the method) and is reported as a security
+event (a :class:`RefusalReport` with that reason) as well.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import uuid
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import ConfigError
@@ -45,7 +53,7 @@ from edge_agent.executor import (
 )
 from edge_agent.logs import log
 from edge_agent.mqtt_link import MqttLink
-from edge_agent.store import Meter, Store
+from edge_agent.store import Meter, OrderRow, Store
 from shared import topics
 from shared.contracts import (
     CancelCommand,
@@ -54,13 +62,15 @@ from shared.contracts import (
     MeterTableSync,
     ModemState,
     OrderCommand,
+    ProtectedList,
     ReasonCode,
     RefusalReport,
     SimState,
     validate,
 )
 from shared.errors import CommandRejected, CommandReplayed, ContractError, TopicError
-from shared.signing import CommandVerifier, load_public_key_file
+from shared.protect import ProtectedListVerifier
+from shared.signing import CommandVerifier, key_id_of, load_public_key_file
 
 
 def utcnow() -> datetime:
@@ -92,6 +102,16 @@ class EdgeAgent:
             public_key = load_public_key_file(config.coordinator.public_key_file)
         except (OSError, ValueError) as exc:
             raise ConfigError("coordinator.public_key_file", f"not a usable key: {exc}") from exc
+        self.protect_verifier: ProtectedListVerifier | None = None
+        if config.protect.public_key_file is not None:
+            try:
+                protect_key = load_public_key_file(config.protect.public_key_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError("protect.public_key_file", f"not a usable key: {exc}") from exc
+            if key_id_of(protect_key) == key_id_of(public_key):
+                raise ConfigError("protect.public_key_file",
+                                  "is the coordinator's key; the protect authority needs its own")
+            self.protect_verifier = ProtectedListVerifier(protect_key, self.cid)
         self.store = Store(config.database_path)
         self.verifier = CommandVerifier(
             public_key, self.cid, self.store,
@@ -113,6 +133,8 @@ class EdgeAgent:
                 {f"line:{k}": v.initial_transit_s() for k, v in config.lines.items()},
                 DEFAULT_TRANSIT_S,
             ),
+            require_protected_list=config.protect.require_list,
+            on_protected=self._protected_at_switch,
         )
         self._stopped = threading.Event()
         self._started = False
@@ -217,6 +239,9 @@ class EdgeAgent:
             log("command.unknown_topic", logging.WARNING, topic=topic)
             return
         received = utcnow()
+        if leaf == "protected":
+            self._protected_list(payload)
+            return
         try:
             command = self.verifier.verify(payload)
         except CommandRejected as exc:
@@ -233,8 +258,10 @@ class EdgeAgent:
             log("order.received", order=command.order_id, meter=command.meter_id,
                 action=command.action.value, priority=command.priority,
                 deadline=command.deadline.isoformat(), stored=outcome)
+            if outcome == "protected":
+                self._security_event(payload, command.order_id, command.meter_id, "stored")
             self.executor.wake()
-            if outcome in ("stored", "resent", "cancelled"):
+            if outcome in ("stored", "resent", "cancelled", "protected"):
                 self.link.wake()  # publish the receipt (or the result sent again) now
         elif isinstance(command, CancelCommand) and leaf == "cmd":
             result = self.store.cancel(command, received)
@@ -254,6 +281,43 @@ class EdgeAgent:
                 applied=applied)
         else:
             log("command.wrong_topic", logging.WARNING, topic=topic, kind=command.kind)
+
+    # -- protected list (Ley 21.304) ----------------------------------------------
+    def _protected_list(self, payload: bytes) -> None:
+        if self.protect_verifier is None:
+            self._refused("protected", payload, ReasonCode.BAD_SIGNATURE,
+                          "no protect authority key configured (protect.public_key_file)")
+            return
+        try:
+            plist: ProtectedList = self.protect_verifier.verify(payload)
+        except CommandRejected as exc:
+            self._refused("protected", payload, exc.reason, str(exc))
+            return
+        except ContractError as exc:
+            self._refused("protected", payload, ReasonCode.MALFORMED_COMMAND, str(exc))
+            return
+        verdict = self.store.apply_protected_list(plist)
+        if verdict == "stale":
+            self._refused("protected", payload, ReasonCode.STALE_PROTECTED_LIST,
+                          f"protected list version {plist.version} refused: this agent "
+                          f"holds version {self.store.protected_version()} (a list is "
+                          "replaced only by a higher version)")
+            return
+        log("protected.list", version=plist.version, meters=len(plist.meters),
+            applied=verdict == "apply")
+        self.executor.wake()  # disconnects held for want of a list may go now
+
+    def _security_event(self, payload: bytes, order_id: str, meter_id: str, when: str) -> None:
+        log("security.protected_disconnect", logging.WARNING, order=order_id, meter=meter_id,
+            refused=when)
+        self._refused("cmd", payload, ReasonCode.PROTECTED_CUSTOMER_EDGE,
+                      f"signed disconnect of protected meter {meter_id} (order {order_id}) "
+                      f"refused when {when}: the meter is on the protect authority's list")
+
+    def _protected_at_switch(self, order: OrderRow) -> None:
+        """The executor refused a disconnect of a listed meter (list changed after store)."""
+        self._security_event(order.command.to_json(), order.order_id,
+                             order.command.meter_id, "about to switch")
 
     def _acknowledged(self, ack: MessageAck) -> None:
         """The coordinator stored these messages: they leave the outbox."""
@@ -291,7 +355,7 @@ class EdgeAgent:
         digest = hashlib.sha256(payload).hexdigest()
         report = RefusalReport(
             refusal_id="r" + uuid.uuid4().hex, concentrator_id=self.cid, reason=reason,
-            detail=detail[:500], topic_leaf="meters" if leaf == "meters" else "cmd",
+            detail=detail[:500], topic_leaf=_REPORTED_LEAF.get(leaf, "cmd"),
             payload_sha256=digest, payload_size=len(payload), received_at=utcnow(),
             agent_version=AGENT_VERSION,
         )
@@ -301,6 +365,10 @@ class EdgeAgent:
         if queued:
             self.link.wake()
 
+
+# The leaf a refusal report names (everything else counts as the command topic).
+_REPORTED_LEAF: dict[str, Literal["cmd", "meters", "protected"]] = {
+    "meters": "meters", "protected": "protected"}
 
 # The modem daemon writes a few hundred bytes; a larger file is not its status.
 _MODEM_FILE_MAX = 64 * 1024

@@ -92,6 +92,7 @@ def _status(args: argparse.Namespace) -> int:
                 "outbox_depth": store.outbox_depth(),
                 "meters": store.meter_count(),
                 "meter_table_generation": store.get_meta("meter_generation"),
+                "protected_list_version": store.protected_version(),
             }
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", EXIT_CONFIG)

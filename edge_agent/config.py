@@ -2,8 +2,8 @@
 
 Every setting has a dotted name (``broker.url``, ``executor.tcp_concurrency``,
 ``lines.plc1.port`` ...). An environment variable ``RCD_EDGE_<SECTION>_<KEY>``
-overrides a scalar of the sections ``agent``, ``broker``, ``coordinator`` and
-``executor``; e.g. ``RCD_EDGE_BROKER_PASSWORD=...`` or
+overrides a scalar of the sections ``agent``, ``broker``, ``coordinator``,
+``executor`` and ``protect``; e.g. ``RCD_EDGE_BROKER_PASSWORD=...`` or
 ``RCD_EDGE_AGENT_CONCENTRATOR_ID=conc-7``. A missing or wrong setting raises
 :class:`edge_agent.errors.ConfigError` whose message starts with the setting's
 name, and the agent does not start. See ``deploy/edge/agent.example.toml``.
@@ -30,7 +30,7 @@ from shared import topics
 from shared.contracts import error_path
 
 ENV_PREFIX = "RCD_EDGE_"
-ENV_SECTIONS = ("agent", "broker", "coordinator", "executor")
+ENV_SECTIONS = ("agent", "broker", "coordinator", "executor", "protect")
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -104,6 +104,15 @@ class CoordinatorSettings(_Section, frozen=True, kw_only=True):
     clock_skew_s: Annotated[float, Meta(ge=0, le=3600)] = 300.0
 
 
+class ProtectSettings(_Section, frozen=True, kw_only=True):
+    # The protect authority's public key (``rcd protect keygen``): a separate key from
+    # the coordinator's; the agent accepts protected lists (Ley 21.304) signed with it only.
+    public_key_file: Path | None = None
+    # On: until a valid list is held, disconnects wait (reconnects do not). Off only for
+    # a bench or test without a protect authority.
+    require_list: bool = True
+
+
 class ExecutorSettings(_Section, frozen=True, kw_only=True):
     tcp_concurrency: Annotated[int, Meta(ge=1, le=64)] = 4
     dlms_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 5.0
@@ -143,6 +152,7 @@ class EdgeConfig(_Section, frozen=True, kw_only=True):
     broker: BrokerSettings
     coordinator: CoordinatorSettings
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    protect: ProtectSettings = field(default_factory=ProtectSettings)
     lines: dict[str, LineSettings] = field(default_factory=dict)
     keys: dict[str, KeySettings] = field(default_factory=dict)
 
@@ -192,9 +202,10 @@ _SECTIONS: dict[str, type[_Section]] = {
     "broker": BrokerSettings,
     "coordinator": CoordinatorSettings,
     "executor": ExecutorSettings,
+    "protect": ProtectSettings,
 }
 _NAMED: dict[str, type[_Section]] = {"lines": LineSettings, "keys": KeySettings}
-_OPTIONAL = frozenset({"executor", "lines", "keys"})
+_OPTIONAL = frozenset({"executor", "protect", "lines", "keys"})
 
 
 def _path(kind: type, value: Any) -> Any:
@@ -291,6 +302,18 @@ def _check_files(config: EdgeConfig) -> None:
         raise ConfigError(
             "coordinator.public_key_file", f"no such file: {config.coordinator.public_key_file}"
         )
+    protect = config.protect.public_key_file
+    if protect is None and config.protect.require_list:
+        raise ConfigError(
+            "protect.public_key_file",
+            "missing: required while protect.require_list is on (the protect authority's "
+            "public key, from `rcd protect keygen`)",
+        )
+    if protect is not None and not protect.is_file():
+        raise ConfigError("protect.public_key_file", f"no such file: {protect}")
+    if protect is not None and protect.read_bytes() == config.coordinator.public_key_file.read_bytes():
+        raise ConfigError("protect.public_key_file",
+                          "is the coordinator's key; the protect authority needs its own")
     for setting in ("ca_file", "cert_file", "key_file"):
         path = getattr(config.broker, setting)
         if path is not None and not Path(path).is_file():

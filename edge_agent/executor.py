@@ -11,7 +11,10 @@ the relay method is not invoked when the time left is shorter than the method's
 expected round trip on that line (:class:`TransitEstimator`, measured per line): the
 order ends ``expired`` without touching the meter. Right before the method, a
 disconnect is also refused when a cancel for the order, or the meter's protected flag
-(Ley 21.304) in the meter table, has arrived.
+(Ley 21.304) in the meter table, has arrived, and when the meter is on the protect
+authority's list (``protected_customer_edge``, whoever signed the order). With
+``require_protected_list`` and no list held yet, disconnects stay queued (they expire
+at their deadline) while reconnects and arms run.
 
 Scheduling: one scheduler thread claims ready orders (highest priority first)
 whose line has a free slot, and hands them to a worker pool. A serial (PLC/RS-485)
@@ -36,7 +39,7 @@ from typing import Protocol
 from edge_agent.errors import LineFault, MeterError, TransitionRefused
 from edge_agent.lifecycle import Event
 from edge_agent.logs import log
-from edge_agent.store import Meter, OrderRow, Store
+from edge_agent.store import PROTECTED_EDGE, Meter, OrderRow, Store
 from shared.contracts import (
     RETRYABLE_REASONS,
     Action,
@@ -259,8 +262,12 @@ class Executor:
         clock: Callable[[], datetime] = utcnow,
         rng: Callable[[], float] = random.random,
         transit: TransitEstimator | None = None,
+        require_protected_list: bool = False,
+        on_protected: Callable[[OrderRow], None] = lambda order: None,
     ) -> None:
         self._store = store
+        self._require_list = require_protected_list
+        self._on_protected = on_protected
         self._driver = driver
         self._lines = dict(line_concurrency or {})
         self._tcp_max = tcp_concurrency
@@ -354,8 +361,9 @@ class Executor:
     def _claim_all(self) -> int:
         self._meters = {}  # cached per round only: the meter table may change in between
         claimed = 0
+        hold = self._require_list and self._store.protected_version() is None
         while not self._stop.is_set():
-            order = self._store.claim_next(self._clock(), self._blocked)
+            order = self._store.claim_next(self._clock(), self._blocked, hold_disconnects=hold)
             if order is None:
                 return claimed
             meter = self._meter(order.command.meter_id)
@@ -439,6 +447,10 @@ class Executor:
             self._fail(order, attempts, ReasonCode.METER_NOT_COMMISSIONED,
                        f"meter {cmd.meter_id} is not commissioned in the meter table")
             return
+        if cmd.action is Action.DISCONNECT and self._store.is_protected(cmd.meter_id):
+            self._fail(order, attempts, ReasonCode.PROTECTED_CUSTOMER_EDGE, PROTECTED_EDGE)
+            self._on_protected(order)
+            return
         if cmd.action is Action.DISCONNECT and meter.protected_customer:
             self._end_cancelled(order, attempts, PROTECTED)
             return
@@ -520,6 +532,14 @@ class Executor:
             return AttemptResult(
                 outcome=Outcome.CANCELLED, reason=ReasonCode.CANCELLED,
                 detail=f"cancelled by command {cancel} before the method; relay not switched",
+                relay=before,
+            )
+        if order.command.action is Action.DISCONNECT and self._store.is_protected(
+                order.command.meter_id):
+            self._on_protected(order)
+            return AttemptResult(
+                reason=ReasonCode.PROTECTED_CUSTOMER_EDGE,
+                detail=f"{PROTECTED_EDGE}; checked before the method, relay not switched",
                 relay=before,
             )
         if order.command.action is Action.DISCONNECT:

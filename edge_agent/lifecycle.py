@@ -53,6 +53,7 @@ TRANSITIONS: Final[dict[tuple[State, Event], State]] = {
     (State.QUEUED, Event.START): State.RUNNING,
     (State.QUEUED, Event.CANCEL): State.CANCELLED,
     (State.QUEUED, Event.EXPIRE): State.EXPIRED,
+    (State.QUEUED, Event.FAIL): State.FAILED,  # refused as it is stored: protected list
     (State.RUNNING, Event.SUCCEED): State.SUCCEEDED,
     (State.RUNNING, Event.FAIL): State.FAILED,
     (State.RUNNING, Event.RETRY): State.WAITING,

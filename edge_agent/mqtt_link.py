@@ -173,7 +173,8 @@ class MqttLink:
         # what waits for the coordinator's ack goes again now: the broker may have lost it
         self._resend_all.set()
         client.subscribe([(topics.commands(self._cid), topics.QOS),
-                          (topics.meter_table(self._cid), topics.QOS)])
+                          (topics.meter_table(self._cid), topics.QOS),
+                          (topics.protected_list(self._cid), topics.QOS)])
         self._connected.set()
         self._note_link("connected")
         self._wake.set()

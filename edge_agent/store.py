@@ -12,7 +12,9 @@ Tables:
 ``cancel_requests`` cancels that arrived while their order was running
 ``early_cancels`` cancels that arrived before their order (kept until the cancel's
                 deadline): the order, if it comes, ends cancelled without running
-``meta``        small facts: meter table generation, link state
+``protected_meters`` the protect authority's list of this concentrator (Ley 21.304;
+                ``edge_agent.protected``): disconnects of these meters are refused
+``meta``        small facts: meter table generation, protected list version, link state
 
 Every write runs in one ``BEGIN IMMEDIATE`` transaction under a lock, with
 ``synchronous=FULL``: what a method returned as stored survives kill -9 and a power cut.
@@ -32,11 +34,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_agent import outbox
+from edge_agent import outbox, protected
 from edge_agent.errors import StoreError
 from edge_agent.lifecycle import ACTIVE, Event, State, next_state
 from edge_agent.outbox import OutboxKind
 from shared.contracts import (
+    Action,
     Attempt,
     CancelCommand,
     MeterEntry,
@@ -45,12 +48,14 @@ from shared.contracts import (
     OrderReceipt,
     OrderResult,
     Outcome,
+    ProtectedList,
     ReasonCode,
     RelayReading,
     decode,
     to_builtins,
     validate,
 )
+from shared.protect import Verdict
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meters (
@@ -123,6 +128,7 @@ def utcnow() -> datetime:
 def _migrate(conn: sqlite3.Connection) -> None:
     """Columns added since the first release, for databases created before them."""
     outbox.migrate(conn)
+    protected.migrate(conn)
     have = {row[1] for row in conn.execute("PRAGMA table_info(meters)")}
     if "protected_customer" not in have:
         conn.execute("ALTER TABLE meters ADD COLUMN protected_customer INTEGER NOT NULL DEFAULT 0")
@@ -159,7 +165,9 @@ class OrderRow:
     attempts: list[Attempt]
 
 
-StoreOutcome = Literal["stored", "duplicate", "resent", "cancelled"]
+StoreOutcome = Literal["stored", "duplicate", "resent", "cancelled", "protected"]
+PROTECTED_EDGE = ("refused: the meter is on this concentrator's protected list (Ley 21.304), "
+                  "signed by the protect authority; no disconnect, whoever signed the order")
 
 
 class Store:
@@ -458,6 +466,9 @@ class Store:
                 "SELECT command_id FROM early_cancels WHERE order_id = ?", (cmd.order_id,)
             ).fetchone()
             if early is None:
+                if cmd.action is Action.DISCONNECT and protected.is_protected(conn, cmd.meter_id):
+                    self._end_protected(conn, cmd, received_at)
+                    return "protected"
                 return "stored"
             self._end_cancelled(
                 conn,
@@ -469,6 +480,34 @@ class Store:
             )
             self._exec(conn, "DELETE FROM early_cancels WHERE order_id = ?", (cmd.order_id,))
         return "cancelled"
+
+    def _end_protected(self, conn: sqlite3.Connection, cmd: OrderCommand,
+                       received_at: datetime) -> None:
+        """A disconnect of a meter on the protected list ends refused as it is stored."""
+        result = OrderResult(
+            order_id=cmd.order_id, meter_id=cmd.meter_id, concentrator_id=cmd.concentrator_id,
+            outcome=Outcome.FAILED, reason=ReasonCode.PROTECTED_CUSTOMER_EDGE,
+            detail=PROTECTED_EDGE, received_at=received_at, finished_at=received_at,
+        )
+        ended = next_state(cmd.order_id, State.QUEUED, Event.FAIL)
+        payload = result.to_json()
+        self._exec(conn, "UPDATE orders SET state = ?, result = ? WHERE order_id = ?",
+                   (ended.value, payload.decode(), cmd.order_id))
+        self._outbox_add(conn, cmd.order_id, payload, "result")
+
+    # -- protected list (edge_agent.protected) ----------------------------------
+    def apply_protected_list(self, plist: ProtectedList) -> Verdict:
+        with self.transaction() as conn:
+            return protected.apply(conn, plist)
+
+    def protected_version(self) -> int | None:
+        with self._lock:
+            return protected.held_version(self._conn)
+
+    def is_protected(self, meter_id: str) -> bool:
+        """On the protect authority's list (not the coordinator's meter table flag)."""
+        with self._lock:
+            return protected.is_protected(self._conn, meter_id)
 
     def _end_cancelled(
         self,
@@ -524,15 +563,18 @@ class Store:
         return State(rows[0]["state"]) if rows else None
 
     def claim_next(
-        self, now: datetime, blocked: Callable[[str], bool] = lambda meter_id: False
+        self, now: datetime, blocked: Callable[[str], bool] = lambda meter_id: False,
+        *, hold_disconnects: bool = False,
     ) -> OrderRow | None:
         """Move the best ready order whose line is free to ``running`` and return it.
 
         Best: highest priority, then oldest; ``blocked(meter_id)`` says a line is full.
+        ``hold_disconnects``: disconnects stay queued (no protected list held yet).
         """
+        held = "AND action != 'disconnect' " if hold_disconnects else ""
         with self.transaction() as conn:
             cursor = conn.execute(
-                "SELECT * FROM orders WHERE state IN (?, ?) AND next_at <= ? "
+                f"SELECT * FROM orders WHERE state IN (?, ?) AND next_at <= ? {held}"
                 "ORDER BY priority DESC, rowid ASC LIMIT 1000",
                 (State.QUEUED.value, State.WAITING.value, now.timestamp()),
             )

@@ -43,6 +43,7 @@ import httpx
 from ops.demo_console import serving_lines, write_profile
 from ops.legacy import LegacyStandIn
 from ops.serving import ThreadedServer
+from shared.protect_cli import PROTECT_USER
 
 log = logging.getLogger("rcd.demo")
 
@@ -276,10 +277,11 @@ class Demo:
         users = [*CONCENTRATORS, ROUTER]
         with contextlib.ExitStack() as stack:
             host, mqtt_port, passwords, broker_text = stack.enter_context(
-                start_broker(self.broker_kind, users)
+                start_broker(self.broker_kind, [*users, PROTECT_USER])
             )
             protocol: MqttProtocol = "3.1.1" if "embedded" in broker_text else "5"
             self.say(f"broker      {broker_text} on {host}:{mqtt_port}")
+            self._protect(key_dir, users, host, mqtt_port, passwords[PROTECT_USER], protocol)
             fleet = stack.enter_context(self._fleet())
             self.say(
                 f"meters      {len(self.plans)} simulated DLMS meters, control {fleet.control_url}"
@@ -305,6 +307,27 @@ class Demo:
                 stack.enter_context(agent)
             self.say(f"agents      {len(users)} edge agents: {', '.join(users)}")
             yield DemoRunning(self, server, fleet, legacy)
+
+    def _protect(
+        self, key_dir: Path, users: list[str], host: str, port: int, password: str,
+        protocol: str,
+    ) -> None:
+        """The protect authority (issue 17): its own key; one signed list per
+        concentrator with its Ley 21.304 meters, retained before the agents start."""
+        from shared.keys_cli import write_keypair
+        from shared.protect_cli import push, sign_list
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            write_keypair(key_dir, "protect", True, "", "")
+        listed = 0
+        for concentrator in users:
+            meters = [p.meter_id for p in self.plans
+                      if p.concentrator_id == concentrator and p.protected]
+            listed += len(meters)
+            payload = sign_list(key_dir / "protect.key", concentrator, 1, meters)
+            push(payload, host=host, port=port, password=password or None, protocol=protocol)
+        self.say(f"protect     {len(users)} signed protected lists ({listed} meters), "
+                 "protect key apart from the coordinator's")
 
     @contextlib.contextmanager
     def _fleet(self) -> Iterator[Any]:
@@ -451,6 +474,7 @@ class Demo:
                     "reconnect_max_s": 2,
                 },
                 "coordinator": {"public_key_file": str(key_dir / "coordinator.pub")},
+                "protect": {"public_key_file": str(key_dir / "protect.pub")},
                 "executor": {"dlms_timeout_s": 1.0, "idle_poll_s": 0.1},
                 "lines": lines,
                 "keys": {

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 _PARTS: tuple[tuple[str, str], ...] = (
     ("shared.keys_cli", "signing keys"),
     ("shared.broker_cli", "broker configuration"),
+    ("shared.protect_cli", "protect authority (Ley 21.304 lists)"),
     ("firmware_sim.cli", "simulated meters"),
     ("edge_agent.cli", "concentrator agent"),
     ("central.cli", "coordinator"),

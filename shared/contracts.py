@@ -150,6 +150,11 @@ class ReasonCode(StrEnum):
     EXPIRED = "expired"  # deadline passed before the order could finish
     CANCELLED = "cancelled"
     INTERNAL_ERROR = "internal_error"
+    # the meter is on the concentrator's protected list (Ley 21.304), signed by the
+    # protect authority, not the coordinator: a disconnect is refused whoever signed it
+    PROTECTED_CUSTOMER_EDGE = "protected_customer_edge"
+    # a protected list older than, or as old as but unlike, the one the agent holds
+    STALE_PROTECTED_LIST = "stale_protected_list"
 
 
 # Failures that may pass on a later attempt; the rest end the order at once.
@@ -258,6 +263,19 @@ class MeterTableSync(Contract, frozen=True, kw_only=True):
     issued_at: AwareDatetime
     deadline: AwareDatetime
     meters: Annotated[list[MeterEntry], Meta(max_length=5000)]
+
+
+class ProtectedList(Contract, frozen=True, kw_only=True):
+    """Protect authority → agent, signed with the protect key (never the coordinator's),
+    retained on the concentrator's ``protected`` topic: the meters of registered
+    electro-dependent patients (Ley 21.304) it must never disconnect. ``version``
+    increases with every list for the concentrator; the agent keeps the newest."""
+
+    kind: Literal["protected_list"] = "protected_list"
+    concentrator_id: Identifier
+    version: Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+    issued_at: AwareDatetime
+    meters: Annotated[list[Identifier], Meta(max_length=5000)]
 
 
 AckedKind = Literal["receipt", "result", "refusal"]
@@ -375,14 +393,17 @@ class RefusalReport(Contract, frozen=True, kw_only=True):
     its deadline and not held, malformed). It ends no order: nothing in the refused
     message is trusted, so it carries no order or meter id, only the reason, the
     payload's SHA-256 digest and size, and where it came in. ``refusal_id`` is the
-    agent's own key for the coordinator's ack."""
+    agent's own key for the coordinator's ack. Also sent, as a security event, with
+    reason ``protected_customer_edge`` for a verified disconnect of a meter on the
+    protected list (that order's own result ends it) and for refused protected lists
+    (``topic_leaf = "protected"``)."""
 
     kind: Literal["refusal"] = "refusal"
     refusal_id: Identifier
     concentrator_id: Identifier
     reason: ReasonCode
     detail: Annotated[str, Meta(max_length=500)] = ""
-    topic_leaf: Literal["cmd", "meters"]
+    topic_leaf: Literal["cmd", "meters", "protected"]
     payload_sha256: Sha256Hex
     payload_size: Count
     received_at: AwareDatetime
@@ -427,6 +448,7 @@ _LIMITS: Final[dict[str, int]] = {
     "OrderCommand": MAX_COMMAND_BYTES,
     "CancelCommand": MAX_COMMAND_BYTES,
     "MeterTableSync": MAX_METER_TABLE_BYTES,
+    "ProtectedList": MAX_METER_TABLE_BYTES,
     "OrderResult": MAX_RESULT_BYTES,
     "OrderReceipt": MAX_RECEIPT_BYTES,
     "RefusalReport": MAX_REFUSAL_BYTES,

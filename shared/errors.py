@@ -13,7 +13,8 @@ The tree::
         ├── UnknownSigningKey
         ├── CommandExpired
         ├── CommandReplayed
-        └── WrongRecipient
+        ├── WrongRecipient
+        └── StaleProtectedList        a protected list older than the one held
 
 Library errors (pydantic, cryptography, json) are mapped at the boundary with
 ``raise ... from`` so that callers only ever catch these.
@@ -118,3 +119,9 @@ class WrongRecipient(CommandRejected):
     @property
     def reason(self) -> ReasonCode:  # type: ignore[override]
         return _reason("wrong_concentrator")
+
+
+class StaleProtectedList(CommandRejected):
+    @property
+    def reason(self) -> ReasonCode:  # type: ignore[override]
+        return _reason("stale_protected_list")

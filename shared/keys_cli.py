@@ -22,11 +22,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    out: Path = args.out
+    return write_keypair(args.out, args.name, args.force, "keep on the coordinator only",
+                         "install on every agent")
+
+
+def write_keypair(out: Path, name: str, force: bool, private_note: str, public_note: str) -> int:
+    """Write ``<name>.key`` (0600) and ``<name>.pub`` in ``out``; 2 if they exist."""
     out.mkdir(parents=True, exist_ok=True)
-    private_path = out / f"{args.name}.key"
-    public_path = out / f"{args.name}.pub"
-    if not args.force and (private_path.exists() or public_path.exists()):
+    private_path = out / f"{name}.key"
+    public_path = out / f"{name}.pub"
+    if not force and (private_path.exists() or public_path.exists()):
         print(f"refusing to overwrite {private_path} or {public_path} (use --force)", file=sys.stderr)
         return 2
     private_pem, public_pem = generate_keypair()
@@ -35,7 +40,7 @@ def _generate(args: argparse.Namespace) -> int:
     with os.fdopen(fd, "wb") as handle:
         handle.write(private_pem)
     public_path.write_bytes(public_pem)
-    print(f"private key: {private_path} (keep on the coordinator only)")
-    print(f"public key:  {public_path} (install on every agent)")
+    print(f"private key: {private_path} ({private_note})")
+    print(f"public key:  {public_path} ({public_note})")
     print(f"key id:      {key_id_of(load_public_key(public_pem))}")
     return 0

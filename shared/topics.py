@@ -7,6 +7,7 @@ its own branch and nothing else (see ``deploy/mosquitto/acl``)::
     rcd/v1/c/<concentrator>/meters   coordinator → agent   signed meter table (QoS 1, retained)
     rcd/v1/c/<concentrator>/result   agent → coordinator   receipts, results, refusal reports (QoS 1)
     rcd/v1/c/<concentrator>/status   agent → coordinator   status and last will (QoS 1, retained)
+    rcd/v1/c/<concentrator>/protected protect authority → agent  signed protected list (QoS 1, retained)
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ IDENTIFIER_CHARS: Final = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"
 IDENTIFIER_MAX_LENGTH: Final = 64
 _ID = re.compile(IDENTIFIER_CHARS)
 
-Leaf = Literal["cmd", "meters", "result", "status"]
-LEAVES: Final[tuple[Leaf, ...]] = ("cmd", "meters", "result", "status")
+Leaf = Literal["cmd", "meters", "result", "status", "protected"]
+LEAVES: Final[tuple[Leaf, ...]] = ("cmd", "meters", "result", "status", "protected")
 
 # Subscriptions of the coordinator, across every concentrator.
 ALL_RESULTS: Final = f"{_PREFIX}/+/result"
@@ -61,6 +62,10 @@ def commands(concentrator_id: str) -> str:
 
 def meter_table(concentrator_id: str) -> str:
     return f"{_PREFIX}/{check_concentrator_id(concentrator_id)}/meters"
+
+
+def protected_list(concentrator_id: str) -> str:
+    return f"{_PREFIX}/{check_concentrator_id(concentrator_id)}/protected"
 
 
 def results(concentrator_id: str) -> str:

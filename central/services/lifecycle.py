@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from central import metrics
 from central.models import LegacyNotification, Meter, Order, OrderEvent, WorkOrder
 from central.state import FINAL_STATES, STEP_OF, WORK_ORDER_STATES, Event, OrderState, transition
+from shared.contracts import ReasonCode
 
 ROLES = ("viewer", "operator", "approver", "admin")
 # What a field crew needs, copied from the meter onto its work order when it is created.
@@ -143,6 +144,20 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
         return
     if OrderState(order.state) in WORK_ORDER_STATES:
         meter = session.get(Meter, order.meter_id)
+        if order.result_reason == ReasonCode.PROTECTED_CUSTOMER_EDGE.value:
+            # The agent holds the protect authority's list (Ley 21.304) and refused the
+            # disconnect: a crew would cut what the second authority protects.
+            note(
+                session,
+                order,
+                "no_work_order",
+                actor,
+                "the concentrator refused the disconnect: the meter is on the protect "
+                "authority's list (Ley 21.304, protected_customer_edge); no field work order",
+                step=10,
+                at=now,
+            )
+            return
         if order.action == "disconnect" and meter is not None and meter.protected_customer:
             # Ley 21.304: a crew sent to finish this disconnect would cut a patient's
             # supply (the meter was flagged while the order was on its way).

@@ -158,3 +158,30 @@ def test_order_cancelled_in_flight_that_fails_gets_no_work_order(
     assert order.state == "failed"
     assert workorders.list_work_orders(session, meter_id="m0") == []
     assert [e.event for e in order.events][-1] == "no_work_order"
+
+
+def test_disconnect_the_agent_refused_as_protected_gets_no_work_order(
+    session: Session,
+    settings: Settings,
+    meters: Meters,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """Issue 17: the coordinator's registry says nothing (its database may be the
+    compromised part), but the agent holds the protect authority's list and refused the
+    disconnect: the order ends failed with that reason, Legacy is told, no crew is sent."""
+    meters(1)
+    order_id = create_one(session, settings, req("m0")).order_id
+    assert order_id is not None
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    refused = result_for(order_id, "m0", Outcome.FAILED, attempts=[],
+                         reason=ReasonCode.PROTECTED_CUSTOMER_EDGE, detail="on the list")
+    assert results.apply_result(session, refused, now=WORKDAY + timedelta(minutes=1)) == "applied"
+    session.commit()
+    order = orders.get_order(session, order_id)
+    assert order.state == "failed" and order.result_reason == "protected_customer_edge"
+    assert workorders.list_work_orders(session, meter_id="m0") == []
+    [line] = [e for e in order.events if e.event == "no_work_order"]
+    assert "protect authority" in line.detail
+    pending = orders.pending_notifications(session, now=WORKDAY + timedelta(minutes=2))
+    assert [n.order_id for n in pending] == [order_id]

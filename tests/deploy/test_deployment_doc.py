@@ -110,7 +110,8 @@ class Machine:
         for prefix in ("/etc/rcd", "/etc/mosquitto", "/etc/systemd", "/opt/ami-rcd",
                        "/usr/share/doc/ami-rcd", "/var/lib/rcd-"):
             command = re.sub(rf"(?<![\w/.]){re.escape(prefix)}", str(self.root) + prefix, command)
-        return command.replace("127.0.0.1:8080", f"127.0.0.1:{self.http_port}")
+        command = command.replace("127.0.0.1:8080", f"127.0.0.1:{self.http_port}")
+        return command.replace("127.0.0.1:1883", f"127.0.0.1:{self.mqtt_port}")
 
     def bash(self, commands: list[str], env: dict[str, str]) -> None:
         script = "\n".join(
@@ -405,7 +406,7 @@ def check_section(m: Machine, section: str) -> None:
         passwd = m.path("/etc/mosquitto/ami-rcd/passwd")
         assert _mode_owner(passwd) == ("0o640", "root", "mosquitto")
         assert {line.split(":")[0] for line in passwd.read_text().splitlines()} == {
-            "rcd-central-1", "DC-0001"}
+            "rcd-central-1", "DC-0001", "rcd-protect"}
         _check_broker_refuses_anonymous(m.mqtt_port)
     elif number == "3":
         _check_central(m)

@@ -27,6 +27,7 @@ from shared.contracts import (
     RefusalReport,
     parse_agent_message,
 )
+from shared.protect import ProtectSigner
 from shared.signing import CommandSigner, generate_keypair, load_private_key
 
 DEMO_BLOCK = "000102030405060708090A0B0C0D0E0F"
@@ -40,14 +41,29 @@ def make_signer(tmp: Path) -> tuple[CommandSigner, Path]:
     return CommandSigner(load_private_key(private)), pub
 
 
+def make_protect_signer(tmp: Path) -> tuple[ProtectSigner, Path]:
+    """The protect authority's key (issue 17): a separate pair from the coordinator's."""
+    private, public = generate_keypair()
+    pub = tmp / "protect.pub"
+    pub.write_bytes(public)
+    return ProtectSigner(load_private_key(private)), pub
+
+
 def config_dict(tmp: Path, pub: Path, concentrator_id: str, broker_url: str = "mqtt://127.0.0.1:1",
-                lines: dict[str, str] | None = None) -> dict[str, Any]:
+                lines: dict[str, str] | None = None,
+                protect_pub: Path | None = None) -> dict[str, Any]:
+    """An agent's settings; without ``protect_pub`` the agent neither needs nor takes a
+    protected list (tests of other rules), with it the production setting applies."""
+    protect: dict[str, Any] = (
+        {"public_key_file": str(protect_pub)} if protect_pub else {"require_list": False}
+    )
     return {
         "agent": {"concentrator_id": concentrator_id, "data_dir": str(tmp / "data"),
                   "status_interval_s": 0.5},
         "broker": {"url": broker_url, "password": "secret", "reconnect_min_s": 0.1,
                    "reconnect_max_s": 0.5, "keepalive_s": 5},
         "coordinator": {"public_key_file": str(pub)},
+        "protect": protect,
         "executor": {"dlms_timeout_s": 0.5, "idle_poll_s": 0.05, "counter_block": 100},
         "lines": {k: {"port": v, "baudrate": 115200} for k, v in (lines or {}).items()},
         "keys": {"default": {"block_key": DEMO_BLOCK, "auth_key": DEMO_AUTH}},

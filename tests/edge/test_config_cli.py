@@ -12,7 +12,7 @@ from edge_agent.config import load_config, parse_config
 from edge_agent.errors import ConfigError
 from shared.cli import main
 
-from .helpers import config_dict, dump_toml, make_signer
+from .helpers import config_dict, dump_toml, make_protect_signer, make_signer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,9 +27,12 @@ def test_example_config_parses(tmp_path: Path) -> None:
     data = tomllib.loads((ROOT / "deploy/edge/agent.example.toml").read_text())
     _, pub = make_signer(tmp_path)
     data["coordinator"]["public_key_file"] = str(pub)
+    _, protect_pub = make_protect_signer(tmp_path)
+    data["protect"]["public_key_file"] = str(protect_pub)
     data["broker"].pop("ca_file")
     config = parse_config(data, environ={})
     assert config.broker.tls and config.broker.port == 8883
+    assert config.protect.require_list
     assert config.lines["plc1"].concurrency == 1
 
 
@@ -53,6 +56,23 @@ def test_wrong_setting_is_named(conf: dict, mutate, setting: str) -> None:  # ty
         parse_config(conf, environ={})
     assert info.value.setting == setting
     assert str(info.value).startswith(setting)
+
+
+def test_protect_key_is_required_while_the_list_is(conf: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    conf["protect"] = {}  # require_list defaults to on
+    with pytest.raises(ConfigError, match=r"required while protect\.require_list is on") as info:
+        parse_config(conf, environ={})
+    assert info.value.setting == "protect.public_key_file"
+    conf["protect"] = {"public_key_file": conf["coordinator"]["public_key_file"]}
+    with pytest.raises(ConfigError, match="the coordinator's key") as info:
+        parse_config(conf, environ={})
+    assert info.value.setting == "protect.public_key_file"
+    _, protect_pub = make_protect_signer(tmp_path)
+    conf["protect"] = {"public_key_file": str(protect_pub)}
+    config = parse_config(conf, environ={})
+    assert config.protect.require_list and config.protect.public_key_file == protect_pub
+    off = parse_config(conf, environ={"RCD_EDGE_PROTECT_REQUIRE_LIST": "false"})
+    assert not off.protect.require_list
 
 
 def test_env_overrides(conf: dict) -> None:  # type: ignore[type-arg]

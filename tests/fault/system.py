@@ -30,6 +30,7 @@ import psycopg
 
 from firmware_sim.client import SimControl
 from shared.broker import MosquittoBroker, free_port
+from shared.protect_cli import PROTECT_USER, push, sign_list
 from shared.signing import generate_keypair
 
 CONCENTRATORS = ("DC-01", "DC-02", "DC-03")
@@ -186,6 +187,7 @@ class System:
         try:
             self._create_database()
             self.broker.start()
+            self._push_protected_lists()
             self._start_sim()
             self._start_legacy()
             private_pem, public_pem = generate_keypair()
@@ -224,6 +226,17 @@ class System:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _push_protected_lists(self) -> None:
+        """As in production: the protect authority's key, and a list (none protected
+        here) retained for each concentrator before its agent starts."""
+        private_pem, public_pem = generate_keypair()
+        (self.work / "protect.key").write_bytes(private_pem)
+        (self.work / "protect.pub").write_bytes(public_pem)
+        self.broker.add_user(PROTECT_USER)
+        for c in CONCENTRATORS:
+            push(sign_list(self.work / "protect.key", c, 1, []), host=self.broker.host,
+                 port=self.broker.port, password=self.mqtt_password)
 
     def close(self) -> None:
         for proc in reversed(list(self.parts.values())):
@@ -307,6 +320,9 @@ reconnect_max_s = 1
 
 [coordinator]
 public_key_file = "{self.work / 'coordinator.pub'}"
+
+[protect]
+public_key_file = "{self.work / 'protect.pub'}"
 
 [executor]
 dlms_timeout_s = 1.0

@@ -114,6 +114,26 @@ def test_concentrator_cannot_publish_orders_even_to_itself(broker: MosquittoBrok
         assert agent.publish(topics.commands("conc-b"), b"lateral").value == 0x87
 
 
+def test_only_the_protect_account_writes_protected_lists_and_each_agent_reads_its_own(
+    broker: MosquittoBroker,
+) -> None:
+    """Issue 17: the ACL's `rcd-protect` account publishes the signed lists; an agent reads
+    only its own and can neither wipe nor replace it; the protect account has no other topic."""
+    broker.add_user("rcd-protect")
+    with connected(broker, "rcd-protect") as protect, connected(broker, "conc-a") as agent, \
+            connected(broker, "conc-b") as other:
+        agent.subscribe(topics.protected_list("conc-a"))
+        other.subscribe(topics.protected_list("conc-a"))
+        assert protect.publish(topics.protected_list("conc-a"), b"signed list").value == 0
+        assert agent.messages.get(timeout=5).payload == b"signed list"
+        assert agent.publish(topics.protected_list("conc-a"), b"").value == 0x87
+        assert other.publish(topics.protected_list("conc-a"), b"forged").value == 0x87
+        with pytest.raises(queue.Empty):
+            other.messages.get(timeout=0.5)
+        assert protect.publish(topics.commands("conc-a"), b"order").value == 0x87
+        assert protect.publish(topics.meter_table("conc-a"), b"table").value == 0x87
+
+
 def test_coordinator_replicas_share_results(broker: MosquittoBroker) -> None:
     group = topics.shared_subscription("central", topics.ALL_RESULTS)
     broker.add_coordinator("rcd-central-2")  # one account per replica

@@ -15,7 +15,8 @@ def test_each_concentrator_has_its_own_branch() -> None:
 
 @pytest.mark.parametrize("leaf", topics.LEAVES)
 def test_parse_inverts_the_builders(leaf: str) -> None:
-    builder = {"cmd": topics.commands, "meters": topics.meter_table, "result": topics.results, "status": topics.status}[leaf]
+    builder = {"cmd": topics.commands, "meters": topics.meter_table, "result": topics.results, "status": topics.status,
+               "protected": topics.protected_list}[leaf]
     assert topics.parse(builder("DC-0042")) == ("DC-0042", leaf)
 
 
