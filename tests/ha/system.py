@@ -135,6 +135,12 @@ class HaSystem(System):
         # coordinator's ack brings it; the orders here live 20 s, so the fault suite's
         # agent file re-sends within that (resend_initial_s 1, resend_max_s 4).
         assert "resend_max_s = 4" in text
+        # Protected lists (issue 17) are not yet pushed on the NATS cluster: the generated
+        # accounts (shared/nats_config.py) have no protect authority account yet. These
+        # agents run without a list, as an agent with require_list off does.
+        protect = f'[protect]\npublic_key_file = "{self.work / "protect.pub"}"\n'
+        assert protect in text, "tests.fault.system's [protect] lines changed: adapt them"
+        text = text.replace(protect, "[protect]\nrequire_list = false\n")
         path.write_text(text)
         return path
 
