@@ -35,6 +35,7 @@ from shared.contracts import (
     OrderReceipt,
     OrderResult,
     RefusalReport,
+    RelayReport,
     decode,
     parse_agent_message,
 )
@@ -221,6 +222,10 @@ class Coordinator:
             )
         if isinstance(message, RefusalReport):
             return self._refusal(topic, payload, message)
+        if isinstance(message, RelayReport):
+            # not applied yet (issue 16): left unacked, so the agent keeps it
+            log.info("relay report %s from %s not applied", message.report_id, topic)
+            return True
         effect = self._apply(topic, payload, message)
         self._ack(message.concentrator_id, message.kind, message.order_id)
         if isinstance(message, OrderResult) and effect != "duplicate":

@@ -19,9 +19,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Final
 
-OutboxKind = Literal["receipt", "result", "refusal"]
+from shared.contracts import AckedKind
+
+# What the outbox holds is exactly what the coordinator's ack can name.
+OutboxKind = AckedKind
 
 # Added to the outbox of agent databases created before issue 11 (rows there were
 # deleted on PUBACK): the kind is read from the payload.

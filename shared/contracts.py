@@ -45,6 +45,7 @@ MAX_RECEIPT_BYTES: Final = 2 * 1024
 MAX_STATUS_BYTES: Final = 8 * 1024
 MAX_METER_TABLE_BYTES: Final = 4 * 1024 * 1024
 MAX_REFUSAL_BYTES: Final = 4 * 1024
+MAX_RELAY_REPORT_BYTES: Final = 48 * 1024
 
 # Identifiers end up in MQTT topics and file names: no '/', '+', '#' or spaces.
 # msgspec matches with Python's re, whose "$" also matches before a final newline:
@@ -278,12 +279,13 @@ class ProtectedList(Contract, frozen=True, kw_only=True):
     meters: Annotated[list[Identifier], Meta(max_length=5000)]
 
 
-AckedKind = Literal["receipt", "result", "refusal"]
+AckedKind = Literal["receipt", "result", "refusal", "relay_report"]
 
 
 class AckedMessage(Contract, frozen=True, kw_only=True):
     """One agent message the coordinator has stored: its kind and its key (the order id
-    of a receipt or result, the ``refusal_id`` of a refusal)."""
+    of a receipt or result, the ``refusal_id`` of a refusal, the ``report_id`` of a
+    relay report)."""
 
     kind: AckedKind
     id: Identifier
@@ -410,7 +412,57 @@ class RefusalReport(Contract, frozen=True, kw_only=True):
     agent_version: Annotated[str, Meta(max_length=32)] = ""
 
 
-AgentMessage = OrderResult | OrderReceipt | RefusalReport
+class RelayLogEntry(Contract, frozen=True, kw_only=True):
+    """One entry of a meter's disconnector control log (Profile generic
+    ``0.0.99.98.2.255``): when the meter logged it (its own clock) and the standard
+    event code (59 manual disconnection, 60 manual connection, 61 remote
+    disconnection, 62 remote connection, 63 local disconnection, 64/65 limiter
+    threshold exceeded/ok, 67 disconnect/reconnect failure, 68 local reconnection;
+    see ``firmware_sim`` for the table). ``index`` is the entry's position counted
+    since the meter's log began (1-based, never reused), so that the agent can ask for
+    "entries since N" and the coordinator can tell a repeat from a new entry."""
+
+    index: Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+    at: AwareDatetime
+    code: Annotated[int, Meta(ge=0, le=255)]
+
+
+RelayTrigger = Literal["audit", "after_order", "log_poll"]
+
+
+class RelayReport(Contract, frozen=True, kw_only=True):
+    """Agent → coordinator, on the result topic, through the outbox like a result: what
+    the agent learnt of one meter's relay outside an order's own result.
+
+    ``trigger`` says why it read: the periodic relay audit, the log read that follows
+    every order on the meter (``order_id`` names that order), or the log poll.
+    ``events`` are the disconnector log entries new since the last report (in index
+    order, possibly none); ``relay``/``energy`` the state read at ``observed_at`` when
+    the agent read it (an audit always does). ``report_id`` is the agent's key for the
+    coordinator's ack. The coordinator decides what the report means (drift, a button
+    press on an armed meter, tamper); the agent only reports."""
+
+    kind: Literal["relay_report"] = "relay_report"
+    report_id: Identifier
+    concentrator_id: Identifier
+    meter_id: Identifier
+    trigger: RelayTrigger
+    order_id: Identifier | None = None
+    observed_at: AwareDatetime
+    events: Annotated[list[RelayLogEntry], Meta(max_length=200)] = field(default_factory=list)
+    relay: RelayReading | None = None
+    energy: EnergyReading | None = None
+    firmware_version: Annotated[str, Meta(max_length=64)] = ""
+    agent_version: Annotated[str, Meta(max_length=32)] = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        indexes = [entry.index for entry in self.events]
+        if indexes != sorted(set(indexes)):
+            raise ValueError("`events` must be in increasing index order, without repeats")
+
+
+AgentMessage = OrderResult | OrderReceipt | RefusalReport | RelayReport
 
 
 class ModemState(StrEnum):
@@ -452,6 +504,7 @@ _LIMITS: Final[dict[str, int]] = {
     "OrderResult": MAX_RESULT_BYTES,
     "OrderReceipt": MAX_RECEIPT_BYTES,
     "RefusalReport": MAX_REFUSAL_BYTES,
+    "RelayReport": MAX_RELAY_REPORT_BYTES,
     "ConcentratorStatus": MAX_STATUS_BYTES,
 }
 
@@ -597,6 +650,7 @@ _AGENT_KINDS: Final[dict[str, type[AgentMessage]]] = {
     "result": OrderResult,
     "receipt": OrderReceipt,
     "refusal": RefusalReport,
+    "relay_report": RelayReport,
 }
 
 
@@ -611,8 +665,9 @@ def parse_agent_message(data: bytes | str) -> AgentMessage:
     """Parse a payload from the result topic into the message its ``kind`` names.
 
     ``kind`` is ``"result"`` (:class:`OrderResult`), ``"receipt"``
-    (:class:`OrderReceipt`) or ``"refusal"`` (:class:`RefusalReport`); a payload without
-    ``kind`` is refused naming it.
+    (:class:`OrderReceipt`), ``"refusal"`` (:class:`RefusalReport`) or
+    ``"relay_report"`` (:class:`RelayReport`); a payload without ``kind`` is refused
+    naming it.
     """
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > MAX_RESULT_BYTES:
