@@ -114,6 +114,19 @@ def render_tls_listener(template: str, *, port: int, tls_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
+    """SIGTERM a broker process we started, SIGKILL it if it has not gone within
+    ``grace_s``; nothing for one that is absent or already ended."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 class MosquittoBroker:
     """A mosquitto process on 127.0.0.1:``port`` with our config, ACL and users.
 
@@ -223,14 +236,7 @@ class MosquittoBroker:
     def stop(self) -> None:
         """Stop gracefully (SIGTERM): mosquitto writes its persistence file."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
     def kill(self) -> None:
         """Crash it (SIGKILL): whatever was not autosaved is lost."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from shared.broker import BrokerError, free_port
+from shared.broker import BrokerError, free_port, stop_process
 from shared.nats_config import COORDINATOR_USER, render_accounts
 
 DEPLOY_DIR: Final = Path(__file__).resolve().parent.parent / "deploy" / "nats"
@@ -273,14 +273,7 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             process, node.process = node.process, None
-            if process is None or process.poll() is not None:
-                continue
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+            stop_process(process)
 
     def close(self) -> None:
         self.stop()
