@@ -181,9 +181,8 @@ class Order(Base):
     result_json: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Issue 17: the quarantine that held it (kept after release or delete), and why a
     # validated disconnect is held now (central/services/holds.py; None: not held)
-    quarantine_id: Mapped[str | None] = mapped_column(
-        String(64), ForeignKey("quarantines.id"), index=True
-    )
+    # (not a foreign key: adding one would make SQLite copy the whole orders table)
+    quarantine_id: Mapped[str | None] = mapped_column(String(64), index=True)
     hold_reason: Mapped[str | None] = mapped_column(String(40), index=True)
     held_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from central import metrics
@@ -154,9 +154,10 @@ class HoldRules:
             parts.append(Order.concentrator_id.in_(concs))
         regions, comunas = self._declared("region"), self._declared("comuna")
         if regions or comunas:
-            place = [Meter.region.in_(regions)] if regions else []
-            place += [Meter.comuna.in_(comunas)] if comunas else []
-            parts.append(exists().where(Meter.id == Order.meter_id, or_(*place)))
+            meter = aliased(Meter)
+            place = [meter.region.in_(regions)] if regions else []
+            place += [meter.comuna.in_(comunas)] if comunas else []
+            parts.append(exists().where(meter.id == Order.meter_id, or_(*place)))
         if self.supply_off:
             parts.append(_supply_off())
         if not parts:
@@ -201,8 +202,9 @@ def _ours() -> ColumnElement[bool]:
 
 
 def _supply_off() -> ColumnElement[bool]:
+    meter = aliased(Meter)  # the stamping query joins Meter itself
     return and_(
-        exists().where(Meter.id == Order.meter_id, Meter.relay_state == "disconnected"),
+        exists().where(meter.id == Order.meter_id, meter.relay_state == "disconnected"),
         ~_ours(),
     )
 
@@ -267,6 +269,14 @@ def _stamp(session: Session, rules: HoldRules, clause: ColumnElement[bool], now:
     return stamped
 
 
+def select_held(reason: str | None = None) -> Select[Order]:
+    """Validated disconnects stamped held (by ``reason``), oldest hold first."""
+    query = select(Order).where(Order.state == _VALIDATED, Order.hold_reason.is_not(None))
+    if reason:
+        query = query.where(Order.hold_reason == reason)
+    return query.order_by(Order.held_since, Order.id)
+
+
 def expiry_detail(order: Order) -> str:
     """The detail of a waiting order that expired (``dispatch.sweep_expired``)."""
     if order.state == OrderState.QUARANTINED.value:
@@ -277,4 +287,13 @@ def expiry_detail(order: Order) -> str:
     return "deadline passed before dispatch"
 
 
-__all__ = ["HoldRules", "declare", "end", "expiry_detail", "list_holds", "refresh"]
+__all__ = [
+    "HoldRules",
+    "declare",
+    "end",
+    "expiry_detail",
+    "list_holds",
+    "refresh",
+    "select_held",
+    "utcnow",
+]

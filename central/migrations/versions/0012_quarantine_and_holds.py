@@ -59,14 +59,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("held_since", sa.DateTime(timezone=True), nullable=True))
         batch.create_index("ix_orders_quarantine_id", ["quarantine_id"])
         batch.create_index("ix_orders_hold_reason", ["hold_reason"])
-        batch.create_foreign_key(
-            "fk_orders_quarantine_id", "quarantines", ["quarantine_id"], ["id"]
-        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("orders") as batch:
-        batch.drop_constraint("fk_orders_quarantine_id", type_="foreignkey")
         batch.drop_index("ix_orders_hold_reason")
         batch.drop_index("ix_orders_quarantine_id")
         batch.drop_column("held_since")
