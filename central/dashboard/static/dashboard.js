@@ -137,7 +137,7 @@
   }
 
   function isActive(o) {
-    return ["received", "validated", "dispatched", "delivered"].includes(o.state);
+    return ["received", "validated", "quarantined", "dispatched", "delivered"].includes(o.state);
   }
 
   // State and outcome are two things: the state says where the order is in its life
