@@ -151,7 +151,8 @@ class HoldRules:
         parts: list[ColumnElement[bool]] = []
         concs = sorted(set(self.concentrators) | set(self._declared("concentrator")))
         if concs:
-            parts.append(Order.concentrator_id.in_(concs))
+            # never NULL (NOT NULL is NULL: an unlinked order would never be released)
+            parts.append(Order.concentrator_id.is_not(None) & Order.concentrator_id.in_(concs))
         regions, comunas = self._declared("region"), self._declared("comuna")
         if regions or comunas:
             meter = aliased(Meter)

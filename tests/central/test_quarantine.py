@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -256,3 +257,28 @@ def test_a_quarantine_past_its_deadline_expires_without_a_work_order(
     assert order is not None and order.state == "expired"
     assert "in quarantine" in str(order.result_detail)
     assert session.scalar(select(func.count()).select_from(WorkOrder)) == 0
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"RCD_ANOMALY__LIMITS__SORCE": "5"}, "sorce"),
+        ({"RCD_ANOMALY__WINDOW_S": "10"}, "window_s"),
+        ({"RCD_ANOMALY__LIMITS__REGION": "0"}, "region"),
+        ({"RCD_ANOMALY__BASELINE_FACTOR": "0.5"}, "baseline_factor"),
+    ],
+)
+def test_bad_anomaly_settings_stop_start_up_naming_them(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], named: str
+) -> None:
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match=named):
+        Settings()
+
+
+def test_anomaly_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RCD_ANOMALY__LIMITS__SOURCE", "40")
+    monkeypatch.setenv("RCD_ANOMALY__BASELINE_WEEKS", "0")
+    cfg = Settings().anomaly
+    assert (cfg.limits.source, cfg.limits.fleet, cfg.baseline_weeks) == (40, 10_000, 0)
