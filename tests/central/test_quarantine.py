@@ -125,31 +125,28 @@ def test_a_source_over_its_limit_is_quarantined_and_never_claimed(
     assert line.to_state == "quarantined" and "threshold of 4" in line.detail
 
 
-@pytest.mark.parametrize(
-    ("scope", "limits", "value"),
-    [
-        ("concentrator", {"concentrator": 3}, "conc-a"),
-        ("comuna", {"comuna": 3}, "Maipú"),
-        ("region", {"region": 3}, "Metropolitana"),
-        ("fleet", {"fleet": 3}, "all"),
-    ],
-)
+SCOPES = [
+    ("concentrator", {"concentrator": 3}, "conc-a"),
+    ("comuna", {"comuna": 3}, "Maipú"),
+    ("region", {"region": 3}, "Metropolitana"),
+    ("fleet", {"fleet": 3}, "all"),
+]
+
+
 def test_each_scope_is_counted(
-    session: Session,
-    settings: Settings,
-    meters: Callable[..., list[str]],
-    scope: str,
-    limits: dict[str, int],
-    value: str,
+    session: Session, settings: Settings, meters: Callable[..., list[str]]
 ) -> None:
-    settings = with_anomaly(settings, **limits)
-    ids = meters(6, comuna="Maipú", region="Metropolitana")
-    # two operators: no single source goes over anything
-    disconnect(session, settings, ids[:2], Actor("ana", "operator"))
-    second = disconnect(session, settings, ids[2:4], Actor("bea", "operator"))
-    assert {i.state for i in second.items} == {"quarantined"}
-    [row] = session.scalars(select(Quarantine))
-    assert (row.scope_kind, row.scope_value) == (scope, value)
+    ids = meters(16, comuna="Maipú", region="Metropolitana")
+    for n, (scope, limits, value) in enumerate(SCOPES):
+        only = with_anomaly(settings, **limits)
+        now = WORKDAY + timedelta(hours=2 * n)  # each in a window of its own
+        chunk = ids[4 * n : 4 * n + 4]
+        # two operators: no single source goes over anything
+        disconnect(session, only, chunk[:2], Actor("ana", "operator"), now=now)
+        second = disconnect(session, only, chunk[2:], Actor("bea", "operator"), now=now)
+        assert {i.state for i in second.items} == {"quarantined"}, scope
+        row = session.scalars(select(Quarantine).where(Quarantine.opened_at == now)).one()
+        assert (row.scope_kind, row.scope_value, row.orders) == (scope, value, 2)
 
 
 def test_the_baseline_of_the_same_weekday_and_hour(
