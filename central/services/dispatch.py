@@ -319,9 +319,7 @@ def _candidates(session: Session, limits: _Limits, after: Any, size: int) -> Any
         not_protected,
         in_service,
     )
-    held = limits.holds.clause()
-    if held is not None:
-        query = query.where(~held)
+    query = query.where(~limits.holds.waiting())  # issue 17: held disconnects wait
     full = limits.full()
     if full:
         query = query.where(Order.concentrator_id.not_in(full))

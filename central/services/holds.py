@@ -13,10 +13,10 @@ A validated disconnect is held while:
   reading) is ``disconnected`` while no disconnect of ours ever completed on that meter.
   Switching it would report "disconnected" over an outage we did not cause.
 
-Reconnects and arms are never held. The dispatcher never claims a held disconnect
-(:meth:`HoldRules.clause` in its candidate query, read on every claim), so a hold is in
-force from the moment it is declared; :func:`refresh` stamps ``orders.hold_reason`` and
-the timeline (held, hold ended) for what operators see. A held disconnect whose deadline
+Reconnects and arms are never held. Before every claim :func:`refresh` stamps ``orders.hold_reason`` and the timeline
+(held, hold ended); the dispatcher's candidate query (:meth:`HoldRules.waiting`) leaves
+out stamped disconnects and, read live, those of an offline concentrator or under a
+declared hold, so a hold is in force from the moment it is committed. A held disconnect whose deadline
 passes expires as any other; under an emergency, weather or supply-off hold it gets no
 field work order (a crew would do what the hold stops).
 """
@@ -146,7 +146,16 @@ class HoldRules:
     def _declared(self, scope: str) -> list[str]:
         return [h.scope_value for h in self.holds if h.scope_kind == scope]
 
-    def clause(self) -> ColumnElement[bool] | None:
+    def waiting(self) -> ColumnElement[bool]:
+        """SQL for the dispatcher: a disconnect that must not go now. Offline concentrators
+        and declared holds are read live (a hold is in force once committed); a supply
+        off as :func:`refresh` stamped it just before, in the same claim (its per-row
+        check costs a look-up of the meter and of its orders)."""
+        live = self.clause(supply_off=False)
+        stamped = and_(Order.action == _DISCONNECT, Order.hold_reason.is_not(None))
+        return stamped if live is None else or_(live, stamped)
+
+    def clause(self, *, supply_off: bool = True) -> ColumnElement[bool] | None:
         """SQL: this order is a held disconnect (None: nothing can be held now)."""
         parts: list[ColumnElement[bool]] = []
         concs = sorted(set(self.concentrators) | set(self._declared("concentrator")))
@@ -159,7 +168,7 @@ class HoldRules:
             place = [meter.region.in_(regions)] if regions else []
             place += [meter.comuna.in_(comunas)] if comunas else []
             parts.append(exists().where(meter.id == Order.meter_id, or_(*place)))
-        if self.supply_off:
+        if self.supply_off and supply_off:
             parts.append(_supply_off())
         if not parts:
             return None
