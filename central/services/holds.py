@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from central import metrics
@@ -167,7 +167,7 @@ class HoldRules:
             meter = aliased(Meter)
             place = [meter.region.in_(regions)] if regions else []
             place += [meter.comuna.in_(comunas)] if comunas else []
-            parts.append(exists().where(meter.id == Order.meter_id, or_(*place)))
+            parts.append(Order.meter_id.in_(select(meter.id).where(or_(*place))))
         if self.supply_off and supply_off:
             parts.append(_supply_off())
         if not parts:
@@ -201,21 +201,26 @@ class HoldRules:
 _MODEM_DOWN: Final = ModemState.DOWN.value
 
 
-def _ours() -> ColumnElement[bool]:
-    """A disconnect of ours completed on the order's meter."""
+def _ours(meter_id: Any) -> ColumnElement[bool]:
+    """A disconnect of ours completed on the meter ``meter_id`` (a column)."""
     done = aliased(Order)
     return exists().where(
-        done.meter_id == Order.meter_id,
+        done.meter_id == meter_id,
         done.action == _DISCONNECT,
-        done.final_state == OrderState.COMPLETED_DISCONNECTED.value,
+        # coalesce: keeps SQLite off the final_state index (thousands of completed
+        # disconnects per meter looked up) and on the meter's own orders
+        func.coalesce(done.final_state, "") == OrderState.COMPLETED_DISCONNECTED.value,
     )
 
 
 def _supply_off() -> ColumnElement[bool]:
+    """The order's meter is off for another reason: checked per order (its meter by
+    key, its disconnects by meter), so the cost follows the orders waiting, not the
+    number of meters whose relay is open."""
     meter = aliased(Meter)  # the stamping query joins Meter itself
     return and_(
         exists().where(meter.id == Order.meter_id, meter.relay_state == "disconnected"),
-        ~_ours(),
+        ~_ours(Order.meter_id),
     )
 
 
@@ -260,7 +265,7 @@ def _stamp(session: Session, rules: HoldRules, clause: ColumnElement[bool], now:
             Meter.region,
             Meter.comuna,
             Meter.relay_state,
-            _ours().label("ours"),
+            _ours(Order.meter_id).label("ours"),
         )
         .outerjoin(Meter, Meter.id == Order.meter_id)
         .where(Order.state == _VALIDATED, Order.hold_reason.is_(None), clause)
