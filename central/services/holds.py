@@ -268,7 +268,8 @@ def _stamp(session: Session, rules: HoldRules, clause: ColumnElement[bool], now:
             _ours(Order.meter_id).label("ours"),
         )
         .outerjoin(Meter, Meter.id == Order.meter_id)
-        .where(Order.state == _VALIDATED, Order.hold_reason.is_(None), clause)
+        # coalesce, not IS NULL: the state index, not hold_reason's (NULL for nearly all)
+        .where(Order.state == _VALIDATED, func.coalesce(Order.hold_reason, "") == "", clause)
         .limit(_REFRESH_LIMIT)
     )
     stamped = 0
