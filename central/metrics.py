@@ -9,6 +9,7 @@ registered per app.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -16,7 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from central.models import Concentrator, Order
+from central.models import Concentrator, Hold, Order, Quarantine
 
 PROCESS_REGISTRY = CollectorRegistry()
 
@@ -67,6 +68,19 @@ PROTECTION_ALARMS = Counter(
     registry=PROCESS_REGISTRY,
 )
 
+QUARANTINE = Counter(
+    "rcd_quarantine_orders",
+    "Disconnects quarantined by the anomaly detector, released or deleted by a second person",
+    ["event"],
+    registry=PROCESS_REGISTRY,
+)
+HOLDS = Counter(
+    "rcd_hold_orders",
+    "Disconnects that started or stopped waiting for a hold, by event and reason",
+    ["event", "reason"],
+    registry=PROCESS_REGISTRY,
+)
+
 
 class DatabaseCollector(Collector):
     def __init__(self, factory: sessionmaker[Session]) -> None:
@@ -76,6 +90,13 @@ class DatabaseCollector(Collector):
         by_state = GaugeMetricFamily("rcd_orders", "Orders by state", labels=["state"])
         online = GaugeMetricFamily("rcd_concentrators_online", "Concentrators reporting online")
         known = GaugeMetricFamily("rcd_concentrators", "Concentrators registered")
+        quarantines = GaugeMetricFamily(
+            "rcd_quarantines_open", "Open quarantines (anomalies waiting for a second person)"
+        )
+        held = GaugeMetricFamily(
+            "rcd_orders_held", "Validated disconnects held, by reason", labels=["reason"]
+        )
+        holds = GaugeMetricFamily("rcd_holds_active", "Declared holds in force")
         with self._factory() as session:
             for state, count in session.execute(
                 select(Order.state, func.count()).group_by(Order.state)
@@ -85,9 +106,40 @@ class DatabaseCollector(Collector):
                 [], session.scalar(select(func.count()).where(Concentrator.online)) or 0
             )
             known.add_metric([], session.scalar(select(func.count(Concentrator.id))) or 0)
+            _safety_gauges(session, quarantines, held, holds)
         yield by_state
         yield online
         yield known
+        yield quarantines
+        yield held
+        yield holds
+
+
+def _safety_gauges(
+    session: Session,
+    quarantines: GaugeMetricFamily,
+    held: GaugeMetricFamily,
+    holds: GaugeMetricFamily,
+) -> None:
+    now = datetime.now(UTC)
+    quarantines.add_metric(
+        [], session.scalar(select(func.count()).where(Quarantine.state == "open")) or 0
+    )
+    for reason, count in session.execute(
+        select(Order.hold_reason, func.count())
+        .where(Order.state == "validated", Order.hold_reason.is_not(None))
+        .group_by(Order.hold_reason)
+    ):
+        held.add_metric([str(reason)], count)
+    holds.add_metric(
+        [],
+        session.scalar(
+            select(func.count()).where(
+                Hold.ended_at.is_(None), Hold.starts_at <= now, Hold.ends_at > now
+            )
+        )
+        or 0,
+    )
 
 
 def render(app_registry: CollectorRegistry) -> bytes:

@@ -179,6 +179,12 @@ class Order(Base):
     energy_read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     result_json: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Issue 17: the quarantine that held it (kept after release or delete), and why a
+    # validated disconnect is held now (central/services/holds.py; None: not held)
+    # (not a foreign key: adding one would make SQLite copy the whole orders table)
+    quarantine_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    hold_reason: Mapped[str | None] = mapped_column(String(40), index=True)
+    held_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     events: Mapped[list[OrderEvent]] = relationship(
         back_populates="order", order_by="OrderEvent.id", lazy="raise_on_sql"
@@ -301,3 +307,48 @@ class ProtectionChange(Base):
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     decided_by: Mapped[str | None] = mapped_column(String(100))
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Quarantine(Base):
+    """Disconnects the anomaly detector held (central/services/anomaly.py): one row per
+    tripped scope (a source, a concentrator, a comuna, a region, the fleet) while it is
+    open; later disconnects over the same scope's limit join it. A second person (role
+    approver, who placed none of its orders) releases or deletes it."""
+
+    __tablename__ = "quarantines"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope_kind: Mapped[str] = mapped_column(String(16))  # source|concentrator|comuna|region|fleet
+    scope_value: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # open, released, deleted
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    window_s: Mapped[int] = mapped_column(Integer)
+    counted: Mapped[int] = mapped_column(Integer)  # in the window when it tripped, new included
+    threshold: Mapped[int] = mapped_column(Integer)  # the limit it went over
+    configured_limit: Mapped[int] = mapped_column(Integer)
+    baseline: Mapped[float | None] = mapped_column(Float)  # mean of the same weekday/hour
+    orders: Mapped[int] = mapped_column(Integer, default=0)  # held in it (joined included)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    decided_by: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decision_note: Mapped[str | None] = mapped_column(Text)
+
+
+class Hold(Base):
+    """An operator's declared hold on disconnects (emergency, weather) over a region, a
+    comuna or a concentrator, from ``starts_at`` until ``ends_at`` or until an operator
+    ends it early (``ended_at``). Held disconnects wait; reconnects never do."""
+
+    __tablename__ = "holds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # emergency, weather
+    scope_kind: Mapped[str] = mapped_column(String(16))  # region, comuna, concentrator
+    scope_value: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_by: Mapped[str | None] = mapped_column(String(100))

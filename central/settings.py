@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from central.errors import ConfigurationError
@@ -41,6 +41,47 @@ class RetrySettings(BaseModel):
     max_attempts: int = Field(default=3, ge=1, le=20)
     backoff_initial_s: float = Field(default=2.0, ge=0, le=3600)
     backoff_max_s: float = Field(default=60.0, ge=0, le=86400)
+
+
+class ScopeLimits(BaseModel):
+    """Disconnects per rolling window, one number per scope the anomaly detector counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: int = Field(default=2000, ge=1)  # one SOAP caller or one REST operator
+    concentrator: int = Field(default=1000, ge=1)
+    comuna: int = Field(default=2000, ge=1)
+    region: int = Field(default=5000, ge=1)
+    fleet: int = Field(default=10000, ge=1)
+
+
+class ScopeFloors(ScopeLimits):
+    """The least threshold the baseline rule gives each scope."""
+
+    source: int = Field(default=500, ge=1)
+    concentrator: int = Field(default=500, ge=1)
+    comuna: int = Field(default=500, ge=1)
+    region: int = Field(default=1000, ge=1)
+    fleet: int = Field(default=2000, ge=1)
+
+
+class AnomalySettings(BaseModel):
+    """Anomaly detection with quarantine (central/services/anomaly.py, docs/security.md):
+    a scope is over its threshold when the disconnects accepted in the last ``window_s``
+    (the new ones included) exceed min(limit, max(floor, factor x baseline)), the
+    baseline being the mean count of the same window at the same weekday and hour over
+    the last ``baseline_weeks`` weeks (0: limits only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    window_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    limits: ScopeLimits = Field(default_factory=ScopeLimits)
+    baseline_weeks: int = Field(default=4, ge=0, le=26)
+    baseline_factor: float = Field(default=3.0, ge=1.0, le=100.0)
+    # never below this, whatever the baseline: a quiet hour must not quarantine everything
+    # (a floor above its limit only means that the limit decides)
+    baseline_floor: ScopeFloors = Field(default_factory=ScopeFloors)
 
 
 class DateWindow(BaseModel):
@@ -125,6 +166,12 @@ class Settings(BaseSettings):
     holiday_country: str = "CL"
     nonpayment_moratorium: list[DateWindow] = Field(default_factory=list)
     nonpayment_moratorium_active: bool = False
+    # Issue 17: anomaly detection with quarantine (RCD_ANOMALY__LIMITS__SOURCE=...)
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    # Issue 17: a disconnect waits (held) while its concentrator's last status says it is
+    # offline or its modem is down, and while its meter's supply is already off
+    hold_offline_concentrators: bool = True
+    hold_supply_off: bool = True
 
     # Background loops
     sweep_interval_s: float = 5.0

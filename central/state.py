@@ -12,6 +12,11 @@
     expired | failed | reported ──correct_connected|correct_disconnected|correct_armed──▶
         completed_connected | completed_disconnected | completed_armed   (a late result)
 
+    validated ──quarantine──▶ quarantined ──release──▶ validated     (anomaly, issue 17)
+                                  ├──discard──▶ rejected  (a second person deleted it)
+                                  ├──cancel──▶ cancelled
+                                  └──expire──▶ expired
+
 ``transition(state, event)`` is the only place that decides; anything not in
 ``TRANSITIONS`` raises :class:`central.errors.InvalidTransition`. Each event also
 names the step of the brief (1-10) it belongs to, for the timeline.
@@ -38,6 +43,9 @@ class OrderState(StrEnum):
     EXPIRED = "expired"
     CANCELLED = "cancelled"
     REPORTED = "reported"
+    # Held by the anomaly detector (central/services/anomaly.py): never signed, never
+    # published, never claimed, until a second person releases or deletes it.
+    QUARANTINED = "quarantined"
 
 
 class Event(StrEnum):
@@ -62,13 +70,19 @@ class Event(StrEnum):
     CORRECT_CONNECTED = "correct_connected"
     CORRECT_DISCONNECTED = "correct_disconnected"
     CORRECT_ARMED = "correct_armed"
+    # Anomaly detection (issue 17): a disconnect above the limits waits for a second person.
+    QUARANTINE = "quarantine"
+    RELEASE = "release"  # the second person lets it go on to dispatch
+    DISCARD = "discard"  # the second person deletes it: it ends rejected, coded
 
 
 S = OrderState
 E = Event
 
 # Orders in these states still own their meter ("one active order per meter").
-ACTIVE_STATES: Final = frozenset({S.RECEIVED, S.VALIDATED, S.DISPATCHED, S.DELIVERED})
+ACTIVE_STATES: Final = frozenset(
+    {S.RECEIVED, S.VALIDATED, S.QUARANTINED, S.DISPATCHED, S.DELIVERED}
+)
 IN_FLIGHT_STATES: Final = frozenset({S.DISPATCHED, S.DELIVERED})
 # The order has ended; Legacy must be told (then it becomes REPORTED).
 FINAL_STATES: Final = frozenset(
@@ -116,6 +130,11 @@ TRANSITIONS: Final[dict[tuple[OrderState, Event], OrderState]] = {
             (E.CORRECT_ARMED, S.COMPLETED_ARMED),
         )
     },
+    (S.VALIDATED, E.QUARANTINE): S.QUARANTINED,
+    (S.QUARANTINED, E.RELEASE): S.VALIDATED,
+    (S.QUARANTINED, E.DISCARD): S.REJECTED,
+    (S.QUARANTINED, E.CANCEL): S.CANCELLED,  # an operator's cancel, or a reconnect
+    (S.QUARANTINED, E.EXPIRE): S.EXPIRED,  # deadlines still apply
 }
 # Corrections apply only to an order that ended without the agent's answer (expired,
 # or failed for lack of one); from ``reported`` the caller checks what it was reported as.
@@ -144,6 +163,25 @@ def outcome_of(final_state: str | None) -> str | None:
     return OUTCOME_OF.get(known) if known is not None else None
 
 
+class HoldReason(StrEnum):
+    """Why a validated disconnect waits (``orders.hold_reason``, central/services/holds.py);
+    ``quarantined`` is written only on one that expired in quarantine."""
+
+    CONCENTRATOR_OFFLINE = "concentrator_offline"
+    MODEM_DOWN = "concentrator_modem_down"
+    EMERGENCY = "emergency_hold"
+    WEATHER = "weather_hold"
+    SUPPLY_OFF = "supply_off"
+    QUARANTINED = "quarantined"
+
+
+# An order that expired while it waited for one of these gets no field work order: a crew
+# would do what the hold or the quarantine stops (or find the supply already off).
+NO_FIELD_VISIT_HOLDS: Final = frozenset(
+    {HoldReason.EMERGENCY, HoldReason.WEATHER, HoldReason.SUPPLY_OFF, HoldReason.QUARANTINED}
+)
+
+
 # The step of the brief (Table 2) each event belongs to.
 STEP_OF: Final[dict[Event, int]] = {
     E.VALIDATE: 3,
@@ -161,6 +199,9 @@ STEP_OF: Final[dict[Event, int]] = {
     E.CORRECT_CONNECTED: 8,
     E.CORRECT_DISCONNECTED: 8,
     E.CORRECT_ARMED: 8,
+    E.QUARANTINE: 3,
+    E.RELEASE: 3,
+    E.DISCARD: 3,
 }
 
 

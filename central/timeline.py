@@ -34,6 +34,11 @@ LABELS: Final[dict[str, str]] = {
     "reroute": "re-routed to the meter's new concentrator",
     "meter_moved": "meter moved while in flight",
     "rejected_message": "agent message rejected",
+    "quarantine": "quarantined: over the anomaly limits, waits for a second person",
+    "release": "released from quarantine by a second person",
+    "discard": "deleted from quarantine by a second person (rejected)",
+    "held": "disconnect held",
+    "hold_ended": "hold ended: the disconnect may go",
 }
 
 

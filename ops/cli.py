@@ -26,7 +26,9 @@ EXIT_USAGE: Final = 2  # bad input file or arguments (argparse uses 2 as well)
 EXIT_INCOMPLETE: Final = 3  # a campaign did not end (timeout, waiting for approval)
 EXIT_FAILURES: Final = 4  # a campaign ended with failed/expired/rejected orders (--strict)
 
-ACTIVE_STATES: Final = frozenset({"received", "validated", "dispatched", "delivered"})
+ACTIVE_STATES: Final = frozenset(
+    {"received", "validated", "quarantined", "dispatched", "delivered"}
+)
 SUCCESS_OUTCOMES: Final = frozenset({"connected", "disconnected", "armed"})
 # What an operator means by "connect" is what the API calls an action.
 ACTIONS: Final = ("disconnect", "connect", "arm")
@@ -34,6 +36,7 @@ REASONS: Final = ("non_payment", "payment_restored", "losses", "customer_request
 STATES: Final = (
     "received",
     "validated",
+    "quarantined",
     "dispatched",
     "delivered",
     "completed_connected",

@@ -84,6 +84,10 @@ def register(
     close.add_argument("--notes", default="")
     close.set_defaults(handler=_guard(_workorders_close))
 
+    from ops import cli_safety  # quarantines and holds (issue 17)
+
+    cli_safety.register(subparsers, common)
+
 
 def _facts(pairs: list[tuple[str, Any]]) -> None:
     width = max(len(k) for k, _ in pairs)

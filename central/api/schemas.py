@@ -70,6 +70,9 @@ class OrderOut(ORM):
     energy_value: float | None
     energy_unit: str | None
     finished_at: datetime | None
+    # issue 17: the quarantine that held it, and why a validated disconnect waits now
+    quarantine_id: str | None = None
+    hold_reason: str | None = None
 
 
 class OrderDetail(OrderOut):

@@ -16,7 +16,15 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from central.models import LEGACY_GIVEN_UP, Concentrator, LegacyNotification, Order, WorkOrder
+from central.models import (
+    LEGACY_GIVEN_UP,
+    Concentrator,
+    Hold,
+    LegacyNotification,
+    Order,
+    Quarantine,
+    WorkOrder,
+)
 from central.services import rejected
 from central.services.lifecycle import utcnow
 from central.state import ACTIVE_STATES, OrderState
@@ -58,6 +66,11 @@ class DashboardStats(BaseModel):
     rejected: int
     concentrators_total: int
     concentrators_online: int
+    # issue 17: disconnects waiting for a second person, and disconnects held
+    quarantined: int = 0
+    quarantines_open: int = 0
+    held: int = 0
+    holds_active: int = 0
     work_orders_open: int
     # results whose delivery to Legacy was given up (not acknowledged after the
     # configured attempts): someone has to tell Legacy by hand
@@ -119,8 +132,13 @@ def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:
         )
         or 0
     )
+    safety = _safety(session, by_state)
     return DashboardStats(
         generated_at=utcnow(),
+        quarantined=safety["quarantined"],
+        quarantines_open=safety["quarantines_open"],
+        held=safety["held"],
+        holds_active=safety["holds_active"],
         orders_total=sum(by_state.values()),
         orders_by_state=by_state,
         final_states=final_states,
@@ -135,6 +153,27 @@ def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:
         recent=recent,
         **_security(session),
     )
+
+
+def _safety(session: Session, by_state: dict[str, int]) -> dict[str, int]:
+    now = utcnow()
+    held = session.scalar(
+        select(func.count()).where(
+            Order.state == OrderState.VALIDATED.value, Order.hold_reason.is_not(None)
+        )
+    )
+    holds_active = session.scalar(
+        select(func.count()).where(
+            Hold.ended_at.is_(None), Hold.starts_at <= now, Hold.ends_at > now
+        )
+    )
+    quarantines_open = session.scalar(select(func.count()).where(Quarantine.state == "open"))
+    return {
+        "quarantined": by_state.get(OrderState.QUARANTINED.value, 0),
+        "quarantines_open": int(quarantines_open or 0),
+        "held": int(held or 0),
+        "holds_active": int(holds_active or 0),
+    }
 
 
 SECURITY_LIMIT: Final = 20

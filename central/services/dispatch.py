@@ -36,7 +36,7 @@ from central import bulk, metrics
 from central.db import sqlite_write_lock, stale_to_conflict
 from central.errors import DispatchError
 from central.models import Concentrator, Meter, Order, OrderEvent
-from central.services import registry, validation
+from central.services import holds, registry, validation
 from central.services.lifecycle import SYSTEM, advance, note, utcnow
 from central.services.orders import new_id, stop_protected_disconnects
 from central.settings import Settings
@@ -58,6 +58,8 @@ from shared.signing import CommandSigner
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = [s.value for s in IN_FLIGHT_STATES]
+# not sent yet: the sweep ends them expired once their deadline passed
+_WAITING = [OrderState.VALIDATED.value, OrderState.QUARANTINED.value]
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ class _Limits:
     disconnect_budget: int
     working_day: bool
     moratorium: bool
+    holds: holds.HoldRules  # issue 17: disconnects that wait (offline, declared, supply off)
 
     @classmethod
     def read(cls, session: Session, settings: Settings, now: datetime) -> _Limits:
@@ -255,6 +258,7 @@ class _Limits:
             disconnect_budget=settings.disconnects_per_minute - recent_disconnects,
             working_day=validation.is_working_day(today, settings.holiday_country),
             moratorium=validation.in_moratorium(today, settings),
+            holds=holds.HoldRules.read(session, settings, now),
         )
 
     def full(self) -> list[str]:
@@ -315,6 +319,7 @@ def _candidates(session: Session, limits: _Limits, after: Any, size: int) -> Any
         not_protected,
         in_service,
     )
+    query = query.where(~limits.holds.waiting())  # issue 17: held disconnects wait
     full = limits.full()
     if full:
         query = query.where(Order.concentrator_id.not_in(full))
@@ -381,6 +386,10 @@ def claim_ready(
     if stop_protected_disconnects(session, now=now):  # reads; writes only if it finds some
         with sqlite_write_lock(session):
             session.commit()
+    with stale_to_conflict(session, "holds not stamped"):
+        if holds.refresh(session, settings, now):  # issue 17: held / hold ended lines
+            with sqlite_write_lock(session):
+                session.commit()
     ready = select_ready(session, settings, now)
     if not ready:
         session.commit()  # ends the read (on PostgreSQL: releases the claim lock); no writes
@@ -694,7 +703,7 @@ def sweep_expired(session: Session, *, now: datetime | None = None, grace_s: flo
     now = now or utcnow()
     waiting = list(
         session.scalars(
-            select(Order).where(Order.state == OrderState.VALIDATED.value, Order.deadline < now)
+            select(Order).where(Order.state.in_(_WAITING), Order.deadline < now)
         )
     )
     flying = list(
@@ -710,7 +719,7 @@ def sweep_expired(session: Session, *, now: datetime | None = None, grace_s: flo
     with stale_to_conflict(session, "expiry sweep"):
         for order in waiting:
             order.result_reason = "expired"
-            order.result_detail = "deadline passed before dispatch"
+            order.result_detail = holds.expiry_detail(order)
             advance(session, order, Event.EXPIRE, SYSTEM, order.result_detail, at=now)
         for order in flying:
             order.result_reason, order.result_detail = _silent_agent_reason(session, order)

@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from central import metrics
 from central.models import LegacyNotification, Meter, Order, OrderEvent, WorkOrder
-from central.state import FINAL_STATES, STEP_OF, WORK_ORDER_STATES, Event, OrderState, transition
+from central.state import (
+    FINAL_STATES,
+    NO_FIELD_VISIT_HOLDS,
+    STEP_OF,
+    WORK_ORDER_STATES,
+    Event,
+    OrderState,
+    transition,
+)
 from shared.contracts import ReasonCode
 
 ROLES = ("viewer", "operator", "approver", "admin")
@@ -138,6 +146,18 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
             "no_work_order",
             SYSTEM,
             "ended without the required approval",
+            step=10,
+            at=now,
+        )
+        return
+    if OrderState(order.state) in WORK_ORDER_STATES and order.hold_reason in NO_FIELD_VISIT_HOLDS:
+        # issue 17: it expired while a hold or a quarantine stopped it (central/state.py)
+        note(
+            session,
+            order,
+            "no_work_order",
+            SYSTEM,
+            f"it waited ({order.hold_reason}) until its deadline: no field work order",
             step=10,
             at=now,
         )

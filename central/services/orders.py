@@ -27,7 +27,7 @@ from central import bulk
 from central.db import stale_to_conflict, where_given
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
-from central.services import approvals, lookup, validation
+from central.services import anomaly, approvals, lookup, validation
 from central.services.inputs import Input
 from central.services.lifecycle import Actor, advance, note, on_order_finished, utcnow
 from central.settings import Settings
@@ -511,6 +511,11 @@ def create_orders(
         for item in outcome.items:
             if item.order_id in held:
                 item.needs_approval = True
+    # issue 17: disconnects over a scope's limits wait in quarantine for a second person
+    quarantined = anomaly.screen(session, settings, now, accepted_disconnects, writer.advance)
+    for item in outcome.items:
+        if item.order_id in quarantined:
+            item.state = OrderState.QUARANTINED.value
     # the batch first (orders refer to it), then orders and events, then ORM changes
     # (superseded orders refer to the new ones)
     bulk.insert_rows(session, cast(Table, Batch.__table__), [batch])
@@ -530,6 +535,8 @@ def _with_suggestion(
 
 
 _ACTIVE = frozenset(s.value for s in ACTIVE_STATES)
+# never sent to an agent: a cancel ends them here at once
+_NOT_SENT = (OrderState.RECEIVED, OrderState.VALIDATED, OrderState.QUARANTINED)
 _RECEIVED = OrderState.RECEIVED.value
 _DISCONNECT = Action.DISCONNECT.value
 
@@ -632,7 +639,7 @@ def cancel_order(
     # would execute an order the coordinator believes cancelled): Conflict, retry (the
     # retry finds it in flight and asks the agent to cancel).
     with stale_to_conflict(session, f"order {order_id} not cancelled"):
-        if state in (OrderState.RECEIVED, OrderState.VALIDATED):
+        if state in _NOT_SENT:
             order.result_reason = "cancelled"
             advance(session, order, Event.CANCEL, actor, text, at=now)
         elif state in IN_FLIGHT_STATES:
@@ -681,7 +688,7 @@ def stop_protected_disconnects(
     with stale_to_conflict(session, "protected customer's disconnect not stopped"):
         for order in session.scalars(query):
             state = OrderState(order.state)
-            if state in (OrderState.RECEIVED, OrderState.VALIDATED):
+            if state in _NOT_SENT:
                 order.result_reason = "cancelled"
                 order.result_detail = detail
                 advance(session, order, Event.CANCEL, "central", f"cancelled: {detail}", at=now)

@@ -239,7 +239,9 @@ def build_reply(
 
 
 def event_code(ended: OrderEnded) -> str:
-    if ended.outcome is Outcome.FAILED:
+    # a disconnect deleted from quarantine (issue 17) is refused after it was accepted:
+    # Legacy gets the failure code with its reason (failureReason quarantine_deleted)
+    if ended.outcome in (Outcome.FAILED, Outcome.REJECTED):
         return DISCONNECT_FAILED if ended.action is ControlAction.DISCONNECT else CONNECT_FAILED
     return EVENT_CODES[ended.outcome]
 

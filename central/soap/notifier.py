@@ -36,6 +36,7 @@ from central.db import session_scope
 from central.errors import CentralError
 from central.models import LEGACY_GIVEN_UP, LegacyNotification, Order
 from central.services import orders as order_service
+from central.services import quarantine
 from central.services.lifecycle import note, utcnow
 from central.services.workorders import work_order_for
 from central.soap import cim_write, reply_policy
@@ -78,6 +79,8 @@ class Delivery:
 
 def ended_from_order(order: Order, work_order_id: int | None) -> OrderEnded | None:
     outcome = OUTCOME_OF_STATE.get(order.state)
+    if outcome is None and order.state == "rejected" and quarantine.deleted_from_quarantine(order):
+        outcome = Outcome.REJECTED  # a coded refusal after the reply had accepted it
     if outcome is None:
         return None
     reason = order.result_reason
@@ -256,7 +259,8 @@ class LegacyNotifier:
             return Delivery(
                 row.id, order.id, None, "", None, skip="not a Legacy order", report=False
             )
-        if order.state in ("rejected", "reported"):
+        told_later = quarantine.deleted_from_quarantine(order)  # accepted, then deleted
+        if order.state == "reported" or (order.state == "rejected" and not told_later):
             return Delivery(
                 row.id,
                 order.id,

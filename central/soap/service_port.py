@@ -118,6 +118,8 @@ class Outcome(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    # accepted, then refused: a disconnect deleted from quarantine (issue 17)
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True)

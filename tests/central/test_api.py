@@ -44,6 +44,14 @@ REQUIRED = {
     ("GET", "/api/v1/rejected-messages"): "operator",
     ("GET", "/api/v1/protection-changes"): "operator",
     ("POST", "/api/v1/protection-changes/{change_id}/approve"): "approver",
+    ("GET", "/api/v1/quarantines"): "viewer",
+    ("GET", "/api/v1/quarantines/{quarantine_id}"): "viewer",
+    ("POST", "/api/v1/quarantines/{quarantine_id}/release"): "approver",
+    ("POST", "/api/v1/quarantines/{quarantine_id}/delete"): "approver",
+    ("GET", "/api/v1/holds"): "viewer",
+    ("POST", "/api/v1/holds"): "operator",
+    ("POST", "/api/v1/holds/{hold_id}/end"): "operator",
+    ("GET", "/api/v1/held-orders"): "viewer",
     ("GET", "/metrics"): "viewer",
 }
 

@@ -137,7 +137,7 @@
   }
 
   function isActive(o) {
-    return ["received", "validated", "dispatched", "delivered"].includes(o.state);
+    return ["received", "validated", "quarantined", "dispatched", "delivered"].includes(o.state);
   }
 
   // State and outcome are two things: the state says where the order is in its life
@@ -221,6 +221,8 @@
       ["tile-conc", online + " / " + known, "concentrators online"],
       ["tile-wo", pick(s.work_orders_open, workorders.filter((w) => w.status === "open").length), "open work orders"],
       ["tile-legacy", pick(s.legacy_given_up, 0), "results Legacy never took"],
+      ["tile-quarantined", pick(s.quarantined, 0), "quarantined: a second person decides"],
+      ["tile-held", pick(s.held, 0), "disconnects held"],
     ];
     $("#tiles").replaceChildren(
       ...tiles.map(([id, n, label]) => el("div", { class: "tile", id }, el("div", { class: "n", text: String(n) }), el("div", { class: "l", text: label })))
