@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     factory = make_session_factory(engine)
     coordinator = Coordinator(settings, factory)
     registry = CollectorRegistry()
-    registry.register(metrics.DatabaseCollector(factory))
+    registry.register(metrics.DatabaseCollector(factory, settings.relay_audit_cycle_s))
     context = AppContext(
         settings=settings,
         factory=factory,
