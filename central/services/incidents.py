@@ -57,7 +57,9 @@ def note_unexplained_opening(
     for kind, key in groups:
         if not key:
             continue
-        column = RelayEvent.concentrator_id if kind == "concentrator" else RelayEvent.firmware_version
+        column = (
+            RelayEvent.concentrator_id if kind == "concentrator" else RelayEvent.firmware_version
+        )
         loose = list(
             session.scalars(
                 select(RelayEvent).where(
@@ -149,7 +151,12 @@ def acknowledge(
 
 
 def close(
-    session: Session, incident_id: int, actor: Actor, notes: str = "", *, now: datetime | None = None
+    session: Session,
+    incident_id: int,
+    actor: Actor,
+    notes: str = "",
+    *,
+    now: datetime | None = None,
 ) -> RelayIncident:
     incident = get_incident(session, incident_id)
     if incident.status == "closed":
@@ -207,9 +214,7 @@ def restore(
     )
     if placed:
         batch_ids = set(
-            session.scalars(
-                select(Order.batch_id).where(Order.id.in_(list(placed.values())))
-            )
+            session.scalars(select(Order.batch_id).where(Order.id.in_(list(placed.values()))))
         )
         incident.restore_batch_id = next(iter(batch_ids), None)
         incident.restore_requested_by = actor.name

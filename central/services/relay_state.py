@@ -208,7 +208,9 @@ def on_result(session: Session, result: OrderResult) -> None:
     state = RELAY_OF_STATE[result.relay.control_state]
     wh = energy_wh(result.energy)
     session.add(
-        _observation(meter.id, result.finished_at, "order", state, result.relay, wh, None, result.order_id)
+        _observation(
+            meter.id, result.finished_at, "order", state, result.relay, wh, None, result.order_id
+        )
     )
     if meter.relay_state_at != result.finished_at:
         return  # an older reading than what we know: history only
