@@ -44,6 +44,7 @@ from shared.contracts import (
     RelayReport,
 )
 from shared.signing import CommandSigner
+from tests.soap.standard_clients import assert_standard
 
 from .conftest import APPROVER, OPERATOR, WORKDAY, RecordingPublisher, add_meters
 
@@ -194,6 +195,20 @@ def test_an_audit_that_contradicts_the_record_is_drift_and_legacy_is_told(
     )
     row = session.scalars(select(DeviceEventNotification)).one()
     assert (row.meter_id, row.relay_state, row.delivered_at) == ("m0", "disconnected", None)
+    # Legacy is told: a standard EndDeviceEvent, marked as not the result of an order
+    with LegacyStandIn() as legacy:
+        soap = SoapSettings(legacy_endpoint=legacy.url)
+        notifier = LegacyNotifier(sessionmaker(bind=session.get_bind()), soap)
+        notifier.run_once()  # (the REST order's own row is closed unsent: not Legacy's)
+        assert notifier.run_once() == 0  # delivered once
+        (body,) = legacy.received
+    message = assert_standard(body)
+    assert message.find(".//{*}CorrelationID") is None and message.find(".//{*}issuerID") is None
+    (event,) = parse_events(body)
+    assert (event.meter_id, event.event_code) == ("m0", "3.31.0.68")
+    assert event.details["orderInitiated"] == "false" and "audit read" in event.details["cause"]
+    session.expire_all()
+    assert session.scalars(select(DeviceEventNotification)).one().delivered_at is not None
 
 
 def test_a_remote_disconnection_in_the_log_after_its_order_is_no_drift(
