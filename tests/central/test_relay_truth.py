@@ -424,17 +424,26 @@ def test_the_restore_of_an_incident_is_held_for_a_second_person_then_dispatched(
         incidents.restore(session, incident.id, OPERATOR, settings, now=LATER)
 
 
-def test_an_incident_with_nothing_left_to_restore_says_so(
+def test_openings_on_one_firmware_across_concentrators_are_one_incident(
     session: Session, settings: Settings
 ) -> None:
-    ids = add_meters(session, 3)
+    # three meters of three concentrators, one firmware version (the bad update)
+    ids = [add_meters(session, 1, concentrator=f"conc-{c}", prefix=c)[0] for c in "xyz"]
     for n, meter in enumerate(ids):
-        apply(session, settings, report(meter, at=WORKDAY, state="connected"))
-        apply(
-            session, settings, report(meter, at=LATER + timedelta(seconds=n), state="disconnected")
+        conc = f"conc-{meter[0]}"
+        apply(session, settings, report(meter, at=WORKDAY, state="connected", concentrator=conc))
+        opened = report(
+            meter,
+            at=LATER + timedelta(seconds=n),
+            state="disconnected",
+            concentrator=conc,
+            firmware="fw-4.2.1",
         )
-        apply(session, settings, report(meter, at=LATER + timedelta(minutes=9), state="connected"))
+        apply(session, settings, opened)
+        back = report(meter, at=LATER + timedelta(minutes=9), state="connected", concentrator=conc)
+        apply(session, settings, back)  # reconnected by hand meanwhile
     incident = session.scalars(select(RelayIncident)).one()
+    assert (incident.group_kind, incident.group_key, incident.meters) == ("firmware", "fw-4.2.1", 3)
     with pytest.raises(BadRequest, match="no meter left disconnected"):
         incidents.restore(session, incident.id, OPERATOR, settings, now=LATER)
 

@@ -93,3 +93,16 @@ def test_incident_alarm_and_relay_history_commands(
     capsys.readouterr()
     assert rcd(live, VIEWER, "incidents", "list") == 0
     assert "conc-rel" not in capsys.readouterr().out
+
+    scrape = httpx.get(f"{live.url}/metrics", headers={"Authorization": f"Bearer {VIEWER}"}).text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in scrape.splitlines()
+        if line.startswith("rcd_relay")
+    }
+    assert values['rcd_relay_drift_events_total{to_state="disconnected"}'] >= 4
+    assert values['rcd_relay_reports_total{effect="applied"}'] >= 8
+    assert values['rcd_relay_alarms_total{kind="protected_disconnected"}'] >= 1
+    # the four audited meters, out of all the module's commissioned ones
+    assert 0 < values["rcd_relay_audit_coverage_ratio"] < 1
+    assert values["rcd_relay_incidents_active"] == 0
