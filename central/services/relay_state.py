@@ -74,6 +74,7 @@ STATE_OF_CODE: Final = {
     68: "connected",
 }
 REMOTE_CODES: Final = frozenset({61, 62})
+REMOTE_CONNECTION: Final = 62
 RELAY_OF_STATE: Final = {
     ControlState.DISCONNECTED: "disconnected",
     ControlState.CONNECTED: "connected",
@@ -282,6 +283,8 @@ def _change(
     if new == old:
         _record(meter, new, at, source)
         return
+    if old == "armed" and code == REMOTE_CONNECTION:
+        return  # what arming itself may log; the button is 60/68 or a connected reading
     # before looking for an order: the arm order itself would "explain" the closing
     if old == "armed" and new == "connected" and _button_pressed(context, at, via):
         _record(meter, new, at, source)

@@ -262,6 +262,17 @@ def test_the_button_press_ends_the_armed_order_connected_and_legacy_gets_connect
         assert notifier.run_once() == 1  # Legacy told "armed"
         session.expire_all()
         assert orders.get_order(session, order_id).state == "reported"
+        # the log read after the arm order may hold the remote connection it logged:
+        # that is not the button
+        after = report(
+            "m0",
+            at=WORKDAY + timedelta(minutes=2),
+            events=[(2, 62)],
+            trigger="after_order",
+            order_id=order_id,
+        )
+        assert apply(session, settings, after) == "applied"
+        assert orders.get_order(session, order_id).state == "reported"
         pressed = LATER
         message = (
             report("m0", at=pressed, events=[(3, 60)], trigger="log_poll")
