@@ -163,21 +163,6 @@ def test_the_first_audit_sets_the_relay_state_with_its_time_and_source(
     assert session.scalar(select(func.count()).select_from(RelayObservation)) == 1
 
 
-def test_an_order_result_is_an_observation_and_an_older_audit_changes_nothing(
-    session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
-) -> None:
-    add_meters(session, 1)
-    finished(session, settings, publisher, signer, "m0", "disconnect", Outcome.DISCONNECTED)
-    older = WORKDAY - timedelta(minutes=5)
-    assert apply(session, settings, report("m0", at=older, state="connected")) == "applied"
-    meter = session.get(Meter, "m0")
-    assert meter is not None and meter.relay_state == "disconnected"
-    assert meter.relay_state_source == "order"
-    sources = session.scalars(select(RelayObservation.source).order_by(RelayObservation.id))
-    assert list(sources) == ["order", "audit"]
-    assert kinds(session, "m0") == []
-
-
 # -- 2. drift ----------------------------------------------------------------------------------
 def test_an_audit_that_contradicts_the_record_is_drift_and_legacy_is_told(
     session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
@@ -211,13 +196,23 @@ def test_an_audit_that_contradicts_the_record_is_drift_and_legacy_is_told(
     assert session.scalars(select(DeviceEventNotification)).one().delivered_at is not None
 
 
-def test_a_remote_disconnection_in_the_log_after_its_order_is_no_drift(
+def test_an_order_read_back_and_its_remote_disconnection_in_the_log_are_no_drift(
     session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
 ) -> None:
     add_meters(session, 1)
     order_id = finished(
         session, settings, publisher, signer, "m0", "disconnect", Outcome.DISCONNECTED
     )
+    # the order's own read-back is an observation; an older audit changes nothing
+    older = WORKDAY - timedelta(minutes=5)
+    assert apply(session, settings, report("m0", at=older, state="connected")) == "applied"
+    meter = session.get(Meter, "m0")
+    assert meter is not None and (meter.relay_state, meter.relay_state_source) == (
+        "disconnected",
+        "order",
+    )
+    sources = session.scalars(select(RelayObservation.source).order_by(RelayObservation.id))
+    assert list(sources) == ["order", "audit"]
     at = WORKDAY + timedelta(minutes=2)
     message = report(
         "m0",
