@@ -379,23 +379,28 @@ def _order_behind(context: _Context, new: str, at: datetime, code: int | None) -
     ).first()
 
 
-def _last_outcome(context: _Context) -> str | None:
-    order = context.session.scalars(
+def _last_ended(session: Session, meter_id: str) -> Order | None:
+    """The meter's latest order that ended after reaching it (a refusal never did)."""
+    return session.scalars(
         select(Order)
-        .where(Order.meter_id == context.meter.id, Order.final_state.is_not(None))
-        .order_by(Order.finished_at.desc())
+        .where(
+            Order.meter_id == meter_id,
+            Order.final_state.is_not(None),
+            Order.final_state != OrderState.REJECTED.value,
+        )
+        .order_by(Order.finished_at.desc().nulls_last(), Order.created_at.desc())
     ).first()
+
+
+def _last_outcome(context: _Context) -> str | None:
+    order = _last_ended(context.session, context.meter.id)
     return order.outcome if order is not None else None
 
 
 def _button_pressed(context: _Context, at: datetime, via: str) -> bool:
     """The meter's latest order ended armed: it ends connected now (Legacy told)."""
     session = context.session
-    order = session.scalars(
-        select(Order)
-        .where(Order.meter_id == context.meter.id, Order.final_state.is_not(None))
-        .order_by(Order.finished_at.desc())
-    ).first()
+    order = _last_ended(session, context.meter.id)
     if order is None or order.final_state != OrderState.COMPLETED_ARMED.value:
         return False
     actor = f"meter:{context.meter.id}"
