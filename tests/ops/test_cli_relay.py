@@ -68,6 +68,13 @@ def test_incident_alarm_and_relay_history_commands(
     rows = [r for r in capsys.readouterr().out.splitlines() if "REL-" in r]
     assert "urgent" in rows[0] and "protected_disconnected" in rows[0] and "REL-3" in rows[0]
     alarm_id = rows[0].split()[0]
+    # the dashboard puts it on top, with the counts
+    stats = httpx.get(
+        f"{live.url}/dashboard/api/stats", headers={"Authorization": f"Bearer {VIEWER}"}
+    ).json()
+    assert stats["relay_alarms_urgent"] == 1 and stats["incidents_active"] == 1
+    assert stats["relay_alarms"][0]["kind"] == "protected_disconnected"
+    assert stats["incidents"][0]["meters"] == 4
 
     assert rcd(live, OPERATOR, "incidents", "ack", incident_id) == 0
     assert "acknowledged" in capsys.readouterr().out
