@@ -27,6 +27,7 @@ from central.api.routes import (
     orders,
     protections,
     rejected,
+    relay,
     safety,
     workorders,
 )
@@ -64,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     factory = make_session_factory(engine)
     coordinator = Coordinator(settings, factory)
     registry = CollectorRegistry()
-    registry.register(metrics.DatabaseCollector(factory))
+    registry.register(metrics.DatabaseCollector(factory, settings.relay_audit_cycle_s))
     context = AppContext(
         settings=settings,
         factory=factory,
@@ -146,7 +147,8 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    for module in (orders, meters, concentrators, workorders, rejected, protections, safety):
+    modules = (orders, meters, concentrators, workorders, rejected, protections, safety, relay)
+    for module in modules:
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     app.include_router(health.router, responses=ERROR_RESPONSES)
     _include_optional(app)

@@ -39,6 +39,7 @@ LABELS: Final[dict[str, str]] = {
     "discard": "deleted from quarantine by a second person (rejected)",
     "held": "disconnect held",
     "hold_ended": "hold ended: the disconnect may go",
+    "customer_connected": "customer pressed the button: connected",
 }
 
 

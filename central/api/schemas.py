@@ -146,6 +146,11 @@ class MeterOut(ORM):
     protected_customer: bool
     relay_state: str
     relay_state_at: datetime | None
+    # issue 16: what the state comes from (order, audit, after_order, log_poll, log),
+    # the firmware the agent last reported and the meter's last relay audit
+    relay_state_source: str | None = None
+    firmware_version: str | None = None
+    audited_at: datetime | None = None
     energy_kwh: float | None
     # a request to clear protected_customer waits for a second person (protection-changes)
     protection_change_pending: bool = False
@@ -205,7 +210,11 @@ class ConcentratorChange(Input):
 
 class WorkOrderOut(ORM):
     id: int
-    order_id: str
+    # order: a failed/expired order's (order_id set); tamper, welded_relay, drift: raised
+    # by a relay alarm (alarm_id set, no order behind it)
+    kind: str = "order"
+    order_id: str | None
+    alarm_id: int | None = None
     meter_id: str
     concentrator_id: str | None
     action: str

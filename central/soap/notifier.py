@@ -39,7 +39,7 @@ from central.services import orders as order_service
 from central.services import quarantine
 from central.services.lifecycle import note, utcnow
 from central.services.workorders import work_order_for
-from central.soap import cim_write, reply_policy
+from central.soap import cim_write, device_events, reply_policy
 from central.soap.config import SoapSettings
 from central.soap.faults import SOAP11_ENV, SoapFault
 from central.soap.service_port import ControlAction, OrderEnded, Outcome
@@ -232,7 +232,25 @@ class LegacyNotifier:
                 continue
             if self._deliver(delivery):
                 closed += 1
+        if not self._stop.is_set():
+            # unsolicited relay changes (issue 16), from their own outbox
+            closed += device_events.run_once(
+                self.sessions, self.settings, self._post_event, self.backoff, now
+            )
         return closed
+
+    def _post_event(self, target: str, body: bytes) -> Acknowledgement:
+        """POST one message with this notifier's client and read Legacy's answer."""
+        headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": SOAP_ACTION}
+        try:
+            if self._client is not None:
+                response = self._client.post(target, content=body, headers=headers)
+            else:  # run_once without start(): a short-lived client
+                with httpx.Client(timeout=self.settings.legacy_timeout_s) as short:
+                    response = short.post(target, content=body, headers=headers)
+            return is_acknowledgement(response, reply_optional=self.settings.compat_legacy_shapes)
+        except httpx.HTTPError as exc:
+            return Acknowledgement(False, f"{type(exc).__name__}: {exc}")
 
     def _claim(self, row_id: int, now: datetime) -> Delivery | None:
         table = LegacyNotification
