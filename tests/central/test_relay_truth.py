@@ -488,7 +488,7 @@ def test_a_protected_customer_seen_disconnected_is_the_urgent_alarm_with_a_held_
         "validated",
         True,
     )
-    assert order.priority == 0
+    assert order.priority == 9  # the highest: it runs first
     assert dispatch.dispatch_ready(session, publisher, signer, settings, now=LATER) == 0
     assert order.batch_id is not None
     orders.approve_batch(session, order.batch_id, APPROVER)
