@@ -26,6 +26,7 @@ from central.api.routes import (
     meters,
     orders,
     protections,
+    reconnects,
     rejected,
     workorders,
 )
@@ -41,6 +42,7 @@ from central.errors import (
     PermissionDenied,
     StorageError,
 )
+from central.services import reconnect_sla
 from central.services.lifecycle import Actor
 from central.settings import Settings
 
@@ -64,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     coordinator = Coordinator(settings, factory)
     registry = CollectorRegistry()
     registry.register(metrics.DatabaseCollector(factory))
+    registry.register(reconnect_sla.SlaCollector(factory, settings))
     context = AppContext(
         settings=settings,
         factory=factory,
@@ -145,7 +148,7 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    for module in (orders, meters, concentrators, workorders, rejected, protections):
+    for module in (orders, meters, concentrators, workorders, rejected, protections, reconnects):
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     app.include_router(health.router, responses=ERROR_RESPONSES)
     _include_optional(app)

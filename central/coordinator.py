@@ -22,7 +22,7 @@ from central.db import session_scope
 from central.errors import CentralError, ConfigurationError, Conflict
 from central.jetstream import JetStreamResults
 from central.mqtt import MqttLink
-from central.services import dispatch, rejected, results
+from central.services import dispatch, reconnect_sla, rejected, results
 from central.services.dispatch import Outgoing
 from central.services.lifecycle import utcnow
 from central.settings import Settings
@@ -144,6 +144,7 @@ class Coordinator:
         link = self.link
         steps: list[tuple[str, Callable[[], object]]] = [
             ("expiry sweep", self._sweep),
+            ("reconnect SLA", self._sla),
         ]
         if link is not None and link.connected:
             steps = [
@@ -188,6 +189,10 @@ class Coordinator:
     def _sweep(self) -> None:
         with self.factory() as session:
             dispatch.sweep_expired(session, grace_s=self.settings.expiry_grace_s)
+
+    def _sla(self) -> None:
+        with self.factory() as session:
+            reconnect_sla.sweep(session, self.settings)
 
     def _under_dispatch_lock(
         self, step: Callable[[Session, MqttLink, CommandSigner], object], link: MqttLink

@@ -67,6 +67,14 @@ PROTECTION_ALARMS = Counter(
     registry=PROCESS_REGISTRY,
 )
 
+RECONNECT_SLA = Counter(
+    "rcd_reconnect_sla",
+    "Reconnection SLA clock: warnings written on timelines (kind=warning) and field work "
+    "orders proposed because the remote path was failing (kind=work_order)",
+    ["kind"],
+    registry=PROCESS_REGISTRY,
+)
+
 
 class DatabaseCollector(Collector):
     def __init__(self, factory: sessionmaker[Session]) -> None:

@@ -179,6 +179,10 @@ class Order(Base):
     energy_read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     result_json: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Reconnects only (issue 17): when the reconnection SLA ends, and the largest
+    # fraction of it already warned about on the timeline (central/services/reconnect_sla.py)
+    sla_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    sla_warned: Mapped[float | None] = mapped_column(Float)
 
     events: Mapped[list[OrderEvent]] = relationship(
         back_populates="order", order_by="OrderEvent.id", lazy="raise_on_sql"

@@ -70,6 +70,9 @@ class OrderOut(ORM):
     energy_value: float | None
     energy_unit: str | None
     finished_at: datetime | None
+    # reconnects: the reconnection SLA's end and the largest fraction warned about
+    sla_due_at: datetime | None = None
+    sla_warned: float | None = None
 
 
 class OrderDetail(OrderOut):

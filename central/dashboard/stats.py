@@ -67,6 +67,9 @@ class DashboardStats(BaseModel):
     # concentrator id -> the last signature alarm it raised in the last day (its
     # configuration is wrong, or someone forges commands on its topic)
     concentrator_alarms: dict[str, str] = {}
+    # unfinished reconnects whose SLA is at risk (reconnect_sla.summary: at_risk,
+    # breached, remote_failing, work_orders)
+    reconnect_sla: dict[str, int] = {}
 
 
 def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:

@@ -221,6 +221,7 @@
       ["tile-conc", online + " / " + known, "concentrators online"],
       ["tile-wo", pick(s.work_orders_open, workorders.filter((w) => w.status === "open").length), "open work orders"],
       ["tile-legacy", pick(s.legacy_given_up, 0), "results Legacy never took"],
+      ["tile-sla", pick((s.reconnect_sla || {}).at_risk, 0), "reconnect SLA at risk"],
     ];
     $("#tiles").replaceChildren(
       ...tiles.map(([id, n, label]) => el("div", { class: "tile", id }, el("div", { class: "n", text: String(n) }), el("div", { class: "l", text: label })))
