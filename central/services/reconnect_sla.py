@@ -110,17 +110,17 @@ def _clocks(session: Session, settings: Settings, now: datetime) -> list[tuple[O
         c.id: c
         for c in session.scalars(
             select(Concentrator).where(
-                Concentrator.id.in_({o.concentrator_id for o in orders if o.concentrator_id})
+                Concentrator.id.in_(sorted({o.concentrator_id for o in orders if o.concentrator_id}))
             )
         )
     }
-    work = dict(
-        session.execute(
-            select(WorkOrder.order_id, WorkOrder.id).where(
-                WorkOrder.order_id.in_([o.id for o in orders])
-            )
-        ).tuples()
-    )
+    work: dict[str, int] = {}
+    for order_id, work_order_id in session.execute(
+        select(WorkOrder.order_id, WorkOrder.id).where(
+            WorkOrder.order_id.in_([o.id for o in orders])
+        )
+    ):
+        work[order_id] = work_order_id
     span = timedelta(seconds=settings.reconnect_sla_s)
     out = []
     for order in orders:
