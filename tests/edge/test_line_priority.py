@@ -4,15 +4,25 @@ disconnects at the agent itself (queued: cancelled at once; running: before the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edge_agent import line_priority
+from edge_agent.executor import Executor
 from edge_agent.lifecycle import State
-from edge_agent.store import Store
-from shared.contracts import Action, OrderResult, Outcome, ReasonCode, parse_agent_message
+from edge_agent.store import Meter, Store
+from shared.contracts import (
+    Action,
+    ControlState,
+    OrderResult,
+    Outcome,
+    ReasonCode,
+    parse_agent_message,
+)
 
-from .fakes import order, tcp_entry
+from .fakes import FakeDriver, FakeLink, FakeMeter, order, tcp_entry
 
 
 def test_rank_puts_reconnects_first_and_audits_last() -> None:
@@ -74,3 +84,41 @@ def test_a_reconnect_asks_a_running_disconnect_to_stop_before_the_method(
         assert store.cancel_requested("d1") == reconnect.command_id
         assert store.order_state("d1") is State.RUNNING
         assert store.order_state("c1") is State.QUEUED
+
+
+class ReconnectArrivesDriver(FakeDriver):
+    """The customer pays while the disconnect's association is being opened: the
+    reconnect is stored (network thread) before the relay method."""
+
+    def __init__(self, meter: FakeMeter, store: Store) -> None:
+        super().__init__({"m1": meter})
+        self._store = store
+        self.sent = False
+
+    @contextmanager
+    def session(self, meter: Meter) -> Iterator[FakeLink]:
+        if not self.sent:
+            self.sent = True
+            self._store.store_order(order("c1", "m1", Action.CONNECT), datetime.now(UTC))
+        with super().session(meter) as link:
+            yield link
+
+
+def test_a_running_disconnect_stops_before_the_method_and_the_reconnect_runs(
+    sqlite_path: Path,
+) -> None:
+    meter = FakeMeter(ControlState.CONNECTED)
+    with Store(sqlite_path) as store:
+        store.import_meters([tcp_entry("m1")])
+        store.store_order(order("d1", "m1"), datetime.now(UTC))
+        ex = Executor(store, ReconnectArrivesDriver(meter, store))
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        for expected in ("d1", "c1"):
+            claimed = store.claim_next(later)
+            assert claimed is not None and claimed.order_id == expected
+            ex.run_attempt(claimed, store.meter("m1"))
+        cut, back = _results(store)["d1"], _results(store)["c1"]
+        assert (cut.outcome, cut.reason) == (Outcome.CANCELLED, ReasonCode.CANCELLED)
+        assert "before the method; relay not switched" in cut.detail
+        assert back.outcome is Outcome.CONNECTED and back.already_in_state
+        assert meter.switches == 0 and meter.control_state is ControlState.CONNECTED
