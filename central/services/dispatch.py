@@ -224,7 +224,6 @@ class _Limits:
     working_day: bool
     moratorium: bool
     reconnects: reconnect_lane.ReconnectLane
-    superseded_meters: set[str]
 
     @classmethod
     def read(cls, session: Session, settings: Settings, now: datetime) -> _Limits:
@@ -252,7 +251,6 @@ class _Limits:
             working_day=validation.is_working_day(today, settings.holiday_country),
             moratorium=validation.in_moratorium(today, settings),
             reconnects=reconnects,
-            superseded_meters=set(),
         )
 
     def full(self) -> list[str]:
@@ -274,23 +272,14 @@ class _Limits:
                 )
             )
             self.busy_meters.update(busy)
-            self.superseded_meters.update(superseded)
+            self.reconnects.superseded.update(superseded)
 
     def admit(self, order: Any) -> bool:
         conc = order.concentrator_id
         if conc is None:
             return False
         if reconnect_lane.is_reconnect(order.action):
-            # its own budget; a disconnect it superseded does not hold it back
-            if order.meter_id in self.busy_meters and (
-                order.meter_id not in self.superseded_meters
-            ):
-                return False
-            if not self.reconnects.admit(conc):
-                return False
-            self.superseded_meters.discard(order.meter_id)  # one reconnect per meter
-            self.busy_meters.add(order.meter_id)
-            return True
+            return self.reconnects.admit(conc, order.meter_id, self.busy_meters)
         if order.meter_id in self.busy_meters:
             return False
         if self.inflight.get(conc, 0) >= self.settings.max_inflight_per_concentrator:

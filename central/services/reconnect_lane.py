@@ -54,14 +54,21 @@ class ReconnectLane:
 
     cap: int
     inflight: dict[str, int] = field(default_factory=dict)
+    superseded: set[str] = field(default_factory=set)  # see :func:`split_busy`
 
     def full(self) -> list[str]:
         return [conc for conc, count in self.inflight.items() if count >= self.cap]
 
-    def admit(self, concentrator_id: str) -> bool:
+    def admit(self, concentrator_id: str, meter_id: str, busy_meters: set[str]) -> bool:
+        """One reconnect, within its own budget; a disconnect it superseded (whose cancel
+        is out) does not hold it back, any other order of the meter in flight does."""
+        if meter_id in busy_meters and meter_id not in self.superseded:
+            return False
         if self.inflight.get(concentrator_id, 0) >= self.cap:
             return False
         self.inflight[concentrator_id] = self.inflight.get(concentrator_id, 0) + 1
+        self.superseded.discard(meter_id)  # one reconnect per meter
+        busy_meters.add(meter_id)
         return True
 
 
