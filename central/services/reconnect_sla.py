@@ -34,13 +34,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from central import metrics
 from central.models import Concentrator, Order, WorkOrder
 from central.services import workorders
-from central.services.lifecycle import SYSTEM, note, utcnow
+from central.services.lifecycle import PROPOSED_WHILE_RUNNING, SYSTEM, note, utcnow
 from central.services.reconnect_lane import RECONNECT_ACTIONS, is_reconnect
 from central.settings import Settings
 from central.state import ACTIVE_STATES, OrderState
 
 _ACTIVE = [s.value for s in ACTIVE_STATES]
-WORK_ORDER_REASON = "reconnect_sla_at_risk"
+WORK_ORDER_REASON = PROPOSED_WHILE_RUNNING
 
 
 def due_at(action: str, accepted: datetime, settings: Settings) -> datetime | None:
