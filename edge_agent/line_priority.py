@@ -79,7 +79,8 @@ def supersede_disconnects(conn: sqlite3.Connection, cmd: OrderCommand, now: date
         if row["state"] == State.RUNNING.value:
             conn.execute(
                 "INSERT OR IGNORE INTO cancel_requests(order_id, command_id, requested_at) "
-                "VALUES (?, ?, ?)", (row["order_id"], cmd.command_id, now.isoformat()))
+                "VALUES (?, ?, ?)",  # the executor names it: "cancelled by command ..."
+                (row["order_id"], f"{cmd.command_id} ({why})", now.isoformat()))
             continue
         started = row["started_at"]
         end_cancelled(

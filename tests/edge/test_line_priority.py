@@ -81,7 +81,8 @@ def test_a_reconnect_asks_a_running_disconnect_to_stop_before_the_method(
         reconnect = order("c1", "m1", Action.CONNECT)
         store.store_order(reconnect, now)
         # the executor reads this between attempts and right before the relay method
-        assert store.cancel_requested("d1") == reconnect.command_id
+        assert store.cancel_requested("d1") == (
+            f"{reconnect.command_id} (superseded by connect order c1 at the agent)")
         assert store.order_state("d1") is State.RUNNING
         assert store.order_state("c1") is State.QUEUED
 
@@ -119,6 +120,7 @@ def test_a_running_disconnect_stops_before_the_method_and_the_reconnect_runs(
             ex.run_attempt(claimed, store.meter("m1"))
         cut, back = _results(store)["d1"], _results(store)["c1"]
         assert (cut.outcome, cut.reason) == (Outcome.CANCELLED, ReasonCode.CANCELLED)
-        assert "before the method; relay not switched" in cut.detail
+        assert "superseded by connect order c1 at the agent) before the method" in cut.detail
+        assert cut.detail.endswith("relay not switched")
         assert back.outcome is Outcome.CONNECTED and back.already_in_state
         assert meter.switches == 0 and meter.control_state is ControlState.CONNECTED
