@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
@@ -87,6 +88,7 @@ class Coordinator:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sla_at = float("-inf")  # monotonic time of the last reconnect SLA sweep
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -191,6 +193,10 @@ class Coordinator:
             dispatch.sweep_expired(session, grace_s=self.settings.expiry_grace_s)
 
     def _sla(self) -> None:
+        # minutes matter for a 24 h clock: not every pass (every few seconds) reads them all
+        if time.monotonic() - self._sla_at < self.settings.reconnect_sla_sweep_s:
+            return
+        self._sla_at = time.monotonic()
         with self.factory() as session:
             reconnect_sla.sweep(session, self.settings)
 

@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     # the remote path counts as failing once a reconnect went this many times without
     # the agent's receipt, or its concentrator is offline
     reconnect_sla_failing_sends: int = Field(default=3, ge=1)
+    reconnect_sla_sweep_s: float = Field(default=30.0, ge=0)  # how often the clock is read
     disconnects_per_minute: int = Field(default=600, ge=1)  # fleet-wide
     # seconds per order on a line with no measured orders yet (a PLC disconnect: about
     # 1 s of airtime at 9.6 kbit/s), for the campaign estimate
