@@ -20,8 +20,9 @@ import psycopg
 
 from shared import nats_config
 from shared.broker import free_port
+from shared.cli import main as protect_main
 from shared.nats_broker import NatsCluster
-from shared.protect_cli import push, sign_list
+from shared.protect_cli import sign_list
 from shared.signing import generate_keypair
 from tests.fault.system import (
     ADMIN,
@@ -163,9 +164,14 @@ class HaSystem(System):
         (self.work / "protect.key").write_bytes(private_pem)
         (self.work / "protect.pub").write_bytes(public_pem)
         host, port = self.cluster.mqtt_addresses[0]
+        secret = self.work / "protect.pw"
+        secret.write_text(self.mqtt_password)
         for c in CONCENTRATORS:
-            push(sign_list(self.work / "protect.key", c, 1, []), host=host, port=port,
-                 password=self.mqtt_password, protocol="3.1.1")
+            signed = self.work / f"protected-{c}.json"
+            signed.write_bytes(sign_list(self.work / "protect.key", c, 1, []))
+            code = protect_main(["protect", "push", str(signed), "--broker", f"{host}:{port}",
+                                 "--password-file", str(secret), "--protocol", "3.1.1"])
+            assert code == 0, f"rcd protect push of {c}'s list through the cluster failed"
 
     # ------------------------------------------------------------------ faults
     def broker_kill(self, index: int = 0) -> None:
