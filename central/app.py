@@ -26,6 +26,7 @@ from central.api.routes import (
     meters,
     orders,
     protections,
+    reconnects,
     rejected,
     relay,
     safety,
@@ -43,6 +44,7 @@ from central.errors import (
     PermissionDenied,
     StorageError,
 )
+from central.services import reconnect_sla
 from central.services.lifecycle import Actor
 from central.settings import Settings
 
@@ -66,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     coordinator = Coordinator(settings, factory)
     registry = CollectorRegistry()
     registry.register(metrics.DatabaseCollector(factory, settings.relay_audit_cycle_s))
+    registry.register(reconnect_sla.SlaCollector(factory, settings))
     context = AppContext(
         settings=settings,
         factory=factory,
@@ -147,7 +150,9 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    modules = (orders, meters, concentrators, workorders, rejected, protections, safety, relay)
+    modules = (
+        orders, meters, concentrators, workorders, rejected, protections, safety, relay, reconnects
+    )
     for module in modules:
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     app.include_router(health.router, responses=ERROR_RESPONSES)

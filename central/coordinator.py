@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
@@ -22,7 +23,7 @@ from central.db import session_scope
 from central.errors import CentralError, ConfigurationError, Conflict
 from central.jetstream import JetStreamResults
 from central.mqtt import MqttLink
-from central.services import dispatch, rejected, relay_state, results
+from central.services import dispatch, reconnect_sla, rejected, relay_state, results
 from central.services.dispatch import Outgoing
 from central.services.lifecycle import utcnow
 from central.settings import Settings
@@ -87,6 +88,7 @@ class Coordinator:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sla_at = float("-inf")  # monotonic time of the last reconnect SLA sweep
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -144,6 +146,7 @@ class Coordinator:
         link = self.link
         steps: list[tuple[str, Callable[[], object]]] = [
             ("expiry sweep", self._sweep),
+            ("reconnect SLA", self._sla),
         ]
         if link is not None and link.connected:
             steps = [
@@ -188,6 +191,14 @@ class Coordinator:
     def _sweep(self) -> None:
         with self.factory() as session:
             dispatch.sweep_expired(session, grace_s=self.settings.expiry_grace_s)
+
+    def _sla(self) -> None:
+        # minutes matter for a 24 h clock: not every pass (every few seconds) reads them all
+        if time.monotonic() - self._sla_at < self.settings.reconnect_sla_sweep_s:
+            return
+        self._sla_at = time.monotonic()
+        with self.factory() as session:
+            reconnect_sla.sweep(session, self.settings)
 
     def _under_dispatch_lock(
         self, step: Callable[[Session, MqttLink, CommandSigner], object], link: MqttLink

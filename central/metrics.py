@@ -106,6 +106,13 @@ RELAY_ALARMS = Counter(
     ["kind"],
     registry=PROCESS_REGISTRY,
 )
+RECONNECT_SLA = Counter(
+    "rcd_reconnect_sla",
+    "Reconnection SLA clock: warnings written on timelines (kind=warning) and field work "
+    "orders proposed because the remote path was failing (kind=work_order)",
+    ["kind"],
+    registry=PROCESS_REGISTRY,
+)
 
 
 class DatabaseCollector(Collector):

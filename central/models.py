@@ -192,6 +192,10 @@ class Order(Base):
     quarantine_id: Mapped[str | None] = mapped_column(String(64), index=True)
     hold_reason: Mapped[str | None] = mapped_column(String(40), index=True)
     held_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Reconnects only (issue 17): when the reconnection SLA ends, and the largest
+    # fraction of it already warned about on the timeline (central/services/reconnect_sla.py)
+    sla_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    sla_warned: Mapped[float | None] = mapped_column(Float)
 
     events: Mapped[list[OrderEvent]] = relationship(
         back_populates="order", order_by="OrderEvent.id", lazy="raise_on_sql"

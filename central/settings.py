@@ -151,7 +151,20 @@ class Settings(BaseSettings):
     priority: dict[str, int] = Field(
         default_factory=lambda: {"disconnect": 5, "connect": 8, "arm": 8}
     )
-    max_inflight_per_concentrator: int = Field(default=50, ge=1)
+    max_inflight_per_concentrator: int = Field(default=50, ge=1)  # disconnects
+    # connects and arms, apart from the disconnects: a concentrator full of in-flight
+    # disconnects still takes a reconnect at once (issue 17: reconnects never wait)
+    max_inflight_reconnects_per_concentrator: int = Field(default=20, ge=1)
+    # Reconnection SLA (Chile: 24 h from the order): warnings on the order's timeline at
+    # these fractions of it, and a field work order proposed this long before its end
+    # (the crew's travel time) when the remote path is failing
+    reconnect_sla_s: int = Field(default=24 * 3600, ge=60)
+    reconnect_sla_warn_at: list[float] = Field(default_factory=lambda: [0.5, 0.8])
+    reconnect_sla_field_lead_s: int = Field(default=4 * 3600, ge=0)
+    # the remote path counts as failing once a reconnect went this many times without
+    # the agent's receipt, or its concentrator is offline
+    reconnect_sla_failing_sends: int = Field(default=3, ge=1)
+    reconnect_sla_sweep_s: float = Field(default=30.0, ge=0)  # how often the clock is read
     disconnects_per_minute: int = Field(default=600, ge=1)  # fleet-wide
     # seconds per order on a line with no measured orders yet (a PLC disconnect: about
     # 1 s of airtime at 9.6 kbit/s), for the campaign estimate
@@ -216,6 +229,19 @@ class Settings(BaseSettings):
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigurationError(f"RCD_MQTT_BROKERS: {address!r} is not host:port")
+        return self
+
+    @model_validator(mode="after")
+    def _check_sla(self) -> Settings:
+        bad = [f for f in self.reconnect_sla_warn_at if not 0.0 < f < 1.0]
+        if bad:
+            raise ConfigurationError(
+                f"RCD_RECONNECT_SLA_WARN_AT: {bad} are not fractions between 0 and 1"
+            )
+        if self.reconnect_sla_field_lead_s >= self.reconnect_sla_s:
+            raise ConfigurationError(
+                "RCD_RECONNECT_SLA_FIELD_LEAD_S must be shorter than RCD_RECONNECT_SLA_S"
+            )
         return self
 
     def broker_addresses(self) -> list[tuple[str, int]]:

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_agent import outbox, protected
+from edge_agent import line_priority, outbox, protected
 from edge_agent.errors import StoreError
 from edge_agent.lifecycle import ACTIVE, Event, State, next_state
 from edge_agent.outbox import OutboxKind
@@ -469,6 +469,9 @@ class Store:
                 if cmd.action is Action.DISCONNECT and protected.is_protected(conn, cmd.meter_id):
                     self._end_protected(conn, cmd, received_at)
                     return "protected"
+                if cmd.action.value in line_priority.RECONNECT_ACTIONS:
+                    line_priority.supersede_disconnects(conn, cmd, received_at,
+                                                        self._end_cancelled)
                 return "stored"
             self._end_cancelled(
                 conn,
@@ -568,14 +571,15 @@ class Store:
     ) -> OrderRow | None:
         """Move the best ready order whose line is free to ``running`` and return it.
 
-        Best: highest priority, then oldest; ``blocked(meter_id)`` says a line is full.
+        Best: reconnects before disconnects (``line_priority``), then highest priority,
+        then oldest; ``blocked(meter_id)`` says a line is full.
         ``hold_disconnects``: disconnects stay queued (no protected list held yet).
         """
         held = "AND action != 'disconnect' " if hold_disconnects else ""
         with self.transaction() as conn:
             cursor = conn.execute(
                 f"SELECT * FROM orders WHERE state IN (?, ?) AND next_at <= ? {held}"
-                "ORDER BY priority DESC, rowid ASC LIMIT 1000",
+                f"ORDER BY {line_priority.ORDER_SQL}, priority DESC, rowid ASC LIMIT 1000",
                 (State.QUEUED.value, State.WAITING.value, now.timestamp()),
             )
             cols = [c[0] for c in cursor.description]

@@ -81,6 +81,10 @@ def register(
     wshow = wo.add_parser("show", parents=[common], help="one work order: where and why")
     wshow.add_argument("work_order_id", type=int)
     wshow.set_defaults(handler=_guard(_workorders_show))
+
+    from ops import cli_reconnects  # the reconnection SLA clock; builds on ops.cli
+
+    cli_reconnects.register(subparsers, common)
     close = wo.add_parser("close", parents=[common], help="close with the technician's outcome")
     close.add_argument("work_order_id", type=int)
     close.add_argument("--outcome", choices=TECHNICIAN_OUTCOMES, required=True)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from shared.errors import TopicError
-from shared.nats_config import COORDINATOR_USER, render_accounts
+from shared.nats_config import COORDINATOR_USER, PROTECT_USER, render_accounts
 from shared.topics import check_concentrator_id
 
 
@@ -43,7 +43,7 @@ def parse_users(text: str) -> tuple[dict[str, str], list[str]]:
         if len(parts) > 2:
             raise ValueError(f"line {number}: expected 'name [password]', got {len(parts)} fields")
         name = parts[0]
-        if name != COORDINATOR_USER:
+        if name not in (COORDINATOR_USER, PROTECT_USER):
             try:
                 check_concentrator_id(name)
             except TopicError as exc:
@@ -71,5 +71,8 @@ def _nats_accounts(args: argparse.Namespace) -> int:
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(render_accounts(passwords, tls_subjects=tls))
-    print(f"{args.out}: {len(passwords) + len(tls) - 1} concentrators and the coordinator")
+    names = {*passwords, *(t.removeprefix("CN=") for t in tls)}
+    extra = " and the protect authority" if PROTECT_USER in names else ""
+    count = len(names - {COORDINATOR_USER, PROTECT_USER})
+    print(f"{args.out}: {count} concentrators, the coordinator{extra}")
     return 0

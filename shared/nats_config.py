@@ -5,8 +5,12 @@ gets its own user entry, generated from the concentrator list. An MQTT topic
 is a NATS subject (``/`` becomes ``.``; a ``.`` inside a level becomes ``//``),
 so the permissions are written on the subjects of ``shared.topics``:
 
-* a concentrator subscribes only to its ``cmd`` and ``meters`` (and its own
-  ``status``), publishes only its ``result`` and ``status``;
+* a concentrator subscribes only to its ``cmd``, ``meters`` and ``protected`` (and its
+  own ``status``), publishes only its ``result`` and ``status``;
+* the protect authority (``rcd-protect``, ``rcd protect push``, issue 17) may only
+  publish the concentrators' ``protected`` lists (as ``rcd-protect`` in
+  deploy/mosquitto/acl); the lists are signed with the protect key, so this account is
+  one more barrier, not the trust;
 * the coordinator owns the tree and, to consume results from JetStream, the
   JetStream API of the results stream and its acknowledgements.
 
@@ -25,6 +29,7 @@ ACCOUNT: Final = "RCD"
 COORDINATOR_USER: Final = "coordinator"
 RESULTS_STREAM: Final = "RCD_RESULTS"
 RESULTS_SUBJECT: Final = "rcd.v1.c.*.result"
+PROTECT_USER: Final = "rcd-protect"  # shared.protect_cli.PROTECT_USER
 
 
 def mqtt_subject(topic: str) -> str:
@@ -45,10 +50,25 @@ def concentrator_permissions(concentrator_id: str) -> dict[str, object]:
             "allow": [
                 mqtt_subject(topics.commands(concentrator_id)),
                 mqtt_subject(topics.meter_table(concentrator_id)),
+                mqtt_subject(topics.protected_list(concentrator_id)),
                 status,
             ]
         },
     }
+
+
+def protect_permissions() -> dict[str, object]:
+    """Publish every concentrator's protected list, nothing else; read nothing."""
+    lists = mqtt_subject(topics.protected_list("X")).replace(".X.", ".*.")
+    return {"publish": {"allow": [lists]}, "subscribe": {"deny": [">"]}}
+
+
+def permissions_of(user: str) -> dict[str, object]:
+    if user == COORDINATOR_USER:
+        return coordinator_permissions()
+    if user == PROTECT_USER:
+        return protect_permissions()
+    return concentrator_permissions(user)
 
 
 def coordinator_permissions() -> dict[str, object]:
@@ -81,25 +101,20 @@ def _render_permissions(permissions: Mapping[str, object]) -> str:
 def render_accounts(
     passwords: Mapping[str, str], *, tls_subjects: Iterable[str] = ()
 ) -> str:
-    """``accounts.conf`` for ``passwords`` (user -> password; the coordinator
-    and one entry per concentrator id). ``tls_subjects`` are users authenticated
+    """``accounts.conf`` for ``passwords`` (user -> password; the coordinator, the
+    protect authority if it publishes through this cluster, and one entry per
+    concentrator id). ``tls_subjects`` are users authenticated
     by their certificate's subject instead ("CN=DC-0001"), without password."""
     users = []
     for user, password in passwords.items():
-        permissions = (
-            coordinator_permissions()
-            if user == COORDINATOR_USER
-            else concentrator_permissions(user)
-        )
+        permissions = permissions_of(user)
         users.append(
             f"      {{user: {_quote(user)}, password: {_quote(password)}, "
             f"permissions: {_render_permissions(permissions)}}}"
         )
     for subject in tls_subjects:
         name = subject.removeprefix("CN=")
-        permissions = (
-            coordinator_permissions() if name == COORDINATOR_USER else concentrator_permissions(name)
-        )
+        permissions = permissions_of(name)
         users.append(
             f"      {{user: {_quote(subject)}, permissions: {_render_permissions(permissions)}}}"
         )

@@ -102,6 +102,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     push_.add_argument("--username", default=PROTECT_USER)
     push_.add_argument("--password-file", type=Path)
     push_.add_argument("--ca-file", type=Path, help="CA for a TLS listener")
+    push_.add_argument("--protocol", choices=("5", "3.1.1"), default="5",
+                       help="MQTT version (3.1.1 for a NATS cluster; default 5)")
     push_.set_defaults(handler=_push)
 
 
@@ -135,7 +137,7 @@ def _push(args: argparse.Namespace) -> int:
     try:
         payload = args.file.read_bytes()
         topic = push(payload, host=host or "127.0.0.1", port=int(port), username=args.username,
-                     password=password, ca_file=args.ca_file)
+                     password=password, protocol=args.protocol, ca_file=args.ca_file)
     except (OSError, ValueError, SharedError, PushError) as exc:
         print(f"cannot push the list: {exc}", file=sys.stderr)
         return 2

@@ -73,6 +73,9 @@ class OrderOut(ORM):
     # issue 17: the quarantine that held it, and why a validated disconnect waits now
     quarantine_id: str | None = None
     hold_reason: str | None = None
+    # reconnects: the reconnection SLA's end and the largest fraction warned about
+    sla_due_at: datetime | None = None
+    sla_warned: float | None = None
 
 
 class OrderDetail(OrderOut):

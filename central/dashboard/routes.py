@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from central.api.deps import SessionDep, Viewer
 from central.dashboard.stats import DashboardStats, collect
+from central.services import reconnect_sla
 
 router = APIRouter(include_in_schema=False)
 
@@ -103,6 +104,10 @@ def dashboard_static(name: str) -> Response:
 
 
 @router.get("/dashboard/api/stats", response_model=DashboardStats)
-def dashboard_stats(session: SessionDep, _actor: Viewer) -> DashboardStats:
+def dashboard_stats(request: Request, session: SessionDep, _actor: Viewer) -> DashboardStats:
     """Counts over all orders and the newest ended orders with their final state."""
-    return collect(session)
+    stats = collect(session)
+    settings = _settings(request)
+    if settings is not None:
+        stats.reconnect_sla = reconnect_sla.summary(session, settings)
+    return stats

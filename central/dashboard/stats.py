@@ -113,6 +113,9 @@ class DashboardStats(BaseModel):
     incidents_active: int = 0
     relay_alarms: list[RelayAlarmView] = []
     incidents: list[IncidentView] = []
+    # unfinished reconnects whose SLA is at risk (reconnect_sla.summary: at_risk,
+    # breached, remote_failing, work_orders)
+    reconnect_sla: dict[str, int] = {}
 
 
 def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:

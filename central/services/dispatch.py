@@ -13,8 +13,9 @@ holds with the receipt or result it stored.
 
 Limits that keep the off-switch safe, applied on every pass:
 
-* at most ``max_inflight_per_concentrator`` orders dispatched-but-unfinished per
-  concentrator;
+* at most ``max_inflight_per_concentrator`` disconnects dispatched-but-unfinished per
+  concentrator, and apart from them ``max_inflight_reconnects_per_concentrator``
+  connects/arms, claimed first (``reconnect_lane``: reconnects never wait);
 * at most ``disconnects_per_minute`` disconnects fleet-wide in any minute;
 * disconnects of a batch awaiting a second person's approval are held;
 * an order waits while another order of the same meter is in flight.
@@ -36,7 +37,7 @@ from central import bulk, metrics
 from central.db import sqlite_write_lock, stale_to_conflict
 from central.errors import DispatchError
 from central.models import Concentrator, Meter, Order, OrderEvent
-from central.services import holds, registry, validation
+from central.services import holds, reconnect_lane, registry, validation
 from central.services.lifecycle import SYSTEM, advance, note, utcnow
 from central.services.orders import new_id, stop_protected_disconnects
 from central.settings import Settings
@@ -196,18 +197,19 @@ def select_ready(
         return []  # the usual pass: nothing waits, so no limit needs reading
     limits = _Limits.read(session, settings, now)
     ready: list[Any] = []
-    after: Any = None
-    while len(ready) < limit:
-        page = list(session.execute(_candidates(session, limits, after, _PAGE)))
-        if not page:
-            break
-        after = page[-1]
-        limits.mark_busy(session, page)
-        for order in page:
-            if len(ready) < limit and limits.admit(order):
-                ready.append(order)
-        if len(page) < _PAGE:
-            break
+    for reconnects in (True, False):  # reconnects are claimed first
+        after: Any = None
+        while len(ready) < limit:
+            page = list(session.execute(_candidates(session, limits, after, _PAGE, reconnects)))
+            if not page:
+                break
+            after = page[-1]
+            limits.mark_busy(session, page)
+            for order in page:
+                if len(ready) < limit and limits.admit(order):
+                    ready.append(order)
+            if len(page) < _PAGE:
+                break
     return ready
 
 
@@ -224,18 +226,11 @@ class _Limits:
     working_day: bool
     moratorium: bool
     holds: holds.HoldRules  # issue 17: disconnects that wait (offline, declared, supply off)
+    reconnects: reconnect_lane.ReconnectLane
 
     @classmethod
     def read(cls, session: Session, settings: Settings, now: datetime) -> _Limits:
-        inflight: dict[str, int] = {
-            conc: count
-            for conc, count in session.execute(
-                select(Order.concentrator_id, func.count())
-                .where(Order.state.in_(IN_FLIGHT))
-                .group_by(Order.concentrator_id)
-            )
-            if conc is not None
-        }
+        inflight, reconnects = reconnect_lane.read_inflight(session, settings)
         recent_disconnects = (
             session.scalar(
                 select(func.count()).where(
@@ -259,6 +254,7 @@ class _Limits:
             working_day=validation.is_working_day(today, settings.holiday_country),
             moratorium=validation.in_moratorium(today, settings),
             holds=holds.HoldRules.read(session, settings, now),
+            reconnects=reconnects,
         )
 
     def full(self) -> list[str]:
@@ -269,18 +265,26 @@ class _Limits:
         """Meters of ``page`` with an order in flight."""
         wanted = sorted({o.meter_id for o in page} - self.busy_meters)
         for start in range(0, len(wanted), 500):
-            self.busy_meters.update(
-                session.scalars(
-                    select(Order.meter_id).where(
+            busy, superseded = reconnect_lane.split_busy(
+                session.execute(
+                    select(
+                        Order.meter_id, Order.action, Order.superseded_by, Order.cancel_sent_at
+                    ).where(
                         Order.state.in_(IN_FLIGHT),
                         Order.meter_id.in_(wanted[start : start + 500]),
                     )
                 )
             )
+            self.busy_meters.update(busy)
+            self.reconnects.superseded.update(superseded)
 
     def admit(self, order: Any) -> bool:
         conc = order.concentrator_id
-        if conc is None or order.meter_id in self.busy_meters:
+        if conc is None:
+            return False
+        if reconnect_lane.is_reconnect(order.action):
+            return self.reconnects.admit(conc, order.meter_id, self.busy_meters)
+        if order.meter_id in self.busy_meters:
             return False
         if self.inflight.get(conc, 0) >= self.settings.max_inflight_per_concentrator:
             return False
@@ -297,9 +301,12 @@ class _Limits:
         return True
 
 
-def _candidates(session: Session, limits: _Limits, after: Any, size: int) -> Any:
-    """The next page of validated, approved, sendable orders after the row ``after``
-    (priority first, then age), leaving out what ``limits`` already rules out."""
+def _candidates(
+    session: Session, limits: _Limits, after: Any, size: int, reconnects: bool = False
+) -> Any:
+    """The next page of validated, approved, sendable orders of one lane (reconnects, or
+    the rest) after the row ``after`` (priority first, then age), leaving out what
+    ``limits`` already rules out."""
     approved = (Order.needs_approval.is_(False)) | (Order.approved_by.is_not(None))
     # Ley 21.304, checked again at dispatch: a meter flagged protected after its
     # disconnect was accepted is never sent one (``stop_protected_disconnects`` ends it)
@@ -318,9 +325,10 @@ def _candidates(session: Session, limits: _Limits, after: Any, size: int) -> Any
         approved,
         not_protected,
         in_service,
+        reconnect_lane.lane_filter(reconnects),
     )
     query = query.where(~limits.holds.waiting())  # issue 17: held disconnects wait
-    full = limits.full()
+    full = limits.reconnects.full() if reconnects else limits.full()
     if full:
         query = query.where(Order.concentrator_id.not_in(full))
     if limits.disconnect_budget <= 0 or not limits.working_day:

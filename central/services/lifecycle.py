@@ -138,6 +138,8 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
       accepted.
     """
     _notify_legacy(session, order, now)
+    if _settle_proposed(session, order, actor, now):
+        return
     if order.needs_approval and order.approved_by is None:
         # Never approved: a field visit would bypass the second person's approval.
         note(
@@ -233,6 +235,37 @@ def on_order_finished(session: Session, order: Order, actor: Actor | str, now: d
             step=10,
             at=now,
         )
+
+
+# The reason of a field work order proposed while its order still ran remotely
+# (central/services/reconnect_sla.py: the reconnection SLA at risk).
+PROPOSED_WHILE_RUNNING = "reconnect_sla_at_risk"
+
+
+def _settle_proposed(session: Session, order: Order, actor: Actor | str, now: datetime) -> bool:
+    """An order that already has a field work order (proposed while it ran, e.g. for the
+    reconnection SLA): it stands if the order failed or expired; if the relay was switched
+    remotely, or the order was cancelled, no crew must go. True if there was one."""
+    existing = session.scalars(
+        select(WorkOrder).where(
+            WorkOrder.order_id == order.id, WorkOrder.reason == PROPOSED_WHILE_RUNNING
+        )
+    ).first()
+    if existing is None:  # none, or one of an earlier end (a late result handles that)
+        return False
+    if OrderState(order.state) in WORK_ORDER_STATES:
+        note(
+            session,
+            order,
+            "work_order_kept",
+            SYSTEM,
+            f"field work order {existing.id} (proposed earlier) stands",
+            step=10,
+            at=now,
+        )
+    else:
+        cancel_work_order(session, order, actor, f"the order ended {order.state}", now)
+    return True
 
 
 def _notify_legacy(session: Session, order: Order, now: datetime) -> None:

@@ -27,7 +27,7 @@ from central import bulk
 from central.db import stale_to_conflict, where_given
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
-from central.services import anomaly, approvals, lookup, validation
+from central.services import anomaly, approvals, lookup, reconnect_sla, validation
 from central.services.inputs import Input
 from central.services.lifecycle import Actor, advance, note, on_order_finished, utcnow
 from central.settings import Settings
@@ -445,6 +445,7 @@ def create_orders(
                 "finished_at": None,
                 "superseded_by": None,
                 "result_reason": None,
+                "sla_due_at": reconnect_sla.due_at(action, now, settings),
             },
         )
         writer.orders.append(pending)

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from central.db import where_given
 from central.errors import Conflict, NotFound
-from central.models import Meter, WorkOrder
-from central.services.lifecycle import Actor, utcnow
+from central.models import Meter, Order, WorkOrder
+from central.services.lifecycle import SYSTEM, Actor, field_details, note, utcnow
 
 TechnicianOutcome = Literal[
     "connected", "disconnected", "no_access", "meter_replaced", "meter_faulty", "other"
@@ -121,4 +121,40 @@ def close_work_order(
             meter.relay_state = outcome
             meter.relay_state_at = now
     session.flush()
+    return row
+
+
+def propose(
+    session: Session, order: Order, reason: str, detail: str, *, now: datetime | None = None
+) -> WorkOrder | None:
+    """A field work order for an order still running remotely (e.g. a reconnect whose
+    SLA a crew must meet: central/services/reconnect_sla.py), on its timeline. None if the
+    order already has one. When the order ends, ``lifecycle.on_order_finished`` keeps it
+    (failed, expired) or cancels it (switched remotely after all, cancelled)."""
+    now = now or utcnow()
+    if work_order_for(session, order.id) is not None:
+        return None
+    meter = session.get(Meter, order.meter_id)
+    row = WorkOrder(
+        order_id=order.id,
+        meter_id=order.meter_id,
+        concentrator_id=order.concentrator_id,
+        action=order.action,
+        reason=reason,
+        detail=detail,
+        last_relay_state=meter.relay_state if meter else "unknown",
+        created_at=now,
+        **field_details(meter),
+    )
+    session.add(row)
+    session.flush()
+    note(
+        session,
+        order,
+        "work_order_proposed",
+        SYSTEM,
+        f"field work order {row.id} proposed while the remote attempt goes on: {detail}",
+        step=10,
+        at=now,
+    )
     return row

@@ -43,6 +43,7 @@ REQUIRED = {
     ("POST", "/api/v1/work-orders/{work_order_id}/close"): "operator",
     ("GET", "/api/v1/rejected-messages"): "operator",
     ("GET", "/api/v1/protection-changes"): "operator",
+    ("GET", "/api/v1/reconnects/sla-at-risk"): "viewer",
     ("POST", "/api/v1/protection-changes/{change_id}/approve"): "approver",
     ("GET", "/api/v1/quarantines"): "viewer",
     ("GET", "/api/v1/quarantines/{quarantine_id}"): "viewer",

@@ -29,6 +29,7 @@ def test_capped_concentrator_first_does_not_hide_the_others(
     settings: Settings, session: Session, meters: Meters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings.max_inflight_per_concentrator = 2
+    settings.max_inflight_reconnects_per_concentrator = 2  # connects: their own cap
     settings.approval_threshold = 100
     monkeypatch.setattr(dispatch, "_PAGE", 3)
     meters(6, concentrator="conc-a", prefix="a")

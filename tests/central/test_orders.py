@@ -200,16 +200,18 @@ def test_reconnect_requests_cancel_of_in_flight_disconnect(
     connect = create_one(session, settings, req("m0", action="connect", reason="payment_restored"))
     old = orders.get_order(session, disconnect.order_id or "")
     assert old.cancel_requested and old.state == "dispatched"
-    # the connect waits while the disconnect is in flight; the cancel goes out
+    # the connect waits only until the disconnect's cancel is out (issue 17: reconnects
+    # never wait for the agent's answer; the cancel reaches the agent first)
     assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 0
     assert dispatch.send_cancels(session, publisher, signer, now=WORKDAY) == 1
     assert b'\\"kind\\":\\"cancel\\"' in publisher.sent[-1].payload
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    assert orders.get_order(session, connect.order_id or "").state == "dispatched"
     results.apply_result(
         session, result_for(old.id, "m0", Outcome.CANCELLED, reason=ReasonCode.CANCELLED)
     )
     session.commit()
-    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
-    assert orders.get_order(session, connect.order_id or "").state == "dispatched"
+    assert orders.get_order(session, old.id).state == "cancelled"
 
 
 def test_happy_path_result_twice_changes_nothing(

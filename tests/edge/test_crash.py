@@ -26,6 +26,7 @@ from shared.contracts import (
     Action,
     ConcentratorStatus,
     MeterEntry,
+    Outcome,
     decode,
     replace,
 )
@@ -96,12 +97,21 @@ def test_kill_9_mid_batch(broker: MosquittoBroker, fleet: RunningFleet, tmp_path
         coord.close()
 
     results = coord.by_order()
+    superseded = 0
     for order_id, copies in results.items():
         distinct = {replace(r, finished_at=copies[0].finished_at).to_json() for r in copies}
         assert len(distinct) == 1, f"{order_id} ended more than once: {copies}"
-        assert copies[0].outcome in SUCCESS_OUTCOMES, copies[0]
+        first = copies[0]
+        if first.outcome is Outcome.CANCELLED:
+            # a connect of the same meter arrived while this disconnect was queued: the
+            # agent stops it (issue 17, reconnects never wait); nothing else cancels here
+            assert "superseded by connect order" in first.detail, first
+            superseded += 1
+            continue
+        assert first.outcome in SUCCESS_OUTCOMES, first
     with Store(tmp_path / "data" / "agent.sqlite3") as store:
-        assert store.counts_by_state() == {"succeeded": ORDERS}
+        expected = {"succeeded": ORDERS - superseded, "cancelled": superseded}
+        assert store.counts_by_state() == {k: v for k, v in expected.items() if v}
     for meter in fleet.meters():
         assert not [e for e in meter.events if "replayed invocation counter" in e]
     assert "order.recovered" in log.read_text() or done_before + 4 >= ORDERS

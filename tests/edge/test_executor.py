@@ -147,7 +147,8 @@ def test_scheduler_thread_runs_batch(store: Store) -> None:
     woke: list[int] = []
     ex = Executor(store, driver, tcp_concurrency=2, idle_poll_s=0.05, on_result=lambda: woke.append(1))
     for i in range(20):
-        submit(store, f"o{i}", f"m{i % 5}", Action.DISCONNECT if i % 2 else Action.CONNECT)
+        # one action per meter: a reconnect would supersede a queued disconnect of its meter
+        submit(store, f"o{i}", f"m{i % 5}", Action.DISCONNECT if (i % 5) % 2 else Action.CONNECT)
     ex.start()
     try:
         deadline = time.monotonic() + 10

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from shared.nats_broker import NatsCluster
+from shared.nats_config import PROTECT_USER
 
 CONCENTRATORS = ("DC-A", "DC-B", "DC-C")
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    with NatsCluster(users=CONCENTRATORS, work_dir=tmp_path / "nats") as running:
+    with NatsCluster(users=(*CONCENTRATORS, PROTECT_USER), work_dir=tmp_path / "nats") as running:
         yield running

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,9 @@ import psycopg
 
 from shared import nats_config
 from shared.broker import free_port
+from shared.cli import main as protect_main
 from shared.nats_broker import NatsCluster
+from shared.protect_cli import sign_list
 from shared.signing import generate_keypair
 from tests.fault.system import (
     ADMIN,
@@ -42,7 +45,9 @@ class HaSystem(System):
     def __init__(self, work_dir: Path, postgres_admin_url: str) -> None:
         super().__init__(work_dir, postgres_admin_url)
         self.cluster = NatsCluster(
-            users=CONCENTRATORS, password=self.mqtt_password, work_dir=self._dir("nats")
+            users=(*CONCENTRATORS, nats_config.PROTECT_USER),
+            password=self.mqtt_password,
+            work_dir=self._dir("nats"),
         )
         self.central_ports = {name: free_port() for name in REPLICAS}
         self.central_port = self.central_ports[REPLICAS[0]]
@@ -64,6 +69,7 @@ class HaSystem(System):
         try:
             self._create_database()
             self.cluster.start()
+            self._push_protected_lists()
             self._start_sim()
             self._start_legacy()
             private_pem, public_pem = generate_keypair()
@@ -102,10 +108,19 @@ class HaSystem(System):
                     self.work / f"agent-{c}.log", {},
                 ).start()
             self.wait_agents_ready()
+            for c in CONCENTRATORS:  # the list came through the cluster to every agent
+                wait_until(f"{c} holds protected list 1",
+                           lambda c=c: self._protected_version(c) == 1, 30)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _protected_version(self, concentrator: str) -> int | None:
+        path = self._dir(f"agent-{concentrator}") / "agent.sqlite3"
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'protected_version'").fetchone()
+        return None if row is None else int(row[0])
 
     def start_replica(self, name: str) -> None:
         self.parts[name].start()
@@ -135,14 +150,28 @@ class HaSystem(System):
         # coordinator's ack brings it; the orders here live 20 s, so the fault suite's
         # agent file re-sends within that (resend_initial_s 1, resend_max_s 4).
         assert "resend_max_s = 4" in text
-        # Protected lists (issue 17) are not yet pushed on the NATS cluster: the generated
-        # accounts (shared/nats_config.py) have no protect authority account yet. These
-        # agents run without a list, as an agent with require_list off does.
-        protect = f'[protect]\npublic_key_file = "{self.work / "protect.pub"}"\n'
-        assert protect in text, "tests.fault.system's [protect] lines changed: adapt them"
-        text = text.replace(protect, "[protect]\nrequire_list = false\n")
+        # the production setting: no disconnect before the protect authority's list
+        assert f'[protect]\npublic_key_file = "{self.work / "protect.pub"}"\n' in text
+        assert "require_list = false" not in text
         path.write_text(text)
         return path
+
+    def _push_protected_lists(self) -> None:
+        """As in production, through the cluster: ``rcd protect push`` as the protect
+        authority's own NATS user (shared/nats_config.py), retained on one node; each
+        agent reads its list from whichever node it is on."""
+        private_pem, public_pem = generate_keypair()
+        (self.work / "protect.key").write_bytes(private_pem)
+        (self.work / "protect.pub").write_bytes(public_pem)
+        host, port = self.cluster.mqtt_addresses[0]
+        secret = self.work / "protect.pw"
+        secret.write_text(self.mqtt_password)
+        for c in CONCENTRATORS:
+            signed = self.work / f"protected-{c}.json"
+            signed.write_bytes(sign_list(self.work / "protect.key", c, 1, []))
+            code = protect_main(["protect", "push", str(signed), "--broker", f"{host}:{port}",
+                                 "--password-file", str(secret), "--protocol", "3.1.1"])
+            assert code == 0, f"rcd protect push of {c}'s list through the cluster failed"
 
     # ------------------------------------------------------------------ faults
     def broker_kill(self, index: int = 0) -> None:

@@ -10,7 +10,15 @@ import pytest
 
 from shared import topics
 from shared.nats_broker import NatsCluster
-from shared.nats_config import concentrator_permissions, mqtt_subject, mqtt_topic
+from shared.nats_config import (
+    PROTECT_USER,
+    concentrator_permissions,
+    mqtt_subject,
+    mqtt_topic,
+)
+from shared.protect import ProtectSigner, make_list
+from shared.protect_cli import push
+from shared.signing import generate_keypair, load_private_key
 from tests.ha.mqtt_client import Client
 
 pytestmark = pytest.mark.ha
@@ -67,3 +75,38 @@ def test_wrong_password_is_refused(cluster: NatsCluster) -> None:
         assert intruder.connect_reason is None or intruder.connect_reason.is_failure
     finally:
         intruder.close()
+
+
+def test_only_the_protect_account_writes_protected_lists_and_agents_read_their_own(
+    cluster: NatsCluster,
+) -> None:
+    """Issue 17 on NATS: ``rcd protect push`` as ``rcd-protect`` through one node; the
+    agent reads its retained list on another; nobody else writes or reads it."""
+    one, two, three = cluster.mqtt_addresses
+    signed = ProtectSigner(load_private_key(generate_keypair()[0])).sign(
+        make_list("DC-A", 1, ["M-1"]))
+    assert push(signed, host=one[0], port=one[1], password="secret",
+                protocol="3.1.1") == topics.protected_list("DC-A")
+    protect = Client(one, PROTECT_USER, client_id="protect-test")
+    agent_a = Client(two, "DC-A", client_id="DC-A")
+    agent_b = Client(three, "DC-B", client_id="DC-B")
+    central = Client(three, "coordinator", client_id="central-acl")
+    try:
+        assert protect.connect_reason is not None and not protect.connect_reason.is_failure
+        protect.publish(topics.commands("DC-A"), b"forged-order")  # dropped
+        assert protect.subscribe(topics.protected_list("DC-A"))[0].is_failure
+        assert not central.subscribe(topics.commands("DC-A"))[0].is_failure
+        # the agent subscribes later: the retained list, from another node
+        assert not agent_a.subscribe(topics.protected_list("DC-A"))[0].is_failure
+        got = agent_a.messages.get(timeout=10)
+        assert (got.topic, got.payload, got.retain) == (topics.protected_list("DC-A"), signed, True)
+        assert agent_b.subscribe(topics.protected_list("DC-A"))[0].is_failure
+        # an agent cannot write a list, not even its own
+        agent_a.publish(topics.protected_list("DC-A"), b"self-made")
+        with pytest.raises(queue.Empty):
+            agent_a.messages.get(timeout=1)
+        with pytest.raises(queue.Empty):
+            central.messages.get(timeout=1)  # the protect account's order never arrived
+    finally:
+        for client in (protect, agent_a, agent_b, central):
+            client.close()

@@ -80,11 +80,12 @@ def test_generated_accounts_and_shipped_node_conf_pass_the_servers_own_check(
     tmp_path: Path,
 ) -> None:
     users = tmp_path / "users.txt"
-    users.write_text("coordinator c-secret\nDC-A a-secret\nDC.B\n")
+    users.write_text("coordinator c-secret\nrcd-protect p-secret\nDC-A a-secret\nDC.B\n")
     accounts = tmp_path / "accounts.conf"
     assert main(["broker", "nats-accounts", str(users), "--out", str(accounts)]) == 0
     assert stat.S_IMODE(accounts.stat().st_mode) == 0o600
     assert '"rcd.v1.c.DC//B.cmd"' in accounts.read_text()
+    assert '{"publish": {"allow": ["rcd.v1.c.*.protected"]}' in accounts.read_text()
     (tmp_path / "node.conf").write_text((DEPLOY_DIR / "node.conf").read_text())
     env = {
         "RCD_NATS_NAME": "n1", "RCD_NATS_HOST": "127.0.0.1", "RCD_NATS_PORT": "4999",

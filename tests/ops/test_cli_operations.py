@@ -15,7 +15,7 @@ import pytest
 from central.services.orders import mark_reported
 from ops.cli import main, parse
 
-from .live import ADMIN, OPERATOR, VIEWER, LiveServer, dispatch_all, report_result
+from .live import ADMIN, OPERATOR, VIEWER, LiveServer, dispatch_all, report_result, report_status
 
 EXAMPLE_CSV = Path(__file__).resolve().parents[2] / "deploy" / "central" / "meters.example.csv"
 PLACE_CSV = (
@@ -262,3 +262,17 @@ def test_meters_and_work_orders_commands(
     assert "WO-1" in capsys.readouterr().out
     assert rcd(live, OPERATOR, "workorders", "close", work_id, "--outcome", "other") == 1
     assert "already closed" in capsys.readouterr().err
+
+
+def test_reconnects_at_risk(live: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17: a reconnect on an offline concentrator is listed with why, and
+    ``--strict`` fails only once an SLA is breached (none here)."""
+    _import(live, PLACE_CSV.replace("FLD-", "SLA-").replace("conc-field", "conc-sla"))
+    assert rcd(live, OPERATOR, "order", "connect", "SLA-1") == 0
+    report_status(live.app, "conc-sla", online=False, queue_depth=0)
+    capsys.readouterr()
+    assert rcd(live, VIEWER, "reconnects", "at-risk", "--strict") == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if "SLA-1" in row)
+    assert "conc-sla" in line and "concentrator conc-sla is offline" in line
+    assert "1 at risk, 0 breached, 1 with the remote path failing" in out

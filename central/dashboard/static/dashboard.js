@@ -225,6 +225,7 @@
       ["tile-held", pick(s.held, 0), "disconnects held"],
       ["tile-alarms", pick(s.relay_alarms_active, 0), "relay alarms"],
       ["tile-incidents", pick(s.incidents_active, 0), "open incidents"],
+      ["tile-sla", pick((s.reconnect_sla || {}).at_risk, 0), "reconnect SLA at risk"],
     ];
     $("#tiles").replaceChildren(
       ...tiles.map(([id, n, label]) => el("div", { class: "tile", id }, el("div", { class: "n", text: String(n) }), el("div", { class: "l", text: label })))
