@@ -114,16 +114,16 @@ def observe(link: AuditLink, last_index: int) -> Observation:
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise MalformedResponse(f"entries_in_use: expected a count, got {value!r}")
-    return value
+    return int(value)
 
 
 def _relay(output: Any, control: Any, mode: Any) -> RelayReading:
     try:
         if not isinstance(output, bool):
             raise TypeError(f"output_state {output!r}")
-        return validate(RelayReading, {"output_state": output,
-                                       "control_state": ControlState(control),
-                                       "control_mode": mode})
+        return validate(RelayReading, {"output_state": bool(output),
+                                       "control_state": ControlState(int(control)),
+                                       "control_mode": int(mode)})
     except (ValueError, TypeError, ContractError) as exc:
         raise MalformedResponse(f"disconnect control values out of range: {exc}") from exc
 

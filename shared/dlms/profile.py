@@ -258,7 +258,7 @@ def log_entries(buffer: Data | list[Any], first_index: int) -> list[LogEntry]:
             raise MalformedResponse(f"log row {n + 1}: not a usable COSEM date-time")
         if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 255:
             raise MalformedResponse(f"log row {n + 1}: bad event code {code!r}")
-        out.append(LogEntry(first_index + n, at, code))
+        out.append(LogEntry(first_index + n, at, int(code)))  # gurux hands int subclasses
     return out
 
 
