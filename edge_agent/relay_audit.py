@@ -12,7 +12,7 @@ Three reasons to read a meter (``RelayReport.trigger``), one read each time:
 A read is one association and at most two GETs: a GET-with-list of output_state,
 control_state, control_mode, energy (value, scaler_unit), clock and the disconnector
 log's entries_in_use; then, if the log grew, the new entries with selective access by
-entry (``last + 1 ..``, at most 200, block transfer as the meter needs). The report goes
+entry (``last + 1 ..``, at most 50 a read, block transfer as the meter needs). The report goes
 into the outbox and the last entry read moves on in one transaction
 (:mod:`edge_agent.relay_store`); the coordinator's ack drops it like a result.
 
@@ -65,7 +65,9 @@ STATE_ITEMS = [
     ("1.0.1.8.0.255", 3, 2), ("1.0.1.8.0.255", 3, 3), ("0.0.1.0.0.255", 8, 2),
     (LOG_OBIS, 7, 7),
 ]
-MAX_ENTRIES = 200  # per report (the contract's limit); the rest come with the next read
+# Log entries per read (the contract allows 200 a report): a read the audit gives up to
+# an order loses what it had read, so reads stay short and each one moves the index on.
+MAX_ENTRIES = 50
 UNITS = {27: "W", 30: "Wh", 32: "varh"}
 _PRIORITY: dict[str, int] = {"after_order": 0, "audit": 1, "log_poll": 2}
 
@@ -194,7 +196,8 @@ class RelayAuditor:
                  settings: AuditSettings, concentrator_id: str, *,
                  on_report: Callable[[], None] = lambda: None,
                  hold_disconnects: Callable[[], bool] = lambda: False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.rows = RelayStore(store)
         self._store = store
         self._executor = executor
@@ -203,7 +206,8 @@ class RelayAuditor:
         self._cid = concentrator_id
         self._on_report = on_report
         self._hold = hold_disconnects
-        self._clock = clock
+        self._clock = clock  # wall clock: the schedule, kept in the table
+        self._mono = monotonic  # airtime: measured and bounded on the monotonic clock
         self._started = clock()
         self._airtime: dict[str, Airtime] = {}
         self._not_before: dict[str, float] = {}
@@ -257,7 +261,8 @@ class RelayAuditor:
         for mid, meter in meters.items():
             if meter is None or not meter.commissioned or meter.line_key in waiting:
                 continue
-            if now < self._not_before.get(mid, 0.0) or now < self.airtime(meter.line_key).next_at:
+            if now < self._not_before.get(mid, 0.0) or (
+                    self._mono() < self.airtime(meter.line_key).next_at):
                 continue
             job = due_job(rows.get(mid) or AuditRow(mid), self.settings, self._started, now)
             if job is not None:
@@ -283,7 +288,7 @@ class RelayAuditor:
               row: AuditRow | None) -> None:
         line = meter.line_key
         last = row.log_index if row is not None else 0
-        began = time.monotonic()
+        began = self._mono()
         at = self._clock()
         try:
             with self._sessions(meter, lambda: self._order_waiting(line)) as link:
@@ -300,7 +305,7 @@ class RelayAuditor:
                 error=f"{type(exc).__name__}: {str(exc)[:200]}")
             return
         finally:
-            self._measured(line, began, time.monotonic())
+            self._measured(line, began, self._mono())
         self.reads["done"] += 1
         self._report(meter, trigger, order_id, seen, at)
 

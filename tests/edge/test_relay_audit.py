@@ -101,9 +101,9 @@ def test_a_read_returns_only_new_entries_and_starts_over_on_a_restarted_log() ->
     assert link.asked[-1] == P.encode_access(P.EntrySelector(4, 4))
     link.codes = [59]  # the meter's log was cleared
     assert [(e.index, e.code) for e in observe(link, 4).events] == [(1, 59)]
-    link.codes = [61] * 450  # at most 200 a report; the rest next time
+    link.codes = [61] * 120  # at most 50 a read; the rest next time
     first = observe(link, 0)
-    assert len(first.events) == 200 and observe(link, first.log_index).events[0].index == 201
+    assert len(first.events) == 50 and observe(link, first.log_index).events[0].index == 51
     with pytest.raises(MalformedResponse, match="out of range"):
         observe(ScriptedLink([], control_state=7), 0)
 
