@@ -79,7 +79,7 @@ class SimControl:
 
     def inject(self, meter_id: str, event: str, *, logged: bool = False) -> dict[str, Any]:
         """A relay event no method caused: button, manual_disconnect, local_trip,
-        limiter_ok, self_open (``logged``), weld, bypass, repair."""
+        limiter_ok, self_open (``logged``), contacts_open, weld, bypass, repair."""
         result: dict[str, Any] = self._call(
             "POST", f"/meters/{meter_id}/event", {"event": event, "logged": logged})
         return result

@@ -116,7 +116,7 @@ class SimulatedMeter:
         self.energy = EnergyRegister(spec.energy_wh, spec.load_w)
         self.relay_log = DisconnectorLog(spec.log_capacity)
         self.max_pdu = spec.max_pdu
-        # the relay opened by itself while the meter still believes it closed
+        # the contacts fell open while the meter's control state still says connected
         self.opened_by_itself = False
         self.clock_offset = timedelta(0)
         self.counters = MeterCounters()
@@ -157,12 +157,15 @@ class SimulatedMeter:
 
     @property
     def output_state(self) -> bool:
-        """What the meter reports: its control state, unless the relay fell open."""
+        """The contacts as the meter senses them: as its control state says, unless they
+        welded shut or fell open."""
+        if "relay_welded" in self.faults:
+            return True
         return self.disconnect.output_state and not self.opened_by_itself
 
     def flowing(self) -> bool:
-        """Current reaches the load: the relay is closed, or welded, or bypassed."""
-        return self.output_state or bool(self.faults & {"relay_welded", "bypass"})
+        """Current reaches the load: the contacts are closed, or the meter is bypassed."""
+        return self.output_state or "bypass" in self.faults
 
     def relay(self) -> tuple[int, bool]:
         return self.disconnect.control_state, self.output_state

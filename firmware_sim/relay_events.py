@@ -11,11 +11,12 @@ meter's operation log, so a test judges by the meter's own record.
 | ``manual_disconnect`` | connected (modes 1, 3, 5, 6) | ready_for_reconnection | 59 | the button opens the relay (transition f) |
 | ``local_trip`` | connected | ready_for_reconnection | 64, 63 | the meter's limiter opens it (transition g) |
 | ``limiter_ok`` | ready_for_reconnection | connected in modes 2, 4; unchanged otherwise | 65 (+ 68) | the limiter's condition ended; modes 2, 4 close by themselves (transition h), the others wait for the button |
-| ``self_open`` | connected | output_state false, control_state connected | none | the relay fell open and the meter does not know: the unexplained case, visible only to a read of output_state |
-| ``self_open`` + ``logged`` | connected | disconnected | 63 | a firmware fault that opens the relay and logs it as a local disconnection |
-| ``weld`` | - | - | none | the contacts weld: a later disconnect reports disconnected, current keeps flowing (fault ``relay_welded``) |
-| ``bypass`` | - | - | none | the load is wired around the relay: energy grows while disconnected (fault ``bypass``) |
-| ``repair`` | - | - | none | a technician: clears weld, bypass and a relay that fell open |
+| ``self_open`` | connected | disconnected | none | the relay opens by itself and nothing is logged (a firmware fault): the unexplained case, seen only by reading the relay |
+| ``self_open`` + ``logged`` | connected | disconnected | 63 | the same fault, logged by the firmware as a local disconnection |
+| ``contacts_open`` | connected | output_state false, control_state connected | none | the contacts fell open and the firmware does not know: control_state and output_state disagree |
+| ``weld`` | - | - | none | the contacts weld shut (fault ``relay_welded``): a later remote_disconnect is logged (61) and control_state says disconnected, but output_state stays true and current keeps flowing |
+| ``bypass`` | - | - | none | the load is wired around the relay (fault ``bypass``): energy grows while the relay is open and says so |
+| ``repair`` | - | - | none | a technician: clears weld, bypass and contacts that fell open |
 
 An event that does not apply in the meter's state (a button on a connected meter)
 changes nothing and writes nothing, but is still recorded (``changed`` false).
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from firmware_sim.meter import SimulatedMeter
 
 EVENTS = frozenset({"button", "manual_disconnect", "local_trip", "limiter_ok", "self_open",
-                    "weld", "bypass", "repair"})
+                    "contacts_open", "weld", "bypass", "repair"})
 
 
 def inject(meter: SimulatedMeter, event: str, *, logged: bool = False) -> dict[str, Any]:
@@ -89,9 +90,11 @@ def _apply(meter: SimulatedMeter, event: str, logged: bool) -> list[int]:
     if event == "self_open":
         if state != CONNECTED:
             return []
-        if logged:
-            dc.control_state = DISCONNECTED
-            return [LOCAL_DISCONNECTION]
+        dc.control_state = DISCONNECTED
+        return [LOCAL_DISCONNECTION] if logged else []
+    if event == "contacts_open":
+        if state != CONNECTED:
+            return []
         meter.opened_by_itself = True
         return []
     if event in ("weld", "bypass"):

@@ -166,3 +166,29 @@ def test_the_audit_leaves_a_line_where_an_order_waits(store: Store) -> None:
     assert not executor.borrow_line(meter)  # one exchange on a line at a time
     executor.give_back_line(meter)
     executor.stop()
+
+
+def test_after_a_read_the_line_rests_so_the_audit_keeps_to_its_share(store: Store) -> None:
+    mono = [100.0]
+
+    @contextmanager
+    def sessions(meter: Meter, preempt: Any) -> Iterator[ScriptedLink]:
+        mono[0] += 2.0  # the read holds the line for 2 s
+        yield ScriptedLink([61])
+
+    executor = Executor(store, driver=None)  # type: ignore[arg-type]
+    settings = AuditSettings(cycle_s=10, log_poll_s=1, max_airtime_share=0.2)
+    auditor = RelayAuditor(store, executor, sessions, settings, "c1", clock=lambda: 1e9,
+                           monotonic=lambda: mono[0])
+    auditor.rows.after_order("M1", "o1", 0)
+    auditor.rows.after_order("M2", "o2", 0)
+    assert auditor.run_once()  # M1: 2 s of plc1
+    assert not auditor.run_once()  # M2 shares plc1: 8 s of rest first (2 s is 20 % of 10)
+    mono[0] += 7.9
+    assert not auditor.run_once()
+    mono[0] += 0.2
+    assert auditor.run_once()
+    share, busy = auditor.airtime("line:plc1").measured(mono[0])
+    assert busy == pytest.approx(4.0)
+    assert store.get_meta("audit_airtime:line:plc1") is not None  # for `rcd edge status`
+    executor.stop()

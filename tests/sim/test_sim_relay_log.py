@@ -139,11 +139,12 @@ def test_weld_bypass_self_open_and_a_refused_method() -> None:
         sim.inject("W", "weld")
         assert _disconnect(f, "W", 1) == 0
         welded = f.meter("W")
-        assert welded.relay_log.rows[-1].code == REMOTE_DISCONNECTION  # the meter believes it
+        assert welded.relay_log.rows[-1].code == REMOTE_DISCONNECTION  # the firmware did it
         start = welded.energy.energy_wh
         welded.advance(3600)
         state = sim.meter("W")
-        assert state["output_state"] is False and state["energy_wh"] > start + 999  # current flows
+        assert state["control_state"] == 0 and state["output_state"] is True  # contacts shut
+        assert state["energy_wh"] > start + 999  # current flows
         assert _disconnect(f, "B", 1) == 0
         sim.inject("B", "bypass")
         start = f.meter("B").energy.energy_wh
@@ -153,13 +154,18 @@ def test_weld_bypass_self_open_and_a_refused_method() -> None:
         start = f.meter("B").energy.energy_wh
         f.meter("B").advance(3600)
         assert sim.meter("B")["energy_wh"] == pytest.approx(start, abs=1)
-        fell = sim.inject("S", "self_open")  # unexplained: no row, the meter still says connected
+        fell = sim.inject("S", "contacts_open")  # the firmware still says connected
         assert fell["codes"] == [] and fell["control_state"] == 1 and fell["output_state"] is False
+        sim.inject("S", "repair")
+        opened = sim.inject("S", "self_open")  # unexplained: open, and no row at all
+        assert opened["codes"] == [] and opened["control_state"] == 0
         assert f.meter("S").relay_log.rows == []
-        logged = sim.inject("S", "repair") and sim.inject("S", "self_open", logged=True)
+        f.meter("S").disconnect.control_state = 1
+        logged = sim.inject("S", "self_open", logged=True)
         assert logged["codes"] == [LOCAL_DISCONNECTION] and logged["control_state"] == 0
         f.set_fault("E", "relay_error")
         assert _disconnect(f, "E", 1) == A.AR_HARDWARE_FAULT
         assert [r.code for r in f.meter("E").relay_log.rows] == [SWITCH_FAILURE]
         kinds = [(e["event"], e["code"]) for e in sim.log("S", kind="event")["S"]]
-        assert kinds == [("self_open", None), ("repair", None), ("self_open", LOCAL_DISCONNECTION)]
+        assert kinds == [("contacts_open", None), ("repair", None), ("self_open", None),
+                         ("self_open", LOCAL_DISCONNECTION)]
