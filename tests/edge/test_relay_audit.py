@@ -189,6 +189,6 @@ def test_after_a_read_the_line_rests_so_the_audit_keeps_to_its_share(store: Stor
     mono[0] += 0.2
     assert auditor.run_once()
     share, busy = auditor.airtime("line:plc1").measured(mono[0])
-    assert busy == pytest.approx(4.0)
+    assert busy == pytest.approx(4.0) and share == pytest.approx(4.0 / 300)  # default window
     assert store.get_meta("audit_airtime:line:plc1") is not None  # for `rcd edge status`
     executor.stop()
