@@ -27,6 +27,7 @@ from central.api.routes import (
     orders,
     protections,
     rejected,
+    relay,
     workorders,
 )
 from central.api.schemas import ERROR_RESPONSES
@@ -63,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     factory = make_session_factory(engine)
     coordinator = Coordinator(settings, factory)
     registry = CollectorRegistry()
-    registry.register(metrics.DatabaseCollector(factory))
+    registry.register(metrics.DatabaseCollector(factory, settings.relay_audit_cycle_s))
     context = AppContext(
         settings=settings,
         factory=factory,
@@ -145,7 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    for module in (orders, meters, concentrators, workorders, rejected, protections):
+    for module in (orders, meters, concentrators, workorders, rejected, protections, relay):
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     app.include_router(health.router, responses=ERROR_RESPONSES)
     _include_optional(app)

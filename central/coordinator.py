@@ -22,7 +22,7 @@ from central.db import session_scope
 from central.errors import CentralError, ConfigurationError, Conflict
 from central.jetstream import JetStreamResults
 from central.mqtt import MqttLink
-from central.services import dispatch, rejected, results
+from central.services import dispatch, rejected, relay_state, results
 from central.services.dispatch import Outgoing
 from central.services.lifecycle import utcnow
 from central.settings import Settings
@@ -223,9 +223,7 @@ class Coordinator:
         if isinstance(message, RefusalReport):
             return self._refusal(topic, payload, message)
         if isinstance(message, RelayReport):
-            # not applied yet (issue 16): left unacked, so the agent keeps it
-            log.info("relay report %s from %s not applied", message.report_id, topic)
-            return True
+            return self._relay_report(topic, payload, message)
         effect = self._apply(topic, payload, message)
         self._ack(message.concentrator_id, message.kind, message.order_id)
         if isinstance(message, OrderResult) and effect != "duplicate":
@@ -250,6 +248,21 @@ class Coordinator:
                     raise
                 log.info("%s for %s raced another change; retrying", message.kind, topic)
         raise AssertionError("unreachable")
+
+    def _relay_report(self, topic: str, payload: bytes, report: RelayReport) -> bool:
+        """Issue 16: apply it in one transaction, then ack it, as a result. One that
+        names a meter or order it cannot be about is kept as rejected (and acked: a
+        copy cannot fix it); one that could not be stored is not acked (sent again)."""
+        with session_scope(self.factory) as session:
+            effect = relay_state.apply_report(session, report, self.settings)
+            why = relay_state.REFUSED.get(effect)
+            if why is not None:
+                log.warning("relay report %s on %s refused: %s", report.report_id, topic, why)
+                rejected.record_rejected(session, topic, payload, f"relay_report: {why}")
+        self._ack(report.concentrator_id, "relay_report", report.report_id)
+        if effect == "applied":
+            self._wake.set()  # a proposed reconnect (held) or a button press: look now
+        return True
 
     def _refusal(self, topic: str, payload: bytes, report: RefusalReport) -> bool:
         with session_scope(self.factory) as session:

@@ -9,6 +9,7 @@ registered per app.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -16,7 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from central.models import Concentrator, Order
+from central.models import Concentrator, Meter, Order, RelayAlarm, RelayIncident
 
 PROCESS_REGISTRY = CollectorRegistry()
 
@@ -67,10 +68,32 @@ PROTECTION_ALARMS = Counter(
     registry=PROCESS_REGISTRY,
 )
 
+RELAY_REPORTS = Counter(
+    "rcd_relay_reports_total",
+    "Relay reports (log entries, audits) received from agents, by effect",
+    ["effect"],
+    registry=PROCESS_REGISTRY,
+)
+RELAY_DRIFT = Counter(
+    "rcd_relay_drift_events_total",
+    "Relay changes no order explains (drift), by the state the meter was seen in",
+    ["to_state"],
+    registry=PROCESS_REGISTRY,
+)
+RELAY_ALARMS = Counter(
+    "rcd_relay_alarms_total",
+    "Relay alarms raised (tamper, welded relay, drift to connected, protected customer cut)",
+    ["kind"],
+    registry=PROCESS_REGISTRY,
+)
+
 
 class DatabaseCollector(Collector):
-    def __init__(self, factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self, factory: sessionmaker[Session], audit_cycle_s: float = 86400.0
+    ) -> None:
         self._factory = factory
+        self._audit_cycle_s = audit_cycle_s
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         by_state = GaugeMetricFamily("rcd_orders", "Orders by state", labels=["state"])
@@ -85,9 +108,48 @@ class DatabaseCollector(Collector):
                 [], session.scalar(select(func.count()).where(Concentrator.online)) or 0
             )
             known.add_metric([], session.scalar(select(func.count(Concentrator.id))) or 0)
+            coverage = audit_coverage(session, self._audit_cycle_s)
+            active = session.execute(
+                select(RelayAlarm.severity, func.count())
+                .where(RelayAlarm.status != "closed")
+                .group_by(RelayAlarm.severity)
+            ).all()
+            incidents = session.scalar(
+                select(func.count()).where(RelayIncident.status != "closed")
+            )
+        audited = GaugeMetricFamily(
+            "rcd_relay_audit_coverage_ratio",
+            "Share of commissioned meters with an audit observation within the last audit cycle",
+        )
+        audited.add_metric([], coverage)
+        alarms = GaugeMetricFamily(
+            "rcd_relay_alarms_active", "Relay alarms not closed, by severity", labels=["severity"]
+        )
+        for severity, count in active:
+            alarms.add_metric([severity], count)
+        open_incidents = GaugeMetricFamily("rcd_relay_incidents_active", "Incidents not closed")
+        open_incidents.add_metric([], incidents or 0)
         yield by_state
         yield online
         yield known
+        yield audited
+        yield alarms
+        yield open_incidents
+
+
+def audit_coverage(session: Session, cycle_s: float, now: datetime | None = None) -> float:
+    """Commissioned meters audited within the last ``cycle_s``, as a share (1.0 if none)."""
+    since = (now or datetime.now(UTC)) - timedelta(seconds=cycle_s)
+    total = session.scalar(select(func.count()).where(Meter.commissioned)) or 0
+    if not total:
+        return 1.0
+    audited = (
+        session.scalar(
+            select(func.count()).where(Meter.commissioned, Meter.audited_at >= since)
+        )
+        or 0
+    )
+    return audited / total
 
 
 def render(app_registry: CollectorRegistry) -> bytes:

@@ -103,6 +103,13 @@ class Meter(Base):
     longitude: Mapped[float | None] = mapped_column(Float)
     customer_ref: Mapped[str | None] = mapped_column(String(100))  # customer/supply number
     access_notes: Mapped[str | None] = mapped_column(Text)
+    # issue 16: where relay_state came from (order / audit / log / field), the meter's
+    # firmware as its agent last reported it, its last audit, and the energy register
+    # (Wh) when a disconnect was last confirmed (the tamper baseline; None when connected)
+    relay_state_source: Mapped[str | None] = mapped_column(String(16))
+    firmware_version: Mapped[str | None] = mapped_column(String(64))
+    audited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disconnect_energy_wh: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
@@ -217,12 +224,18 @@ class OrderEvent(Base):
 
 
 class WorkOrder(Base):
-    """A field visit for an order that could not be done remotely (step 10)."""
+    """A field visit: for an order that could not be done remotely (step 10, kind
+    ``order``), or for what a meter's relay did on its own (issue 16: kind ``tamper``,
+    ``welded_relay`` or ``drift``, with the alarm that raised it and no order)."""
 
     __tablename__ = "work_orders"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    order_id: Mapped[str] = mapped_column(String(64), ForeignKey("orders.id"), unique=True)
+    order_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("orders.id"), unique=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), default="order", server_default="order")
+    alarm_id: Mapped[int | None] = mapped_column(Integer)
     meter_id: Mapped[str] = mapped_column(String(64), index=True)
     concentrator_id: Mapped[str | None] = mapped_column(String(64), index=True)
     action: Mapped[str] = mapped_column(String(16))
@@ -244,7 +257,7 @@ class WorkOrder(Base):
     customer_ref: Mapped[str | None] = mapped_column(String(100))
     access_notes: Mapped[str | None] = mapped_column(Text)
 
-    order: Mapped[Order] = relationship(lazy="raise_on_sql")
+    order: Mapped[Order | None] = relationship(lazy="raise_on_sql")
 
 
 # last_error prefix of an outbox row whose delivery was given up (see central/soap/notifier.py)
@@ -301,3 +314,136 @@ class ProtectionChange(Base):
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     decided_by: Mapped[str | None] = mapped_column(String(100))
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# --------------------------------------------------------------------------- issue 16
+
+
+class RelayReportRow(Base):
+    """One accepted :class:`shared.contracts.RelayReport`, by the agent's key: a copy
+    (QoS 1, or the outbox sending again before our ack) is recognised and changes nothing."""
+
+    __tablename__ = "relay_reports"
+
+    report_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    concentrator_id: Mapped[str] = mapped_column(String(64), index=True)
+    meter_id: Mapped[str] = mapped_column(String(64), index=True)
+    trigger: Mapped[str] = mapped_column(String(16))
+    order_id: Mapped[str | None] = mapped_column(String(64))
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    events: Mapped[int] = mapped_column(Integer, default=0)  # log entries it carried
+    summary: Mapped[str] = mapped_column(Text, default="")
+
+
+class RelayObservation(Base):
+    """The relay (and energy) of one meter as read at one moment: from an order's
+    result, an audit, or the read that follows an order or a log poll."""
+
+    __tablename__ = "relay_observations"
+    __table_args__ = (Index("ix_relay_observations_meter_at", "meter_id", "observed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    meter_id: Mapped[str] = mapped_column(String(64))
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(16))  # order | audit | after_order | log_poll
+    relay_state: Mapped[str] = mapped_column(String(16))  # connected | disconnected | armed
+    output_state: Mapped[bool | None] = mapped_column(Boolean)
+    control_mode: Mapped[int | None] = mapped_column(Integer)
+    energy_wh: Mapped[float | None] = mapped_column(Float)
+    report_id: Mapped[str | None] = mapped_column(String(64))
+    order_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class RelayEvent(Base):
+    """A line of a meter's relay history: a disconnector log entry (``log_index`` and
+    ``code`` set; unique per meter and index), or what the coordinator concluded
+    (``drift``, ``button_press``, ``unexplained_open``, ``energy_after_disconnect``)."""
+
+    __tablename__ = "relay_events"
+    __table_args__ = (
+        Index("ux_relay_events_meter_index", "meter_id", "log_index", unique=True),
+        Index("ix_relay_events_meter_at", "meter_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    meter_id: Mapped[str] = mapped_column(String(64))
+    concentrator_id: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    log_index: Mapped[int | None] = mapped_column(Integer)
+    code: Mapped[int | None] = mapped_column(Integer)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    order_id: Mapped[str | None] = mapped_column(String(64))  # the order that explains it
+    report_id: Mapped[str | None] = mapped_column(String(64))
+    firmware_version: Mapped[str | None] = mapped_column(String(64))
+    incident_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class RelayAlarm(Base):
+    """Something a person must look at: a tamper/bypass, a welded relay, a relay that
+    closed on a meter that should be off, a protected customer seen disconnected
+    (``urgent``). Open until acknowledged and closed by an operator."""
+
+    __tablename__ = "relay_alarms"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    meter_id: Mapped[str] = mapped_column(String(64), index=True)
+    concentrator_id: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))  # urgent | high | normal
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    event_id: Mapped[int | None] = mapped_column(Integer)
+    work_order_id: Mapped[int | None] = mapped_column(Integer)
+    order_id: Mapped[str | None] = mapped_column(String(64))  # a reconnect proposed for it
+    acknowledged_by: Mapped[str | None] = mapped_column(String(100))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_by: Mapped[str | None] = mapped_column(String(100))
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RelayIncident(Base):
+    """Unexplained relay openings on one concentrator (or one firmware version) close
+    together in time, as one thing an operator acts on."""
+
+    __tablename__ = "relay_incidents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    group_kind: Mapped[str] = mapped_column(String(16))  # concentrator | firmware
+    group_key: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    first_event_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_event_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    meters: Mapped[int] = mapped_column(Integer, default=0)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(100))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_by: Mapped[str | None] = mapped_column(String(100))
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    restore_batch_id: Mapped[str | None] = mapped_column(String(64))
+    restore_requested_by: Mapped[str | None] = mapped_column(String(100))
+    notes: Mapped[str] = mapped_column(Text, default="")
+
+
+class DeviceEventNotification(Base):
+    """Outbox of unsolicited relay changes for Legacy (CIM EndDeviceEvents not caused
+    by an order), consumed by the SOAP gateway's notifier like ``legacy_notifications``."""
+
+    __tablename__ = "legacy_device_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(Integer, unique=True)  # relay_events.id
+    meter_id: Mapped[str] = mapped_column(String(64))
+    relay_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cause: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -140,6 +140,22 @@ class Settings(BaseSettings):
     mqtt_results_subscription: Literal["shared", "plain"] = "shared"
     expiry_grace_s: float = 60.0  # in-flight orders get this long past the deadline
 
+    # issue 16: relay truth from the meters (see docs/central.md, "Relay truth")
+    # energy (Wh) a disconnected meter may still register before it is a tamper/welded alarm
+    relay_tamper_threshold_wh: float = Field(default=50.0, gt=0)
+    # unexplained openings on one concentrator / firmware within this many seconds of
+    # each other are one incident, once there are at least relay_incident_min_meters
+    relay_incident_window_s: float = Field(default=60.0, gt=0)
+    relay_incident_min_meters: int = Field(default=3, ge=1)
+    # an order on the meter that ended within this many seconds before a relay change
+    # explains it (the meter's clock and ours differ; the agent reads the log later)
+    relay_order_match_s: float = Field(default=900.0, ge=0)
+    # the agents' audit cycle: "audit coverage" is the share of meters audited within it
+    relay_audit_cycle_s: float = Field(default=86400.0, gt=0)
+    # a protected customer (Ley 21.304) seen disconnected without an order: propose a
+    # reconnect order at once (held for a second person's approval)
+    relay_protected_reconnect: bool = True
+
     @model_validator(mode="after")
     def _check_broker(self) -> Settings:
         if self.broker_kind == "nats":

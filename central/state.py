@@ -9,6 +9,8 @@
     completed_connected | completed_disconnected | completed_armed | failed | expired
     | cancelled | rejected ──report──▶ reported
 
+    completed_armed | reported (armed) ──customer_connected──▶ completed_connected
+
     expired | failed | reported ──correct_connected|correct_disconnected|correct_armed──▶
         completed_connected | completed_disconnected | completed_armed   (a late result)
 
@@ -62,6 +64,10 @@ class Event(StrEnum):
     CORRECT_CONNECTED = "correct_connected"
     CORRECT_DISCONNECTED = "correct_disconnected"
     CORRECT_ARMED = "correct_armed"
+    # The order ended armed (the meter only made itself ready) and the meter was then
+    # seen connected: the customer pressed the button. The order's story ends connected
+    # and Legacy is told so (issue 16).
+    CUSTOMER_CONNECTED = "customer_connected"
 
 
 S = OrderState
@@ -117,6 +123,13 @@ TRANSITIONS: Final[dict[tuple[OrderState, Event], OrderState]] = {
         )
     },
 }
+TRANSITIONS.update(
+    {
+        (S.COMPLETED_ARMED, E.CUSTOMER_CONNECTED): S.COMPLETED_CONNECTED,
+        # from ``reported`` the caller checks it was reported armed
+        (S.REPORTED, E.CUSTOMER_CONNECTED): S.COMPLETED_CONNECTED,
+    }
+)
 # Corrections apply only to an order that ended without the agent's answer (expired,
 # or failed for lack of one); from ``reported`` the caller checks what it was reported as.
 CORRECTABLE_STATES: Final = frozenset({S.EXPIRED, S.FAILED})
@@ -161,6 +174,7 @@ STEP_OF: Final[dict[Event, int]] = {
     E.CORRECT_CONNECTED: 8,
     E.CORRECT_DISCONNECTED: 8,
     E.CORRECT_ARMED: 8,
+    E.CUSTOMER_CONNECTED: 8,
 }
 
 

@@ -34,6 +34,7 @@ LABELS: Final[dict[str, str]] = {
     "reroute": "re-routed to the meter's new concentrator",
     "meter_moved": "meter moved while in flight",
     "rejected_message": "agent message rejected",
+    "customer_connected": "customer pressed the button: connected",
 }
 
 

@@ -1,4 +1,4 @@
-"""``rcd order|campaign|meters|workorders``: operations over the coordinator's REST API.
+"""``rcd order|campaign|meters|workorders|incidents|alarms``: operations over the coordinator's REST API.
 
 Every command takes ``--url`` and ``--token`` (environment ``RCD_URL`` and
 ``RCD_TOKEN``). An error from the API prints one line with the HTTP status and
@@ -144,6 +144,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from ops import cli_fleet  # meters and work orders; it builds on this module
 
     cli_fleet.register(subparsers, common)
+    from ops import cli_relay  # incidents and relay alarms (issue 16)
+
+    cli_relay.register(subparsers, common)
 
 
 def _parser() -> argparse.ArgumentParser:

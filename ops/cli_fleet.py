@@ -60,6 +60,9 @@ def register(
     history.add_argument("meter")
     history.add_argument("--limit", type=int, default=50)
     history.set_defaults(handler=_guard(_meters_history))
+    from ops import cli_relay  # issue 16: what the relay did on its own
+
+    cli_relay.register_meter(sub, common)
 
     workorders = subparsers.add_parser("workorders", help="field work orders (step 10)")
     wo = workorders.add_subparsers(dest="workorders_command", metavar="ACTION")

@@ -202,7 +202,11 @@ class ConcentratorChange(Input):
 
 class WorkOrderOut(ORM):
     id: int
-    order_id: str
+    # order: a failed/expired order's (order_id set); tamper, welded_relay, drift: raised
+    # by a relay alarm (alarm_id set, no order behind it)
+    kind: str = "order"
+    order_id: str | None
+    alarm_id: int | None = None
     meter_id: str
     concentrator_id: str | None
     action: str

@@ -16,8 +16,16 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from central.models import LEGACY_GIVEN_UP, Concentrator, LegacyNotification, Order, WorkOrder
-from central.services import rejected
+from central.models import (
+    LEGACY_GIVEN_UP,
+    Concentrator,
+    LegacyNotification,
+    Order,
+    RelayAlarm,
+    RelayIncident,
+    WorkOrder,
+)
+from central.services import alarms, incidents, rejected
 from central.services.lifecycle import utcnow
 from central.state import ACTIVE_STATES, OrderState
 
@@ -47,6 +55,30 @@ class SecurityEvent(BaseModel):
     alarm: bool  # bad or missing signature: the concentrator's configuration alarm
 
 
+class RelayAlarmView(BaseModel):
+    id: int
+    meter_id: str
+    concentrator_id: str | None
+    kind: str
+    severity: str
+    status: str
+    raised_at: datetime
+    detail: str
+    work_order_id: int | None
+    order_id: str | None
+
+
+class IncidentView(BaseModel):
+    id: int
+    group_kind: str
+    group_key: str
+    status: str
+    first_event_at: datetime
+    last_event_at: datetime
+    meters: int
+    restore_batch_id: str | None
+
+
 class DashboardStats(BaseModel):
     generated_at: datetime
     orders_total: int
@@ -67,6 +99,13 @@ class DashboardStats(BaseModel):
     # concentrator id -> the last signature alarm it raised in the last day (its
     # configuration is wrong, or someone forges commands on its topic)
     concentrator_alarms: dict[str, str] = {}
+    # issue 16: relay alarms not closed (urgent first: a protected customer seen
+    # disconnected without an order) and incidents not closed, with their counts
+    relay_alarms_active: int = 0
+    relay_alarms_urgent: int = 0
+    incidents_active: int = 0
+    relay_alarms: list[RelayAlarmView] = []
+    incidents: list[IncidentView] = []
 
 
 def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:
@@ -134,6 +173,7 @@ def collect(session: Session, *, limit: int = RECENT_LIMIT) -> DashboardStats:
         legacy_given_up=int(given_up),
         recent=recent,
         **_security(session),
+        **_relay(session),
     )
 
 
@@ -155,4 +195,29 @@ def _security(session: Session) -> dict[str, Any]:
             for row in events
         ],
         "concentrator_alarms": alarms,
+    }
+
+
+RELAY_LIMIT: Final = 20
+
+
+def _relay(session: Session) -> dict[str, Any]:
+    active = alarms.list_alarms(session, status="active", limit=RELAY_LIMIT)
+    by_severity = dict(
+        session.execute(
+            select(RelayAlarm.severity, func.count())
+            .where(RelayAlarm.status.in_(alarms.OPEN_STATUSES))
+            .group_by(RelayAlarm.severity)
+        ).all()
+    )
+    open_incidents = incidents.list_incidents(session, status="active", limit=RELAY_LIMIT)
+    return {
+        "relay_alarms_active": int(sum(by_severity.values())),
+        "relay_alarms_urgent": int(by_severity.get("urgent", 0)),
+        "incidents_active": int(
+            session.scalar(select(func.count()).where(RelayIncident.status.in_(incidents.ACTIVE)))
+            or 0
+        ),
+        "relay_alarms": [RelayAlarmView.model_validate(a, from_attributes=True) for a in active],
+        "incidents": [IncidentView.model_validate(i, from_attributes=True) for i in open_incidents],
     }

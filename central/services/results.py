@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 
 from central import metrics
 from central.models import Concentrator, LegacyNotification, Meter, Order
+from central.services import relay_state
 from central.services.lifecycle import advance, cancel_work_order, note, utcnow
 from central.state import (
     CORRECTABLE_STATES,
@@ -137,6 +138,7 @@ def apply_result(session: Session, result: OrderResult, *, now: datetime | None 
         order.energy_unit = result.energy.unit
         order.energy_read_at = result.energy.read_at
     relay = _reconcile_meter(session, result)
+    relay_state.on_result(session, result)  # history and the tamper baseline (issue 16)
     state = OrderState(order.state)
     summary = _summary(result, relay)
     if state in ENDED_STATES or state is OrderState.VALIDATED:

@@ -41,6 +41,8 @@ CSV_FIELDS = (
     "closed_by",
     "technician_outcome",
     "notes",
+    "kind",  # issue 16: appended, so that existing readers of the columns keep working
+    "alarm_id",
 )
 
 
@@ -51,6 +53,7 @@ def list_work_orders(
     meter_id: str | None = None,
     concentrator_id: str | None = None,
     reason: str | None = None,
+    kind: str | None = None,
     since: datetime | None = None,
     limit: int = 1000,
     offset: int = 0,
@@ -61,6 +64,7 @@ def list_work_orders(
         (WorkOrder.meter_id, meter_id),
         (WorkOrder.concentrator_id, concentrator_id),
         (WorkOrder.reason, reason),
+        (WorkOrder.kind, kind),
     )
     if since:
         query = query.where(WorkOrder.created_at >= since)

@@ -38,7 +38,7 @@ from central.models import LEGACY_GIVEN_UP, LegacyNotification, Order
 from central.services import orders as order_service
 from central.services.lifecycle import note, utcnow
 from central.services.workorders import work_order_for
-from central.soap import cim_write, reply_policy
+from central.soap import cim_write, device_events, reply_policy
 from central.soap.config import SoapSettings
 from central.soap.faults import SOAP11_ENV, SoapFault
 from central.soap.service_port import ControlAction, OrderEnded, Outcome
@@ -229,7 +229,15 @@ class LegacyNotifier:
                 continue
             if self._deliver(delivery):
                 closed += 1
+        if not self._stop.is_set():
+            # unsolicited relay changes (issue 16), from their own outbox
+            closed += device_events.run_once(self, now)
         return closed
+
+    @property
+    def client(self) -> httpx.Client | None:
+        """The HTTP client in use (None before ``start`` unless one was given)."""
+        return self._client
 
     def _claim(self, row_id: int, now: datetime) -> Delivery | None:
         table = LegacyNotification

@@ -45,6 +45,15 @@ REQUIRED = {
     ("GET", "/api/v1/protection-changes"): "operator",
     ("POST", "/api/v1/protection-changes/{change_id}/approve"): "approver",
     ("GET", "/metrics"): "viewer",
+    ("GET", "/api/v1/meters/{meter_id}/relay-history"): "viewer",
+    ("GET", "/api/v1/relay-alarms"): "viewer",
+    ("POST", "/api/v1/relay-alarms/{alarm_id}/ack"): "operator",
+    ("POST", "/api/v1/relay-alarms/{alarm_id}/close"): "operator",
+    ("GET", "/api/v1/incidents"): "viewer",
+    ("GET", "/api/v1/incidents/{incident_id}"): "viewer",
+    ("POST", "/api/v1/incidents/{incident_id}/ack"): "operator",
+    ("POST", "/api/v1/incidents/{incident_id}/close"): "operator",
+    ("POST", "/api/v1/incidents/{incident_id}/restore"): "operator",
 }
 
 CSV = (

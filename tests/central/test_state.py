@@ -42,6 +42,8 @@ CORRECTIONS = {
     Event.CORRECT_ARMED: OrderState.COMPLETED_ARMED,
 }
 CORRECTABLE = (OrderState.EXPIRED, OrderState.FAILED, OrderState.REPORTED)
+# an armed order whose meter was then seen connected (issue 16): the customer's button
+BUTTON_PRESS_STATES = (OrderState.COMPLETED_ARMED, OrderState.REPORTED)
 
 
 def test_ended_states_accept_only_report_and_a_late_results_correction() -> None:
@@ -51,6 +53,8 @@ def test_ended_states_accept_only_report_and_a_late_results_correction() -> None
                 assert can(state, event)
             elif event in CORRECTIONS and state in CORRECTABLE:
                 assert transition(state, event) is CORRECTIONS[event]
+            elif event is Event.CUSTOMER_CONNECTED and state in BUTTON_PRESS_STATES:
+                assert transition(state, event) is OrderState.COMPLETED_CONNECTED
             else:
                 assert not can(state, event), (state, event)
 
@@ -75,3 +79,16 @@ def test_nothing_else_is_corrected(state: OrderState) -> None:
 def test_unknown_names_are_refused() -> None:
     with pytest.raises(InvalidTransition):
         transition("received", "teleport")
+
+
+@pytest.mark.parametrize("state", BUTTON_PRESS_STATES)
+def test_the_customers_button_ends_an_armed_order_connected(state: OrderState) -> None:
+    assert transition(state, Event.CUSTOMER_CONNECTED) is OrderState.COMPLETED_CONNECTED
+
+
+@pytest.mark.parametrize("state", [s for s in OrderState if s not in BUTTON_PRESS_STATES])
+def test_no_other_state_takes_the_button_press(state: OrderState) -> None:
+    # a running order, or one that ended otherwise, is not finished by a button press
+    with pytest.raises(InvalidTransition) as info:
+        transition(state, Event.CUSTOMER_CONNECTED)
+    assert "customer_connected" in str(info.value)

@@ -25,6 +25,7 @@ def _filtered(
     since: datetime | None,
     limit: int,
     offset: int,
+    kind: str | None = None,
 ) -> list[WorkOrder]:
     return service.list_work_orders(
         session,
@@ -32,6 +33,7 @@ def _filtered(
         meter_id=meter_id,
         concentrator_id=concentrator_id,
         reason=reason,
+        kind=kind,
         since=since,
         limit=limit,
         offset=offset,
@@ -46,11 +48,16 @@ def list_work_orders(
     meter_id: str | None = None,
     concentrator_id: str | None = None,
     reason: str | None = None,
+    kind: Literal["order", "tamper", "welded_relay", "drift"] | None = None,
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Offset = 0,
 ) -> list[WorkOrderOut]:
-    rows = _filtered(session, status, meter_id, concentrator_id, reason, since, limit, offset)
+    """Field work orders; ``kind`` order (a failed/expired order), tamper, welded_relay or
+    drift (raised by a relay alarm, issue 16)."""
+    rows = _filtered(
+        session, status, meter_id, concentrator_id, reason, since, limit, offset, kind
+    )
     return [WorkOrderOut.model_validate(row) for row in rows]
 
 

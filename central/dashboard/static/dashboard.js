@@ -221,6 +221,8 @@
       ["tile-conc", online + " / " + known, "concentrators online"],
       ["tile-wo", pick(s.work_orders_open, workorders.filter((w) => w.status === "open").length), "open work orders"],
       ["tile-legacy", pick(s.legacy_given_up, 0), "results Legacy never took"],
+      ["tile-alarms", pick(s.relay_alarms_active, 0), "relay alarms"],
+      ["tile-incidents", pick(s.incidents_active, 0), "open incidents"],
     ];
     $("#tiles").replaceChildren(
       ...tiles.map(([id, n, label]) => el("div", { class: "tile", id }, el("div", { class: "n", text: String(n) }), el("div", { class: "l", text: label })))
@@ -447,6 +449,55 @@
     $("#security tbody").replaceChildren(...rows);
   }
 
+  // Relay truth (issue 16): urgent alarms on top of the page, then all active alarms
+  // and incidents.
+  function renderRelay(stats) {
+    const list = stats && Array.isArray(stats.relay_alarms) ? stats.relay_alarms : [];
+    const urgent = list.filter((a) => a.severity === "urgent");
+    const banner = $("#urgent");
+    banner.hidden = urgent.length === 0;
+    banner.replaceChildren(
+      ...urgent.map((a) =>
+        el("div", { class: "urgent-line" },
+          badge("URGENT", "bad"),
+          " protected customer " + a.meter_id + " seen disconnected without an order · " +
+            (a.order_id ? "reconnect " + String(a.order_id).slice(0, 8) + " waits for approval" : "no reconnect proposed"))
+      )
+    );
+    const rows = list.map((a) =>
+      el(
+        "tr",
+        {},
+        el("td", { text: String(a.id) }),
+        el("td", { text: fmtTime(a.raised_at, true) }),
+        el("td", {}, badge(a.severity, a.severity === "normal" ? "warn" : "bad")),
+        el("td", { class: "mono", text: a.meter_id }),
+        el("td", { class: "mono", text: a.concentrator_id || "" }),
+        el("td", { class: "wrap", text: a.kind + " · " + a.detail }),
+        el("td", { text: a.work_order_id ? "WO-" + a.work_order_id : "" }),
+        el("td", {}, badge(a.status, a.status === "open" ? "bad" : "warn"))
+      )
+    );
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "8", class: "hint", text: "No relay alarms." })));
+    $("#relay-alarms tbody").replaceChildren(...rows);
+    const incs = stats && Array.isArray(stats.incidents) ? stats.incidents : [];
+    const irows = incs.map((i) =>
+      el(
+        "tr",
+        {},
+        el("td", { text: "#" + i.id }),
+        el("td", { class: "mono", text: i.group_kind + " " + i.group_key }),
+        el("td", { text: String(i.meters) }),
+        el("td", { text: fmtTime(i.first_event_at, true) }),
+        el("td", { text: fmtTime(i.last_event_at, true) }),
+        el("td", {}, badge(i.status, i.status === "open" ? "bad" : "warn")),
+        el("td", { class: "mono", text: i.restore_batch_id ? "batch " + String(i.restore_batch_id).slice(0, 8) : "" })
+      )
+    );
+    if (!irows.length) irows.push(el("tr", {}, el("td", { colspan: "7", class: "hint", text: "No open incidents." })));
+    $("#incidents tbody").replaceChildren(...irows);
+  }
+
   function renderWorkOrders(wos) {
     const newest = wos.slice().sort((a, b) => Number(b.id) - Number(a.id));
     const rows = newest.map((w) =>
@@ -467,7 +518,9 @@
         el("td", { class: "wrap", text: [w.customer_ref, w.access_notes].filter(Boolean).join(" · ") }),
         el("td", { text: w.last_relay_state || "" }),
         el("td", {}, badge(w.status, w.status === "open" ? "warn" : "ok")),
-        el("td", { class: "mono" }, el("a", { href: "#", title: w.order_id, onclick: (e) => { e.preventDefault(); selectOrder(w.order_id); }, text: String(w.order_id).slice(0, 8) }))
+        w.order_id
+          ? el("td", { class: "mono" }, el("a", { href: "#", title: w.order_id, onclick: (e) => { e.preventDefault(); selectOrder(w.order_id); }, text: String(w.order_id).slice(0, 8) }))
+          : el("td", { text: (w.kind || "") + (w.alarm_id ? " · alarm " + w.alarm_id : "") })
       )
     );
     if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "11", class: "hint", text: "No open field work orders." })));
@@ -665,6 +718,7 @@
       const alarms = (stats && stats.concentrator_alarms) || {};
       renderConcentrators(concList.map((c) => Object.assign({}, c, { alarm: alarms[c.id] })));
       renderSecurity(stats);
+      renderRelay(stats);
       renderWorkOrders(woList);
       const points = endedPoints(stats && Array.isArray(stats.recent) ? stats.recent : lastOrders);
       drawOutcomes($("#chart-outcomes"), points);
