@@ -380,19 +380,17 @@ class Executor:
         return claimed
 
     def borrow_line(self, meter: Meter) -> bool:
-        """The relay audit takes a line only while nothing runs on it (it checks for
-        waiting orders between its exchanges and gives the line back at once)."""
-        key = meter.line_key
+        """The relay audit takes a line only while nothing runs on it (relay_audit.py)."""
         with self._lock:
-            if self._inflight.get(key, 0) or meter.meter_id in self._busy_meters or (
+            if self._inflight.get(meter.line_key, 0) or meter.meter_id in self._busy_meters or (
                     meter.transport == "tcp" and self._tcp_inflight >= self._tcp_max):
                 return False
-            self._inflight[key] = 1
+            self._inflight[meter.line_key] = 1
             self._busy_meters.add(meter.meter_id)
             self._tcp_inflight += meter.transport == "tcp"
         return True
 
-    def give_back_line(self, meter: Meter) -> None:
+    def give_back_line(self, meter: Meter) -> None:  # wakes the scheduler
         self._release(meter.line_key, meter, meter.meter_id)
 
     def _release(self, key: str, meter: Meter | None, meter_id: str) -> None:
