@@ -7,7 +7,8 @@ Three reasons to read a meter (``RelayReport.trigger``), one read each time:
 * ``audit``: every meter once per ``audit.cycle_s``, spread over the cycle (each meter
   has its own slot from a hash of its id), always reported;
 * ``log_poll``: the log of every meter at least every ``audit.log_poll_s``; reported
-  only when it has new entries.
+  only when it has new entries or the relay reads otherwise than at the last read (a
+  relay that opened without a log row is seen within the poll, not only the cycle).
 
 A read is one association and at most two GETs: a GET-with-list of output_state,
 control_state, control_mode, energy (value, scaler_unit), clock and the disconnector
@@ -174,18 +175,20 @@ def slot(meter_id: str, period: float) -> float:
 
 
 def due_job(row: AuditRow, settings: AuditSettings, started: float,
-            now: float) -> tuple[RelayTrigger, str | None] | None:
-    """What the meter is due for now, if anything (the most urgent first)."""
+            now: float) -> tuple[RelayTrigger, str | None, float] | None:
+    """What the meter is due for now, if anything (the most urgent first), and since when:
+    among reads of one kind the longest overdue goes first, so that on a line with more
+    to read than its airtime allows every meter still gets its turn."""
     if settings.after_order and row.after_order is not None:
-        return "after_order", row.after_order
+        return "after_order", row.after_order, row.after_order_at or 0.0
     first_audit = started + slot(row.meter_id, settings.cycle_s)
     audit_at = row.audited_at + settings.cycle_s if row.audited_at is not None else first_audit
     if now >= audit_at:
-        return "audit", None
+        return "audit", None, audit_at
     first_poll = started + slot(row.meter_id, settings.log_poll_s)
     poll_at = row.log_read_at + settings.log_poll_s if row.log_read_at is not None else first_poll
     if now >= poll_at:
-        return "log_poll", None
+        return "log_poll", None, poll_at
     return None
 
 
@@ -257,7 +260,7 @@ class RelayAuditor:
         waiting = {m.line_key for mid in self.rows.waiting_meters(now, self._hold())
                    if (m := meters.get(mid)) is not None}
         rows = self.rows.rows()
-        jobs: list[tuple[int, str, Meter, RelayTrigger, str | None]] = []
+        jobs: list[tuple[int, float, Meter, RelayTrigger, str | None]] = []
         for mid, meter in meters.items():
             if meter is None or not meter.commissioned or meter.line_key in waiting:
                 continue
@@ -266,7 +269,7 @@ class RelayAuditor:
                 continue
             job = due_job(rows.get(mid) or AuditRow(mid), self.settings, self._started, now)
             if job is not None:
-                jobs.append((_PRIORITY[job[0]], mid, meter, job[0], job[1]))
+                jobs.append((_PRIORITY[job[0]], job[2], meter, job[0], job[1]))
         for _, _, meter, trigger, order_id in sorted(jobs, key=lambda j: (j[0], j[1])):
             if self._executor.borrow_line(meter):
                 try:
@@ -307,7 +310,7 @@ class RelayAuditor:
         finally:
             self._measured(line, began, self._mono())
         self.reads["done"] += 1
-        self._report(meter, trigger, order_id, seen, at)
+        self._report(meter, trigger, order_id, seen, at, row.relay if row is not None else None)
 
     def _measured(self, line: str, began: float, ended: float) -> None:
         budget = self.airtime(line)
@@ -316,8 +319,9 @@ class RelayAuditor:
         self.rows.save_airtime(line, share, busy, budget.window_s)
 
     def _report(self, meter: Meter, trigger: RelayTrigger, order_id: str | None,
-                seen: Observation, at: float) -> None:
-        send = trigger != "log_poll" or bool(seen.events)
+                seen: Observation, at: float, last_relay: str | None) -> None:
+        relay = f"{int(seen.relay.control_state)}/{int(bool(seen.relay.output_state))}"
+        send = trigger != "log_poll" or bool(seen.events) or relay != last_relay
         report_id = "rr" + uuid.uuid4().hex
         payload = None
         if send:
@@ -330,7 +334,7 @@ class RelayAuditor:
         log_at = seen.events[-1].at.isoformat() if seen.events else None
         self.rows.reported(meter.meter_id, payload=payload, report_id=report_id,
                            log_index=seen.log_index, log_at=log_at,
-                           audited=trigger == "audit", at=at, order_id=order_id)
+                           audited=trigger == "audit", at=at, order_id=order_id, relay=relay)
         log("audit.read", meter=meter.meter_id, trigger=trigger, order=order_id,
             events=len(seen.events), control_state=seen.relay.control_state.name.lower(),
             output_state=seen.relay.output_state, reported=send)

@@ -1,8 +1,9 @@
 """The relay audit's part of the agent's SQLite file (table ``relay_audit``).
 
 One row per meter: the last disconnector log entry reported (``log_index``, its
-meter-clock ``log_at``), when its relay was last audited and its log last read, and an
-order whose after-order log read is still due. A report goes into the outbox in the
+meter-clock ``log_at``), when its relay was last audited and its log last read, the relay
+as last read (``relay``: a log poll that finds it changed reports it), and an order whose
+after-order log read is still due. A report goes into the outbox in the
 same transaction that moves ``log_index`` on, so an entry is never lost and never
 reported twice (a crash before the commit reads it again). The measured airtime share of
 each line is kept in ``meta`` (``audit_airtime:<line>``) for ``rcd edge status``.
@@ -29,7 +30,8 @@ CREATE TABLE IF NOT EXISTS relay_audit (
     log_read_at REAL,
     after_order TEXT,
     after_order_at REAL,
-    failures INTEGER NOT NULL DEFAULT 0
+    failures INTEGER NOT NULL DEFAULT 0,
+    relay TEXT
 );
 """
 
@@ -44,6 +46,7 @@ class AuditRow:
     after_order: str | None = None
     after_order_at: float | None = None
     failures: int = 0
+    relay: str | None = None  # "control_state/output_state" of the last read
 
 
 class RelayStore:
@@ -71,7 +74,7 @@ class RelayStore:
 
     def reported(self, meter_id: str, *, payload: bytes | None, report_id: str,
                  log_index: int, log_at: str | None, audited: bool, at: float,
-                 order_id: str | None) -> None:
+                 order_id: str | None, relay: str | None = None) -> None:
         """One read done: its report (if any) into the outbox and the row moved on, in
         one transaction. The after-order mark is cleared only for the order read."""
         with self.store.transaction() as conn:
@@ -83,11 +86,11 @@ class RelayStore:
                     raise StoreError(f"outbox: {exc}") from exc
             conn.execute(
                 "UPDATE relay_audit SET log_index = ?, log_at = coalesce(?, log_at), "
-                "log_read_at = ?, failures = 0, "
+                "log_read_at = ?, failures = 0, relay = coalesce(?, relay), "
                 "audited_at = CASE WHEN ? THEN ? ELSE audited_at END, "
                 "after_order = CASE WHEN after_order = ? THEN NULL ELSE after_order END "
                 "WHERE meter_id = ?",
-                (log_index, log_at, at, audited, at, order_id, meter_id),
+                (log_index, log_at, at, relay, audited, at, order_id, meter_id),
             )
 
     def failed(self, meter_id: str, at: float, *, audited: bool) -> None:

@@ -69,12 +69,13 @@ def test_the_schedule_puts_after_order_first_and_spreads_audits_over_the_cycle()
     assert 0 <= offset < 100 and slot("M1", 100) == offset  # stable per meter
     assert len({round(slot(f"M{n}", 100)) for n in range(50)}) > 30  # spread, not bunched
     fresh = AuditRow("M1")
-    assert due_job(fresh, settings, start, start + offset + 0.1) == ("audit", None)
-    assert due_job(AuditRow("M1", after_order="o1"), settings, start, start) == ("after_order", "o1")
+    assert due_job(fresh, settings, start, start + offset + 0.1) == ("audit", None, start + offset)
+    assert due_job(AuditRow("M1", after_order="o1", after_order_at=7), settings, start,
+                   start) == ("after_order", "o1", 7)
     audited = AuditRow("M1", audited_at=start, log_read_at=start)
     assert due_job(audited, settings, start, start + 5) is None
-    assert due_job(audited, settings, start, start + 10) == ("log_poll", None)
-    assert due_job(audited, settings, start, start + 100) == ("audit", None)
+    assert due_job(audited, settings, start, start + 10) == ("log_poll", None, start + 10)
+    assert due_job(audited, settings, start, start + 100) == ("audit", None, start + 100)
     off = AuditSettings(cycle_s=100, log_poll_s=10, after_order=False)
     assert due_job(AuditRow("M1", after_order="o1", audited_at=start, log_read_at=start),
                    off, start, start + 1) is None
@@ -191,4 +192,37 @@ def test_after_a_read_the_line_rests_so_the_audit_keeps_to_its_share(store: Stor
     share, busy = auditor.airtime("line:plc1").measured(mono[0])
     assert busy == pytest.approx(4.0) and share == pytest.approx(4.0 / 300)  # default window
     assert store.get_meta("audit_airtime:line:plc1") is not None  # for `rcd edge status`
+    executor.stop()
+
+
+def test_a_log_poll_reports_only_new_rows_or_a_relay_that_moved(store: Store) -> None:
+    link = ScriptedLink([61])
+
+    @contextmanager
+    def sessions(meter: Meter, preempt: Any) -> Iterator[ScriptedLink]:
+        yield link
+
+    now = [1e9]
+    executor = Executor(store, driver=None)  # type: ignore[arg-type]
+    settings = AuditSettings(cycle_s=1000, log_poll_s=1)
+    auditor = RelayAuditor(store, executor, sessions, settings, "c1", clock=lambda: now[0],
+                           monotonic=lambda: 0.0)
+    store.db.execute("UPDATE meters SET in_table = 0 WHERE meter_id = 'M2'")  # one meter
+
+    def poll() -> list[RelayReport]:
+        now[0] += 1.5
+        before = {r["order_id"] for r in store._query("SELECT order_id FROM outbox")}
+        assert auditor.run_once()
+        return [decode(RelayReport, bytes(r["payload"])) for r in store._query(
+            "SELECT order_id, payload FROM outbox") if r["order_id"] not in before]
+
+    auditor.rows.reported("M1", payload=None, report_id="x", log_index=0, log_at=None,
+                          audited=True, at=now[0], order_id=None)  # audited: polls only
+    assert [r.trigger for r in poll()] == ["log_poll"]  # a new row (and the first relay read)
+    assert poll() == []  # nothing new
+    link.control_state = 0  # opened, no row written
+    moved = poll()
+    assert len(moved) == 1 and moved[0].events == []
+    assert moved[0].relay is not None and moved[0].relay.control_state is ControlState.DISCONNECTED
+    assert poll() == []
     executor.stop()
