@@ -294,7 +294,8 @@ class RelayAuditor:
         began = self._mono()
         at = self._clock()
         try:
-            with self._sessions(meter, lambda: self._order_waiting(line)) as link:
+            with self._sessions(meter, lambda: self._stop.is_set() or self._order_waiting(line)
+                                ) as link:
                 seen = observe(link, last)
         except Preempted:
             self.reads["preempted"] += 1
