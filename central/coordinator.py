@@ -209,7 +209,8 @@ class Coordinator:
     # -- consumers (paho thread) --------------------------------------------------
     def handle_result(self, topic: str, payload: bytes) -> bool:
         """A message on a result topic: an :class:`OrderReceipt` (step 5), an
-        :class:`OrderResult` (steps 6-8) or a :class:`RefusalReport`. Once it is
+        :class:`OrderResult` (steps 6-8), a :class:`RefusalReport` or a
+        :class:`RelayReport` (issue 16, ``services.relay_state``). Once it is
         committed the agent gets a signed :class:`MessageAck`; an exception (database
         down) sends none, and the agent sends the message again."""
         try:

@@ -143,6 +143,11 @@ class MeterOut(ORM):
     protected_customer: bool
     relay_state: str
     relay_state_at: datetime | None
+    # issue 16: what the state comes from (order, audit, after_order, log_poll, log),
+    # the firmware the agent last reported and the meter's last relay audit
+    relay_state_source: str | None = None
+    firmware_version: str | None = None
+    audited_at: datetime | None = None
     energy_kwh: float | None
     # a request to clear protected_customer waits for a second person (protection-changes)
     protection_change_pending: bool = False

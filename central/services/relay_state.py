@@ -74,6 +74,7 @@ STATE_OF_CODE: Final = {
     68: "connected",
 }
 REMOTE_CODES: Final = frozenset({61, 62})
+REMOTE_CONNECTION: Final = 62
 RELAY_OF_STATE: Final = {
     ControlState.DISCONNECTED: "disconnected",
     ControlState.CONNECTED: "connected",
@@ -282,6 +283,8 @@ def _change(
     if new == old:
         _record(meter, new, at, source)
         return
+    if old == "armed" and code == REMOTE_CONNECTION:
+        return  # what arming itself may log; the button is 60/68 or a connected reading
     # before looking for an order: the arm order itself would "explain" the closing
     if old == "armed" and new == "connected" and _button_pressed(context, at, via):
         _record(meter, new, at, source)
@@ -376,23 +379,28 @@ def _order_behind(context: _Context, new: str, at: datetime, code: int | None) -
     ).first()
 
 
-def _last_outcome(context: _Context) -> str | None:
-    order = context.session.scalars(
+def _last_ended(session: Session, meter_id: str) -> Order | None:
+    """The meter's latest order that ended after reaching it (a refusal never did)."""
+    return session.scalars(
         select(Order)
-        .where(Order.meter_id == context.meter.id, Order.final_state.is_not(None))
-        .order_by(Order.finished_at.desc())
+        .where(
+            Order.meter_id == meter_id,
+            Order.final_state.is_not(None),
+            Order.final_state != OrderState.REJECTED.value,
+        )
+        .order_by(Order.finished_at.desc().nulls_last(), Order.created_at.desc())
     ).first()
+
+
+def _last_outcome(context: _Context) -> str | None:
+    order = _last_ended(context.session, context.meter.id)
     return order.outcome if order is not None else None
 
 
 def _button_pressed(context: _Context, at: datetime, via: str) -> bool:
     """The meter's latest order ended armed: it ends connected now (Legacy told)."""
     session = context.session
-    order = session.scalars(
-        select(Order)
-        .where(Order.meter_id == context.meter.id, Order.final_state.is_not(None))
-        .order_by(Order.finished_at.desc())
-    ).first()
+    order = _last_ended(session, context.meter.id)
     if order is None or order.final_state != OrderState.COMPLETED_ARMED.value:
         return False
     actor = f"meter:{context.meter.id}"

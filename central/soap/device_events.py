@@ -24,24 +24,24 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
-import httpx
 from lxml import etree
 from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from central.db import session_scope
-from central.models import DeviceEventNotification, Meter
+from central.models import LEGACY_GIVEN_UP, DeviceEventNotification, Meter
 from central.services.lifecycle import utcnow
 from central.soap.cim import EDE, EDEM, EVENT_CODES, MSG, iso
 from central.soap.cim_write import Naming, _header, _names, _soap, _sub
+from central.soap.config import SoapSettings
 from central.soap.service_port import Outcome
 
-if TYPE_CHECKING:
-    from central.soap.notifier import LegacyNotifier
-
 log = logging.getLogger(__name__)
+NEVER = datetime(9999, 1, 1, tzinfo=UTC)  # next attempt of a row given up
 
 CODE_OF_STATE = {
     "disconnected": EVENT_CODES[Outcome.DISCONNECTED],
@@ -98,10 +98,29 @@ def build_device_event(
     return bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8"))
 
 
-def run_once(notifier: LegacyNotifier, now: datetime) -> int:
-    """Send every due row once; returns how many were closed."""
-    settings = notifier.settings
-    with session_scope(notifier.sessions) as session:
+class Answer(Protocol):
+    """Legacy's answer as the notifier reads it (``notifier.Acknowledgement``)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def why(self) -> str: ...
+
+
+Post = Callable[[str, bytes], Answer]
+
+
+def run_once(
+    sessions: sessionmaker[Session],
+    settings: SoapSettings,
+    post: Post,
+    backoff: Callable[[int], float],
+    now: datetime,
+) -> int:
+    """Send every due row once through ``post`` (the notifier's HTTP client and
+    acknowledgement rules); returns how many were closed."""
+    with session_scope(sessions) as session:
         due = list(
             session.scalars(
                 select(DeviceEventNotification.id)
@@ -118,20 +137,33 @@ def run_once(notifier: LegacyNotifier, now: datetime) -> int:
         )
     closed = 0
     for row_id in due:
-        claimed = _claim(notifier, row_id, now)
-        if claimed is not None and _send(notifier, row_id, claimed):
+        body = _claim(sessions, settings, row_id, now)
+        if body is None:
+            continue
+        target = settings.legacy_endpoint
+        if target is None:
+            _finish(sessions, row_id, "not sent: no Legacy endpoint configured", None)
             closed += 1
+            continue
+        answer = post(target, body)
+        if answer.ok:
+            _finish(sessions, row_id, None, None)
+            closed += 1
+        else:
+            _finish(sessions, row_id, answer.why, (settings.max_attempts, backoff))
     return closed
 
 
-def _claim(notifier: LegacyNotifier, row_id: int, now: datetime) -> bytes | None:
+def _claim(
+    sessions: sessionmaker[Session], settings: SoapSettings, row_id: int, now: datetime
+) -> bytes | None:
     table = DeviceEventNotification
-    with session_scope(notifier.sessions) as session:
+    with session_scope(sessions) as session:
         result = session.execute(
             update(table)
             .where(table.id == row_id, table.delivered_at.is_(None))
             .where(or_(table.next_attempt_at.is_(None), table.next_attempt_at <= now))
-            .values(next_attempt_at=now + timedelta(seconds=notifier.settings.claim_s))
+            .values(next_attempt_at=now + timedelta(seconds=settings.claim_s))
         )
         assert isinstance(result, CursorResult)
         if result.rowcount != 1:
@@ -141,62 +173,32 @@ def _claim(notifier: LegacyNotifier, row_id: int, now: datetime) -> bytes | None
         meter = session.get(Meter, row.meter_id)
         return build_device_event(
             row,
-            source=notifier.settings.source,
+            source=settings.source,
             concentrator_id=meter.concentrator_id if meter else None,
-            naming=Naming(notifier.settings.meter_name_type),
+            naming=Naming(settings.meter_name_type),
         )
 
 
-def _send(notifier: LegacyNotifier, row_id: int, body: bytes) -> bool:
-    from central.soap.notifier import SOAP_ACTION, Acknowledgement, is_acknowledgement
-
-    target = notifier.settings.legacy_endpoint
-    if target is None:
-        _finish(notifier, row_id, "not sent: no Legacy endpoint configured", delivered=True)
-        return True
-    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": SOAP_ACTION}
-    try:
-        if notifier.client is not None:
-            response = notifier.client.post(target, content=body, headers=headers)
-        else:  # run_once without start(): a short-lived client
-            with httpx.Client(
-                timeout=notifier.settings.legacy_timeout_s, auth=_auth(notifier)
-            ) as short:
-                response = short.post(target, content=body, headers=headers)
-        ack = is_acknowledgement(response, reply_optional=notifier.settings.compat_legacy_shapes)
-    except httpx.HTTPError as exc:
-        ack = Acknowledgement(False, f"{type(exc).__name__}: {exc}")
-    if ack.ok:
-        _finish(notifier, row_id, None, delivered=True)
-        return True
-    _finish(notifier, row_id, ack.why, delivered=False)
-    return False
-
-
-def _auth(notifier: LegacyNotifier) -> httpx.BasicAuth | None:
-    settings = notifier.settings
-    if settings.legacy_username is None:
-        return None
-    return httpx.BasicAuth(settings.legacy_username, settings.legacy_password or "")
-
-
-def _finish(notifier: LegacyNotifier, row_id: int, error: str | None, *, delivered: bool) -> None:
-    from central.soap.notifier import GIVEN_UP, NEVER
-
+def _finish(
+    sessions: sessionmaker[Session],
+    row_id: int,
+    error: str | None,
+    retry: tuple[int, Callable[[int], float]] | None,
+) -> None:
+    """Delivered (``retry`` None: sent and acknowledged, or closed unsent with ``error``)
+    or due again after the backoff, given up after the configured attempts."""
     now = utcnow()
-    with session_scope(notifier.sessions) as session:
+    with session_scope(sessions) as session:
         row = session.get(DeviceEventNotification, row_id)
         if row is None:
             return
         row.attempts += 1
-        if delivered:
+        if retry is None:
             row.delivered_at = now
             row.last_error = error
             return
-        limit = notifier.settings.max_attempts
+        limit, backoff = retry
         given_up = bool(limit) and row.attempts >= limit
-        row.last_error = ((GIVEN_UP if given_up else "") + (error or ""))[:2000]
-        row.next_attempt_at = (
-            NEVER if given_up else now + timedelta(seconds=notifier.backoff(row.attempts))
-        )
+        row.last_error = ((LEGACY_GIVEN_UP if given_up else "") + (error or ""))[:2000]
+        row.next_attempt_at = NEVER if given_up else now + timedelta(seconds=backoff(row.attempts))
     log.warning("relay event %s not acknowledged by Legacy: %s", row_id, error)

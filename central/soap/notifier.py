@@ -231,13 +231,23 @@ class LegacyNotifier:
                 closed += 1
         if not self._stop.is_set():
             # unsolicited relay changes (issue 16), from their own outbox
-            closed += device_events.run_once(self, now)
+            closed += device_events.run_once(
+                self.sessions, self.settings, self._post_event, self.backoff, now
+            )
         return closed
 
-    @property
-    def client(self) -> httpx.Client | None:
-        """The HTTP client in use (None before ``start`` unless one was given)."""
-        return self._client
+    def _post_event(self, target: str, body: bytes) -> Acknowledgement:
+        """POST one message with this notifier's client and read Legacy's answer."""
+        headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": SOAP_ACTION}
+        try:
+            if self._client is not None:
+                response = self._client.post(target, content=body, headers=headers)
+            else:  # run_once without start(): a short-lived client
+                with httpx.Client(timeout=self.settings.legacy_timeout_s) as short:
+                    response = short.post(target, content=body, headers=headers)
+            return is_acknowledgement(response, reply_optional=self.settings.compat_legacy_shapes)
+        except httpx.HTTPError as exc:
+            return Acknowledgement(False, f"{type(exc).__name__}: {exc}")
 
     def _claim(self, row_id: int, now: datetime) -> Delivery | None:
         table = LegacyNotification

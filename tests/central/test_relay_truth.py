@@ -44,8 +44,9 @@ from shared.contracts import (
     RelayReport,
 )
 from shared.signing import CommandSigner
+from tests.soap.standard_clients import assert_standard
 
-from .conftest import APPROVER, OPERATOR, WORKDAY, RecordingPublisher, add_meters
+from .conftest import APPROVER, OPERATOR, SATURDAY, WORKDAY, RecordingPublisher, add_meters
 
 _ids = itertools.count(1)
 STATES = {
@@ -162,21 +163,6 @@ def test_the_first_audit_sets_the_relay_state_with_its_time_and_source(
     assert session.scalar(select(func.count()).select_from(RelayObservation)) == 1
 
 
-def test_an_order_result_is_an_observation_and_an_older_audit_changes_nothing(
-    session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
-) -> None:
-    add_meters(session, 1)
-    finished(session, settings, publisher, signer, "m0", "disconnect", Outcome.DISCONNECTED)
-    older = WORKDAY - timedelta(minutes=5)
-    assert apply(session, settings, report("m0", at=older, state="connected")) == "applied"
-    meter = session.get(Meter, "m0")
-    assert meter is not None and meter.relay_state == "disconnected"
-    assert meter.relay_state_source == "order"
-    sources = session.scalars(select(RelayObservation.source).order_by(RelayObservation.id))
-    assert list(sources) == ["order", "audit"]
-    assert kinds(session, "m0") == []
-
-
 # -- 2. drift ----------------------------------------------------------------------------------
 def test_an_audit_that_contradicts_the_record_is_drift_and_legacy_is_told(
     session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
@@ -194,15 +180,39 @@ def test_an_audit_that_contradicts_the_record_is_drift_and_legacy_is_told(
     )
     row = session.scalars(select(DeviceEventNotification)).one()
     assert (row.meter_id, row.relay_state, row.delivered_at) == ("m0", "disconnected", None)
+    # Legacy is told: a standard EndDeviceEvent, marked as not the result of an order
+    with LegacyStandIn() as legacy:
+        soap = SoapSettings(legacy_endpoint=legacy.url)
+        notifier = LegacyNotifier(sessionmaker(bind=session.get_bind()), soap)
+        notifier.run_once()  # (the REST order's own row is closed unsent: not Legacy's)
+        assert notifier.run_once() == 0  # delivered once
+        (body,) = legacy.received
+    message = assert_standard(body)
+    assert message.find(".//{*}CorrelationID") is None and message.find(".//{*}issuerID") is None
+    (event,) = parse_events(body)
+    assert (event.meter_id, event.event_code) == ("m0", "3.31.0.68")
+    assert event.details["orderInitiated"] == "false" and "audit read" in event.details["cause"]
+    session.expire_all()
+    assert session.scalars(select(DeviceEventNotification)).one().delivered_at is not None
 
 
-def test_a_remote_disconnection_in_the_log_after_its_order_is_no_drift(
+def test_an_order_read_back_and_its_remote_disconnection_in_the_log_are_no_drift(
     session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
 ) -> None:
     add_meters(session, 1)
     order_id = finished(
         session, settings, publisher, signer, "m0", "disconnect", Outcome.DISCONNECTED
     )
+    # the order's own read-back is an observation; an older audit changes nothing
+    older = WORKDAY - timedelta(minutes=5)
+    assert apply(session, settings, report("m0", at=older, state="connected")) == "applied"
+    meter = session.get(Meter, "m0")
+    assert meter is not None and (meter.relay_state, meter.relay_state_source) == (
+        "disconnected",
+        "order",
+    )
+    sources = session.scalars(select(RelayObservation.source).order_by(RelayObservation.id))
+    assert list(sources) == ["order", "audit"]
     at = WORKDAY + timedelta(minutes=2)
     message = report(
         "m0",
@@ -247,6 +257,22 @@ def test_the_button_press_ends_the_armed_order_connected_and_legacy_gets_connect
         assert notifier.run_once() == 1  # Legacy told "armed"
         session.expire_all()
         assert orders.get_order(session, order_id).state == "reported"
+        # the log read after the arm order may hold the remote connection it logged:
+        # that is not the button
+        after = report(
+            "m0",
+            at=WORKDAY + timedelta(minutes=2),
+            events=[(2, 62)],
+            trigger="after_order",
+            order_id=order_id,
+        )
+        assert apply(session, settings, after) == "applied"
+        assert orders.get_order(session, order_id).state == "reported"
+        # a later request refused at validation never reached the meter: still the button
+        refused = orders.OrderRequest(meter_id="m0", action="disconnect", reason="non_payment")
+        item = orders.create_orders(session, [refused], OPERATOR, settings, now=SATURDAY).items[0]
+        assert not item.accepted
+        session.commit()
         pressed = LATER
         message = (
             report("m0", at=pressed, events=[(3, 60)], trigger="log_poll")
@@ -259,7 +285,7 @@ def test_the_button_press_ends_the_armed_order_connected_and_legacy_gets_connect
         press = [e for e in order.events if e.event == "customer_connected"]
         assert len(press) == 1 and "pressed the button" in press[0].detail
         assert "button_press" in kinds(session, "m0") and "drift" not in kinds(session, "m0")
-        assert notifier.run_once() == 1
+        assert notifier.run_once() >= 1  # (the refused order's row closes unsent)
         codes = [e.event_code for body in legacy.received for e in parse_events(body)]
         assert codes == ["3.31.0.11", "3.31.0.42"]  # armed, then connected for the same order
         session.expire_all()
@@ -409,17 +435,26 @@ def test_the_restore_of_an_incident_is_held_for_a_second_person_then_dispatched(
         incidents.restore(session, incident.id, OPERATOR, settings, now=LATER)
 
 
-def test_an_incident_with_nothing_left_to_restore_says_so(
+def test_openings_on_one_firmware_across_concentrators_are_one_incident(
     session: Session, settings: Settings
 ) -> None:
-    ids = add_meters(session, 3)
+    # three meters of three concentrators, one firmware version (the bad update)
+    ids = [add_meters(session, 1, concentrator=f"conc-{c}", prefix=c)[0] for c in "xyz"]
     for n, meter in enumerate(ids):
-        apply(session, settings, report(meter, at=WORKDAY, state="connected"))
-        apply(
-            session, settings, report(meter, at=LATER + timedelta(seconds=n), state="disconnected")
+        conc = f"conc-{meter[0]}"
+        apply(session, settings, report(meter, at=WORKDAY, state="connected", concentrator=conc))
+        opened = report(
+            meter,
+            at=LATER + timedelta(seconds=n),
+            state="disconnected",
+            concentrator=conc,
+            firmware="fw-4.2.1",
         )
-        apply(session, settings, report(meter, at=LATER + timedelta(minutes=9), state="connected"))
+        apply(session, settings, opened)
+        back = report(meter, at=LATER + timedelta(minutes=9), state="connected", concentrator=conc)
+        apply(session, settings, back)  # reconnected by hand meanwhile
     incident = session.scalars(select(RelayIncident)).one()
+    assert (incident.group_kind, incident.group_key, incident.meters) == ("firmware", "fw-4.2.1", 3)
     with pytest.raises(BadRequest, match="no meter left disconnected"):
         incidents.restore(session, incident.id, OPERATOR, settings, now=LATER)
 

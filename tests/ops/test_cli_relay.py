@@ -68,6 +68,13 @@ def test_incident_alarm_and_relay_history_commands(
     rows = [r for r in capsys.readouterr().out.splitlines() if "REL-" in r]
     assert "urgent" in rows[0] and "protected_disconnected" in rows[0] and "REL-3" in rows[0]
     alarm_id = rows[0].split()[0]
+    # the dashboard puts it on top, with the counts
+    stats = httpx.get(
+        f"{live.url}/dashboard/api/stats", headers={"Authorization": f"Bearer {VIEWER}"}
+    ).json()
+    assert stats["relay_alarms_urgent"] == 1 and stats["incidents_active"] == 1
+    assert stats["relay_alarms"][0]["kind"] == "protected_disconnected"
+    assert stats["incidents"][0]["meters"] == 4
 
     assert rcd(live, OPERATOR, "incidents", "ack", incident_id) == 0
     assert "acknowledged" in capsys.readouterr().out
@@ -93,3 +100,16 @@ def test_incident_alarm_and_relay_history_commands(
     capsys.readouterr()
     assert rcd(live, VIEWER, "incidents", "list") == 0
     assert "conc-rel" not in capsys.readouterr().out
+
+    scrape = httpx.get(f"{live.url}/metrics", headers={"Authorization": f"Bearer {VIEWER}"}).text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in scrape.splitlines()
+        if line.startswith("rcd_relay")
+    }
+    assert values['rcd_relay_drift_events_total{to_state="disconnected"}'] >= 4
+    assert values['rcd_relay_reports_total{effect="applied"}'] >= 8
+    assert values['rcd_relay_alarms_total{kind="protected_disconnected"}'] >= 1
+    # the four audited meters, out of all the module's commissioned ones
+    assert 0 < values["rcd_relay_audit_coverage_ratio"] < 1
+    assert values["rcd_relay_incidents_active"] == 0
