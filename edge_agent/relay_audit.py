@@ -12,8 +12,9 @@ Three reasons to read a meter (``RelayReport.trigger``), one read each time:
 
 A read is one association and at most two GETs: a GET-with-list of output_state,
 control_state, control_mode, energy (value, scaler_unit), clock and the disconnector
-log's entries_in_use; then, if the log grew, the new entries with selective access by
-entry (``last + 1 ..``, at most 50 a read, block transfer as the meter needs). The report goes
+log's entries_in_use and profile_entries; then, if the log grew, the new entries with
+selective access by entry (``last + 1 ..``, at most 50 a read, block transfer as the
+meter needs), or by clock range once the log is full (:func:`observe`). The report goes
 into the outbox and the last entry read moves on in one transaction
 (:mod:`edge_agent.relay_store`); the coordinator's ack drops it like a result.
 
@@ -64,8 +65,9 @@ LOG_OBIS = "0.0.99.98.2.255"
 STATE_ITEMS = [
     ("0.0.96.3.10.255", 70, 2), ("0.0.96.3.10.255", 70, 3), ("0.0.96.3.10.255", 70, 4),
     ("1.0.1.8.0.255", 3, 2), ("1.0.1.8.0.255", 3, 3), ("0.0.1.0.0.255", 8, 2),
-    (LOG_OBIS, 7, 7),
+    (LOG_OBIS, 7, 7), (LOG_OBIS, 7, 8),
 ]
+_END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 # Log entries per read (the contract allows 200 a report): a read the audit gives up to
 # an order loses what it had read, so reads stay short and each one moves the index on.
 MAX_ENTRIES = 50
@@ -92,17 +94,30 @@ class Observation:
     log_index: int  # the last entry read (unchanged when none are new)
 
 
-def observe(link: AuditLink, last_index: int) -> Observation:
-    """The read itself: relay state, energy, clock, log size; then the new log entries."""
+def observe(link: AuditLink, last_index: int, last_at: datetime | None = None) -> Observation:
+    """The read itself: relay state, energy, clock, log size; then the new log entries.
+
+    ``last_index`` counts the rows reported since the meter's log began. While the log
+    has room, a row's position in the buffer is that count, and new rows are read by
+    entry. Once it is full, the oldest rows go and positions shift: new rows are then the
+    ones logged after ``last_at`` (read by clock range), numbered on from ``last_index``.
+    """
     v = link.read_values(STATE_ITEMS)
     if len(v) != len(STATE_ITEMS):
         raise MalformedResponse(f"expected {len(STATE_ITEMS)} values, got {len(v)}")
     relay = _relay(v[0], v[1], v[2])
     energy = _energy(v[3], v[4], v[5])
-    in_use = _count(v[6])
+    in_use, capacity = _count(v[6]), _count(v[7])
+    if in_use >= capacity > 0 and last_at is not None and last_index:
+        rows = link.read_selective(LOG_OBIS, 7, 2, P.encode_access(
+            P.clock_range(last_at, _END_OF_TIME)))
+        newer = [e for e in P.log_entries(rows, 1) if e.at > last_at]
+        events = [RelayLogEntry(index=last_index + n, at=e.at, code=e.code)
+                  for n, e in enumerate(newer, start=1)]
+        return Observation(relay, energy, events, events[-1].index if events else last_index)
     if in_use < last_index:  # the meter's log restarted (replaced, cleared): from the top
         last_index = 0
-    events: list[RelayLogEntry] = []
+    events = []
     if in_use > last_index:
         to_entry = min(in_use, last_index + MAX_ENTRIES)
         rows = link.read_selective(LOG_OBIS, 7, 2, P.encode_access(
@@ -291,12 +306,13 @@ class RelayAuditor:
               row: AuditRow | None) -> None:
         line = meter.line_key
         last = row.log_index if row is not None else 0
+        last_at = datetime.fromisoformat(row.log_at) if row is not None and row.log_at else None
         began = self._mono()
         at = self._clock()
         try:
             with self._sessions(meter, lambda: self._stop.is_set() or self._order_waiting(line)
                                 ) as link:
-                seen = observe(link, last)
+                seen = observe(link, last, last_at)
         except Preempted:
             self.reads["preempted"] += 1
             log("audit.preempted", meter=meter.meter_id, trigger=trigger, line=line)

@@ -36,7 +36,7 @@ class ScriptedLink:
 
     def read_values(self, items: list[tuple[str, int, int]]) -> list[Any]:
         return [self.control_state == 1, self.control_state, 1, 1234, [1, 30], WHEN,
-                len(self.codes)]
+                len(self.codes), 500]
 
     def read_selective(self, obis: str, class_id: int, attribute: int, access: bytes) -> Any:
         self.asked.append(access)
@@ -226,3 +226,37 @@ def test_a_log_poll_reports_only_new_rows_or_a_relay_that_moved(store: Store) ->
     assert moved[0].relay is not None and moved[0].relay.control_state is ControlState.DISCONNECTED
     assert poll() == []
     executor.stop()
+
+
+def test_a_full_log_is_read_by_clock_from_the_last_row_reported() -> None:
+    from datetime import timedelta
+
+    from firmware_sim.relay_log import DisconnectorLog
+
+    log = DisconnectorLog(capacity=5)
+    base = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+    for n in range(5):
+        log.append(base + timedelta(minutes=n), 61 if n % 2 else 62)
+
+    class FullLink(ScriptedLink):
+        def read_values(self, items: list[tuple[str, int, int]]) -> list[Any]:
+            return [True, 1, 2, 1, [0, 30], WHEN, len(log.rows), log.capacity]
+
+        def read_selective(self, obis: str, class_id: int, attribute: int, access: bytes) -> Any:
+            from shared.dlms import axdr
+
+            self.asked.append(access)
+            value, _ = axdr.decode(access, 1)
+            return log.select(P.decode_access(access[0], value)).py()
+
+    link = FullLink([])
+    first = observe(link, 0)  # the first read: positions, from the top
+    assert [e.index for e in first.events] == [1, 2, 3, 4, 5]
+    for n in range(5, 8):  # three more: the three oldest go, positions shift
+        log.append(base + timedelta(minutes=n), 63)
+    later = observe(link, first.log_index, first.events[-1].at)
+    assert link.asked[-1][0] == P.SELECT_RANGE
+    assert [(e.index, e.code, e.at.minute) for e in later.events] == [
+        (6, 63, 5), (7, 63, 6), (8, 63, 7)]
+    assert later.log_index == 8
+    assert observe(link, 8, later.events[-1].at).events == []
