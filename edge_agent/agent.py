@@ -36,6 +36,7 @@ import math
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import FrameType, TracebackType
@@ -53,6 +54,7 @@ from edge_agent.executor import (
 )
 from edge_agent.logs import log
 from edge_agent.mqtt_link import MqttLink
+from edge_agent.relay_audit import RelayAuditor
 from edge_agent.store import Meter, OrderRow, Store
 from shared import topics
 from shared.contracts import (
@@ -86,12 +88,20 @@ class _LazyDlmsDriver:
         self._config = config
         self._driver: MeterDriver | None = None
 
-    def session(self, meter: Meter) -> AbstractContextManager[MeterLink]:
+    def _real(self) -> Any:
         if self._driver is None:
             from edge_agent.dlms_driver import DlmsDriver
 
             self._driver = DlmsDriver(self._store, self._config)
-        return self._driver.session(meter)
+        return self._driver
+
+    def session(self, meter: Meter) -> AbstractContextManager[MeterLink]:
+        driver: MeterDriver = self._real()
+        return driver.session(meter)
+
+    def raw_session(self, meter: Meter, preempt: Callable[[], bool]) -> AbstractContextManager[Any]:
+        """An association for the relay audit (same invocation counters as orders)."""
+        return self._real().raw_session(meter, preempt)  # type: ignore[no-any-return]
 
 
 class EdgeAgent:
@@ -122,9 +132,10 @@ class EdgeAgent:
         except BaseException:
             self.store.close()
             raise
+        real = _LazyDlmsDriver(self.store, config)
         self.executor = Executor(
             self.store,
-            driver if driver is not None else _LazyDlmsDriver(self.store, config),
+            driver if driver is not None else real,
             line_concurrency={k: v.concurrency for k, v in config.lines.items()},
             tcp_concurrency=config.executor.tcp_concurrency,
             idle_poll_s=config.executor.idle_poll_s,
@@ -136,6 +147,16 @@ class EdgeAgent:
             require_protected_list=config.protect.require_list,
             on_protected=self._protected_at_switch,
         )
+        self.auditor: RelayAuditor | None = None
+        sessions = getattr(driver, "raw_session", None) if driver is not None else real.raw_session
+        if config.audit.enabled and sessions is not None:
+            self.auditor = RelayAuditor(
+                self.store, self.executor, sessions, config.audit, self.cid,
+                on_report=self.link.wake,
+                hold_disconnects=lambda: (config.protect.require_list
+                                          and self.store.protected_version() is None),
+            )
+            self.executor.on_ended = self.auditor.order_ended
         self._stopped = threading.Event()
         self._started = False
 
@@ -147,6 +168,8 @@ class EdgeAgent:
         self.executor.start()
         try:
             self.link.start()
+            if self.auditor is not None:
+                self.auditor.start()
         except BaseException:
             # Not started: no scheduler thread or worker pool may outlive the failure
             # (executing orders whose results nothing would publish, on a store that
@@ -162,6 +185,8 @@ class EdgeAgent:
             return
         self._started = False
         log("agent.stopping", concentrator=self.cid)
+        if self.auditor is not None:
+            self.auditor.stop()
         try:
             self.link.stop()
         finally:

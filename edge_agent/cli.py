@@ -78,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from edge_agent.relay_store import audit_summary
     from edge_agent.store import Store
 
     try:
@@ -93,6 +94,10 @@ def _status(args: argparse.Namespace) -> int:
                 "meters": store.meter_count(),
                 "meter_table_generation": store.get_meta("meter_generation"),
                 "protected_list_version": store.protected_version(),
+                "relay_audit": {"enabled": config.audit.enabled,
+                                "cycle_s": config.audit.cycle_s,
+                                "max_airtime_share": config.audit.max_airtime_share,
+                                "lines": audit_summary(store, config.audit.cycle_s)},
             }
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", EXIT_CONFIG)
@@ -101,10 +106,18 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
+        audit = info.pop("relay_audit")
         for key, value in info.items():
             if isinstance(value, dict):
                 value = ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none"
             print(f"{key:24} {value}")
+        print(f"{'relay_audit':24} {'on' if audit['enabled'] else 'off'}, cycle "
+              f"{audit['cycle_s']:g}s, airtime bound {audit['max_airtime_share']:.0%}")
+        for line, figures in audit["lines"].items():
+            share = figures["airtime_share"]
+            print(f"  {line:22} coverage {figures['coverage']:.0%} "
+                  f"({figures['audited_last_cycle']}/{figures['meters']}), airtime "
+                  f"{'-' if share is None else f'{share:.1%}'}, failing {figures['failing']}")
     return 0
 
 

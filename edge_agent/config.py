@@ -3,7 +3,7 @@
 Every setting has a dotted name (``broker.url``, ``executor.tcp_concurrency``,
 ``lines.plc1.port`` ...). An environment variable ``RCD_EDGE_<SECTION>_<KEY>``
 overrides a scalar of the sections ``agent``, ``broker``, ``coordinator``,
-``executor`` and ``protect``; e.g. ``RCD_EDGE_BROKER_PASSWORD=...`` or
+``executor``, ``protect`` and ``audit``; e.g. ``RCD_EDGE_BROKER_PASSWORD=...`` or
 ``RCD_EDGE_AGENT_CONCENTRATOR_ID=conc-7``. A missing or wrong setting raises
 :class:`edge_agent.errors.ConfigError` whose message starts with the setting's
 name, and the agent does not start. See ``deploy/edge/agent.example.toml``.
@@ -30,7 +30,7 @@ from shared import topics
 from shared.contracts import error_path
 
 ENV_PREFIX = "RCD_EDGE_"
-ENV_SECTIONS = ("agent", "broker", "coordinator", "executor", "protect")
+ENV_SECTIONS = ("agent", "broker", "coordinator", "executor", "protect", "audit")
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -123,6 +123,22 @@ class ExecutorSettings(_Section, frozen=True, kw_only=True):
     idle_poll_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
 
 
+class AuditSettings(_Section, frozen=True, kw_only=True):
+    """The relay audit and the disconnector log reads (edge_agent/relay_audit.py): both
+    at the lowest priority on each line, within ``max_airtime_share`` of its airtime."""
+
+    enabled: bool = True
+    # every meter's relay state, energy and log once per cycle, spread over it
+    cycle_s: Annotated[float, Meta(ge=1, le=30 * 86400)] = 86400.0
+    # the disconnector log of every meter is read at least this often
+    log_poll_s: Annotated[float, Meta(ge=1, le=30 * 86400)] = 3600.0
+    after_order: bool = True  # read the meter's log after every order on it
+    # share of a line's time the audit may take (measured per line; it backs off)
+    max_airtime_share: Annotated[float, Meta(gt=0, le=0.9)] = 0.1
+    airtime_window_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+    idle_poll_s: Annotated[float, Meta(gt=0, le=60)] = 0.5
+
+
 class LineSettings(_Section, frozen=True, kw_only=True):
     port: str
     baudrate: Annotated[int, Meta(ge=300, le=921600)] = 9600
@@ -153,6 +169,7 @@ class EdgeConfig(_Section, frozen=True, kw_only=True):
     coordinator: CoordinatorSettings
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     protect: ProtectSettings = field(default_factory=ProtectSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     lines: dict[str, LineSettings] = field(default_factory=dict)
     keys: dict[str, KeySettings] = field(default_factory=dict)
 
@@ -203,9 +220,10 @@ _SECTIONS: dict[str, type[_Section]] = {
     "coordinator": CoordinatorSettings,
     "executor": ExecutorSettings,
     "protect": ProtectSettings,
+    "audit": AuditSettings,
 }
 _NAMED: dict[str, type[_Section]] = {"lines": LineSettings, "keys": KeySettings}
-_OPTIONAL = frozenset({"executor", "protect", "lines", "keys"})
+_OPTIONAL = frozenset({"executor", "protect", "audit", "lines", "keys"})
 
 
 def _path(kind: type, value: Any) -> Any:
@@ -271,6 +289,9 @@ def _build(data: Mapping[str, Any], from_env: Mapping[str, str]) -> EdgeConfig:
     parsed = urlparse(config.broker.url)
     if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
         raise _problem("broker.url", "must look like mqtt://host:1883 or mqtts://host:8883", from_env)
+    if config.audit.log_poll_s > config.audit.cycle_s:
+        raise _problem("audit.log_poll_s", f"must not exceed audit.cycle_s ({config.audit.cycle_s})",
+                       from_env)
     for url in config.broker.failover_urls:
         other = urlparse(url)
         if other.scheme != parsed.scheme or not other.hostname:

@@ -301,9 +301,18 @@ class DlmsDriver:
 
     @contextmanager
     def session(self, meter: Meter) -> Iterator[DlmsLink]:
-        keys = self._keys(meter)
         version = self._store.table_version
         facts = self.facts.get(meter, version)
+        with self.raw_session(meter) as opened:
+            yield DlmsLink(opened, facts, lambda new: self.facts.put(meter, version, new))
+
+    @contextmanager
+    def raw_session(
+        self, meter: Meter, preempt: Callable[[], bool] | None = None
+    ) -> Iterator[MeterSession]:
+        """An open association with the invocation counters handled; ``preempt`` is the
+        relay audit's question before every request (True: give the line up)."""
+        keys = self._keys(meter)
         transport, address = self._open(meter)
         try:
             start = self._counters.take(meter.meter_id)
@@ -315,11 +324,10 @@ class DlmsDriver:
                 invocation_counter=start,
                 timeout=self._config.executor.dlms_timeout_s,
             )
+            session.preempt = preempt
             try:
                 with session as opened:
-                    yield DlmsLink(
-                        opened, facts, lambda new: self.facts.put(meter, version, new)
-                    )
+                    yield opened
             finally:
                 self._counters.used(meter.meter_id, session.invocation_counter)
         finally:

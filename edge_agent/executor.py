@@ -288,6 +288,8 @@ class Executor:
         self._last_prune = 0.0
         self._meters: dict[str, Meter | None] = {}
         self._busy_meters: set[str] = set()
+        # the relay audit reads the meter's log after every order
+        self.on_ended: Callable[[OrderRow, OrderResult], None] = lambda order, result: None
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -376,6 +378,20 @@ class Executor:
             self._pool.submit(self._run_guarded, order, meter, key, order.command.meter_id)
             claimed += 1
         return claimed
+
+    def borrow_line(self, meter: Meter) -> bool:
+        """The relay audit takes a line only while nothing runs on it (relay_audit.py)."""
+        with self._lock:
+            if self._inflight.get(meter.line_key, 0) or meter.meter_id in self._busy_meters or (
+                    meter.transport == "tcp" and self._tcp_inflight >= self._tcp_max):
+                return False
+            self._inflight[meter.line_key] = 1
+            self._busy_meters.add(meter.meter_id)
+            self._tcp_inflight += meter.transport == "tcp"
+        return True
+
+    def give_back_line(self, meter: Meter) -> None:  # wakes the scheduler
+        self._release(meter.line_key, meter, meter.meter_id)
 
     def _release(self, key: str, meter: Meter | None, meter_id: str) -> None:
         with self._lock:
@@ -582,3 +598,4 @@ class Executor:
             outcome=result.outcome.value, reason=result.reason.value if result.reason else None,
             attempts=len(result.attempts), already_in_state=result.already_in_state or None)
         self._on_result()
+        self.on_ended(order, result)

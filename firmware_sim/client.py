@@ -77,5 +77,15 @@ class SimControl:
     def set_fault(self, meter_id: str, fault: str | None) -> None:
         self._call("POST", f"/meters/{meter_id}/fault", {"fault": fault})
 
+    def inject(self, meter_id: str, event: str, *, logged: bool = False) -> dict[str, Any]:
+        """A relay event no method caused: button, manual_disconnect, local_trip,
+        limiter_ok, self_open (``logged``), contacts_open, weld, bypass, repair."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/meters/{meter_id}/event", {"event": event, "logged": logged})
+        return result
+
+    def press_button(self, meter_id: str) -> dict[str, Any]:
+        return self.inject(meter_id, "button")
+
 
 __all__ = ["SimControl", "SimControlError", "parse_at"]

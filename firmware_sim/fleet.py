@@ -58,6 +58,8 @@ class MeterSpec:
     load_w: float = 1000.0
     reachability: float = 1.0  # probability a frame to/from this meter gets through
     late_answer_s: float = 6.0  # delay used by the late_answer fault
+    max_pdu: int = 1024  # the meter's largest APDU; a longer GET answer goes in blocks
+    log_capacity: int = 500  # rows the disconnector control log keeps (oldest go first)
 
     def __post_init__(self) -> None:
         if self.transport not in ("tcp", "hdlc"):
@@ -70,6 +72,10 @@ class MeterSpec:
             raise ValueError(f"{self.meter_id}: control_mode must be 0..6")
         if self.relay not in STATE_NAMES:
             raise ValueError(f"{self.meter_id}: bad relay state {self.relay!r}")
+        if not 64 <= self.max_pdu <= 0xFFFF:
+            raise ValueError(f"{self.meter_id}: max_pdu must be 64..65535")
+        if not 1 <= self.log_capacity <= 100_000:
+            raise ValueError(f"{self.meter_id}: log_capacity must be 1..100000")
         if len(self.block_key) != 16 or len(self.auth_key) != 16:
             raise ValueError(f"{self.meter_id}: keys must be 16 bytes")
 

@@ -13,14 +13,21 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from firmware_sim.cosem import STATE_NAMES, DisconnectControl, EnergyRegister, Refused
 from firmware_sim.oplog import OperationLog, RelayMethod
+from firmware_sim.relay_log import (
+    REMOTE_CONNECTION,
+    REMOTE_DISCONNECTION,
+    SWITCH_FAILURE,
+    DisconnectorLog,
+)
 from shared.dlms import apdu as A
 from shared.dlms import axdr
+from shared.dlms import profile as P
 from shared.dlms import security as S
 from shared.dlms.axdr import Data
 from shared.dlms.errors import (
@@ -38,7 +45,7 @@ if TYPE_CHECKING:
 
 FAULTS = frozenset(
     {"no_answer", "garbage", "late_answer", "unreachable", "relay_stuck", "relay_error",
-     "not_commissioned"}
+     "not_commissioned", "relay_welded", "bypass"}
 )
 PUBLIC_CLIENT = 16
 MANAGEMENT_CLIENT = 1
@@ -48,8 +55,13 @@ ENERGY = (3, bytes((1, 0, 1, 8, 0, 255)))
 CLOCK = (8, bytes((0, 0, 1, 0, 0, 255)))
 ASSOCIATION_LN = (15, bytes((0, 0, 40, 0, 0, 255)))
 INVOCATION_COUNTER = (1, bytes((0, 0, 43, 1, 0, 255)))
-OBJECTS = (DISCONNECT_CONTROL, ENERGY, CLOCK, ASSOCIATION_LN, INVOCATION_COUNTER)
+RELAY_LOG = (7, P.DISCONNECTOR_LOG.obis)
+EVENT_CODE = (1, P.DISCONNECTOR_EVENT_CODE_OBIS)
+OBJECTS = (DISCONNECT_CONTROL, ENERGY, CLOCK, ASSOCIATION_LN, INVOCATION_COUNTER, RELAY_LOG,
+           EVENT_CODE)
 MAX_PDU = 1024
+# glo-ciphering (tag, length, SC, invocation counter, GCM tag) and the datablock header
+BLOCK_OVERHEAD = 40
 
 
 @dataclass
@@ -82,6 +94,8 @@ class Association:
     max_pdu: int = MAX_PDU
     request_ic: int | None = None  # the client's invocation counter of the current request
     aarq_ic: int | None = None  # ... and of the AARQ that opened this association
+    blocks: list[bytes] = field(default_factory=list)  # a long GET answer still to send
+    blocks_sent: int = 0
 
 
 def system_title_for(meter_id: str) -> bytes:
@@ -100,6 +114,10 @@ class SimulatedMeter:
         self.late_answer_s = spec.late_answer_s
         self.disconnect = DisconnectControl(STATE_NAMES[spec.relay], spec.control_mode)
         self.energy = EnergyRegister(spec.energy_wh, spec.load_w)
+        self.relay_log = DisconnectorLog(spec.log_capacity)
+        self.max_pdu = spec.max_pdu
+        # the contacts fell open while the meter's control state still says connected
+        self.opened_by_itself = False
         self.clock_offset = timedelta(0)
         self.counters = MeterCounters()
         self.server_ic = 0
@@ -133,29 +151,47 @@ class SimulatedMeter:
 
     def press_button(self) -> bool:
         """The customer's button: closes an armed relay. True when the relay closed."""
-        with self.lock:
-            self.energy.update(self.disconnect.output_state)
-            changed = self.disconnect.manual_reconnect()
-            if changed:
-                self.events.append("manual_reconnect")
-            return changed
+        from firmware_sim.relay_events import inject
+
+        return inject(self, "button")["changed"] is True
+
+    @property
+    def output_state(self) -> bool:
+        """The contacts as the meter senses them: as its control state says, unless they
+        welded shut or fell open."""
+        if "relay_welded" in self.faults:
+            return True
+        return self.disconnect.output_state and not self.opened_by_itself
+
+    def flowing(self) -> bool:
+        """Current reaches the load: the contacts are closed, or the meter is bypassed."""
+        return self.output_state or "bypass" in self.faults
+
+    def relay(self) -> tuple[int, bool]:
+        return self.disconnect.control_state, self.output_state
+
+    def write_log(self, code: int) -> int:
+        """A row in the disconnector control log at the meter's clock; its position."""
+        return self.relay_log.append(self._now(), code)
 
     def advance(self, seconds: float) -> None:
         """Let simulated time pass for the energy register."""
         with self.lock:
-            self.energy.advance(seconds, self.disconnect.output_state)
+            self.energy.advance(seconds, self.flowing())
 
     def state(self) -> dict[str, object]:
         with self.lock:
-            self.energy.update(self.disconnect.output_state)
+            self.energy.update(self.flowing())
             return {
                 "meter_id": self.meter_id,
                 "control_state": self.disconnect.control_state,
-                "output_state": self.disconnect.output_state,
+                "output_state": self.output_state,
                 "control_mode": self.disconnect.control_mode,
                 "energy_wh": round(self.energy.energy_wh, 3),
                 "commissioned": self.commissioned,
                 "faults": sorted(self.faults),
+                "log_entries": len(self.relay_log.rows),
+                "last_event_code": self.relay_log.last_code,
                 "server_invocation_counter": self.server_ic,
                 "client_invocation_counters": dict(self.last_client_ic),
                 "counters": self.counters.as_dict(),
@@ -249,13 +285,13 @@ class SimulatedMeter:
             if init.dlms_version < 6:
                 return self._refuse(DIAG_NO_REASON, aarq.context)
             assoc.state = "ready"
-            assoc.max_pdu = min(MAX_PDU, init.max_pdu or MAX_PDU)
+            assoc.max_pdu = min(self.max_pdu, init.max_pdu or self.max_pdu)
             self.counters.associations += 1
             self.oplog.association("open", client=assoc.client, invocation_counter=None)
             conf = A.SERVER_CONFORMANCE & init.conformance
             return A.build_aare(A.Aare(
                 context=aarq.context,
-                user_information=A.build_initiate_response(conf, MAX_PDU),
+                user_information=A.build_initiate_response(conf, self.max_pdu),
             ))
         if assoc.client != MANAGEMENT_CLIENT:
             return self._refuse(DIAG_NO_REASON, aarq.context)
@@ -291,11 +327,11 @@ class SimulatedMeter:
         assoc.ctos = aarq.calling_auth_value
         assoc.stoc = self._random(16)
         assoc.general_glo = c.tag == S.GENERAL_GLO
-        assoc.max_pdu = min(MAX_PDU, init.max_pdu or MAX_PDU)
+        assoc.max_pdu = min(self.max_pdu, init.max_pdu or self.max_pdu)
         self.server_ic += 1
         conf = A.SERVER_CONFORMANCE & init.conformance
         user_info = S.wrap(
-            A.build_initiate_response(conf, MAX_PDU), S.SC_AUTH_ENC, self.system_title,
+            A.build_initiate_response(conf, self.max_pdu), S.SC_AUTH_ENC, self.system_title,
             self.server_ic, self.keys,
         )
         return A.build_aare(A.Aare(
@@ -324,7 +360,9 @@ class SimulatedMeter:
             return self._hls_pass3(assoc, r)
         if tag == A.GET_REQUEST:
             if r.kind == 1:
-                return A.build_get_response(r.invoke_id, self._get(r.refs[0]))
+                return self._get_normal(assoc, r)
+            if r.kind == 2:
+                return self._get_next(assoc, r)
             if r.kind == 3:
                 return A.build_get_response_with_list(
                     r.invoke_id, [self._get(ref) for ref in r.refs]
@@ -342,6 +380,55 @@ class SimulatedMeter:
             return A.build_action_response(r.invoke_id, A.AR_READ_WRITE_DENIED)
         return A.build_action_response(r.invoke_id, self._logged_action(assoc, r))
 
+    def _get_normal(self, assoc: Association, r: A.Request) -> bytes:
+        """GET-Request-Normal; an answer longer than the PDU goes out in blocks."""
+        ref, access = r.refs[0], r.access[0] if r.access else None
+        assoc.blocks, assoc.blocks_sent = [], 0
+        is_log = (ref.class_id, ref.obis) == RELAY_LOG and ref.index == 2
+        if access is not None and not is_log:
+            return A.build_get_response(r.invoke_id, A.DAR_OBJECT_UNAVAILABLE)
+        try:
+            result = self._log_buffer(access) if is_log else self._get(ref)
+        except MalformedResponse:
+            return A.build_get_response(r.invoke_id, A.DAR_OTHER_REASON)
+        answer = A.build_get_response(r.invoke_id, result)
+        rows = len(result.value) if is_log and isinstance(result, Data) else 0
+        if len(answer) + BLOCK_OVERHEAD // 2 <= assoc.max_pdu or not isinstance(result, Data):
+            if is_log:
+                self.oplog.log_read(client=assoc.client, block=0, rows=rows, last=True)
+            return answer
+        size = max(16, assoc.max_pdu - BLOCK_OVERHEAD)
+        assoc.blocks = P.split_blocks(r.invoke_id, result, size)
+        if is_log:
+            self.oplog.log_read(client=assoc.client, block=1, rows=rows,
+                                last=len(assoc.blocks) == 1)
+        return self._next_block(assoc)
+
+    def _next_block(self, assoc: Association) -> bytes:
+        block = assoc.blocks[assoc.blocks_sent]
+        assoc.blocks_sent += 1
+        if assoc.blocks_sent == len(assoc.blocks):
+            assoc.blocks, assoc.blocks_sent = [], 0
+        return block
+
+    def _get_next(self, assoc: Association, r: A.Request) -> bytes:
+        """GET-Request-next: the block after the one the client names."""
+        def refuse(code: int) -> bytes:
+            assoc.blocks, assoc.blocks_sent = [], 0
+            return bytes((A.GET_RESPONSE, 2, r.invoke_id, 1)) + r.block_number.to_bytes(
+                4, "big") + bytes((1, code))
+        if not assoc.blocks:
+            return refuse(P.DAR_NO_LONG_GET_IN_PROGRESS)
+        if r.block_number != assoc.blocks_sent:
+            return refuse(P.DAR_LONG_GET_ABORTED)
+        last = assoc.blocks_sent + 1 == len(assoc.blocks)
+        self.oplog.log_read(client=assoc.client, block=assoc.blocks_sent + 1, rows=0, last=last)
+        return self._next_block(assoc)
+
+    def _log_buffer(self, access: tuple[int, Data] | None) -> Data:
+        selector = P.decode_access(*access) if access is not None else None
+        return self.relay_log.select(selector)
+
     def _logged_action(self, assoc: Association, r: A.Request) -> int:
         """Run the method; a Disconnect control method goes into the operation log with
         the relay state before and after, whatever its result."""
@@ -349,6 +436,7 @@ class SimulatedMeter:
         before = (self.disconnect.control_state, self.disconnect.output_state)
         result = self._action(ref, r.data)
         if (ref.class_id, ref.obis) == DISCONNECT_CONTROL and ref.index in (1, 2):
+            self._log_switch(result, before[1])
             method: RelayMethod = "remote_disconnect" if ref.index == 1 else "remote_reconnect"
             self.oplog.relay(
                 method, client=assoc.client, invocation_counter=assoc.request_ic,
@@ -356,6 +444,14 @@ class SimulatedMeter:
                 after=(self.disconnect.control_state, self.disconnect.output_state),
             )
         return result
+
+    def _log_switch(self, result: int, closed_before: bool) -> None:
+        """The disconnector log row of a method: a relay that moved, or a failure."""
+        if result == A.AR_HARDWARE_FAULT:
+            self.write_log(SWITCH_FAILURE)
+        elif result == A.AR_SUCCESS and closed_before != self.disconnect.output_state:
+            self.write_log(REMOTE_CONNECTION if self.disconnect.output_state
+                           else REMOTE_DISCONNECTION)
 
     def _hls_pass3(self, assoc: Association, r: A.Request) -> bytes:
         f_stoc = r.data[0].value if r.data and r.data[0].tag == axdr.OCTET_STRING else b""
@@ -384,7 +480,12 @@ class SimulatedMeter:
             return A.DAR_OBJECT_UNDEFINED
         if ref.index == 1:
             return axdr.octets(ref.obis)
-        closed = self.disconnect.output_state
+        closed = self.output_state
+        if key == RELAY_LOG:
+            value = self.relay_log.attribute(ref.index)
+            return value if value is not None else A.DAR_OBJECT_UNAVAILABLE
+        if key == EVENT_CODE:
+            return axdr.uint8(self.relay_log.last_code) if ref.index == 2 else A.DAR_OBJECT_UNAVAILABLE
         if key == DISCONNECT_CONTROL:
             if ref.index == 2:
                 return axdr.boolean(closed)
@@ -393,7 +494,7 @@ class SimulatedMeter:
             if ref.index == 4:
                 return axdr.enum(self.disconnect.control_mode)
         elif key == ENERGY:
-            self.energy.update(closed)
+            self.energy.update(self.flowing())
             if ref.index == 2:
                 return axdr.uint32(self.energy.raw_value)
             if ref.index == 3:
@@ -444,7 +545,7 @@ class SimulatedMeter:
         if "relay_error" in self.faults:
             self.events.append("relay_error: method refused")
             return A.AR_HARDWARE_FAULT
-        self.energy.update(self.disconnect.output_state)
+        self.energy.update(self.flowing())
         if "relay_stuck" in self.faults:
             self.events.append("relay_stuck: method accepted, relay unchanged")
             return A.AR_SUCCESS

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from firmware_sim.channel import Channel
 from firmware_sim.fleet import SERVER_LOGICAL_ADDRESS, FleetSpec, LineSpec, MeterSpec
 from firmware_sim.meter import Association, SimulatedMeter
+from firmware_sim.relay_events import inject
 from shared.dlms import hdlc, wrapper
 from shared.dlms.errors import MalformedResponse
 
@@ -408,6 +409,10 @@ class RunningFleet:
     def press_button(self, meter_id: str) -> bool:
         return self._meters[meter_id].press_button()
 
+    def inject(self, meter_id: str, event: str, *, logged: bool = False) -> dict[str, Any]:
+        """A relay event no method caused (``firmware_sim.relay_events``)."""
+        return inject(self._meters[meter_id], event, logged=logged)
+
     def line_counters(self, line_id: str) -> dict[str, float]:
         if line_id in self._lines:
             return self._lines[line_id].channel.counters.as_dict()
@@ -469,8 +474,9 @@ class RunningFleet:
                 except ValueError:
                     return self._reply(400, {"error": "since must be an integer"})
                 kind = query.get("kind", [None])[0]
-                if kind not in (None, "relay", "association"):
-                    return self._reply(400, {"error": "kind must be relay or association"})
+                if kind not in (None, "relay", "association", "event", "log_read"):
+                    return self._reply(
+                        400, {"error": "kind must be relay, association, event or log_read"})
                 if len(parts) == 3:
                     if parts[0] != "meters" or parts[1] not in fleet._meters:
                         return self._reply(404, {"error": "not found"})
@@ -494,6 +500,9 @@ class RunningFleet:
                         m.set_fault(body.get("fault"))
                     elif parts[2] == "button":
                         return self._reply(200, {"closed": m.press_button(), **m.state()})
+                    elif parts[2] == "event":
+                        return self._reply(200, inject(
+                            m, str(body.get("event")), logged=bool(body.get("logged", False))))
                     elif parts[2] == "advance":
                         m.advance(float(body.get("seconds", 0)))
                     else:

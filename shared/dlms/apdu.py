@@ -2,7 +2,8 @@
 
 Covers what a meter for remote connect/disconnect needs: AARQ/AARE (with HLS mechanism
 and ciphered user-information), RLRQ/RLRE, GET (normal and with-list), SET (normal),
-ACTION (normal), exception-response and confirmed-service-error.
+ACTION (normal), exception-response and confirmed-service-error. GET-Request-Normal may
+carry selective access (kept undecoded in ``Request.access``; see ``shared.dlms.profile``).
 """
 
 from __future__ import annotations
@@ -280,6 +281,8 @@ class Request:
     refs: list[AttributeRef] = field(default_factory=list)
     data: list[Data] = field(default_factory=list)  # SET values / ACTION parameters
     block_number: int = 0
+    # per attribute of a GET: (access-selector, access-parameters), None without
+    access: list[tuple[int, Data] | None] = field(default_factory=list)
 
 
 def _attr_ref(buf: bytes, pos: int) -> tuple[AttributeRef, int]:
@@ -297,6 +300,15 @@ def _skip_selective_access(buf: bytes, pos: int) -> int:
     return pos + 1
 
 
+def _selective_access(buf: bytes, pos: int) -> tuple[tuple[int, Data] | None, int]:
+    """The optional access-selection of a GET: (selector, parameters) or None."""
+    if not buf[pos]:
+        return None, pos + 1
+    selector = buf[pos + 1]
+    parameters, pos = axdr.decode(buf, pos + 2)
+    return (selector, parameters), pos
+
+
 def parse_request(apdu: bytes) -> Request:
     """Parse a plain GET/SET/ACTION request APDU."""
     try:
@@ -306,8 +318,9 @@ def parse_request(apdu: bytes) -> Request:
         if service == GET_REQUEST:
             if kind == 1:
                 ref, pos = _attr_ref(apdu, pos)
-                _skip_selective_access(apdu, pos)
+                access, pos = _selective_access(apdu, pos)
                 req.refs.append(ref)
+                req.access.append(access)
             elif kind == 2:
                 req.block_number = int.from_bytes(apdu[pos : pos + 4], "big")
             elif kind == 3:

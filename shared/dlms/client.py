@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
 
@@ -48,8 +48,10 @@ from shared.dlms.errors import (
     MalformedResponse,
     MeterUnreachable,
     NoResponse,
+    Preempted,
     TransportError,
 )
+from shared.dlms.profile import parse_cosem_datetime
 from shared.dlms.transport import Transport
 
 
@@ -121,23 +123,6 @@ class ReadBack:
     energy_value: float  # already scaled
     energy_unit: str  # e.g. "Wh"
     meter_clock: datetime | None
-
-
-def parse_cosem_datetime(raw: bytes) -> datetime | None:
-    """12-byte COSEM date-time to an aware datetime (UTC when no deviation is given)."""
-    if len(raw) != 12:
-        return None
-    year = int.from_bytes(raw[0:2], "big")
-    month, day, hour, minute, second = raw[2], raw[3], raw[5], raw[6], raw[7]
-    if year == 0xFFFF or month > 12 or day > 31 or hour > 23 or minute > 59 or second > 59:
-        return None
-    dev = int.from_bytes(raw[9:11], "big", signed=True)
-    # COSEM deviation is minutes local-to-UTC with inverted sign (Blue Book): UTC = local + dev
-    tz = UTC if dev == -0x8000 else timezone(timedelta(minutes=-dev))
-    try:
-        return datetime(year, month, day, hour, minute, second, tzinfo=tz)
-    except ValueError:
-        return None
 
 
 def _boolean(value: Any, what: str) -> bool:
@@ -225,6 +210,10 @@ class MeterSession:
         )
         self._hdlc_reader = hdlc.FrameReader()
         self._wrapper_reader = wrapper.WrapperReader()
+        # Asked before every request frame goes out; True gives the line up (Preempted)
+        # and the session ends without its closing exchange (the relay audit's hook).
+        self.preempt: Callable[[], bool] | None = None
+        self._abandoned = False
 
     # ------------------------------------------------------------------ public API
 
@@ -313,6 +302,30 @@ class MeterSession:
             scale, unit = _scaler_unit(next(values))
         return Status(output_state, control_state, control_mode, energy, scale, unit,
                       _clock(next(values)))
+
+    def read_values(self, items: list[tuple[str, int, int]]) -> list[Any]:
+        """One GET-with-list of ``(obis, class_id, attribute)`` items, values as gurux
+        converts them (the relay audit's state read)."""
+        return self._read_list(items)
+
+    def read_selective(self, obis: str, class_id: int, attribute: int, access: bytes) -> Any:
+        """GET one attribute with selective access; ``access`` is the access-selector
+        and its parameters as :func:`shared.dlms.profile.encode_access` builds them.
+        gurux follows a block transfer (GET-Request-next until the last block) and hands
+        back the reassembled value (a profile buffer: ``[[clock bytes, code], ...]``)."""
+        with self._guard("read-selective"):
+            frames = self._client._read(obis, class_id, attribute, GXByteBuffer(access))
+            reply = self._exchange_all(frames)
+            self._check_reply(reply, action=False)
+            value = reply.value
+        return [] if value is None else value
+
+    def abandon(self) -> None:
+        """Leave without closing the link (no DISC, no RLRQ): the exchange that would
+        close it is given to an order waiting on the line; the meter's next SNRM (or its
+        inactivity timeout) ends the old link."""
+        self._associated = False
+        self._abandoned = True
 
     # ------------------------------------------------------------------ internals
 
@@ -415,7 +428,7 @@ class MeterSession:
                 raise AssociationRefused(13, 1, f"HLS pass 3 refused: {exc}") from exc
             except GXDLMSExceptionResponse as exc:
                 raise AssociationRefused(13, 1, f"HLS pass 3 refused: {exc}") from exc
-            except AssociationRefused:
+            except (AssociationRefused, Preempted):
                 raise
             except Exception as exc:  # gurux raises bare Exception on f(CtoS) mismatch
                 raise AssociationRefused(13, 1, f"meter failed HLS pass 4: {exc}") from exc
@@ -428,6 +441,8 @@ class MeterSession:
         association lives as long as its link), so no RLRQ goes first: one exchange
         of airtime less per order on a PLC line. On the TCP wrapper an RLRQ releases it.
         """
+        if self._abandoned:
+            return
         try:
             if self._associated and not self._broken and not self._hdlc:
                 with contextlib.suppress(Exception):
@@ -473,6 +488,9 @@ class MeterSession:
         data: bytes | None = bytes(frame)
         while True:
             if data is not None:
+                if self.preempt is not None and self.preempt():
+                    self.abandon()
+                    raise Preempted("line given up to a waiting order between exchanges")
                 self._transport.send(data)
             self._receive_into(reply, timeout if timeout is not None else self._timeout)
             if not reply.isMoreData():

@@ -99,3 +99,8 @@ class AccessDenied(DataAccessError, ActionRefused):
 
 class TransportError(DlmsError):
     """The serial port or socket failed; the original exception is ``__cause__``."""
+
+
+class Preempted(DlmsError):
+    """The client gave the line up between two exchanges (the relay audit, when an order
+    waits on the same line); nothing is wrong with the meter."""

@@ -25,6 +25,7 @@ from shared.contracts import (
     OrderReceipt,
     OrderResult,
     RefusalReport,
+    RelayReport,
     parse_agent_message,
 )
 from shared.protect import ProtectSigner
@@ -98,6 +99,8 @@ class Coordinator:
         self.results: list[OrderResult] = []
         self.receipts: list[OrderReceipt] = []
         self.refusals: list[RefusalReport] = []
+        self.relay_reports: list[RelayReport] = []
+        self.ack_relay_reports = True  # off: relay reports stay in the agent's outbox
         self.raw: list[bytes] = []
         self.status: list[bytes] = []
         self._lock = threading.Lock()
@@ -127,6 +130,11 @@ class Coordinator:
                 elif isinstance(message, RefusalReport):
                     self.refusals.append(message)
                     key = message.refusal_id
+                elif isinstance(message, RelayReport):
+                    self.relay_reports.append(message)
+                    if self.acking and self.ack_relay_reports:
+                        self.ack(message.kind, message.report_id)
+                    return
                 else:
                     self.raw.append(msg.payload)
                     self.results.append(message)

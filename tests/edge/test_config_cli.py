@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -103,6 +104,13 @@ def test_cli_import_and_status(conf: dict, tmp_path: Path, capsys: pytest.Captur
     assert main(["edge", "status", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "meters" in out and "2" in out and "never connected" in out
+    # the relay audit per line (issue 16): coverage of the last cycle and airtime share
+    assert "relay_audit              on, cycle 86400s, airtime bound 10%" in out
+    assert "line:plc1" in out and "coverage 0% (0/1)" in out
+    assert main(["edge", "status", "--config", str(cfg), "--json"]) == 0
+    lines = json.loads(capsys.readouterr().out)["relay_audit"]["lines"]
+    assert lines["tcp:10.0.0.2:4059"] == {"meters": 1, "audited_last_cycle": 0, "coverage": 0.0,
+                                          "failing": 0, "airtime_share": None}
 
     bad = tmp_path / "bad.csv"
     bad.write_text("meter_id,transport,host\nM3,tcp,10.0.0.3\n")

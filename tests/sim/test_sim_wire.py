@@ -35,7 +35,8 @@ def test_request_before_association_and_unknown_services(fleet: RunningFleet) ->
         assert c.exchange(A.build_get_request(0xC1, CONTROL_STATE)) == A.build_exception_response(1, 1)
         c.associate()
         assert c.exchange(bytes((0xC2, 0x01))) == A.build_exception_response(2, 2)  # not supported
-        assert c.exchange(b"\xc0\x02\xc1\x00\x00\x00\x01") == A.build_exception_response(2, 2)
+        # GET-Request-next with no long GET in progress: the standard refusal (issue 16)
+        assert c.exchange(b"\xc0\x02\xc1\x00\x00\x00\x01") == bytes.fromhex("c402c1010000000101" "10")
         assert c.get(A.AttributeRef(70, bytes((0, 0, 96, 3, 11, 255)), 2)) == A.DAR_OBJECT_UNDEFINED
         assert c.get(A.AttributeRef(70, DC, 9)) == A.DAR_OBJECT_UNAVAILABLE
         assert c.get(A.AttributeRef(1, bytes((0, 0, 43, 1, 0, 255)), 2)) == axdr.uint32(0)
