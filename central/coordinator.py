@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from functools import partial
 
@@ -87,6 +88,8 @@ class Coordinator:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # publishes one claim while the next is being claimed (``dispatch_now``)
+        self._publisher = ThreadPoolExecutor(2, thread_name_prefix="rcd-publish")
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -110,6 +113,7 @@ class Coordinator:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._publisher.shutdown(wait=True)
         if self.results_consumer is not None:
             self.results_consumer.close()
         if self.link is not None:
@@ -125,18 +129,42 @@ class Coordinator:
 
     # -- work ------------------------------------------------------------------------
     def dispatch_now(self) -> int:
-        """One dispatch pass now (the API calls it after accepting orders)."""
-        if self.link is None:
+        """One dispatch pass now (the API calls it after accepting orders).
+
+        Claim after claim until nothing more is ready (no per-pass cap). While one
+        claim's commands wait for their PUBACKs (in the publisher thread), the next
+        claim is signed and committed; it is published only after the one before it, so
+        a concentrator still gets its commands in claim order."""
+        link = self.link
+        if link is None:
             return 0
         published = 0
+        pending: Future[int] | None = None
         with self.factory() as session:
-            while True:  # claim after claim until nothing more is ready: no per-pass cap
-                with self._dispatch_lock:  # claims are serialised; publishing overlaps
-                    claim = dispatch.claim_ready(session, self.signer, self.settings)
-                if claim.ids:
-                    published += dispatch.publish_claimed(session, self.link, claim)
-                if not claim.more:
-                    return published
+            try:
+                while True:
+                    with self._dispatch_lock:  # claims are serialised; publishing overlaps
+                        claim = dispatch.claim_ready(session, self.signer, self.settings)
+                    if pending is not None:  # one claim in flight at a time
+                        done, pending = pending, None
+                        published += done.result()
+                    if claim.ids and claim.more:
+                        pending = self._publisher.submit(self._publish, link, claim)
+                    elif claim.ids:
+                        published += dispatch.publish_claimed(session, link, claim)
+                    if not claim.more:
+                        return published
+            finally:
+                if pending is not None and not pending.cancel():
+                    # the claim failed while the one before it was being published: its
+                    # outcome only matters to the log (unacked commands are resent)
+                    error = pending.exception()
+                    if error is not None:
+                        log.warning("dispatch: publishing a claim failed: %s", error)
+
+    def _publish(self, link: MqttLink, claim: dispatch.Claim) -> int:
+        with self.factory() as session:
+            return dispatch.publish_claimed(session, link, claim)
 
     def run_once(self) -> None:
         """One background pass. Each step runs on its own: one that fails (logged) does

@@ -71,3 +71,80 @@ def _order_ids(messages: Sequence[dispatch.Outgoing]) -> list[str]:
     import json
 
     return [json.loads(json.loads(m.payload)["body"])["order_id"] for m in messages]
+
+
+class _SlowLink(_Link):
+    """Records when each claim's publish ran; fails the first one if told to."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        super().__init__()
+        self.calls: list[tuple[float, float, int]] = []
+        self.fail_first = fail_first
+
+    def publish_many(self, messages: Sequence[dispatch.Outgoing]) -> None:
+        import time
+
+        from central.errors import DispatchError
+
+        start = time.monotonic()
+        time.sleep(0.05)  # PUBACKs take a while: the next claim is signed meanwhile
+        self.calls.append((start, time.monotonic(), len(messages)))
+        if self.fail_first and len(self.calls) == 1:
+            raise DispatchError("broker unreachable (test)")
+        super().publish_many(messages)
+
+    def close(self) -> None:
+        pass
+
+
+def _pipelined(settings: Settings, session: Session, meters: Meters,
+               monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.max_inflight_per_concentrator = 100
+    settings.approval_threshold = 1000
+    monkeypatch.setattr(dispatch, "CLAIM_SIZE", 4)
+    meters(10, concentrator="conc-a")
+    create(session, settings, [req(f"m{n}", "connect") for n in range(10)], now=utcnow())
+
+
+def test_claims_publish_one_at_a_time_in_claim_order(
+    settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _pipelined(settings, session, meters, monkeypatch)
+    coordinator = Coordinator(settings, factory)
+    link = _SlowLink()
+    coordinator.link = link  # type: ignore[assignment]
+    try:
+        assert coordinator.dispatch_now() == 10
+    finally:
+        coordinator.stop()
+    assert [size for _, _, size in link.calls] == [4, 4, 2]
+    for (_, end, _), (start, _, _) in zip(link.calls, link.calls[1:], strict=False):
+        assert end <= start  # never two claims on the wire at once: a line keeps its order
+    # in the order of the claims: oldest first, as they were dispatched
+    dispatched = sorted(session.query(Order).all(), key=lambda o: (o.created_at, o.id))
+    assert _order_ids(link.sent) == [o.id for o in dispatched]
+    assert all(o.published_at is not None for o in dispatched)
+
+
+def test_a_failed_publish_loses_no_order(
+    settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from central.errors import DispatchError
+
+    _pipelined(settings, session, meters, monkeypatch)
+    coordinator = Coordinator(settings, factory)
+    link = _SlowLink(fail_first=True)
+    coordinator.link = link  # type: ignore[assignment]
+    try:
+        with pytest.raises(DispatchError):
+            coordinator.dispatch_now()
+    finally:
+        coordinator.stop()
+    session.expire_all()
+    rows = session.query(Order).all()
+    # the failed claim's orders stay dispatched without a PUBACK: sent again at resend_at
+    unpublished = [o for o in rows if o.state == "dispatched" and o.published_at is None]
+    assert len(unpublished) >= 4 and all(o.resend_at is not None for o in unpublished)
+    assert {o.state for o in rows} <= {"dispatched", "validated"} and len(rows) == 10
