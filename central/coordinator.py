@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
@@ -86,6 +87,8 @@ class Coordinator:
         self.results_consumer: JetStreamResults | None = None
         self._dispatch_lock = threading.Lock()
         self._wake = threading.Event()
+        # set by kick(): the next pass runs every step; wake_dispatch() asks for dispatch only
+        self._full_pass = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # publishes one claim while the next is being claimed (``dispatch_now``)
@@ -120,7 +123,16 @@ class Coordinator:
             self.link.close()
 
     def kick(self) -> None:
-        """Wake the background loop now (e.g. after an approval or a registry change)."""
+        """Wake the background loop now for a whole pass (e.g. after an approval or a
+        registry change)."""
+        self._full_pass.set()
+        self._wake.set()
+
+    def wake_dispatch(self) -> None:
+        """Wake the background loop for its dispatch step only: orders were accepted, or
+        a result freed a slot. The other steps (sweep, cancels, tables, republish) keep
+        their interval: run on every result of a campaign they were most of the
+        coordinator's work while it waited for nothing."""
         self._wake.set()
 
     @property
@@ -224,14 +236,20 @@ class Coordinator:
             step(session, link, self.signer)
 
     def _loop(self) -> None:
+        next_full = 0.0  # monotonic time of the next whole pass
         while not self._stop.is_set():
             try:
-                self.run_once()
+                if self._full_pass.is_set() or time.monotonic() >= next_full:
+                    self._full_pass.clear()
+                    next_full = time.monotonic() + self.settings.sweep_interval_s
+                    self.run_once()
+                elif self.link is not None and self.link.connected:
+                    self.dispatch_now()
             except CentralError as exc:
                 log.warning("background pass: %s", exc)
             except Exception:
                 log.exception("background pass failed")
-            self._wake.wait(self.settings.sweep_interval_s)
+            self._wake.wait(max(0.0, next_full - time.monotonic()))
             self._wake.clear()
 
     # -- consumers (paho thread) --------------------------------------------------
@@ -257,7 +275,7 @@ class Coordinator:
         effect = self._apply(topic, payload, message)
         self._ack(message.concentrator_id, message.kind, message.order_id)
         if isinstance(message, OrderResult) and effect != "duplicate":
-            self._wake.set()  # a slot was freed: dispatch waiting orders
+            self.wake_dispatch()  # a slot was freed: dispatch waiting orders
         return True
 
     def _apply(self, topic: str, payload: bytes, message: OrderResult | OrderReceipt) -> str:

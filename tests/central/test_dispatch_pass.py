@@ -148,3 +148,35 @@ def test_a_failed_publish_loses_no_order(
     unpublished = [o for o in rows if o.state == "dispatched" and o.published_at is None]
     assert len(unpublished) >= 4 and all(o.resend_at is not None for o in unpublished)
     assert {o.state for o in rows} <= {"dispatched", "validated"} and len(rows) == 10
+
+
+def test_a_result_wakes_only_the_dispatch_step(
+    settings: Settings, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accepted orders and results (wake_dispatch) run the dispatch step at once; the
+    other steps wait for their interval or for a kick (approval, registry change)."""
+    import time
+
+    settings.sweep_interval_s = 60
+    settings.mqtt_enabled = False
+    coordinator = Coordinator(settings, factory)
+    calls: list[str] = []
+    monkeypatch.setattr(coordinator, "run_once", lambda: calls.append("pass"))
+    monkeypatch.setattr(coordinator, "dispatch_now", lambda: calls.append("dispatch") or 0)
+    coordinator.link = _SlowLink()  # type: ignore[assignment]
+
+    def settled(count: int) -> bool:
+        end = time.monotonic() + 5
+        while len(calls) < count and time.monotonic() < end:
+            time.sleep(0.01)
+        return len(calls) == count
+
+    coordinator.start()
+    try:
+        assert settled(1) and calls == ["pass"]  # the first pass runs every step
+        coordinator.wake_dispatch()
+        assert settled(2) and calls[-1] == "dispatch"
+        coordinator.kick()
+        assert settled(3) and calls[-1] == "pass"
+    finally:
+        coordinator.stop()
