@@ -103,6 +103,8 @@ class Run:
     published: int = 0
     cpu_share: float = 0.0
     batch_ms: float = 0.0
+    intake_s: float = 0.0  # until the last request was answered
+    elapsed_s: float = 0.0  # until every order was published
     raw: float = 0.0
     load: float = 0.0
 
@@ -292,6 +294,7 @@ def central_rate(broker: MosquittoBroker, run: Run, args: argparse.Namespace, wo
             with ThreadPoolExecutor(args.clients) as pool:
                 for future in [pool.submit(send, chunks[k:: args.clients]) for k in range(args.clients)]:
                     future.result()
+            run.intake_s = time.perf_counter() - started
             while _unpublished(db) and time.perf_counter() - started < 600:
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
@@ -300,6 +303,7 @@ def central_rate(broker: MosquittoBroker, run: Run, args: argparse.Namespace, wo
                 spy.wait(timeout=30)
             run.cpu_share = (_cpu_seconds(server.pid) - cpu_before) / elapsed
             run.rate = orders / elapsed
+            run.elapsed_s = elapsed
             run.batch_ms = statistics.median(per_batch) * 1000
             with db.engine.connect() as conn:
                 run.published = int(conn.execute(text(
@@ -384,6 +388,7 @@ def main() -> int:
                 f"({run.published} of {args.orders} acknowledged by the broker), ratio to raw "
                 f"{run.rate / run.raw:.2f} (raw {run.raw:,.0f}/s), coordinator CPU "
                 f"{run.cpu_share:.0%} of one core, request latency median {run.batch_ms:.0f} ms, "
+                f"last answer at {run.intake_s:.1f} s, last PUBACK at {run.elapsed_s:.1f} s, "
                 f"load average {run.load:.2f}", flush=True,
             )
     print(

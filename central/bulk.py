@@ -9,6 +9,7 @@ executemany does the rest. Runs on the session's connection and transaction.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -163,63 +164,72 @@ def update_rows(
     key: str = "id",
     *,
     expect: dict[str, Any] | None = None,
+    match: Sequence[str] = (),
 ) -> None:
-    """UPDATE each row by ``key`` with its other values, in one executemany.
+    """UPDATE each row by ``key`` with its other values, in bulk.
 
-    ``expect`` (column -> value, the same for every row) makes it a compare-and-set:
-    a row no longer holding those values is left alone. Which rows changed is for the
-    caller to read back (executemany row counts are not reliable on every driver)."""
+    A compare-and-set: a row no longer holding the ``expect`` values (column -> value,
+    the same for every row) or, for each column named in ``match``, the value given in
+    its own row, is left alone (``match`` columns are compared, not written). Which rows
+    changed is for the caller to read back (executemany row counts are not reliable on
+    every driver)."""
     if not rows:
         return
-    keys = tuple(rows[0])
-    guard = tuple(sorted(expect or {}))
     if session.get_bind().dialect.name == "postgresql":
-        _update_from_arrays(session, table, keys, key, rows, expect or {})
+        _update_from_copy(session, table, tuple(rows[0]), key, rows, expect or {}, tuple(match))
         return
-    sql, processors, positional = _prepare(session, table, "update", keys, key, guard)
-    session.connection().exec_driver_sql(sql, _params(rows, processors, positional, key, expect))
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:  # one executemany per distinct set of matched values
+        groups.setdefault(tuple(row[m] for m in match), []).append(row)
+    for matched, group in groups.items():
+        guard = {**(expect or {}), **dict(zip(match, matched, strict=True))}
+        keys = tuple(k for k in group[0] if k not in match)
+        sql, processors, positional = _prepare(
+            session, table, "update", keys, key, tuple(sorted(guard))
+        )
+        session.connection().exec_driver_sql(
+            sql, _params(group, processors, positional, key, guard)
+        )
 
 
-def _update_from_arrays(
+def _update_from_copy(
     session: Session,
     table: Table,
     keys: tuple[str, ...],
     key: str,
     rows: Sequence[dict[str, Any]],
     expect: dict[str, Any],
+    match: tuple[str, ...],
 ) -> None:
-    """PostgreSQL: one ``UPDATE ... FROM unnest(arrays)`` for all rows; a value the
-    same in every row goes as one parameter."""
+    """PostgreSQL: the rows go by COPY into a temporary table of this connection, then
+    one ``UPDATE ... FROM`` it. Arrays as parameters cost the driver a quoting pass per
+    element in Python (most of a claim's time for the signed commands); COPY formats in
+    C. The temporary table lives with the connection, emptied at every commit."""
     dialect = session.get_bind().dialect
     quote = dialect.identifier_preparer.quote
     processors: list[tuple[str, _Processor]] = [
         (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in keys
     ]
-    columns = list(zip(*_params(rows, processors, True, None), strict=True))
+    values = _params(rows, processors, True, None)
+    spec = ", ".join(f"{quote(n)} {table.c[n].type.compile(dialect=dialect)}" for n in keys)
+    temp = "rcd_bulk_" + hashlib.sha1(f"{table.name}:{spec}".encode()).hexdigest()[:16]
+    columns = ", ".join(quote(n) for n in keys)
+    raw: Any = session.connection().connection.dbapi_connection
+    with raw.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ({spec}) ON COMMIT DELETE ROWS")
+        cursor.execute(f"DELETE FROM {temp}")  # an earlier call of this transaction
+        with cursor.copy(f"COPY {temp} ({columns}) FROM STDIN") as copy:
+            for row in values:
+                copy.write_row(row)
+    sets = [f"{quote(n)} = v.{quote(n)}" for n in keys if n != key and n not in match]
+    where = [f"t.{quote(n)} = v.{quote(n)}" for n in (key, *match)]
     params: dict[str, Any] = {}
-    arrays: list[str] = []
-    names: list[str] = []
-    sets: list[str] = []
-    for index, (name, values) in enumerate(zip(keys, columns, strict=True)):
-        sql_type = table.c[name].type.compile(dialect=dialect)
-        first = values[0]
-        if name != key and all(v == first for v in values):
-            params[f"c{index}"] = first
-            sets.append(f"{quote(name)} = CAST(%(c{index})s AS {sql_type})")
-            continue
-        params[f"a{index}"] = list(values)
-        arrays.append(f"CAST(%(a{index})s AS {sql_type}[])")
-        names.append(f"v{index}")
-        if name != key:
-            sets.append(f"{quote(name)} = v.v{index}")
-    where = [f"t.{quote(key)} = v.v{keys.index(key)}"]
     for index, (name, value) in enumerate(sorted(expect.items())):
         process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         params[f"e{index}"] = process(value) if process is not None else value
         where.append(f"t.{quote(name)} = %(e{index})s")
     sql = (
         f"UPDATE {dialect.identifier_preparer.format_table(table)} AS t "
-        f"SET {', '.join(sets)} FROM unnest({', '.join(arrays)}) AS v({', '.join(names)}) "
-        f"WHERE {' AND '.join(where)}"
+        f"SET {', '.join(sets)} FROM {temp} AS v WHERE {' AND '.join(where)}"
     )
     session.connection().exec_driver_sql(sql, params)

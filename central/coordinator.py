@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from functools import partial
 
@@ -86,9 +87,13 @@ class Coordinator:
         self.results_consumer: JetStreamResults | None = None
         self._dispatch_lock = threading.Lock()
         self._wake = threading.Event()
+        # set by kick(): the next pass runs every step; wake_dispatch() asks for dispatch only
+        self._full_pass = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sla_at = float("-inf")  # monotonic time of the last reconnect SLA sweep
+        # publishes one claim while the next is being claimed (``dispatch_now``)
+        self._publisher = ThreadPoolExecutor(2, thread_name_prefix="rcd-publish")
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -112,13 +117,23 @@ class Coordinator:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._publisher.shutdown(wait=True)
         if self.results_consumer is not None:
             self.results_consumer.close()
         if self.link is not None:
             self.link.close()
 
     def kick(self) -> None:
-        """Wake the background loop now (e.g. after an approval or a registry change)."""
+        """Wake the background loop now for a whole pass (e.g. after an approval or a
+        registry change)."""
+        self._full_pass.set()
+        self._wake.set()
+
+    def wake_dispatch(self) -> None:
+        """Wake the background loop for its dispatch step only: orders were accepted, or
+        a result freed a slot. The other steps (sweep, cancels, tables, republish) keep
+        their interval: run on every result of a campaign they were most of the
+        coordinator's work while it waited for nothing."""
         self._wake.set()
 
     @property
@@ -127,18 +142,42 @@ class Coordinator:
 
     # -- work ------------------------------------------------------------------------
     def dispatch_now(self) -> int:
-        """One dispatch pass now (the API calls it after accepting orders)."""
-        if self.link is None:
+        """One dispatch pass now (the API calls it after accepting orders).
+
+        Claim after claim until nothing more is ready (no per-pass cap). While one
+        claim's commands wait for their PUBACKs (in the publisher thread), the next
+        claim is signed and committed; it is published only after the one before it, so
+        a concentrator still gets its commands in claim order."""
+        link = self.link
+        if link is None:
             return 0
         published = 0
+        pending: Future[int] | None = None
         with self.factory() as session:
-            while True:  # claim after claim until nothing more is ready: no per-pass cap
-                with self._dispatch_lock:  # claims are serialised; publishing overlaps
-                    claim = dispatch.claim_ready(session, self.signer, self.settings)
-                if claim.ids:
-                    published += dispatch.publish_claimed(session, self.link, claim)
-                if not claim.more:
-                    return published
+            try:
+                while True:
+                    with self._dispatch_lock:  # claims are serialised; publishing overlaps
+                        claim = dispatch.claim_ready(session, self.signer, self.settings)
+                    if pending is not None:  # one claim in flight at a time
+                        done, pending = pending, None
+                        published += done.result()
+                    if claim.ids and claim.more:
+                        pending = self._publisher.submit(self._publish, link, claim)
+                    elif claim.ids:
+                        published += dispatch.publish_claimed(session, link, claim)
+                    if not claim.more:
+                        return published
+            finally:
+                if pending is not None and not pending.cancel():
+                    # the claim failed while the one before it was being published: its
+                    # outcome only matters to the log (unacked commands are resent)
+                    error = pending.exception()
+                    if error is not None:
+                        log.warning("dispatch: publishing a claim failed: %s", error)
+
+    def _publish(self, link: MqttLink, claim: dispatch.Claim) -> int:
+        with self.factory() as session:
+            return dispatch.publish_claimed(session, link, claim)
 
     def run_once(self) -> None:
         """One background pass. Each step runs on its own: one that fails (logged) does
@@ -150,15 +189,7 @@ class Coordinator:
         ]
         if link is not None and link.connected:
             steps = [
-                (
-                    "cancels",
-                    lambda: self._under_dispatch_lock(
-                        partial(
-                            dispatch.send_cancels, resend_after_s=self.settings.republish_after_s
-                        ),
-                        link,
-                    ),
-                ),
+                ("cancels", lambda: self._send_cancels(link)),
                 *steps,
                 (
                     "meter tables",
@@ -188,6 +219,11 @@ class Coordinator:
         if failed:
             raise CentralError(f"background pass: {', '.join(failed)} failed (see above)")
 
+    def _send_cancels(self, link: MqttLink) -> None:
+        self._under_dispatch_lock(
+            partial(dispatch.send_cancels, resend_after_s=self.settings.republish_after_s), link
+        )
+
     def _sweep(self) -> None:
         with self.factory() as session:
             dispatch.sweep_expired(session, grace_s=self.settings.expiry_grace_s)
@@ -207,14 +243,22 @@ class Coordinator:
             step(session, link, self.signer)
 
     def _loop(self) -> None:
+        next_full = 0.0  # monotonic time of the next whole pass
         while not self._stop.is_set():
             try:
-                self.run_once()
+                if self._full_pass.is_set() or time.monotonic() >= next_full:
+                    self._full_pass.clear()
+                    next_full = time.monotonic() + self.settings.sweep_interval_s
+                    self.run_once()
+                elif self.link is not None and self.link.connected:
+                    # cancels first: a reconnect waits for its superseded disconnect's cancel
+                    self._send_cancels(self.link)
+                    self.dispatch_now()
             except CentralError as exc:
                 log.warning("background pass: %s", exc)
             except Exception:
                 log.exception("background pass failed")
-            self._wake.wait(self.settings.sweep_interval_s)
+            self._wake.wait(max(0.0, next_full - time.monotonic()))
             self._wake.clear()
 
     # -- consumers (paho thread) --------------------------------------------------
@@ -239,7 +283,7 @@ class Coordinator:
         effect = self._apply(topic, payload, message)
         self._ack(message.concentrator_id, message.kind, message.order_id)
         if isinstance(message, OrderResult) and effect != "duplicate":
-            self._wake.set()  # a slot was freed: dispatch waiting orders
+            self.wake_dispatch()  # a slot was freed: dispatch waiting orders
         return True
 
     def _apply(self, topic: str, payload: bytes, message: OrderResult | OrderReceipt) -> str:
@@ -273,7 +317,7 @@ class Coordinator:
                 rejected.record_rejected(session, topic, payload, f"relay_report: {why}")
         self._ack(report.concentrator_id, "relay_report", report.report_id)
         if effect == "applied":
-            self._wake.set()  # a proposed reconnect (held) or a button press: look now
+            self.wake_dispatch()  # a proposed reconnect (held) or a button press: look now
         return True
 
     def _refusal(self, topic: str, payload: bytes, report: RefusalReport) -> bool:

@@ -9,14 +9,14 @@ Migrations (Alembic, ``central/migrations``) run at start-up via :func:`migrate`
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Select, create_engine, event
+from sqlalchemy import ARRAY, ColumnElement, Engine, Select, any_, bindparam, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
@@ -140,3 +140,14 @@ def where_given(query: Select[T], *filters: tuple[QueryableAttribute[Any], objec
         if value:
             query = query.where(column == value)
     return query
+
+
+def one_of(
+    session: Session, column: QueryableAttribute[Any], values: Sequence[Any]
+) -> ColumnElement[bool]:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``: one parameter
+    instead of one per value, so the statement stays short and the driver converts it
+    once (hundreds of placeholders are parsed in Python, uncached, every time)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -132,6 +133,13 @@ class Order(Base):
     __table_args__ = (
         Index("ix_orders_state_conc", "state", "concentrator_id"),
         Index("ix_orders_meter_state", "meter_id", "state"),
+        # the few orders with a cancel to send, looked up before every dispatch step
+        Index(
+            "ix_orders_cancel_requested",
+            "cancel_requested",
+            postgresql_where=text("cancel_requested"),
+            sqlite_where=text("cancel_requested"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -12,7 +12,10 @@ while the coordinator is down wait at the broker.
 Every message is PUBACKed once its handler returned, also when the handler failed
 (database down): the broker redelivers an unacknowledged message only on reconnect,
 and unacknowledged ones fill the client's in-flight window until nothing else comes.
-What makes a result safe is the application's ack: the agent keeps it and sends it
+Handlers run on one thread of their own, in arrival order, not on paho's network thread:
+a burst of receipts (a database commit and a signed ack each) would otherwise stop that
+thread from reading the PUBACKs of commands being published and from sending the next
+ones, and the lines would wait for their orders. What makes a result safe is the application's ack: the agent keeps it and sends it
 again until the coordinator's :class:`shared.contracts.MessageAck`, sent only after the
 database commit. Status messages (retained) use a plain subscription: every replica
 sees them. On a NATS cluster (``broker_kind="nats"``, MQTT 3.1.1) results come from
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import ssl
 import threading
 import time
@@ -91,6 +95,10 @@ class MqttLink:
         self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_message = self._handle_message
         self._started = False
+        # messages for the handler thread, with the connection they came on (see _work)
+        self._inbox: queue.Queue[tuple[int, paho.MQTTMessage] | None] = queue.Queue()
+        self._generation = 0  # connections so far
+        self._worker: threading.Thread | None = None
 
     def _set_tls(self, settings: Settings) -> None:
         if settings.mqtt_tls_ca is None and settings.mqtt_tls_cert is None:
@@ -132,6 +140,8 @@ class MqttLink:
         except (OSError, ValueError) as exc:
             raise DispatchError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
         self._client.reconnect_delay_set(min_delay=1, max_delay=5 if self._rotation.several else 120)
+        self._worker = threading.Thread(target=self._work, name="rcd-mqtt-handlers", daemon=True)
+        self._worker.start()
         self._client.loop_start()
         self._started = True
         deadline = time.monotonic() + timeout
@@ -160,6 +170,9 @@ class MqttLink:
             self._client.disconnect()
         finally:
             self._client.loop_stop()
+            self._inbox.put(None)  # after what is queued: those are handled first
+            if self._worker is not None:
+                self._worker.join(timeout=10)
 
     @property
     def connected(self) -> bool:
@@ -201,6 +214,7 @@ class MqttLink:
             client.subscribe(subscriptions)
         self._refused = None
         self._connected_once = True
+        self._generation += 1
         self._connected.set()
 
     def _handle_disconnect(
@@ -225,17 +239,27 @@ class MqttLink:
             log.warning("MQTT: next attempt on broker node %s:%d", host, port)
 
     def _handle_message(
-        self, client: paho.Client, _userdata: object, message: paho.MQTTMessage
+        self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage
     ) -> None:
-        handler = self._on_status if message.topic.endswith("/status") else self._on_result
-        if handler is not None:
-            try:
-                handler(message.topic, bytes(message.payload))
-            except Exception:  # never let a handler kill paho's thread
-                # not stored, so not acknowledged to the agent: it sends the message again
-                log.exception("handler failed for %s; the agent sends it again", message.topic)
-        if message.qos > 0:
-            client.ack(message.mid, message.qos)
+        # The broker sends at most our Receive Maximum of unacknowledged messages: that
+        # bounds the inbox.
+        self._inbox.put((self._generation, message))
+
+    def _work(self) -> None:
+        """The handler thread: each message handled, then PUBACKed, in arrival order."""
+        while (item := self._inbox.get()) is not None:
+            generation, message = item
+            handler = self._on_status if message.topic.endswith("/status") else self._on_result
+            if handler is not None:
+                try:
+                    handler(message.topic, bytes(message.payload))
+                except Exception:  # never let a handler end this thread
+                    # not stored, so not acknowledged to the agent: it sends the message again
+                    log.exception("handler failed for %s; the agent sends it again", message.topic)
+            # A message id belongs to the connection it came on: after a reconnect the
+            # broker delivers unacknowledged ones again, and this one's id may name another.
+            if message.qos > 0 and generation == self._generation:
+                self._client.ack(message.mid, message.qos)
 
     # -- publishing ---------------------------------------------------------------
     def publish_nowait(self, message: Outgoing) -> bool:

@@ -144,8 +144,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     approve.add_argument("batch_id")
     approve.set_defaults(handler=_guard(_campaign_approve))
 
-    from ops import cli_fleet  # meters and work orders; it builds on this module
+    from ops import cli_fleet, cli_held  # they build on this module
 
+    cli_held.register(order_sub, common)  # rcd order approve / wait
     cli_fleet.register(subparsers, common)
     from ops import cli_relay  # incidents and relay alarms (issue 16)
 

@@ -90,7 +90,9 @@ def hold_reason(
             f"{window} s that is over the threshold of "
             f"{threshold}: a second person must approve"
         )
-    busiest, start = _busiest_switching_window(session, timedelta(seconds=window), switch_times)
+    busiest, start = _busiest_switching_window(
+        session, timedelta(seconds=window), switch_times, threshold
+    )
     if busiest > threshold:
         return (
             f"batch {batch_id} holds {count} disconnects; with those staged without "
@@ -121,23 +123,27 @@ def _accepted_since(session: Session, since: datetime) -> int:
 
 
 def _busiest_switching_window(
-    session: Session, window: timedelta, new: Sequence[datetime]
+    session: Session, window: timedelta, new: Sequence[datetime], threshold: int
 ) -> tuple[int, datetime]:
     """The most disconnects (staged ones without approval plus ``new``) whose switching
-    times fall in one half-open window ``[a, a + window)`` that holds a new one."""
+    times fall in one half-open window ``[a, a + window)`` that holds a new one; or,
+    when even all the staged ones near the new ones stay within ``threshold``, that
+    count (an upper bound), without reading them one by one."""
     low, high = min(new) - window, max(new) + window
-    rows = session.execute(
-        select(Order.created_at, Order.not_before).where(
-            Order.action == Action.DISCONNECT.value,
-            Order.needs_approval.is_(False),
-            Order.state != OrderState.REJECTED.value,
-            # the switching time lies in [low, high] only if one of them does
-            or_(
-                and_(Order.created_at >= low, Order.created_at <= high),
-                and_(Order.not_before >= low, Order.not_before <= high),
-            ),
-        )
+    near = (
+        Order.action == Action.DISCONNECT.value,
+        Order.needs_approval.is_(False),
+        Order.state != OrderState.REJECTED.value,
+        # the switching time lies in [low, high] only if one of them does
+        or_(
+            and_(Order.created_at >= low, Order.created_at <= high),
+            and_(Order.not_before >= low, Order.not_before <= high),
+        ),
     )
+    bound = len(new) + int(session.scalar(select(func.count()).where(*near)) or 0)
+    if bound <= threshold:  # no window can hold more than all of them
+        return bound, new[0]
+    rows = session.execute(select(Order.created_at, Order.not_before).where(*near))
     staged = [switch_time(accepted, not_before) for accepted, not_before in rows]
     events = sorted([(t, 0) for t in staged if low <= t <= high] + [(t, 1) for t in new])
     times = [t for t, _ in events]

@@ -34,7 +34,7 @@ from sqlalchemy import Table, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from central import bulk, metrics
-from central.db import sqlite_write_lock, stale_to_conflict
+from central.db import one_of, sqlite_write_lock, stale_to_conflict
 from central.errors import DispatchError
 from central.models import Concentrator, Meter, Order, OrderEvent
 from central.services import holds, reconnect_lane, registry, validation
@@ -271,7 +271,7 @@ class _Limits:
                         Order.meter_id, Order.action, Order.superseded_by, Order.cancel_sent_at
                     ).where(
                         Order.state.in_(IN_FLIGHT),
-                        Order.meter_id.in_(wanted[start : start + 500]),
+                        one_of(session, Order.meter_id, wanted[start : start + 500]),
                     )
                 )
             )
@@ -410,7 +410,7 @@ def claim_ready(
     latency = metrics.STEP_LATENCY.labels(step=str(step), state=target)
     policies: dict[str, RetryPolicy] = {}
     sent: dict[str, str] = {}  # order id -> command id
-    concentrator_of: dict[str, str] = {}  # order id -> concentrator its command names
+    topic_of: dict[str, str] = {}  # concentrator id -> its command topic (checked once)
     for order in ready:
         policy = policies.get(order.action)
         if policy is None:
@@ -432,10 +432,10 @@ def claim_ready(
             log.error("order %s not dispatched: its command is invalid: %s", order.id, exc)
             continue
         sent[order.id] = command_id
-        concentrator_of[order.id] = order.concentrator_id
         updates.append(
             {
                 "id": order.id,
+                "concentrator_id": order.concentrator_id,  # compared, not written
                 "state": target,
                 "command_id": command_id,
                 "dispatched_at": now,
@@ -456,26 +456,23 @@ def claim_ready(
             "to_state": target,
             "detail": f"signed command {command_id} to concentrator {order.concentrator_id}",
         }
-        messages[order.id] = Outgoing(topics.commands(order.concentrator_id), signed)
+        topic = topic_of.get(order.concentrator_id)
+        if topic is None:
+            topic = topic_of[order.concentrator_id] = topics.commands(order.concentrator_id)
+        messages[order.id] = Outgoing(topic, signed)
     with sqlite_write_lock(session):
         # Compare-and-set: on SQLite the selection ran outside this write transaction, so
         # an order may have changed meanwhile (e.g. cancelled, or its meter moved to
         # another concentrator: that changes the concentrator, not the state). Only rows
         # still validated on the concentrator their command was signed for move; which
         # ones did is read back by the command id this claim gave them.
-        by_concentrator: dict[str, list[dict[str, Any]]] = {}
-        for row in updates:
-            by_concentrator.setdefault(concentrator_of[row["id"]], []).append(row)
-        for concentrator_id, rows in by_concentrator.items():
-            bulk.update_rows(
-                session,
-                cast(Table, Order.__table__),
-                rows,
-                expect={
-                    "state": OrderState.VALIDATED.value,
-                    "concentrator_id": concentrator_id,
-                },
-            )
+        bulk.update_rows(
+            session,
+            cast(Table, Order.__table__),
+            updates,
+            expect={"state": OrderState.VALIDATED.value},
+            match=("concentrator_id",),
+        )
         claimed = {
             order_id
             for order_id, command_id in session.execute(
@@ -514,7 +511,10 @@ def _publish_and_mark(
         for start in range(0, len(ids), 500):
             session.execute(
                 update(Order)
-                .where(Order.id.in_(ids[start : start + 500]), Order.published_at.is_(None))
+                .where(
+                    one_of(session, Order.id, ids[start : start + 500]),
+                    Order.published_at.is_(None),
+                )
                 .values(published_at=acked),
                 execution_options={"synchronize_session": False},
             )

@@ -12,6 +12,7 @@ The notifier reads :func:`pending_notifications` and calls :func:`mark_reported`
 from __future__ import annotations
 
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, selectinload
 
 from central import bulk
-from central.db import stale_to_conflict, where_given
+from central.db import one_of, stale_to_conflict, where_given
 from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, Concentrator, LegacyNotification, Meter, Order, OrderEvent
 from central.services import anomaly, approvals, lookup, reconnect_sla, validation
@@ -139,10 +140,27 @@ class BatchOutcome:
         return len(self.items) - self.accepted
 
 
+_RANDOM = bytearray()  # os.urandom read 4 KiB at a time: one system call per 256 ids
+_RANDOM_LOCK = threading.Lock()
+
+
+def _forked() -> None:  # a child never repeats its parent's ids, nor inherits a held lock
+    global _RANDOM_LOCK
+    _RANDOM_LOCK = threading.Lock()
+    _RANDOM.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def new_id() -> str:
     """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` but without
-    building a ``UUID`` object (two per order on the hot path)."""
-    raw = bytearray(os.urandom(16))
+    building a ``UUID`` object nor a system call per id (two per order on the hot path)."""
+    with _RANDOM_LOCK:
+        if len(_RANDOM) < 16:
+            _RANDOM.extend(os.urandom(4096))
+        raw = _RANDOM[-16:]
+        del _RANDOM[-16:]
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     return raw.hex()
@@ -158,7 +176,7 @@ def _load_rows(session: Session, columns: Sequence[Any], ids: Iterable[str]) -> 
     wanted = sorted(set(ids))
     found: dict[str, Any] = {}
     for chunk in _chunks(wanted):
-        for row in session.execute(select(*columns).where(columns[0].in_(chunk))):
+        for row in session.execute(select(*columns).where(one_of(session, columns[0], chunk))):
             found[row[0]] = row
     return found
 

@@ -60,6 +60,7 @@ def _holidays(country: str) -> holidays.HolidayBase:
     return holidays.country_holidays(country)
 
 
+@lru_cache(maxsize=1024)  # asked per order on the hot path; a day's answer never changes
 def is_working_day(day: date, country: str = "CL") -> bool:
     return day.weekday() < 5 and day not in _holidays(country)
 

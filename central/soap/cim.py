@@ -215,7 +215,10 @@ class Envelope:
 def text(node: etree._Element | None, path: str) -> str | None:
     if node is None:
         return None
-    found = node.find(path)
+    if "/" in path or path.startswith("."):
+        found = node.find(path)
+    else:  # one child's tag: lxml matches it in C (find parses the path in Python)
+        found = next(node.iterchildren(path), None)
     if found is None or found.text is None:
         return None
     value = found.text.strip()

@@ -89,16 +89,16 @@ def meter_of(device: etree._Element, ns: str, name_type: str) -> str | None:
     mrid = text(device, f"{{{ns}}}mRID")
     if mrid:
         return mrid
-    for name in device.findall(f"{{{ns}}}Names"):
+    for name in device.iterchildren(f"{{{ns}}}Names"):
         value = text(name, f"{{{ns}}}name")
-        kind = text(name, f"{{{ns}}}NameType/{{{ns}}}name")
+        kind = text(next(name.iterchildren(f"{{{ns}}}NameType"), None), f"{{{ns}}}name")
         if value and (kind is None or kind == name_type):
             return value
     return text(device, f"{{{ns}}}serialNumber")
 
 
 def _meters(parent: etree._Element, ns: str, tag: str, name_type: str) -> list[str | None]:
-    return [meter_of(device, ns, name_type) for device in parent.findall(f"{{{ns}}}{tag}")]
+    return [meter_of(device, ns, name_type) for device in parent.iterchildren(f"{{{ns}}}{tag}")]
 
 
 # --------------------------------------------------------------------------- payload
@@ -287,6 +287,8 @@ def read_create(env: Envelope, correlation_id: str, options: ReadOptions) -> lis
             problem: _ItemProblem | None = None
         except _ItemProblem as exc:
             problem = exc
+        issuer_id = text(control, f"{{{EDC}}}issuerID")  # read once for all its meters
+        tracking_id = text(control, f"{{{EDC}}}issuerTrackingID")
         for meter in meters:
             item = Item(meter_id=meter, control_index=index)
             items.append(item)
@@ -311,8 +313,8 @@ def read_create(env: Envelope, correlation_id: str, options: ReadOptions) -> lis
                     meter_id=meter,
                     action=action,
                     reason=reason,
-                    issuer_id=text(control, f"{{{EDC}}}issuerID"),
-                    issuer_tracking_id=text(control, f"{{{EDC}}}issuerTrackingID"),
+                    issuer_id=issuer_id,
+                    issuer_tracking_id=tracking_id,
                     priority=priority,
                     not_before=spread(timing, f"{env.message_id or correlation_id}/{meter}"),
                     deadline=timing.deadline,

@@ -49,7 +49,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         soap_settings = getattr(state, "soap_settings", None) or SoapSettings()
         if getattr(state, "soap_gateway", None) is None:
             state.soap_gateway = build_gateway(
-                context.settings, context.factory, soap_settings, context.coordinator.kick
+                context.settings, context.factory, soap_settings,
+                context.coordinator.wake_dispatch,
             )
         if soap_settings.notifier_enabled and getattr(state, "soap_notifier", None) is None:
             notifier = LegacyNotifier(context.factory, soap_settings)

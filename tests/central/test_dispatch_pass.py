@@ -72,3 +72,112 @@ def _order_ids(messages: Sequence[dispatch.Outgoing]) -> list[str]:
     import json
 
     return [json.loads(json.loads(m.payload)["body"])["order_id"] for m in messages]
+
+
+class _SlowLink(_Link):
+    """Records when each claim's publish ran; fails the first one if told to."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        super().__init__()
+        self.calls: list[tuple[float, float, int]] = []
+        self.fail_first = fail_first
+
+    def publish_many(self, messages: Sequence[dispatch.Outgoing]) -> None:
+        import time
+
+        from central.errors import DispatchError
+
+        start = time.monotonic()
+        time.sleep(0.05)  # PUBACKs take a while: the next claim is signed meanwhile
+        self.calls.append((start, time.monotonic(), len(messages)))
+        if self.fail_first and len(self.calls) == 1:
+            raise DispatchError("broker unreachable (test)")
+        super().publish_many(messages)
+
+    def close(self) -> None:
+        pass
+
+
+def _pipelined(settings: Settings, session: Session, meters: Meters,
+               monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.max_inflight_per_concentrator = 100
+    settings.approval_threshold = 1000
+    monkeypatch.setattr(dispatch, "CLAIM_SIZE", 4)
+    meters(10, concentrator="conc-a")
+    create(session, settings, [req(f"m{n}", "connect") for n in range(10)], now=utcnow())
+
+
+def test_claims_publish_one_at_a_time_in_claim_order(
+    settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _pipelined(settings, session, meters, monkeypatch)
+    coordinator = Coordinator(settings, factory)
+    link = _SlowLink()
+    coordinator.link = link  # type: ignore[assignment]
+    try:
+        assert coordinator.dispatch_now() == 10
+    finally:
+        coordinator.stop()
+    assert [size for _, _, size in link.calls] == [4, 4, 2]
+    for (_, end, _), (start, _, _) in zip(link.calls, link.calls[1:], strict=False):
+        assert end <= start  # never two claims on the wire at once: a line keeps its order
+    # in the order of the claims: oldest first, as they were dispatched
+    dispatched = sorted(session.query(Order).all(), key=lambda o: (o.created_at, o.id))
+    assert _order_ids(link.sent) == [o.id for o in dispatched]
+    assert all(o.published_at is not None for o in dispatched)
+
+
+def test_a_failed_publish_loses_no_order(
+    settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from central.errors import DispatchError
+
+    _pipelined(settings, session, meters, monkeypatch)
+    coordinator = Coordinator(settings, factory)
+    link = _SlowLink(fail_first=True)
+    coordinator.link = link  # type: ignore[assignment]
+    try:
+        with pytest.raises(DispatchError):
+            coordinator.dispatch_now()
+    finally:
+        coordinator.stop()
+    session.expire_all()
+    rows = session.query(Order).all()
+    # the failed claim's orders stay dispatched without a PUBACK: sent again at resend_at
+    unpublished = [o for o in rows if o.state == "dispatched" and o.published_at is None]
+    assert len(unpublished) >= 4 and all(o.resend_at is not None for o in unpublished)
+    assert {o.state for o in rows} <= {"dispatched", "validated"} and len(rows) == 10
+
+
+def test_a_result_wakes_only_the_dispatch_step(
+    settings: Settings, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accepted orders and results (wake_dispatch) run the dispatch step at once; the
+    other steps wait for their interval or for a kick (approval, registry change)."""
+    import time
+
+    settings.sweep_interval_s = 60
+    settings.mqtt_enabled = False
+    coordinator = Coordinator(settings, factory)
+    calls: list[str] = []
+    monkeypatch.setattr(coordinator, "run_once", lambda: calls.append("pass"))
+    monkeypatch.setattr(coordinator, "dispatch_now", lambda: calls.append("dispatch") or 0)
+    coordinator.link = _SlowLink()  # type: ignore[assignment]
+
+    def settled(count: int) -> bool:
+        end = time.monotonic() + 5
+        while len(calls) < count and time.monotonic() < end:
+            time.sleep(0.01)
+        return len(calls) == count
+
+    coordinator.start()
+    try:
+        assert settled(1) and calls == ["pass"]  # the first pass runs every step
+        coordinator.wake_dispatch()
+        assert settled(2) and calls[-1] == "dispatch"
+        coordinator.kick()
+        assert settled(3) and calls[-1] == "pass"
+    finally:
+        coordinator.stop()

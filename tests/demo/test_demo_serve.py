@@ -93,9 +93,25 @@ def test_serve_prints_tokens_and_profile_and_ctrl_c_cleans_up() -> None:
         work_dir = profile.parent
         assert work_dir.name.startswith("rcd-demo-") and work_dir.is_dir()
         env = {**os.environ, **_profile(profile)}
-        done = subprocess.run(
+        # As docs/deployment.md does it, so that it passes on any day: on a weekend or a
+        # holiday the special disconnect waits for a second person (the approver token).
+        placed = subprocess.run(
             [sys.executable, "-m", "shared.cli", "order", "disconnect", "DC01-M10",
-             "--reason", "non_payment", "--special", "--wait", "60"],
+             "--reason", "non_payment", "--special"],
+            env=env, capture_output=True, text=True, timeout=30,
+        )
+        assert placed.returncode == 0, placed.stderr + placed.stdout
+        order_id = placed.stdout.split()[1]
+        approver = re.search(r"approver (demo-approver-\S+)", tokens.group(1))
+        assert approver is not None, tokens.group(1)
+        approved = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "order", "approve", order_id],
+            env={**env, "RCD_TOKEN": approver.group(1)}, capture_output=True, text=True,
+            timeout=30,
+        )
+        assert approved.returncode == 0, approved.stderr + approved.stdout
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "order", "wait", order_id, "--seconds", "60"],
             env=env, capture_output=True, text=True, timeout=90,
         )
         assert done.returncode == 0, done.stderr + done.stdout

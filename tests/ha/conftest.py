@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,10 @@ from shared.nats_config import PROTECT_USER
 CONCENTRATORS = ("DC-A", "DC-B", "DC-C")
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    with NatsCluster(users=(*CONCENTRATORS, PROTECT_USER), work_dir=tmp_path / "nats") as running:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """One cluster for a module's tests: they only connect clients to it (about 10 s
+    to start three nodes and form their routes)."""
+    work = tmp_path_factory.mktemp("nats")
+    with NatsCluster(users=(*CONCENTRATORS, PROTECT_USER), work_dir=work / "nats") as running:
         yield running

@@ -36,13 +36,18 @@ def tls_cluster(tmp_path: Path) -> Iterator[tuple[NatsCluster, TestCA]]:
 
 class TlsClient:
     def __init__(
-        self, address: tuple[str, int], ca: TestCA, name: str | None, issuer: TestCA | None = None
+        self, address: tuple[str, int], ca: TestCA, name: str | None, issuer: TestCA | None = None,
+        *, refused: bool = False,
     ) -> None:
         """Trusts ``ca`` for the server; presents a certificate for ``name`` issued by
-        ``issuer`` (default ``ca``), or none."""
+        ``issuer`` (default ``ca``), or none. A client expected to be ``refused`` stops
+        waiting once the broker refused it or closed the link (the wait for the others
+        rides out a reconnect)."""
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.granted: queue.Queue[list[ReasonCode]] = queue.Queue()
         self.accepted = threading.Event()
+        # the broker said no, or closed the link: waiting longer would change nothing
+        self.ended = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"tls-{name}-{time.monotonic_ns()}",
             protocol=mqtt.MQTTv311,
@@ -55,16 +60,23 @@ class TlsClient:
             keyfile=str(key) if key else None, tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
         self.client.on_connect = (
-            lambda _c, _u, _f, rc, _p: None if rc.is_failure else self.accepted.set()
+            lambda _c, _u, _f, rc, _p: self.ended.set() if rc.is_failure else self.accepted.set()
         )
+        self.client.on_disconnect = lambda *_args: self.ended.set()
+        self.client.on_connect_fail = lambda *_args: self.ended.set()
         self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
         self.client.on_subscribe = lambda _c, _u, _m, codes, _p: self.granted.put(codes)
         try:
             self.client.connect(*address)
         except (OSError, ssl.SSLError):
+            self.ended.set()
             return
         self.client.loop_start()
-        self.accepted.wait(10)
+        deadline = time.monotonic() + 10
+        while not self.accepted.is_set() and time.monotonic() < deadline:
+            if refused and self.ended.is_set():
+                break
+            time.sleep(0.02)
 
     def publish(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1).wait_for_publish(10)
@@ -107,10 +119,10 @@ def test_no_certificate_or_an_unknown_one_gets_nowhere(
     tls_cluster: tuple[NatsCluster, TestCA], tmp_path: Path,
 ) -> None:
     cluster, ca = tls_cluster
-    anonymous = TlsClient(cluster.mqtt_addresses[0], ca, None)
-    stranger = TlsClient(cluster.mqtt_addresses[0], ca, "DC-UNKNOWN")
+    anonymous = TlsClient(cluster.mqtt_addresses[0], ca, None, refused=True)
+    stranger = TlsClient(cluster.mqtt_addresses[0], ca, "DC-UNKNOWN", refused=True)
     other_ca = TestCA(tmp_path / "other")
-    forged = TlsClient(cluster.mqtt_addresses[0], ca, "DC-A", issuer=other_ca)
+    forged = TlsClient(cluster.mqtt_addresses[0], ca, "DC-A", issuer=other_ca, refused=True)
     try:
         assert not anonymous.accepted.is_set()
         assert not stranger.accepted.is_set()
