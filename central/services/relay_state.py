@@ -49,7 +49,14 @@ from central.services import alarms, incidents
 from central.services.lifecycle import advance, utcnow
 from central.settings import Settings
 from central.state import IN_FLIGHT_STATES, Event, OrderState
-from shared.contracts import ControlState, EnergyReading, OrderResult, RelayReading, RelayReport
+from shared.contracts import (
+    ControlState,
+    EnergyReading,
+    OrderResult,
+    RelayLogEntry,
+    RelayReading,
+    RelayReport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +127,11 @@ def apply_report(
     """Apply one relay report; returns ``applied``, ``duplicate`` or a key of
     :data:`REFUSED`. Does not commit."""
     now = now or utcnow()
-    if session.get(RelayReportRow, report.report_id) is not None:
-        return _count("duplicate")
+    refusal = _refusal(session, report)
+    if refusal is not None:
+        return _count(refusal)
     meter = session.get(Meter, report.meter_id)
-    if meter is None:
-        return _count("unknown_meter")
-    if meter.concentrator_id != report.concentrator_id:
-        return _count("wrong_concentrator")
-    if report.order_id is not None:
-        order = session.get(Order, report.order_id)
-        if order is None or order.meter_id != meter.id:
-            return _count("wrong_order")
+    assert meter is not None
     # first, so that a second replica applying the same report fails here
     session.add(
         RelayReportRow(
@@ -149,15 +150,40 @@ def apply_report(
     if report.firmware_version:
         meter.firmware_version = report.firmware_version
     context = _Context(session, meter, settings, now, report.report_id, report.order_id)
+    _log_entries(context, report.events)
+    if report.relay is not None:
+        observe(context, report.observed_at, report.trigger, report.relay, report.energy)
+    return _count("applied")
+
+
+def _refusal(session: Session, report: RelayReport) -> str | None:
+    """``duplicate``, a key of :data:`REFUSED`, or None when the report may be applied."""
+    if session.get(RelayReportRow, report.report_id) is not None:
+        return "duplicate"
+    meter = session.get(Meter, report.meter_id)
+    if meter is None:
+        return "unknown_meter"
+    if meter.concentrator_id != report.concentrator_id:
+        return "wrong_concentrator"
+    if report.order_id is not None:
+        order = session.get(Order, report.order_id)
+        if order is None or order.meter_id != meter.id:
+            return "wrong_order"
+    return None
+
+
+def _log_entries(context: _Context, entries: list[RelayLogEntry]) -> None:
+    """Store the entries not stored yet (once per meter and index) and judge each
+    switching code as a relay change."""
     known = set(
-        session.scalars(
+        context.session.scalars(
             select(RelayEvent.log_index).where(
-                RelayEvent.meter_id == meter.id,
-                RelayEvent.log_index.in_([e.index for e in report.events] or [-1]),
+                RelayEvent.meter_id == context.meter.id,
+                RelayEvent.log_index.in_([e.index for e in entries] or [-1]),
             )
         )
     )
-    for entry in report.events:
+    for entry in entries:
         if entry.index in known:
             continue  # read twice (the agent re-read its log): stored once
         row = _event(
@@ -171,9 +197,6 @@ def apply_report(
         state = STATE_OF_CODE.get(entry.code)
         if state is not None:
             _change(context, entry.at, state, "log", code=entry.code, log_row=row)
-    if report.relay is not None:
-        observe(context, report.observed_at, report.trigger, report.relay, report.energy)
-    return _count("applied")
 
 
 def observe(

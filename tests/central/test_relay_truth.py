@@ -184,8 +184,14 @@ def test_an_audit_that_contradicts_the_record_is_drift_and_legacy_is_told(
     with LegacyStandIn() as legacy:
         soap = SoapSettings(legacy_endpoint=legacy.url)
         notifier = LegacyNotifier(sessionmaker(bind=session.get_bind()), soap)
+        legacy.up = False  # Legacy down: kept, due again after the backoff
         notifier.run_once()  # (the REST order's own row is closed unsent: not Legacy's)
-        assert notifier.run_once() == 0  # delivered once
+        session.expire_all()
+        row = session.scalars(select(DeviceEventNotification)).one()
+        assert row.delivered_at is None and row.attempts == 1 and "503" in (row.last_error or "")
+        legacy.up = True
+        assert notifier.run_once(now=row.next_attempt_at) == 1
+        assert notifier.run_once(now=row.next_attempt_at) == 0  # delivered once
         (body,) = legacy.received
     message = assert_standard(body)
     assert message.find(".//{*}CorrelationID") is None and message.find(".//{*}issuerID") is None
