@@ -155,6 +155,7 @@ class EdgeAgent:
                 on_report=self.link.wake,
                 hold_disconnects=lambda: (config.protect.require_list
                                           and self.store.protected_version() is None),
+                readable=lambda meter: meter.transport != "hdlc" or meter.line_id in config.lines,
             )
             self.executor.on_ended = self.auditor.order_ended
         self._stopped = threading.Event()

@@ -189,6 +189,15 @@ def slot(meter_id: str, period: float) -> float:
     return period * digest / 2**32
 
 
+def _times(row: AuditRow, settings: AuditSettings, started: float) -> tuple[float, float]:
+    """When the meter's next audit and next log poll fall due."""
+    first_audit = started + slot(row.meter_id, settings.cycle_s)
+    audit_at = row.audited_at + settings.cycle_s if row.audited_at is not None else first_audit
+    first_poll = started + slot(row.meter_id, settings.log_poll_s)
+    poll_at = row.log_read_at + settings.log_poll_s if row.log_read_at is not None else first_poll
+    return audit_at, poll_at
+
+
 def due_job(row: AuditRow, settings: AuditSettings, started: float,
             now: float) -> tuple[RelayTrigger, str | None, float] | None:
     """What the meter is due for now, if anything (the most urgent first), and since when:
@@ -196,15 +205,20 @@ def due_job(row: AuditRow, settings: AuditSettings, started: float,
     to read than its airtime allows every meter still gets its turn."""
     if settings.after_order and row.after_order is not None:
         return "after_order", row.after_order, row.after_order_at or 0.0
-    first_audit = started + slot(row.meter_id, settings.cycle_s)
-    audit_at = row.audited_at + settings.cycle_s if row.audited_at is not None else first_audit
+    audit_at, poll_at = _times(row, settings, started)
     if now >= audit_at:
         return "audit", None, audit_at
-    first_poll = started + slot(row.meter_id, settings.log_poll_s)
-    poll_at = row.log_read_at + settings.log_poll_s if row.log_read_at is not None else first_poll
     if now >= poll_at:
         return "log_poll", None, poll_at
     return None
+
+
+def next_due(row: AuditRow, settings: AuditSettings, started: float) -> float:
+    """The moment the meter's next read falls due (the audit thread sleeps until the
+    first of them: with 1,000 meters and a day's cycle it wakes about every 90 s)."""
+    if settings.after_order and row.after_order is not None:
+        return row.after_order_at or 0.0
+    return min(_times(row, settings, started))
 
 
 class RelayAuditor:
@@ -214,6 +228,7 @@ class RelayAuditor:
                  settings: AuditSettings, concentrator_id: str, *,
                  on_report: Callable[[], None] = lambda: None,
                  hold_disconnects: Callable[[], bool] = lambda: False,
+                 readable: Callable[[Meter], bool] = lambda meter: True,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.rows = RelayStore(store)
@@ -224,11 +239,14 @@ class RelayAuditor:
         self._cid = concentrator_id
         self._on_report = on_report
         self._hold = hold_disconnects
+        self._readable = readable  # False: a meter on a line without a port here
         self._clock = clock  # wall clock: the schedule, kept in the table
         self._mono = monotonic  # airtime: measured and bounded on the monotonic clock
         self._started = clock()
         self._airtime: dict[str, Airtime] = {}
         self._not_before: dict[str, float] = {}
+        self._meters: tuple[int, dict[str, Meter | None]] = (-1, {})
+        self._sleep = settings.idle_poll_s
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -266,25 +284,37 @@ class RelayAuditor:
                 log("audit.error", logging.ERROR, exc_info=True)
                 ran = False
             if not ran:
-                self._wake.wait(self.settings.idle_poll_s)
+                self._wake.wait(self._sleep)
+
+    def _meter_table(self) -> dict[str, Meter | None]:
+        """The meters, read again only when the meter table changed."""
+        version = self._store.table_version
+        if self._meters[0] != version:
+            self._meters = (version, {mid: self._store.meter(mid) for mid in self.rows.meter_ids()})
+        return self._meters[1]
 
     def run_once(self) -> bool:
-        """Run the most urgent due read whose line is free; False when none could run."""
-        now = self._clock()
-        meters = {mid: self._store.meter(mid) for mid in self.rows.meter_ids()}
+        """Run the most urgent due read whose line is free; False when none could run
+        (then ``_sleep`` is how long until the next one falls due, at most a minute)."""
+        now, mono = self._clock(), self._mono()
+        meters = self._meter_table()
         waiting = {m.line_key for mid in self.rows.waiting_meters(now, self._hold())
                    if (m := meters.get(mid)) is not None}
         rows = self.rows.rows()
         jobs: list[tuple[int, float, Meter, RelayTrigger, str | None]] = []
+        wait = 60.0
         for mid, meter in meters.items():
-            if meter is None or not meter.commissioned or meter.line_key in waiting:
+            if meter is None or not meter.commissioned or not self._readable(meter):
                 continue
-            if now < self._not_before.get(mid, 0.0) or (
-                    self._mono() < self.airtime(meter.line_key).next_at):
+            row = rows.get(mid) or AuditRow(mid)
+            rest = max(self._not_before.get(mid, 0.0) - now,
+                       self.airtime(meter.line_key).next_at - mono)
+            job = due_job(row, self.settings, self._started, now)
+            if job is None or rest > 0 or meter.line_key in waiting:
+                wait = min(wait, max(rest, next_due(row, self.settings, self._started) - now))
                 continue
-            job = due_job(rows.get(mid) or AuditRow(mid), self.settings, self._started, now)
-            if job is not None:
-                jobs.append((_PRIORITY[job[0]], job[2], meter, job[0], job[1]))
+            jobs.append((_PRIORITY[job[0]], job[2], meter, job[0], job[1]))
+        self._sleep = min(max(wait, self.settings.idle_poll_s), 60.0)
         for _, _, meter, trigger, order_id in sorted(jobs, key=lambda j: (j[0], j[1])):
             if self._executor.borrow_line(meter):
                 try:
@@ -292,6 +322,8 @@ class RelayAuditor:
                 finally:
                     self._executor.give_back_line(meter)
                 return True
+        if jobs:  # due, but their lines are busy with orders: look again soon
+            self._sleep = self.settings.idle_poll_s
         return False
 
     def _order_waiting(self, line_key: str) -> bool:
@@ -319,8 +351,12 @@ class RelayAuditor:
             return
         except Exception as exc:
             self.reads["failed"] += 1
-            self._not_before[meter.meter_id] = at + min(self.settings.log_poll_s, 60.0)
-            self.rows.failed(meter.meter_id, at, audited=trigger == "audit")
+            # a meter that does not answer is tried again later and later (60 s doubling,
+            # at most the log poll), never in a loop that would hold the line
+            failures = row.failures if row is not None else 0
+            self._not_before[meter.meter_id] = at + min(
+                self.settings.log_poll_s, 60.0 * 2 ** min(failures, 10))
+            self.rows.failed(meter.meter_id, at)
             log("audit.failed", logging.WARNING, meter=meter.meter_id, trigger=trigger,
                 error=f"{type(exc).__name__}: {str(exc)[:200]}")
             return

@@ -93,14 +93,15 @@ class RelayStore:
                 (log_index, log_at, at, relay, audited, at, order_id, meter_id),
             )
 
-    def failed(self, meter_id: str, at: float, *, audited: bool) -> None:
-        """A read that did not reach the meter: retried at the next due time (counted)."""
+    def failed(self, meter_id: str, at: float) -> None:
+        """A read that did not reach the meter: counted; a due audit stays due (and the
+        meter out of the coverage) until one succeeds, the auditor's backoff spaces the
+        tries; the after-order read is dropped (the next read sees what it would have)."""
         with self.store.transaction() as conn:
             _ensure(conn, meter_id)
             conn.execute(
                 "UPDATE relay_audit SET failures = failures + 1, log_read_at = ?, "
-                "audited_at = CASE WHEN ? THEN ? ELSE audited_at END, after_order = NULL "
-                "WHERE meter_id = ?", (at, audited, at, meter_id))
+                "after_order = NULL WHERE meter_id = ?", (at, meter_id))
 
     def meter_ids(self) -> list[str]:
         return [r["meter_id"] for r in self.store._query(

@@ -260,3 +260,48 @@ def test_a_full_log_is_read_by_clock_from_the_last_row_reported() -> None:
         (6, 63, 5), (7, 63, 6), (8, 63, 7)]
     assert later.log_index == 8
     assert observe(link, 8, later.events[-1].at).events == []
+
+
+def test_an_idle_audit_sleeps_until_the_next_read_falls_due(store: Store) -> None:
+    @contextmanager
+    def sessions(meter: Meter, preempt: Any) -> Iterator[ScriptedLink]:
+        yield ScriptedLink([])
+
+    executor = Executor(store, driver=None)  # type: ignore[arg-type]
+    settings = AuditSettings(cycle_s=1000, log_poll_s=100)
+    auditor = RelayAuditor(store, executor, sessions, settings, "c1", clock=lambda: 1e9,
+                           monotonic=lambda: 0.0)
+    for mid in ("M1", "M2"):
+        auditor.rows.reported(mid, payload=None, report_id="x", log_index=0, log_at=None,
+                              audited=True, at=1e9 - 90, order_id=None)
+    assert auditor.run_once() is False
+    assert auditor._sleep == pytest.approx(10.0)  # the first poll falls due in 10 s
+    auditor.rows.after_order("M1", "o1", 1e9)
+    assert auditor.run_once() is True  # an order ended: at once
+    executor.stop()
+
+
+def test_a_silent_meter_is_tried_later_and_later_and_an_unreadable_one_never(store: Store) -> None:
+    now = [1e9]
+    opened: list[str] = []
+
+    @contextmanager
+    def sessions(meter: Meter, preempt: Any) -> Iterator[ScriptedLink]:
+        opened.append(meter.meter_id)
+        raise TimeoutError("no answer")
+        yield ScriptedLink([])
+
+    executor = Executor(store, driver=None)  # type: ignore[arg-type]
+    settings = AuditSettings(cycle_s=10_000, log_poll_s=1000)
+    auditor = RelayAuditor(store, executor, sessions, settings, "c1", clock=lambda: now[0],
+                           monotonic=lambda: 0.0, readable=lambda m: m.meter_id == "M1")
+    for mid in ("M1", "M2"):  # both long overdue; M2 is on a line this agent cannot open
+        auditor.rows.reported(mid, payload=None, report_id="x", log_index=0, log_at=None,
+                              audited=True, at=now[0] - 20_000, order_id=None)
+    assert auditor.run_once() and opened == ["M1"]
+    assert auditor.rows.row("M1").failures == 1
+    for wait in (59.0, 2.0, 119.0, 2.0):  # 60 s, then 120 s
+        now[0] += wait
+        auditor.run_once()
+    assert opened == ["M1", "M1", "M1"]
+    executor.stop()
