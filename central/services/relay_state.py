@@ -72,14 +72,19 @@ CODE_NAMES: Final = {
     67: "disconnect/reconnect failure",
     68: "local reconnection",
 }
+# Manual and local disconnections leave the Disconnect control in
+# ready_for_reconnection (IC 70 transitions c/f and g): the supply is off, and the
+# customer's button (or the limiter, by mode) may close it again.
 STATE_OF_CODE: Final = {
-    59: "disconnected",
+    59: "armed",
     60: "connected",
     61: "disconnected",
     62: "connected",
-    63: "disconnected",
+    63: "armed",
     68: "connected",
 }
+# The states in which the supply is off: a change between them is no opening.
+SUPPLY_OFF: Final = frozenset({"disconnected", "armed"})
 REMOTE_CODES: Final = frozenset({61, 62})
 REMOTE_CONNECTION: Final = 62
 RELAY_OF_STATE: Final = {
@@ -208,7 +213,7 @@ def observe(
 ) -> None:
     """One relay (and energy) reading: history, the recorded state, the tamper check."""
     meter = context.meter
-    state = RELAY_OF_STATE[relay.control_state]
+    state = state_of_reading(relay)
     wh = energy_wh(energy)
     context.session.add(
         _observation(meter.id, at, source, state, relay, wh, context.report_id, context.order_id)
@@ -220,6 +225,15 @@ def observe(
         meter.energy_kwh = wh / 1000.0 if wh is not None else meter.energy_kwh
     if state == "disconnected" and wh is not None:
         _check_energy(context, at, relay, wh)
+
+
+def state_of_reading(relay: RelayReading) -> str:
+    """The relay's state as a reading shows it. Contacts reported open (output_state
+    false) while the control state says connected: the contacts fell open without the
+    firmware knowing, and the supply is off whatever the control state says."""
+    if relay.output_state is False and relay.control_state == ControlState.CONNECTED:
+        return "disconnected"
+    return RELAY_OF_STATE[relay.control_state]
 
 
 def on_result(session: Session, result: OrderResult) -> None:
@@ -318,8 +332,13 @@ def _change(
             log_row.order_id = order.id
         _record(meter, new, at, source)
         return
-    if old == "unknown" and not (new == "disconnected" and meter.protected_customer):
+    if old == "unknown" and not (new in SUPPLY_OFF and meter.protected_customer):
         _record(meter, new, at, source)  # the first we learn of it: nothing to contradict
+        return
+    if old in SUPPLY_OFF and new in SUPPLY_OFF:
+        # e.g. a local disconnection logged as such, then read as disconnected: the
+        # supply was off and still is, nothing opened or closed
+        _record(meter, new, at, source)
         return
     _unsolicited(context, at, old, new, via, source)
 
@@ -344,7 +363,7 @@ def _unsolicited(
         )
     )
     log.warning("relay drift on meter %s: %s", meter.id, detail)
-    if new == "disconnected":
+    if new in SUPPLY_OFF:
         opening = _event(context, incidents.UNEXPLAINED_OPEN, at, detail=detail, from_state=old)
         opening.to_state = new
         if meter.protected_customer:
@@ -469,7 +488,7 @@ def _event(
 def _summary(report: RelayReport) -> str:
     parts = [f"{report.trigger}", f"{len(report.events)} log entries"]
     if report.relay is not None:
-        parts.append(f"relay {RELAY_OF_STATE[report.relay.control_state]}")
+        parts.append(f"relay {state_of_reading(report.relay)}")
     if report.energy is not None:
         parts.append(f"energy {report.energy.value} {report.energy.unit}")
     return "; ".join(parts)

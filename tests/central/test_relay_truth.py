@@ -145,6 +145,31 @@ def kinds(session: Session, meter: str) -> list[str]:
 LATER = WORKDAY + timedelta(hours=2)
 
 
+def test_contacts_read_open_while_the_control_state_says_connected_are_an_opening(
+    session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
+) -> None:
+    add_meters(session, 1)
+    finished(session, settings, publisher, signer, "m0", "connect", Outcome.CONNECTED)
+    apply(session, settings, report("m0", at=LATER, state="connected", output=False, wh=1000.0))
+    meter = session.get(Meter, "m0")
+    assert meter is not None and meter.relay_state == "disconnected"
+    assert kinds(session, "m0") == ["drift", "unexplained_open"]
+
+
+def test_a_local_disconnection_logged_then_read_is_one_opening_not_two(
+    session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
+) -> None:
+    add_meters(session, 1)
+    finished(session, settings, publisher, signer, "m0", "connect", Outcome.CONNECTED)
+    # code 63 leaves the control in ready_for_reconnection; the firmware of this meter
+    # then reads disconnected: the supply went off once
+    apply(session, settings, report("m0", at=LATER, events=[(1, 63)], trigger="log_poll"))
+    apply(session, settings, report("m0", at=LATER + timedelta(seconds=5), state="disconnected"))
+    meter = session.get(Meter, "m0")
+    assert meter is not None and meter.relay_state == "disconnected"
+    assert kinds(session, "m0") == ["log", "drift", "unexplained_open"]
+
+
 # -- 1. state from the latest observation, with time and source ----------------------------
 def test_the_first_audit_sets_the_relay_state_with_its_time_and_source(
     session: Session, settings: Settings
