@@ -85,6 +85,8 @@ def serving_lines(url: str, tokens: Mapping[str, str], profile: Path) -> list[st
         f"dashboard   {url}/dashboard  (opens with the viewer token)",
         f"tokens      {roles}",
         f"rcd         . {profile}   then e.g.: rcd order list; "
-        "rcd order disconnect DC01-M10 --reason non_payment --special --wait",
+        # a reconnect goes any day; a disconnect on a Chilean non-working day would wait
+        # for a second person's approval
+        "rcd order connect DC01-M01 --wait",
         f"serving     until Ctrl-C, which stops {STOPS} and removes {profile.parent}",
     ]
