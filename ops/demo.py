@@ -493,7 +493,7 @@ class Demo:
             },
             environ={},
         )
-        return EdgeAgent(config).start()
+        return EdgeAgent(config)  # started by the caller's ExitStack (enter_context)
 
 
 class DemoRunning:
