@@ -41,6 +41,7 @@ from typing import Any, Literal, TextIO
 import httpx
 
 from ops.demo_console import serving_lines, write_profile
+from ops.demo_relay import AUDIT, RelayOutcome, RelayStory
 from ops.legacy import LegacyStandIn
 from ops.serving import ThreadedServer
 from shared.protect_cli import PROTECT_USER
@@ -170,10 +171,11 @@ class DemoReport:
     dashboard_url: str
     broker: str
     elapsed_s: float
+    relay: RelayOutcome | None = None  # the button press and the incident (issue 16)
 
     @property
     def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
+        return all(row.ok for row in self.rows) and (self.relay is None or self.relay.ok)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -181,6 +183,7 @@ class DemoReport:
                 "ok": self.ok,
                 "broker": self.broker,
                 "elapsed_s": round(self.elapsed_s, 1),
+                "relay": asdict(self.relay) if self.relay else None,
                 "rows": [
                     {
                         **asdict(row.scenario),
@@ -388,6 +391,9 @@ class Demo:
             retry={"disconnect": quick, "connect": quick, "arm": quick},
             deadline_s={"disconnect": 600, "connect": 600, "arm": 600},
             sweep_interval_s=0.5,
+            # DC02-M01 shows a disconnect finding its meter already off; the relay audit
+            # reads it first, and the supply-off hold would keep that order waiting
+            hold_supply_off=False,
         )
         app = create_app(settings)
         app.state.soap_settings = SoapSettings(
@@ -476,6 +482,7 @@ class Demo:
                 "coordinator": {"public_key_file": str(key_dir / "coordinator.pub")},
                 "protect": {"public_key_file": str(key_dir / "protect.pub")},
                 "executor": {"dlms_timeout_s": 1.0, "idle_poll_s": 0.1},
+                "audit": AUDIT,
                 "lines": lines,
                 "keys": {
                     "default": {
@@ -486,7 +493,7 @@ class Demo:
             },
             environ={},
         )
-        return EdgeAgent(config).start()
+        return EdgeAgent(config)  # started by the caller's ExitStack (enter_context)
 
 
 class DemoRunning:
@@ -771,23 +778,29 @@ def run_demo(
     try:
         with demo.running() as running:
             running.wait_for_agents()
+            story = RelayStory(running.server.url, running.headers, running.fleet.control_url,
+                               running.legacy, demo.say)
             refused_now = running.send_orders()
             running.approve_held()
             last = [-1]
 
             def progress(done: int, total: int) -> None:
+                story.tick()
                 if done != last[0]:
                     last[0] = done
                     demo.say(f"progress    {done}/{total} orders ended and reported to Legacy")
 
             running.wait_until_reported(progress, timeout_s)
             rows = check_rows(running, refused_now)
+            relay = story.finish(timeout_s=60)
             report = DemoReport(
-                rows, f"{running.server.url}/dashboard", "", time.monotonic() - started
+                rows, f"{running.server.url}/dashboard", "", time.monotonic() - started, relay
             )
             demo.say("")
             demo.say(render_table(rows))
             demo.say("")
+            for line in relay.lines():
+                demo.say(line)
             good = sum(row.ok for row in rows)
             demo.say(f"{good} of {len(rows)} scenarios as expected in {report.elapsed_s:.1f}s")
             if serve:

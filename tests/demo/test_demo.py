@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -52,6 +53,13 @@ def test_demo_ends_every_scenario_as_expected_and_leaves_nothing_running(
     assert by_meter["DC01-M01"].legacy_event == "3.31.0.68"
     assert by_meter["DC01-M05"].work_order.startswith("WO-")
     assert "16 of 16 scenarios as expected" in text
+    # Issue 16: the customer's button on the armed meter, and one incident, both checked
+    assert report.relay is not None and report.relay.ok, (report.relay, text)
+    assert ("button      DC02-M04 pressed by the customer: order "
+            f"{by_meter['DC02-M04'].order_id[:8]} armed -> connected, Legacy told 3.31.0.42"
+            in text), text
+    assert re.search(r"^incident    #\d+ DC-03: 4 relays opened by themselves, "
+                     r"DC03-M06, DC03-M10, DC03-M12, DC03-M20 \(", text, re.M), text
     assert report.ok
     # Issue 15 item 3: everything stops at the end, so no link to a server that is gone.
     after = text.split("scenarios as expected", 1)[1]
