@@ -770,6 +770,7 @@ def run_demo(
     out: TextIO = sys.stdout,
     timeout_s: float = 180.0,
     stop_event: threading.Event | None = None,
+    relay_story: bool = True,
 ) -> DemoReport:
     started = time.monotonic()
     own_dir = work_dir is None
@@ -778,28 +779,33 @@ def run_demo(
     try:
         with demo.running() as running:
             running.wait_for_agents()
-            story = RelayStory(running.server.url, running.headers, running.fleet.control_url,
-                               running.legacy, demo.say)
+            story = (
+                RelayStory(running.server.url, running.headers, running.fleet.control_url,
+                           running.legacy, demo.say)
+                if relay_story
+                else None
+            )
             refused_now = running.send_orders()
             running.approve_held()
             last = [-1]
 
             def progress(done: int, total: int) -> None:
-                story.tick()
+                if story is not None:
+                    story.tick()
                 if done != last[0]:
                     last[0] = done
                     demo.say(f"progress    {done}/{total} orders ended and reported to Legacy")
 
             running.wait_until_reported(progress, timeout_s)
             rows = check_rows(running, refused_now)
-            relay = story.finish(timeout_s=60)
+            relay = story.finish(timeout_s=60) if story is not None else None
             report = DemoReport(
                 rows, f"{running.server.url}/dashboard", "", time.monotonic() - started, relay
             )
             demo.say("")
             demo.say(render_table(rows))
             demo.say("")
-            for line in relay.lines():
+            for line in relay.lines() if relay is not None else []:
                 demo.say(line)
             good = sum(row.ok for row in rows)
             demo.say(f"{good} of {len(rows)} scenarios as expected in {report.elapsed_s:.1f}s")

@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the summary as JSON to this file")
     parser.add_argument(
+        "--no-relay-story",
+        dest="relay_story",
+        action="store_false",
+        help="leave out the button press and the incident (about 20 s shorter)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for the orders"
     )
     parser.set_defaults(handler=_run)
@@ -56,6 +62,7 @@ def _run(args: argparse.Namespace) -> int:
             port=args.port,
             timeout_s=args.timeout,
             stop_event=stop,
+            relay_story=args.relay_story,
         )
     except KeyboardInterrupt:
         print("stopped before the end of the demo", flush=True)

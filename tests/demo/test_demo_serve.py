@@ -66,7 +66,8 @@ def _profile(path: Path) -> dict[str, str]:
 @pytest.mark.timeout(300)
 def test_serve_prints_tokens_and_profile_and_ctrl_c_cleans_up() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "demo", "--serve", "--broker", "mosquitto"],
+        [sys.executable, "-m", "shared.cli", "demo", "--serve", "--broker", "mosquitto",
+         "--no-relay-story"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
