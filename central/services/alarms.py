@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from central import metrics
 from central.errors import Conflict, NotFound
-from central.models import Batch, Meter, Order, RelayAlarm, WorkOrder
+from central.models import Batch, Meter, Order, RelayAlarm, RelayIncident, WorkOrder
 from central.services import orders as order_service
 from central.services.lifecycle import Actor, field_details, note, utcnow
 from central.settings import Settings
@@ -210,16 +210,37 @@ def get_alarm(session: Session, alarm_id: int) -> RelayAlarm:
     return alarm
 
 
+def acknowledge_row(
+    row: RelayAlarm | RelayIncident, what: str, actor: Actor, now: datetime | None
+) -> None:
+    """open -> acknowledged (someone is on it); a closed one is refused naming it."""
+    if row.status == "closed":
+        raise Conflict(f"{what} is closed")
+    if row.status == "open":
+        row.status = "acknowledged"
+        row.acknowledged_by = actor.name
+        row.acknowledged_at = now or utcnow()
+
+
+def close_row(
+    row: RelayAlarm | RelayIncident, what: str, actor: Actor, now: datetime | None
+) -> None:
+    """-> closed, acknowledged at the same moment if nobody had; closing twice is refused."""
+    if row.status == "closed":
+        raise Conflict(f"{what} is already closed")
+    now = now or utcnow()
+    if row.acknowledged_at is None:
+        row.acknowledged_by, row.acknowledged_at = actor.name, now
+    row.status = "closed"
+    row.closed_by = actor.name
+    row.closed_at = now
+
+
 def acknowledge(
     session: Session, alarm_id: int, actor: Actor, *, now: datetime | None = None
 ) -> RelayAlarm:
     alarm = get_alarm(session, alarm_id)
-    if alarm.status == "closed":
-        raise Conflict(f"relay alarm {alarm_id} is closed")
-    if alarm.status == "open":
-        alarm.status = "acknowledged"
-        alarm.acknowledged_by = actor.name
-        alarm.acknowledged_at = now or utcnow()
+    acknowledge_row(alarm, f"relay alarm {alarm_id}", actor, now)
     session.flush()
     return alarm
 
@@ -228,13 +249,6 @@ def close(
     session: Session, alarm_id: int, actor: Actor, *, now: datetime | None = None
 ) -> RelayAlarm:
     alarm = get_alarm(session, alarm_id)
-    if alarm.status == "closed":
-        raise Conflict(f"relay alarm {alarm_id} is already closed")
-    now = now or utcnow()
-    if alarm.acknowledged_at is None:
-        alarm.acknowledged_by, alarm.acknowledged_at = actor.name, now
-    alarm.status = "closed"
-    alarm.closed_by = actor.name
-    alarm.closed_at = now
+    close_row(alarm, f"relay alarm {alarm_id}", actor, now)
     session.flush()
     return alarm

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from central.errors import BadRequest, Conflict, NotFound
 from central.models import Meter, Order, RelayEvent, RelayIncident
 from central.services import alarms
-from central.services.lifecycle import Actor, utcnow
+from central.services.lifecycle import Actor
 from central.settings import Settings
 
 UNEXPLAINED_OPEN = "unexplained_open"
@@ -140,12 +140,7 @@ def acknowledge(
     session: Session, incident_id: int, actor: Actor, *, now: datetime | None = None
 ) -> RelayIncident:
     incident = get_incident(session, incident_id)
-    if incident.status == "closed":
-        raise Conflict(f"incident {incident_id} is closed")
-    if incident.status == "open":
-        incident.status = "acknowledged"
-        incident.acknowledged_by = actor.name
-        incident.acknowledged_at = now or utcnow()
+    alarms.acknowledge_row(incident, f"incident {incident_id}", actor, now)
     session.flush()
     return incident
 
@@ -159,14 +154,7 @@ def close(
     now: datetime | None = None,
 ) -> RelayIncident:
     incident = get_incident(session, incident_id)
-    if incident.status == "closed":
-        raise Conflict(f"incident {incident_id} is already closed")
-    now = now or utcnow()
-    if incident.acknowledged_at is None:
-        incident.acknowledged_by, incident.acknowledged_at = actor.name, now
-    incident.status = "closed"
-    incident.closed_by = actor.name
-    incident.closed_at = now
+    alarms.close_row(incident, f"incident {incident_id}", actor, now)
     if notes:
         incident.notes = notes
     session.flush()
@@ -174,12 +162,13 @@ def close(
 
 
 def to_restore(session: Session, incident_id: int) -> list[str]:
-    """The meters this incident cut that are still recorded disconnected."""
+    """The meters this incident cut whose supply is still recorded off."""
     ids = meters_of(session, incident_id)
     if not ids:
         return []
     rows = session.scalars(
-        select(Meter.id).where(Meter.id.in_(ids), Meter.relay_state == "disconnected")
+        # armed too: a local disconnection leaves the control ready_for_reconnection
+        select(Meter.id).where(Meter.id.in_(ids), Meter.relay_state.in_(("disconnected", "armed")))
     )
     return sorted(rows)
 
