@@ -152,6 +152,15 @@ class DatabaseCollector(Collector):
             incidents = session.scalar(
                 select(func.count()).where(RelayIncident.status != "closed")
             )
+            airtime_rows = [
+                (conc, line, float(share))
+                for conc, shares in session.execute(
+                    select(Concentrator.id, Concentrator.audit_airtime).where(
+                        Concentrator.audit_airtime.is_not(None)
+                    )
+                )
+                for line, share in sorted((shares or {}).items())
+            ]
         audited = GaugeMetricFamily(
             "rcd_relay_audit_coverage_ratio",
             "Share of commissioned meters with an audit observation within the last audit cycle",
@@ -164,6 +173,13 @@ class DatabaseCollector(Collector):
             alarms.add_metric([severity], count)
         open_incidents = GaugeMetricFamily("rcd_relay_incidents_active", "Incidents not closed")
         open_incidents.add_metric([], incidents or 0)
+        airtime = GaugeMetricFamily(
+            "rcd_relay_audit_airtime_share",
+            "The relay audit's measured share of a line's airtime, as its agent last reported",
+            labels=["concentrator", "line"],
+        )
+        for concentrator, line, share in airtime_rows:
+            airtime.add_metric([concentrator, line], share)
         yield by_state
         yield online
         yield known
@@ -173,6 +189,7 @@ class DatabaseCollector(Collector):
         yield audited
         yield alarms
         yield open_incidents
+        yield airtime
 
 
 def _safety_gauges(

@@ -73,6 +73,8 @@ class Concentrator(Base):
     table_generation: Mapped[int] = mapped_column(Integer, default=0)  # ours, bumped on change
     table_pushed_generation: Mapped[int] = mapped_column(Integer, default=-1)  # published
     agent_table_generation: Mapped[int | None] = mapped_column(Integer)  # as the agent reports
+    # the relay audit's share of each line's airtime, from the agent's last status
+    audit_airtime: Mapped[dict[str, float] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
+from edge_agent import relay_store
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import ConfigError
 from edge_agent.executor import (
@@ -252,6 +253,7 @@ class EdgeAgent:
                 "meter_count": self.store.meter_count(),
                 "meter_table_generation": int(generation) if generation else None,
                 "agent_version": AGENT_VERSION, **self._modem(),
+                "audit_airtime": relay_store.airtime_shares(self.store),
             })
         except (ValueError, ContractError):
             return ConcentratorStatus(concentrator_id=self.cid, online=online, at=utcnow(),

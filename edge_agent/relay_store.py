@@ -122,6 +122,19 @@ class RelayStore:
              "at": time.time()}))
 
 
+def airtime_shares(store: Store) -> dict[str, float]:
+    """The audit's last measured airtime share per line, for the status message."""
+    rows = store._query("SELECT key, value FROM meta WHERE key LIKE 'audit_airtime:%'")
+    shares: dict[str, float] = {}
+    for row in rows:
+        try:
+            share = float(json.loads(row["value"])["share"])
+        except (ValueError, TypeError, KeyError):
+            continue  # a damaged row is left out, never the whole status
+        shares[str(row["key"]).removeprefix("audit_airtime:")] = min(max(share, 0.0), 1.0)
+    return dict(sorted(shares.items())[:64])
+
+
 def _ensure(conn: sqlite3.Connection, meter_id: str) -> None:
     conn.execute("INSERT OR IGNORE INTO relay_audit(meter_id) VALUES (?)", (meter_id,))
 

@@ -479,6 +479,10 @@ class SimState(StrEnum):
     UNKNOWN = "unknown"
 
 
+LineKey = Annotated[str, Meta(min_length=1, max_length=300)]
+AirtimeShare = Annotated[float, Meta(ge=0, le=1)]
+
+
 class ConcentratorStatus(Contract, frozen=True, kw_only=True):
     """Agent → coordinator, retained; also the agent's last will (online=False)."""
 
@@ -494,6 +498,10 @@ class ConcentratorStatus(Contract, frozen=True, kw_only=True):
     meter_count: Count = 0
     meter_table_generation: Count | None = None
     agent_version: Annotated[str, Meta(max_length=32)] = ""
+    # issue 16: the relay audit's measured share of each line's airtime ("line:<id>")
+    audit_airtime: Annotated[dict[LineKey, AirtimeShare], Meta(max_length=64)] = field(
+        default_factory=dict
+    )
 
 
 _LIMITS: Final[dict[str, int]] = {

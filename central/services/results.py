@@ -371,4 +371,5 @@ def apply_status(
     row.signal_dbm = status.signal_dbm
     row.agent_version = status.agent_version
     row.agent_table_generation = status.meter_table_generation
+    row.audit_airtime = dict(status.audit_airtime) or None
     return True

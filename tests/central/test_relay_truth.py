@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from central import metrics
 from central.errors import BadRequest, Conflict, PermissionDenied
 from central.models import (
     Batch,
@@ -35,6 +36,7 @@ from central.soap.notifier import LegacyNotifier
 from ops.legacy import LegacyStandIn, parse_events
 from shared.contracts import (
     Attempt,
+    ConcentratorStatus,
     ControlState,
     EnergyReading,
     OrderResult,
@@ -42,7 +44,10 @@ from shared.contracts import (
     RelayLogEntry,
     RelayReading,
     RelayReport,
+    to_builtins,
+    validate,
 )
+from shared.errors import InvalidPayload
 from shared.signing import CommandSigner
 from tests.soap.standard_clients import assert_standard
 
@@ -548,3 +553,26 @@ def test_a_report_about_a_meter_it_cannot_be_about_changes_nothing(
     meter = session.get(Meter, "b0")
     assert meter is not None and meter.relay_state == "unknown"
     assert session.scalar(select(func.count()).select_from(LegacyNotification)) == 1
+
+
+def test_the_audit_airtime_share_per_line_reaches_the_metrics(
+    session: Session, settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    add_meters(session, 1)
+    status = ConcentratorStatus(
+        concentrator_id="conc-a",
+        online=True,
+        at=LATER,
+        audit_airtime={"line:plc1": 0.07, "line:plc2": 0.0},
+    )
+    assert results.apply_status(session, status, now=LATER)
+    session.commit()
+    gauges = {
+        tuple(sample.labels.values()): sample.value
+        for family in metrics.DatabaseCollector(factory).collect()
+        if family.name == "rcd_relay_audit_airtime_share"
+        for sample in family.samples
+    }
+    assert gauges == {("conc-a", "line:plc1"): 0.07, ("conc-a", "line:plc2"): 0.0}
+    with pytest.raises(InvalidPayload):  # a share is a fraction of the line's time
+        validate(ConcentratorStatus, {**to_builtins(status), "audit_airtime": {"line:x": 1.5}})

@@ -11,13 +11,21 @@ from typing import Any
 
 import pytest
 
+from edge_agent import relay_store
 from edge_agent.config import AuditSettings, parse_config
 from edge_agent.errors import ConfigError
 from edge_agent.executor import Executor
 from edge_agent.relay_audit import Airtime, RelayAuditor, due_job, observe, slot
 from edge_agent.relay_store import AuditRow, RelayStore, audit_summary
 from edge_agent.store import Meter, Store
-from shared.contracts import ControlState, MeterEntry, RelayReport, decode
+from shared.contracts import (
+    ConcentratorStatus,
+    ControlState,
+    MeterEntry,
+    RelayReport,
+    decode,
+    validate,
+)
 from shared.dlms import profile as P
 from shared.dlms.errors import MalformedResponse
 
@@ -192,6 +200,12 @@ def test_after_a_read_the_line_rests_so_the_audit_keeps_to_its_share(store: Stor
     share, busy = auditor.airtime("line:plc1").measured(mono[0])
     assert busy == pytest.approx(4.0) and share == pytest.approx(4.0 / 300)  # default window
     assert store.get_meta("audit_airtime:line:plc1") is not None  # for `rcd edge status`
+    # and for the coordinator, in the agent's status message
+    shares = relay_store.airtime_shares(store)
+    assert shares == {"line:plc1": pytest.approx(4.0 / 300, abs=1e-4)}
+    status = validate(ConcentratorStatus, {"concentrator_id": "c1", "online": True,
+                                           "at": "2026-12-02T10:00:00Z", "audit_airtime": shares})
+    assert status.audit_airtime == shares
     executor.stop()
 
 
