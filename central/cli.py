@@ -19,6 +19,7 @@ from pathlib import Path
 
 EXIT_CONFIG = 2  # configuration error: the units' RestartPreventExitStatus, no restart loop
 EXIT_UNAVAILABLE = 1  # something it needs is down (broker, database): systemd restarts it
+SWITCH_INTERVAL_S = 0.0005  # the GIL hand-over interval of the coordinator process (see _run)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,6 +94,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     app.state.coordinator_started = True
+    # The SOAP/REST request threads, the dispatcher, the publishers and paho's network
+    # thread share one GIL, and each releases it for every signature, statement and
+    # socket call; taking it back waits for a busy thread's switch interval (5 ms by
+    # default), which was most of a claim's wall time under a SOAP intake (issue 14).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
