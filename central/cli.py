@@ -13,6 +13,7 @@ optionally from an env file given with ``--env-file``.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 EXIT_CONFIG = 2  # configuration error: the units' RestartPreventExitStatus, no restart loop
 EXIT_UNAVAILABLE = 1  # something it needs is down (broker, database): systemd restarts it
 SWITCH_INTERVAL_S = 0.0005  # the GIL hand-over interval of the coordinator process (see _run)
+GC_THRESHOLDS = (20_000, 10, 10)  # the collector's generations in the coordinator (default 700)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,6 +101,11 @@ def _run(args: argparse.Namespace) -> int:
     # socket call; taking it back waits for a busy thread's switch interval (5 ms by
     # default), which was most of a claim's wall time under a SOAP intake (issue 14).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # What start-up built (modules, ORM mappings, settings) lives as long as the process:
+    # frozen, the full collections a batch's garbage triggers no longer walk it, and a
+    # larger first generation collects a 1,000-order request's objects in fewer passes.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
