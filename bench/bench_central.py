@@ -287,7 +287,7 @@ def central_rate(broker: MosquittoBroker, run: Run, args: argparse.Namespace, wo
                 out = Path(args.py_spy).with_suffix(f".{run.via}-{run.db}-{run.history}.txt")
                 spy = subprocess.Popen([args.py_spy_bin, "record", "--pid", str(server.pid),
                                         "--format", "raw", "--rate", "250", "--nonblocking",
-                                        "--output", str(out)], stdout=subprocess.DEVNULL)
+                                        "--output", str(out), *args.py_spy_flags], stdout=subprocess.DEVNULL)
                 time.sleep(1.0)
             cpu_before = _cpu_seconds(server.pid)
             started = time.perf_counter()
@@ -357,6 +357,10 @@ def main() -> int:
                         help="5,000 orders and a history of 20,000: a short burst")
     parser.add_argument("--py-spy", metavar="FILE", help="write py-spy raw profiles (FILE.*.txt)")
     parser.add_argument("--py-spy-bin", default="py-spy")
+    parser.add_argument("--gil", dest="py_spy_flags", action="append_const", const="--gil",
+                        default=[], help="py-spy: count only the thread holding the GIL")
+    parser.add_argument("--idle", dest="py_spy_flags", action="append_const", const="--idle",
+                        help="py-spy: also count waiting threads")
     args = parser.parse_args()
     if args.quick:
         args.orders = min(args.orders, 5000)
