@@ -307,6 +307,8 @@ class EdgeAgent:
             applied = self.store.apply_meter_table(command)
             log("meters.table", generation=command.generation, meters=len(command.meters),
                 applied=applied)
+            if applied and self.auditor is not None:
+                self.auditor.wake()  # it may sleep a minute on an empty table: new meters to read
         else:
             log("command.wrong_topic", logging.WARNING, topic=topic, kind=command.kind)
 

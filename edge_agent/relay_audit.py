@@ -262,6 +262,10 @@ class RelayAuditor:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def wake(self) -> None:
+        """Look for due reads now (the meter table changed)."""
+        self._wake.set()
+
     def order_ended(self, order: OrderRow, result: OrderResult) -> None:
         """Executor hook: read the meter's log after an order that reached it."""
         if self.settings.after_order and result.attempts:
