@@ -332,8 +332,9 @@ class RelayAuditor:
 
     def _order_waiting(self, line_key: str) -> bool:
         now = self._clock()
+        meters = self._meter_table()  # asked before every frame: no query per meter
         for mid in self.rows.waiting_meters(now, self._hold()):
-            meter = self._store.meter(mid)
+            meter = meters.get(mid)
             if meter is not None and meter.line_key == line_key:
                 return True
         return False
