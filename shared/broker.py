@@ -127,6 +127,19 @@ def stop_process(process: subprocess.Popen[bytes] | None, grace_s: float = 10.0)
         process.wait(timeout=5)
 
 
+def _hash_password(name: str, secret: str, work_dir: Path) -> str:
+    """One ``user:hash`` line of a mosquitto password file, from ``mosquitto_passwd``."""
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    with tempfile.NamedTemporaryFile("w", dir=work_dir, prefix="passwd-", delete=False) as scratch:
+        scratch_path = Path(scratch.name)
+    try:
+        subprocess.run([tool, "-b", str(scratch_path), name, secret], check=True, capture_output=True)
+        line = scratch_path.read_text()
+    finally:
+        scratch_path.unlink(missing_ok=True)
+    return line if line.endswith("\n") else line + "\n"
+
+
 class MosquittoBroker:
     """A mosquitto process on 127.0.0.1:``port`` with our config, ACL and users.
 
@@ -160,6 +173,7 @@ class MosquittoBroker:
         for user in users:
             self._users[user] = password
         self._coordinators: list[str] = []
+        self._hashed: dict[str, tuple[str, str]] = {}  # user: (password, its passwd line)
         self._process: subprocess.Popen[bytes] | None = None
         self.log_path = self.work_dir / "mosquitto.log"
 
@@ -184,11 +198,21 @@ class MosquittoBroker:
         (self.work_dir / "acl").write_text(text + blocks)
 
     def _write_passwords(self) -> None:
-        path = self.work_dir / "passwd"
-        path.write_text("")
-        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        """Write the password file whole, then move it into place.
+
+        mosquitto re-reads it on SIGHUP and drops every connected client whose user is
+        missing from what it read: a file rewritten in place (truncated, then one
+        ``mosquitto_passwd`` run per user) dropped the clients of a broker that reloaded
+        meanwhile. Each user is hashed once, when added or when its password changes.
+        """
         for name, secret in self._users.items():
-            subprocess.run([tool, "-b", str(path), name, secret], check=True, capture_output=True)
+            if self._hashed.get(name, (None, ""))[0] != secret:
+                self._hashed[name] = (secret, _hash_password(name, secret, self.work_dir))
+        text = "".join(line for _secret, line in self._hashed.values())
+        path = self.work_dir / "passwd"
+        staged = path.with_name("passwd.new")
+        staged.write_text(text)
+        os.replace(staged, path)
 
     # -- process ----------------------------------------------------------------
     def start(self) -> MosquittoBroker:
