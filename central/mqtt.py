@@ -71,9 +71,11 @@ class MqttLink:
         self._rotation = BrokerRotation(settings.broker_addresses())
         # MQTT 3.1.1 asks for a persistent session with clean_session=False; MQTT 5
         # with clean_start at connect (clean_session must stay None there).
+        # named in the log: several replicas' warnings land in one place
+        self._client_id = client_id or settings.mqtt_client_id or settings.mqtt_username
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id or settings.mqtt_client_id or settings.mqtt_username,
+            client_id=self._client_id,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
             clean_session=None if self._v5 else False,
             manual_ack=True,
@@ -227,7 +229,7 @@ class MqttLink:
     ) -> None:
         self._connected.clear()
         if reason.is_failure and self._connected_once:  # a refused start-up says it itself
-            log.warning("MQTT disconnected: %s (paho reconnects)", reason)
+            log.warning("MQTT disconnected (client %s): %s (paho reconnects)", self._client_id, reason)
             self._next_node()
 
     def _handle_connect_fail(self, _client: paho.Client, _userdata: object) -> None:
