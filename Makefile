@@ -33,8 +33,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy shared edge_agent central firmware_sim ops
 
+# The suite in two passes: everything but the fault and HA suites in two worker
+# processes (its tests mostly wait on brokers, agents and meters), then those two alone,
+# since they kill processes against deadlines. PYTEST_ARGS runs one plain pass instead.
+PYTEST_JOBS ?= 2
+PARALLEL := not fault and not ha
+
 pytest: $(STAMP)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile -m "$(PARALLEL)"
+	$(BIN)/python -m pytest -m "not ($(PARALLEL))"
+else
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+endif
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
