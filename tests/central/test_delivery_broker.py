@@ -46,11 +46,15 @@ def start_app(database_url: str, broker: MosquittoBroker, keypair: tuple[bytes, 
     # shipped 60 s is longer than any of them); tests of the timer set their own
     kw.setdefault("republish_after_s", 1.0)
     kw.setdefault("republish_max_s", 2.0)
+    # one account per replica, as deployed: the broker makes the account the client id,
+    # and two replicas on one account take the session from each other every second
+    broker.add_coordinator(f"central-{tag}")
     settings = Settings(
         environment="test",
         database_url=database_url,
         mqtt_host=broker.host,
         mqtt_port=broker.port,
+        mqtt_username=f"central-{tag}",
         mqtt_password=broker.password,
         mqtt_client_id=f"central-{tag}",
         mqtt_share_group=f"g{tag}",
