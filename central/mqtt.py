@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 # handler(topic, payload) -> True when the message may be acknowledged
 Handler = Callable[[str, bytes], bool]
 SESSION_EXPIRY_S = 7 * 24 * 3600
+SHORT_SESSION_S = 5.0  # a connection dropped sooner counts towards the warning below
+SHORT_SESSIONS_TO_WARN = 3
 
 
 class MqttLink:
@@ -100,6 +102,8 @@ class MqttLink:
         # messages for the handler thread, with the connection they came on (see _work)
         self._inbox: queue.Queue[tuple[int, paho.MQTTMessage] | None] = queue.Queue()
         self._generation = 0  # connections so far
+        self._connected_at = 0.0  # monotonic time of the last CONNACK
+        self._short_sessions = 0  # connections in a row that dropped soon after opening
         self._worker: threading.Thread | None = None
 
     def _set_tls(self, settings: Settings) -> None:
@@ -216,6 +220,7 @@ class MqttLink:
             client.subscribe(subscriptions)
         self._refused = None
         self._connected_once = True
+        self._connected_at = time.monotonic()
         self._generation += 1
         self._connected.set()
 
@@ -230,7 +235,27 @@ class MqttLink:
         self._connected.clear()
         if reason.is_failure and self._connected_once:  # a refused start-up says it itself
             log.warning("MQTT disconnected (client %s): %s (paho reconnects)", self._client_id, reason)
+            self._note_short_session()
             self._next_node()
+
+    def _note_short_session(self) -> None:
+        """Name the likely cause when connections keep dropping soon after they open.
+
+        The shipped mosquitto makes each account its client id: two replicas on one
+        account take the session from each other about once a second (paho reconnects
+        both), each losing the PUBACKs in flight. Seen as a plain dropped connection.
+        """
+        if time.monotonic() - self._connected_at > SHORT_SESSION_S:
+            self._short_sessions = 0
+            return
+        self._short_sessions += 1
+        if self._short_sessions == SHORT_SESSIONS_TO_WARN:
+            log.error(
+                "MQTT: %d connections in a row dropped within %.0f s of opening: is another "
+                "client connected with account %r? The broker makes the account the client "
+                "id: give every coordinator replica its own (RCD_MQTT_USERNAME)",
+                self._short_sessions, SHORT_SESSION_S, self._settings.mqtt_username,
+            )
 
     def _handle_connect_fail(self, _client: paho.Client, _userdata: object) -> None:
         self._next_node()

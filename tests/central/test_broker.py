@@ -4,6 +4,7 @@ cancel sent to the agent, meter table pushed, concentrator status."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -203,6 +204,37 @@ def test_mqtt_311_link_publishes_and_consumes(broker: MosquittoBroker, concentra
         assert got.wait(5)
     finally:
         link.close()
+
+
+def test_two_links_on_one_account_are_named_as_the_cause_of_their_drops(
+    broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shipped broker makes the account the client id: two replicas sharing one take
+    the session from each other; the coordinator says so instead of only reconnecting."""
+    from central.mqtt import MqttLink
+
+    account = f"central-shared-{uuid.uuid4().hex[:6]}"
+    broker.add_coordinator(account)
+    links = []
+    try:
+        for replica in ("a", "b"):
+            settings = Settings(
+                environment="test",
+                mqtt_host=broker.host,
+                mqtt_port=broker.port,
+                mqtt_password=broker.password,
+                mqtt_username=account,
+                mqtt_client_id=f"{account}-{replica}",  # the broker overrides it
+            )
+            links.append(MqttLink(settings, on_status=lambda _t, _p: True).start())
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "another client connected with account" not in caplog.text:
+            time.sleep(0.2)
+    finally:
+        for link in links:
+            link.close()
+    assert f"another client connected with account {account!r}" in caplog.text
+    assert "RCD_MQTT_USERNAME" in caplog.text
 
 
 def test_a_table_that_cannot_be_sent_holds_back_nothing_else(
