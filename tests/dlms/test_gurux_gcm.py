@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -18,10 +19,18 @@ from gurux_dlms.GXDLMSChippering import GXDLMSChippering
 from gurux_dlms.GXSecure import GXSecure
 from gurux_dlms.secure import GXDLMSSecureClient
 
-import shared.dlms.client  # noqa: F401 (installs the replacement, as the agent does)
+from firmware_sim.fleet import DEMO_AUTH_KEY, DEMO_BLOCK_KEY, MeterSpec
+from firmware_sim.meter import Association, SimulatedMeter
 from shared import aesgcm
-from shared.dlms import gurux_gcm
+from shared.dlms import gurux_gcm, wrapper
 from shared.dlms import security as S
+from shared.dlms.client import (  # installs it, as for the agent
+    MeterAddress,
+    MeterKeys,
+    MeterSession,
+)
+from shared.dlms.errors import AssociationRefused, MalformedResponse, NoResponse, TransportError
+from shared.dlms.transport import LoopbackTransport
 
 H = bytes.fromhex
 KEYS = S.Keys(H("000102030405060708090A0B0C0D0E0F"), H("D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF"))
@@ -39,7 +48,7 @@ def gurux_python_aes() -> Iterator[None]:
 
 
 def _run(stream_cls: type, security: int, key: bytes, aad: bytes, iv: bytes,
-         data: bytes, tag: bytes | None = None) -> tuple[bytes, bytes]:
+         data: bytes, tag: bytes | bytearray | None = None) -> tuple[bytes, bytes]:
     s = stream_cls(security, True, bytearray(key), bytearray(aad), bytearray(iv), tag)
     if security != Security.AUTHENTICATION:
         s.write(bytearray(data))
@@ -104,7 +113,7 @@ def test_both_backends_give_gurux_python_bytes(name: str) -> None:
 
 def test_installed_by_the_agents_client() -> None:
     assert gurux_gcm.installed()
-    assert GXDLMSChippering.encryptAesGcm.__func__.__globals__[  # type: ignore[attr-defined]
+    assert GXDLMSChippering.encryptAesGcm.__func__.__globals__[
         "GXDLMSChipperingStream"] is gurux_gcm.CGcmStream
 
 
@@ -219,3 +228,67 @@ def test_unusual_use_goes_to_gurux_own_stream() -> None:
         assert isinstance(gurux_gcm.CGcmStream(*args), gurux_gcm.ORIGINAL_STREAM)
     with pytest.raises(ValueError):
         gurux_gcm.CGcmStream(0x30, True, key, b"\x30", iv, bytearray(5))
+
+
+# ------------------------------------------------------------------ the agent's client
+
+
+@contextlib.contextmanager
+def tampering_meter(tamper: set[int]) -> Iterator[LoopbackTransport]:
+    """A SimulatedMeter on a loopback pair whose ciphered answers with these glo tags get
+    their last byte (the GCM tag's) flipped on the way out."""
+    near, far = LoopbackTransport.pair()
+    meter = SimulatedMeter(MeterSpec("GCM", control_mode=2))
+    stop = threading.Event()
+
+    def serve() -> None:
+        reader = wrapper.WrapperReader()
+        assocs: dict[int, Association] = {}
+        while not stop.is_set():
+            try:
+                data = far.receive(0.05)
+            except NoResponse:
+                continue
+            except TransportError:
+                return
+            for pdu in reader.feed(data):
+                answer = bytearray(meter.handle(assocs.setdefault(pdu.source,
+                                                                  Association(pdu.source)), pdu.apdu))
+                if answer and answer[0] in tamper:
+                    answer[-1] ^= 0x01
+                far.send(wrapper.encode(1, pdu.source, bytes(answer)))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield near
+    finally:
+        stop.set()
+        far.close()
+        t.join(timeout=5)
+        near.close()
+
+
+CLIENT_KEYS = MeterKeys(DEMO_BLOCK_KEY, DEMO_AUTH_KEY)
+
+
+def test_session_refuses_a_tampered_response() -> None:
+    glo_get_response = 0xCC
+    with tampering_meter(set()) as near, MeterSession(
+        near, MeterAddress("wrapper"), CLIENT_KEYS, invocation_counter=3, timeout=2
+    ) as s:
+        assert s.read_disconnect_state().control_state == 1
+    tamper = {glo_get_response}
+    with tampering_meter(tamper) as near, MeterSession(
+        near, MeterAddress("wrapper"), CLIENT_KEYS, invocation_counter=30, timeout=2
+    ) as s:
+        with pytest.raises(MalformedResponse, match="Invalid tag"):
+            s.read_disconnect_state()
+
+
+def test_hls_pass_4_with_a_tampered_tag_refuses_the_association() -> None:
+    glo_action_response = 0xCF
+    with tampering_meter({glo_action_response}) as near:
+        with pytest.raises(AssociationRefused):
+            MeterSession(near, MeterAddress("wrapper"), CLIENT_KEYS, invocation_counter=3,
+                         timeout=2).__enter__()
