@@ -19,8 +19,9 @@ What is switched off, and why: the fleet-wide disconnect rate limit (600/min shi
 and the approval threshold are lifted, since the figure is the system's overhead over
 the channel, not the limit (``--shipped-limits`` keeps them and shows the limit as the
 bound, with the coordinator's own estimate printed before the campaign starts). The
-in-flight cap per concentrator stays as shipped (50). Prints the figures and the load
-average: the machine is shared, and every process here competes for its cores.
+in-flight cap per concentrator stays as shipped (50). Prints the figures, the edge agents'
+CPU seconds during the campaign (per order) and the load average: the machine is shared,
+and every process here competes for its cores.
 """
 
 from __future__ import annotations
@@ -110,6 +111,15 @@ def start_agent(work: Path, broker: MosquittoBroker, pub: Path, cid: str, line: 
                                 cwd=ROOT, env={**os.environ, "MALLOC_ARENA_MAX": "2"})
 
 
+def cpu_s(pids: list[int]) -> float:
+    """utime + stime of these processes, in seconds."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def wait(check: Any, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -151,8 +161,10 @@ def main() -> int:
             paths = {m["line_id"]: m["serial_path"] for m in table["meters"]}
             server, base, database, pub = start_coordinator(work, broker, args.shipped_limits)
             procs.append(server)
+            agents: list[int] = []
             for n, line in enumerate(sorted(paths)):
                 procs.append(start_agent(work, broker, pub, f"DC{n:02d}", line, paths[line]))
+                agents.append(procs[-1].pid)
             with httpx.Client(base_url=base, timeout=120) as http:
                 wait(lambda: http.get("/ready").status_code == 200, 60, "the coordinator")
                 csv = "meter_id,concentrator_id,line_id,hdlc_address\n" + "".join(
@@ -174,6 +186,7 @@ def main() -> int:
                 planned = http.post("/api/v1/orders/estimate", json=body, headers=OPERATOR).json()
                 print(f"coordinator's estimate before the start: {planned['text']}", flush=True)
                 started = time.perf_counter()
+                agents_cpu = cpu_s(agents)
                 answer = http.post("/api/v1/orders/batch", json=body, headers=OPERATOR)
                 answer.raise_for_status()
                 if answer.json()["refused"]:
@@ -188,6 +201,7 @@ def main() -> int:
 
                 wait(finished, args.timeout, "every order to end")
                 elapsed = time.perf_counter() - started
+                agents_cpu = cpu_s(agents) - agents_cpu
                 after = httpx.get(f"{table['control_url']}/lines").json()
                 with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
                     outcomes = dict(db.execute("SELECT state, count(*) FROM orders GROUP BY state"))
@@ -195,6 +209,8 @@ def main() -> int:
             for proc in reversed(procs):
                 stop(proc)
     report(args, elapsed, before, after, outcomes, load_start)
+    print(f"edge agents' CPU during the campaign   {agents_cpu:8.2f} s   "
+          f"({1000 * agents_cpu / total:.1f} ms per order, {len(agents)} agent processes)")
     return 0
 
 

@@ -18,6 +18,11 @@ Workarounds for gurux-dlms 1.0.203 client behaviour (all handled here):
   ``reply.error``), not by type; we map codes to ActionRefused / AccessDenied /
   DataAccessError. In a GET-with-list the first failed item fails the whole call.
 * gurux ``print()``s on every deciphered APDU; we shadow ``print`` in its modules.
+* gurux's AES-GCM is pure Python (most of the agent's CPU per exchange); it runs through
+  OpenSSL instead (:mod:`shared.dlms.gurux_gcm`, installed at import), which
+  also verifies the tag of an authenticated-and-encrypted response: gurux 1.0.203 does
+  not, and a tampered one now fails as gurux's own tag check fails (``ValueError``,
+  mapped to MalformedResponse).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from gurux_dlms.GXDLMSExceptionResponse import GXDLMSExceptionResponse
 from gurux_dlms.objects import GXDLMSData, GXDLMSDisconnectControl, GXDLMSObject
 from gurux_dlms.secure import GXDLMSSecureClient
 
-from shared.dlms import hdlc, wrapper
+from shared.dlms import gurux_gcm, hdlc, wrapper
 from shared.dlms.errors import (
     AccessDenied,
     ActionRefused,
@@ -68,6 +73,8 @@ for _name in (
     "GXDLMSSettings", "GXSecure", "GXDLMSConverter",
 ):
     importlib.import_module(f"gurux_dlms.{_name}").print = _silent  # type: ignore[attr-defined]
+
+gurux_gcm.install()
 
 DISCONNECT_CONTROL_OBIS = "0.0.96.3.10.255"
 ENERGY_OBIS = "1.0.1.8.0.255"
