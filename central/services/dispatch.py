@@ -24,6 +24,7 @@ Limits that keep the off-switch safe, applied on every pass:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -170,6 +171,7 @@ _READY_COLUMNS = (
 
 
 _CLAIM_LOCK_KEY = 0x52434402
+_LOCKED_AT = "rcd_claim_locked_at"  # session.info: when this transaction took the claim lock
 CLAIM_SIZE = 5000  # orders signed and committed per claim; a pass claims until none is left
 _PAGE = 5000  # candidates read per query while selecting one claim
 
@@ -190,7 +192,10 @@ def select_ready(
         # the next candidates while the first one's dispatches are uncommitted, and both
         # would spend the same fleet-wide disconnect budget and in-flight caps (released
         # when the claim's transaction ends).
+        asked = time.perf_counter()
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK_KEY})
+        session.info[_LOCKED_AT] = time.perf_counter()
+        metrics.CLAIM_LOCK.labels(phase="wait").observe(session.info[_LOCKED_AT] - asked)
     limit = CLAIM_SIZE if limit is None else limit
     waiting = select(Order.id).where(Order.state == OrderState.VALIDATED.value).limit(1)
     if session.execute(waiting).first() is None:
@@ -368,6 +373,13 @@ class Claim:
     more: bool = False  # the claim was full: more orders may be ready
 
 
+def _claim_committed(session: Session) -> None:
+    """The claim's transaction ended: the replicas' claim lock is free again."""
+    locked_at = session.info.pop(_LOCKED_AT, None)
+    if locked_at is not None:
+        metrics.CLAIM_LOCK.labels(phase="held").observe(time.perf_counter() - locked_at)
+
+
 def dispatch_ready(
     session: Session,
     publisher: Publisher,
@@ -401,6 +413,7 @@ def claim_ready(
     ready = select_ready(session, settings, now)
     if not ready:
         session.commit()  # ends the read (on PostgreSQL: releases the claim lock); no writes
+        _claim_committed(session)
         return Claim([], [])
     target = transition(OrderState.VALIDATED, Event.DISPATCH).value
     step = STEP_OF[Event.DISPATCH]
@@ -486,6 +499,7 @@ def claim_ready(
             [line for order_id, line in events.items() if order_id in claimed],
         )
         session.commit()
+    _claim_committed(session)
     session.expire_all()
     ids = [o.id for o in ready if o.id in claimed]
     lost = len(ready) - len(ids)
