@@ -36,6 +36,15 @@ STEP_LATENCY = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400),
     registry=PROCESS_REGISTRY,
 )
+# Replicas serialise their claims with an advisory lock (services/dispatch.py): how long
+# a claim waited for it, and how long it held it (until the claim committed).
+CLAIM_LOCK = Histogram(
+    "rcd_claim_lock_seconds",
+    "Seconds a dispatch claim waited for the replicas' claim lock, and held it",
+    ["phase"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=PROCESS_REGISTRY,
+)
 RESULTS = Counter(
     "rcd_results_total", "Results consumed from agents", ["effect"], registry=PROCESS_REGISTRY
 )

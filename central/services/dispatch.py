@@ -1,7 +1,8 @@
 """Step 4: send validated orders to their concentrators, safely.
 
-Outbox pattern: orders are moved to ``dispatched`` and committed, with their signed
-command (``command_payload``), *before* they are published, so a result can never arrive
+Outbox pattern: orders are moved to ``dispatched`` and committed, then their signed
+commands (``command_payload``) are committed, *before* they are published (two
+transactions: the first one ends the replicas' claim lock), so a result can never arrive
 for an order the database still thinks unsent; ``published_at`` is set once the broker
 acknowledged (PUBACK). The broker's PUBACK is not delivery: only the agent's receipt
 moves an order to ``delivered``. Until then :func:`republish_unacked` sends the very
@@ -24,6 +25,7 @@ Limits that keep the off-switch safe, applied on every pass:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -170,6 +172,7 @@ _READY_COLUMNS = (
 
 
 _CLAIM_LOCK_KEY = 0x52434402
+_LOCKED_AT = "rcd_claim_locked_at"  # session.info: when this transaction took the claim lock
 CLAIM_SIZE = 5000  # orders signed and committed per claim; a pass claims until none is left
 _PAGE = 5000  # candidates read per query while selecting one claim
 
@@ -190,7 +193,10 @@ def select_ready(
         # the next candidates while the first one's dispatches are uncommitted, and both
         # would spend the same fleet-wide disconnect budget and in-flight caps (released
         # when the claim's transaction ends).
+        asked = time.perf_counter()
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK_KEY})
+        session.info[_LOCKED_AT] = time.perf_counter()
+        metrics.CLAIM_LOCK.labels(phase="wait").observe(session.info[_LOCKED_AT] - asked)
     limit = CLAIM_SIZE if limit is None else limit
     waiting = select(Order.id).where(Order.state == OrderState.VALIDATED.value).limit(1)
     if session.execute(waiting).first() is None:
@@ -368,6 +374,13 @@ class Claim:
     more: bool = False  # the claim was full: more orders may be ready
 
 
+def _claim_committed(session: Session) -> None:
+    """The claim's transaction ended: the replicas' claim lock is free again."""
+    locked_at = session.info.pop(_LOCKED_AT, None)
+    if locked_at is not None:
+        metrics.CLAIM_LOCK.labels(phase="held").observe(time.perf_counter() - locked_at)
+
+
 def dispatch_ready(
     session: Session,
     publisher: Publisher,
@@ -387,9 +400,18 @@ def dispatch_ready(
 def claim_ready(
     session: Session, signer: CommandSigner, settings: Settings, *, now: datetime | None = None
 ) -> Claim:
-    """Select what may go, move it to ``dispatched`` with its timeline events (in bulk),
-    sign the commands, and commit. Callers serialise claims (one at a time per process;
-    SKIP LOCKED between replicas); publishing may then overlap the next claim."""
+    """Select what may go, move it to ``dispatched`` with its timeline events (in bulk)
+    and commit; then sign the commands and commit them. Callers serialise claims (one at
+    a time per process; the claim lock between replicas); publishing may then overlap the
+    next claim.
+
+    The signatures are made after the first commit: on PostgreSQL that commit releases
+    the replicas' claim lock, which then covers only the selection and the state change
+    (what the in-flight caps and the disconnect budget of the next claim read), not the
+    Ed25519 signing and the writing of the signed commands. Nothing is published before
+    both commits; a dispatched order left without its signed command (a crash between
+    them) gets the very same command rebuilt and signed when it is sent again
+    (:func:`_signed_again`)."""
     now = now or utcnow()
     if stop_protected_disconnects(session, now=now):  # reads; writes only if it finds some
         with sqlite_write_lock(session):
@@ -401,16 +423,34 @@ def claim_ready(
     ready = select_ready(session, settings, now)
     if not ready:
         session.commit()  # ends the read (on PostgreSQL: releases the claim lock); no writes
+        _claim_committed(session)
         return Claim([], [])
-    target = transition(OrderState.VALIDATED, Event.DISPATCH).value
-    step = STEP_OF[Event.DISPATCH]
-    messages: dict[str, Outgoing] = {}
-    updates: list[dict[str, Any]] = []
-    events: dict[str, dict[str, Any]] = {}
-    latency = metrics.STEP_LATENCY.labels(step=str(step), state=target)
+    commands = _commands_for(ready, settings, now)
+    claimed = _move_to_dispatched(session, ready, commands, settings, now)
+    _claim_committed(session)
+    ids = [o.id for o in ready if o.id in claimed]
+    lost = len(ready) - len(ids)
+    if lost:
+        log.info("%d order(s) changed before the claim; not dispatched", lost)
+    latency = metrics.STEP_LATENCY.labels(
+        step=str(STEP_OF[Event.DISPATCH]), state=OrderState.DISPATCHED.value
+    )
+    for order in ready:
+        if order.id in claimed:
+            latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
+    messages = _sign_claimed(session, signer, [commands[order_id] for order_id in ids])
+    return Claim(
+        [i for i in ids if i in messages], [messages[i] for i in ids if i in messages],
+        more=len(ready) >= CLAIM_SIZE,
+    )
+
+
+def _commands_for(ready: list[Any], settings: Settings, now: datetime) -> dict[str, OrderCommand]:
+    """The command of each ready order (a new command id each), by order id; an order
+    past its deadline, or whose command the contract refuses, is left out (it stays
+    validated, and expires into a work order if it never becomes sendable)."""
     policies: dict[str, RetryPolicy] = {}
-    sent: dict[str, str] = {}  # order id -> command id
-    topic_of: dict[str, str] = {}  # concentrator id -> its command topic (checked once)
+    commands: dict[str, OrderCommand] = {}
     for order in ready:
         policy = policies.get(order.action)
         if policy is None:
@@ -418,53 +458,49 @@ def claim_ready(
             policy = policies[order.action] = _policy(
                 retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s
             )
-        command_id = new_command_id()
-        assert order.concentrator_id is not None
         try:
-            command = build_command(order, settings, command_id, now, policy)
-            signed = signer.sign(command)
+            commands[order.id] = build_command(order, settings, new_command_id(), now, policy)
         except DeadlinePassed as exc:
             log.info("order %s not dispatched: %s", order.id, exc)
-            continue
         except (InvalidPayload, ValueError) as exc:
-            # One order the contract refuses must not hold back the others: it stays
-            # validated (and expires into a work order if it never becomes sendable).
+            # one order the contract refuses must not hold back the others
             log.error("order %s not dispatched: its command is invalid: %s", order.id, exc)
-            continue
-        sent[order.id] = command_id
-        updates.append(
-            {
-                "id": order.id,
-                "concentrator_id": order.concentrator_id,  # compared, not written
-                "state": target,
-                "command_id": command_id,
-                "dispatched_at": now,
-                "updated_at": now,
-                "command_payload": signed.decode(),
-                "command_deadline": command.deadline,
-                "resend_at": now + timedelta(seconds=resend_delay(settings, 1)),
-                "sends": 1,
-            }
-        )
-        events[order.id] = {
-            "order_id": order.id,
-            "at": now,
-            "step": step,
-            "actor": SYSTEM.name,
-            "event": Event.DISPATCH.value,
-            "from_state": OrderState.VALIDATED.value,
-            "to_state": target,
-            "detail": f"signed command {command_id} to concentrator {order.concentrator_id}",
+    return commands
+
+
+def _move_to_dispatched(
+    session: Session,
+    ready: list[Any],
+    commands: dict[str, OrderCommand],
+    settings: Settings,
+    now: datetime,
+) -> set[str]:
+    """Compare-and-set the ready orders to ``dispatched`` with their command ids, write
+    their timeline events, and commit (on PostgreSQL: the claim lock is released). The ids
+    of the orders that moved."""
+    target = transition(OrderState.VALIDATED, Event.DISPATCH).value
+    step = STEP_OF[Event.DISPATCH]
+    resend_at = now + timedelta(seconds=resend_delay(settings, 1))
+    updates = [
+        {
+            "id": order.id,
+            "concentrator_id": order.concentrator_id,  # compared, not written
+            "state": target,
+            "command_id": commands[order.id].command_id,
+            "dispatched_at": now,
+            "updated_at": now,
+            "command_deadline": commands[order.id].deadline,
+            "resend_at": resend_at,
+            "sends": 1,
         }
-        topic = topic_of.get(order.concentrator_id)
-        if topic is None:
-            topic = topic_of[order.concentrator_id] = topics.commands(order.concentrator_id)
-        messages[order.id] = Outgoing(topic, signed)
+        for order in ready
+        if order.id in commands
+    ]
     with sqlite_write_lock(session):
         # Compare-and-set: on SQLite the selection ran outside this write transaction, so
         # an order may have changed meanwhile (e.g. cancelled, or its meter moved to
         # another concentrator: that changes the concentrator, not the state). Only rows
-        # still validated on the concentrator their command was signed for move; which
+        # still validated on the concentrator their command was made for move; which
         # ones did is read back by the command id this claim gave them.
         bulk.update_rows(
             session,
@@ -478,23 +514,57 @@ def claim_ready(
             for order_id, command_id in session.execute(
                 select(Order.id, Order.command_id).where(Order.dispatched_at == now)
             )
-            if sent.get(order_id) == command_id
+            if order_id in commands and commands[order_id].command_id == command_id
         }
         bulk.insert_rows(
             session,
             cast(Table, OrderEvent.__table__),
-            [line for order_id, line in events.items() if order_id in claimed],
+            [
+                {
+                    "order_id": order_id,
+                    "at": now,
+                    "step": step,
+                    "actor": SYSTEM.name,
+                    "event": Event.DISPATCH.value,
+                    "from_state": OrderState.VALIDATED.value,
+                    "to_state": target,
+                    "detail": f"signed command {command.command_id} to concentrator "
+                    f"{command.concentrator_id}",
+                }
+                for order_id, command in commands.items()
+                if order_id in claimed
+            ],
         )
         session.commit()
     session.expire_all()
-    ids = [o.id for o in ready if o.id in claimed]
-    lost = len(ready) - len(ids)
-    if lost:
-        log.info("%d order(s) changed before the claim; not dispatched", lost)
-    for order in ready:
-        if order.id in claimed:
-            latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
-    return Claim(ids, [messages[order_id] for order_id in ids], more=len(ready) >= CLAIM_SIZE)
+    return claimed
+
+
+def _sign_claimed(
+    session: Session, signer: CommandSigner, commands: list[OrderCommand]
+) -> dict[str, Outgoing]:
+    """Sign the commands of claimed orders, keep them with their orders (only while the
+    order still carries that command), commit. The messages to publish, by order id."""
+    messages: dict[str, Outgoing] = {}
+    rows: list[dict[str, Any]] = []
+    topic_of: dict[str, str] = {}  # concentrator id -> its command topic (checked once)
+    for command in commands:
+        try:
+            signed = signer.sign(command)
+        except (InvalidPayload, ValueError) as exc:  # sent again, or ended, by republish
+            log.error("order %s: its command could not be signed: %s", command.order_id, exc)
+            continue
+        rows.append({"id": command.order_id, "command_id": command.command_id,
+                     "command_payload": signed.decode()})
+        topic = topic_of.get(command.concentrator_id)
+        if topic is None:
+            topic = topic_of[command.concentrator_id] = topics.commands(command.concentrator_id)
+        messages[command.order_id] = Outgoing(topic, signed)
+    with sqlite_write_lock(session):
+        bulk.update_rows(session, cast(Table, Order.__table__), rows, match=("command_id",))
+        session.commit()
+    session.expire_all()
+    return messages
 
 
 def publish_claimed(session: Session, publisher: Publisher, claim: Claim) -> int:
