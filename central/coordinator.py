@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from functools import partial
@@ -78,20 +78,6 @@ def load_signer(settings: Settings) -> CommandSigner:
     return signer
 
 
-class _AfterTheWire:
-    """What cancels, meter tables and republished commands are published through: after
-    the claim on the wire (``Coordinator.dispatch_now``), never overtaking it. A cancel
-    that reached an agent before the command it cancels would find nothing to cancel."""
-
-    def __init__(self, coordinator: Coordinator, link: MqttLink) -> None:
-        self._coordinator = coordinator
-        self._link = link
-
-    def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        self._coordinator._wire_clear()
-        self._link.publish_many(messages)
-
-
 class Coordinator:
     def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
         self.settings = settings
@@ -106,11 +92,8 @@ class Coordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sla_at = float("-inf")  # monotonic time of the last reconnect SLA sweep
-        # publishes one claim while the next is being claimed (``dispatch_now``): the
-        # claim on the wire, and the lock that hands the wire from one claim to the next
-        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="rcd-publish")
-        self._on_wire: Future[int] | None = None
-        self._wire_lock = threading.Lock()
+        # publishes one claim while the next is being claimed (``dispatch_now``)
+        self._publisher = ThreadPoolExecutor(2, thread_name_prefix="rcd-publish")
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -135,9 +118,6 @@ class Coordinator:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._publisher.shutdown(wait=True)
-        last = self._on_wire
-        if last is not None and last.exception() is not None:
-            log.warning("dispatch: publishing the last claim failed: %s", last.exception())
         if self.results_consumer is not None:
             self.results_consumer.close()
         if self.link is not None:
@@ -161,47 +141,39 @@ class Coordinator:
         return self.link is not None and self.link.connected
 
     # -- work ------------------------------------------------------------------------
-    def dispatch_now(self, *, wait: bool = True) -> int:
+    def dispatch_now(self) -> int:
         """One dispatch pass now (the API calls it after accepting orders).
 
-        Claim after claim until nothing more is ready (no per-pass cap). Every claim is
-        published by the publisher thread, and only once the claim before it (of this
-        call or of an earlier one) has all its PUBACKs: one claim on the wire at a time,
-        so a concentrator gets its commands in claim order, while the next claim is
-        selected, signed and committed. With ``wait`` (the API) it returns once its last
-        claim is published; without (the background loop, woken by an intake or a
-        result) it returns at once and the next pass claims while that claim is on the
-        wire. Returns how many orders were published meanwhile (an earlier call's
-        included)."""
+        Claim after claim until nothing more is ready (no per-pass cap). While one
+        claim's commands wait for their PUBACKs (in the publisher thread), the next
+        claim is signed and committed; it is published only after the one before it, so
+        a concentrator still gets its commands in claim order."""
         link = self.link
         if link is None:
             return 0
         published = 0
+        pending: Future[int] | None = None
         with self.factory() as session:
-            while True:
-                with self._dispatch_lock:  # claims are serialised; publishing overlaps
-                    claim = dispatch.claim_ready(session, self.signer, self.settings)
-                published += self._hand_over_wire(partial(self._publish, link, claim), claim)
-                if not claim.more:
-                    break
-        if wait:
-            published += self._hand_over_wire(None)
-        return published
-
-    def _hand_over_wire(
-        self, publish: Callable[[], int] | None, claim: dispatch.Claim | None = None
-    ) -> int:
-        """Wait for the claim on the wire (its PUBACKs; a failure is raised, its
-        unacknowledged commands are sent again at ``resend_at``), then put the next one
-        on it (``publish``, if ``claim`` has orders). How many orders the one before was
-        published with."""
-        with self._wire_lock:
-            before, self._on_wire = self._on_wire, None
             try:
-                return before.result() if before is not None else 0
+                while True:
+                    with self._dispatch_lock:  # claims are serialised; publishing overlaps
+                        claim = dispatch.claim_ready(session, self.signer, self.settings)
+                    if pending is not None:  # one claim in flight at a time
+                        done, pending = pending, None
+                        published += done.result()
+                    if claim.ids and claim.more:
+                        pending = self._publisher.submit(self._publish, link, claim)
+                    elif claim.ids:
+                        published += dispatch.publish_claimed(session, link, claim)
+                    if not claim.more:
+                        return published
             finally:
-                if publish is not None and claim is not None and claim.ids:
-                    self._on_wire = self._publisher.submit(publish)
+                if pending is not None and not pending.cancel():
+                    # the claim failed while the one before it was being published: its
+                    # outcome only matters to the log (unacked commands are resent)
+                    error = pending.exception()
+                    if error is not None:
+                        log.warning("dispatch: publishing a claim failed: %s", error)
 
     def _publish(self, link: MqttLink, claim: dispatch.Claim) -> int:
         with self.factory() as session:
@@ -265,18 +237,10 @@ class Coordinator:
             reconnect_sla.sweep(session, self.settings)
 
     def _under_dispatch_lock(
-        self, step: Callable[[Session, dispatch.Publisher, CommandSigner], object], link: MqttLink
+        self, step: Callable[[Session, MqttLink, CommandSigner], object], link: MqttLink
     ) -> None:
         with self._dispatch_lock, self.factory() as session:
-            step(session, _AfterTheWire(self, link), self.signer)
-
-    def _wire_clear(self) -> None:
-        """Wait until the claim on the wire has its PUBACKs (a failure only logged here:
-        its commands are sent again at ``resend_at``)."""
-        try:
-            self._hand_over_wire(None)
-        except CentralError as exc:
-            log.warning("dispatch: publishing a claim failed: %s", exc)
+            step(session, link, self.signer)
 
     def _loop(self) -> None:
         next_full = 0.0  # monotonic time of the next whole pass
@@ -289,8 +253,7 @@ class Coordinator:
                 elif self.link is not None and self.link.connected:
                     # cancels first: a reconnect waits for its superseded disconnect's cancel
                     self._send_cancels(self.link)
-                    # its last claim may still be on the wire: the next wake claims meanwhile
-                    self.dispatch_now(wait=False)
+                    self.dispatch_now()
             except CentralError as exc:
                 log.warning("background pass: %s", exc)
             except Exception:

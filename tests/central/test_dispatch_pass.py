@@ -128,39 +128,6 @@ def test_claims_publish_one_at_a_time_in_claim_order(
     assert all(o.published_at is not None for o in dispatched)
 
 
-def test_a_pass_that_does_not_wait_keeps_one_claim_on_the_wire(
-    settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The background loop's pass returns with its last claim still being published; the
-    next pass claims meanwhile, but publishes only after it, and so does a cancel (through
-    ``_AfterTheWire``): one claim on the wire at a time, across passes, in claim order."""
-    from central.coordinator import _AfterTheWire
-
-    _pipelined(settings, session, meters, monkeypatch)
-    meters(3, concentrator="conc-a", prefix="late")
-    coordinator = Coordinator(settings, factory)
-    link = _SlowLink()
-    coordinator.link = link  # type: ignore[assignment]
-    try:
-        first = coordinator.dispatch_now(wait=False)  # claims of 4, 4, 2: the last not waited for
-        create(session, settings, [req(f"late{n}", "connect") for n in range(3)], now=utcnow())
-        second = coordinator.dispatch_now(wait=False)
-        marker = dispatch.Outgoing("rcd/v1/c/conc-a/cmd", b"after the claims")
-        _AfterTheWire(coordinator, link).publish_many([marker])
-    finally:
-        coordinator.stop()
-    assert first == 8 and second == 2  # what each pass saw published while it ran
-    assert [size for _, _, size in link.calls] == [4, 4, 2, 3, 1]
-    for (_, end, _), (start, _, _) in zip(link.calls, link.calls[1:], strict=False):
-        assert end <= start  # never two publishes on the wire at once
-    session.expire_all()
-    dispatched = sorted(session.query(Order).all(), key=lambda o: (o.created_at, o.id))
-    assert _order_ids(link.sent[:-1]) == [o.id for o in dispatched]  # oldest first
-    assert link.sent[-1] is marker
-    assert all(o.published_at is not None for o in dispatched)
-
-
 def test_a_failed_publish_loses_no_order(
     settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
     monkeypatch: pytest.MonkeyPatch,
@@ -196,7 +163,7 @@ def test_a_result_wakes_only_the_dispatch_step(
     coordinator = Coordinator(settings, factory)
     calls: list[str] = []
     monkeypatch.setattr(coordinator, "run_once", lambda: calls.append("pass"))
-    monkeypatch.setattr(coordinator, "dispatch_now", lambda **_: calls.append("dispatch") or 0)
+    monkeypatch.setattr(coordinator, "dispatch_now", lambda: calls.append("dispatch") or 0)
     coordinator.link = _SlowLink()  # type: ignore[assignment]
 
     def settled(count: int) -> bool:
