@@ -42,10 +42,6 @@ def concentrator(broker: MosquittoBroker) -> str:
 
 def start_app(database_url: str, broker: MosquittoBroker, keypair: tuple[bytes, bytes], **kw: Any) -> TestClient:
     tag = uuid.uuid4().hex[:8]
-    # a command whose PUBACK a reconnect lost goes again within the tests' waits (the
-    # shipped 60 s is longer than any of them); tests of the timer set their own
-    kw.setdefault("republish_after_s", 1.0)
-    kw.setdefault("republish_max_s", 2.0)
     # one account per replica, as deployed: the broker makes the account the client id,
     # and two replicas on one account take the session from each other every second
     broker.add_coordinator(f"central-{tag}")
