@@ -143,11 +143,20 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer
 
 
 def _wait(driver: Any, condition: Any, what: str) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # The dashboard re-renders its panels on each refresh: an element found a moment ago
+    # may be replaced before its text is read; the condition is simply asked again.
+    retry_on = (NoSuchElementException, StaleElementReferenceException)
     try:
-        return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition)
+        return WebDriverWait(
+            driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=retry_on
+        ).until(condition)
     except TimeoutException:
         body = driver.find_element("tag name", "body").text[:2000]
         pytest.fail(f"timed out waiting for {what}; page text:\n{body}")
