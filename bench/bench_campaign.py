@@ -206,6 +206,9 @@ def main() -> int:
 
                 wait(finished, args.timeout, "every order to end")
                 elapsed = time.perf_counter() - started
+                if args.trace:  # the campaign's ends on the simulator's clock (monotonic)
+                    end = time.monotonic()
+                    Path(args.trace, "campaign.times").write_text(f"{end - elapsed} {end}\n")
                 agents_cpu = cpu_s(agents) - agents_cpu
                 after = httpx.get(f"{table['control_url']}/lines").json()
                 with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:

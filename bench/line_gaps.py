@@ -26,7 +26,7 @@ def kind(control: int) -> str:
     return "RR" if control & 0x0F == 0x01 else f"{control:02x}"
 
 
-def line_report(path: Path) -> None:
+def line_report(path: Path, campaign: tuple[float, float] | None) -> None:
     rows = []
     for text in path.read_text().splitlines():
         arrived, done, dst, control, size = text.split()
@@ -61,6 +61,12 @@ def line_report(path: Path) -> None:
         print(f"  before request {pos + 1} of a session: mean {1000 * statistics.mean(gaps):6.1f} "
               f"ms, median {1000 * statistics.median(gaps):6.1f}, max {1000 * max(gaps):6.1f}, "
               f"n {len(gaps)}, sum {sum(gaps):.3f} s")
+    if campaign is not None:
+        start, end = campaign
+        last = max((r[1] for r in rows if r[3] == "DISC" and r[1] <= end), default=end)
+        print(f"  campaign start to first SNRM {1000 * (rows[0][0] - start):.0f} ms; last "
+              f"order's DISC answered to the campaign's end {1000 * (end - last):.0f} ms "
+              "(the result's way to the coordinator and the bench's 0.2 s poll)")
     odd = [i for i, n in enumerate(frames) if n != 7]
     for i in odd[:5]:
         print(f"  session {i}: {frames[i]} requests")
@@ -74,8 +80,13 @@ def _count(values: list[int]) -> dict[int, int]:
 
 
 def main() -> int:
+    times = Path(sys.argv[1], "campaign.times")
+    campaign = None
+    if times.exists():
+        start, end = (float(x) for x in times.read_text().split())
+        campaign = (start, end)
     for path in sorted(Path(sys.argv[1]).glob("*.trace")):
-        line_report(path)
+        line_report(path, campaign)
     return 0
 
 
