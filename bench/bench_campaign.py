@@ -57,7 +57,8 @@ FINISHED = ("completed_disconnected", "completed_connected", "completed_armed", 
             "expired", "cancelled")
 
 
-def start_simulator(work: Path, lines: int, meters: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def start_simulator(work: Path, lines: int, meters: int, trace: str | None = None
+                    ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     fleet = work / "fleet.toml"
     with fleet.open("w") as f:
         for line in range(lines):
@@ -68,7 +69,8 @@ def start_simulator(work: Path, lines: int, meters: int) -> tuple[subprocess.Pop
                         f'line_id = "L{line:02d}"\nhdlc_address = {17 + n}\n'
                         'relay = "connected"\ncontrol_mode = 2\n\n')
     sim = subprocess.Popen([sys.executable, "-m", "shared.cli", "sim", "--fleet", str(fleet),
-                            "--json"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                            "--json"], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                           env={**os.environ, **({"RCD_SIM_TRACE": trace} if trace else {})})
     assert sim.stdout is not None
     return sim, json.loads(sim.stdout.readline())
 
@@ -149,6 +151,9 @@ def main() -> int:
     parser.add_argument("--meters", type=int, default=50, help="meters per line")
     parser.add_argument("--shipped-limits", action="store_true")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--trace", metavar="DIR",
+                        help="the simulator writes each line's frame times here "
+                             "(read them with bench/line_gaps.py)")
     args = parser.parse_args()
     load_start = os.getloadavg()
     procs: list[subprocess.Popen[Any]] = []
@@ -156,7 +161,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rcd-campaign-") as tmp, MosquittoBroker() as broker:
         work = Path(tmp)
         try:
-            sim, table = start_simulator(work, args.lines, args.meters)
+            sim, table = start_simulator(work, args.lines, args.meters, args.trace)
             procs.append(sim)
             paths = {m["line_id"]: m["serial_path"] for m in table["meters"]}
             server, base, database, pub = start_coordinator(work, broker, args.shipped_limits)
@@ -201,6 +206,9 @@ def main() -> int:
 
                 wait(finished, args.timeout, "every order to end")
                 elapsed = time.perf_counter() - started
+                if args.trace:  # the campaign's ends on the simulator's clock (monotonic)
+                    end = time.monotonic()
+                    Path(args.trace, "campaign.times").write_text(f"{end - elapsed} {end}\n")
                 agents_cpu = cpu_s(agents) - agents_cpu
                 after = httpx.get(f"{table['control_url']}/lines").json()
                 with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:

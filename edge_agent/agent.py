@@ -81,20 +81,35 @@ def utcnow() -> datetime:
 
 
 class _LazyDlmsDriver:
-    """Loads the DLMS stack (gurux-dlms, about 8 MB) at the first exchange, not at start-up,
-    so an idle concentrator does not carry it."""
+    """Loads the DLMS stack (gurux-dlms, about 8 MB) when the agent has meters to talk to
+    (``preload``, on a thread of its own) or at the first exchange, not at start-up of a
+    concentrator without meters. Loaded at the first exchange, its import (0.17-0.28 s)
+    held a campaign's first order off the line."""
 
     def __init__(self, store: Store, config: EdgeConfig) -> None:
         self._store = store
         self._config = config
         self._driver: MeterDriver | None = None
+        self._lock = threading.Lock()
 
     def _real(self) -> Any:
-        if self._driver is None:
-            from edge_agent.dlms_driver import DlmsDriver
+        with self._lock:
+            if self._driver is None:
+                from edge_agent.dlms_driver import DlmsDriver
 
-            self._driver = DlmsDriver(self._store, self._config)
-        return self._driver
+                self._driver = DlmsDriver(self._store, self._config)
+            return self._driver
+
+    def preload(self) -> None:
+        """Load the stack in the background (a no-op once loaded)."""
+        if self._driver is None:
+            threading.Thread(target=self._preload, name="rcd-dlms-load", daemon=True).start()
+
+    def _preload(self) -> None:
+        try:
+            self._real()
+        except Exception:  # the first exchange tries again and reports the fault
+            log("dlms.preload_failed", logging.WARNING, exc_info=True)
 
     def session(self, meter: Meter) -> AbstractContextManager[MeterLink]:
         driver: MeterDriver = self._real()
@@ -134,6 +149,7 @@ class EdgeAgent:
             self.store.close()
             raise
         real = _LazyDlmsDriver(self.store, config)
+        self._lazy = real if driver is None else None
         self.executor = Executor(
             self.store,
             driver if driver is not None else real,
@@ -168,6 +184,7 @@ class EdgeAgent:
             meters=self.store.meter_count(), queue=self.store.queue_depth(),
             outbox=self.store.outbox_depth(), db=str(self.config.database_path))
         self.executor.start()
+        self._preload_driver()
         try:
             self.link.start()
             if self.auditor is not None:
@@ -180,6 +197,10 @@ class EdgeAgent:
             raise
         self._started = True
         return self
+
+    def _preload_driver(self) -> None:
+        if self._lazy is not None and self.store.meter_count() > 0:
+            self._lazy.preload()
 
     def stop(self) -> None:
         if not self._started:
@@ -307,6 +328,8 @@ class EdgeAgent:
             applied = self.store.apply_meter_table(command)
             log("meters.table", generation=command.generation, meters=len(command.meters),
                 applied=applied)
+            if applied:
+                self._preload_driver()
             if applied and self.auditor is not None:
                 self.auditor.wake()  # it may sleep a minute on an empty table: new meters to read
         else:

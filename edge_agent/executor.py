@@ -282,12 +282,16 @@ class Executor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        workers = sum(self._lines.values()) + tcp_concurrency + 1
+        # a line's worker may still report its order when the line's next order starts
+        workers = 2 * sum(self._lines.values()) + tcp_concurrency + 1
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcd-exec")
         self.executed = 0  # attempts that reached a meter driver (for the bench)
         self._last_prune = 0.0
         self._meters: dict[str, Meter | None] = {}
         self._busy_meters: set[str] = set()
+        # claimed orders whose line and meter are still taken: freed as soon as the
+        # outcome is stored (_ended), before it is reported, or when the attempt returns
+        self._held: dict[str, tuple[str, Meter | None, str]] = {}
         # the relay audit reads the meter's log after every order
         self.on_ended: Callable[[OrderRow, OrderResult], None] = lambda order, result: None
 
@@ -375,6 +379,7 @@ class Executor:
                 self._busy_meters.add(order.command.meter_id)
                 if meter is not None and meter.transport == "tcp":
                     self._tcp_inflight += 1
+                self._held[order.order_id] = (key, meter, order.command.meter_id)
             self._pool.submit(self._run_guarded, order, meter, key, order.command.meter_id)
             claimed += 1
         return claimed
@@ -401,6 +406,13 @@ class Executor:
                 self._tcp_inflight -= 1
         self._wake.set()
 
+    def _free(self, order_id: str) -> None:
+        """Give the order's line and meter back (once): the next order may start."""
+        with self._lock:
+            held = self._held.pop(order_id, None)
+        if held is not None:
+            self._release(*held)
+
     def _run_guarded(self, order: OrderRow, meter: Meter | None, key: str, meter_id: str) -> None:
         try:
             self.run_attempt(order, meter)
@@ -416,7 +428,7 @@ class Executor:
             except Exception:
                 log("order.stuck", logging.ERROR, exc_info=True, order=order.order_id)
         finally:
-            self._release(key, meter, meter_id)
+            self._free(order.order_id)
 
     def _expire_due(self) -> None:
         # Runs on the scheduler thread, the only one that claims orders: an order listed
@@ -492,12 +504,12 @@ class Executor:
                                 error=outcome.reason, detail=outcome.detail[:500]))
         reachable = outcome.reason not in (ReasonCode.METER_NOT_RESPONDING,
                                            ReasonCode.METER_UNREACHABLE)
-        self._store.record_contact(meter.meter_id, reachable=reachable, relay=outcome.relay)
+        contact = (meter.meter_id, reachable)  # stored with the outcome: one commit
         if outcome.outcome in (Outcome.EXPIRED, Outcome.CANCELLED):
             result = self._result(order, outcome.outcome, outcome.reason, outcome.detail,
                                   attempts, relay=outcome.relay)
             event = Event.EXPIRE if outcome.outcome is Outcome.EXPIRED else Event.CANCEL
-            self._store.finish(order.order_id, event, result)
+            self._store.finish(order.order_id, event, result, contact=contact)
             self._ended(order, result)
             return
         if outcome.outcome is not None:
@@ -507,9 +519,10 @@ class Executor:
             result = self._result(order, outcome.outcome, None, detail, attempts,
                                   relay=outcome.relay, energy=outcome.energy,
                                   already=outcome.already)
-            self._store.finish(order.order_id, Event.SUCCEED, result)
+            self._store.finish(order.order_id, Event.SUCCEED, result, contact=contact)
             self._ended(order, result)
             return
+        self._store.record_contact(meter.meter_id, reachable=reachable, relay=outcome.relay)
         reason = outcome.reason or ReasonCode.INTERNAL_ERROR
         log("attempt.failed", logging.WARNING, order=order.order_id, meter=meter.meter_id,
             attempt=number, reason=reason.value, detail=outcome.detail)
@@ -594,6 +607,10 @@ class Executor:
         )
 
     def _ended(self, order: OrderRow, result: OrderResult) -> None:
+        # The outcome is stored: the line goes to the next order before the result is
+        # reported and before the relay audit notes its read, so neither the log line,
+        # the publisher's wake-up nor the audit's commit holds the line idle.
+        self._free(order.order_id)
         log("order.finished", order=order.order_id, meter=result.meter_id,
             outcome=result.outcome.value, reason=result.reason.value if result.reason else None,
             attempts=len(result.attempts), already_in_state=result.already_in_state or None)

@@ -364,26 +364,30 @@ class Store:
         self, meter_id: str, *, reachable: bool, relay: RelayReading | None = None
     ) -> None:
         with self.transaction() as conn:
-            if relay is None:
-                self._exec(
-                    conn,
-                    "UPDATE meters SET reachable = ?, last_contact = CASE WHEN ? THEN ? "
-                    "ELSE last_contact END WHERE meter_id = ?",
-                    (int(reachable), int(reachable), utcnow().isoformat(), meter_id),
-                )
-            else:
-                self._exec(
-                    conn,
-                    "UPDATE meters SET reachable = 1, last_contact = ?, output_state = ?, "
-                    "control_state = ?, control_mode = ? WHERE meter_id = ?",
-                    (
-                        utcnow().isoformat(),
-                        None if relay.output_state is None else int(relay.output_state),
-                        int(relay.control_state),
-                        relay.control_mode,
-                        meter_id,
-                    ),
-                )
+            self._contact(conn, meter_id, reachable, relay)
+
+    def _contact(self, conn: sqlite3.Connection, meter_id: str, reachable: bool,
+                 relay: RelayReading | None) -> None:
+        if relay is None:
+            self._exec(
+                conn,
+                "UPDATE meters SET reachable = ?, last_contact = CASE WHEN ? THEN ? "
+                "ELSE last_contact END WHERE meter_id = ?",
+                (int(reachable), int(reachable), utcnow().isoformat(), meter_id),
+            )
+        else:
+            self._exec(
+                conn,
+                "UPDATE meters SET reachable = 1, last_contact = ?, output_state = ?, "
+                "control_state = ?, control_mode = ? WHERE meter_id = ?",
+                (
+                    utcnow().isoformat(),
+                    None if relay.output_state is None else int(relay.output_state),
+                    int(relay.control_state),
+                    relay.control_mode,
+                    meter_id,
+                ),
+            )
 
     # -- invocation counters ----------------------------------------------------
     def reserve_counter(self, meter_id: str, block: int) -> int:
@@ -616,10 +620,17 @@ class Store:
                 (state.value, next_at.timestamp(), _attempts_json(attempts), order_id),
             )
 
-    def finish(self, order_id: str, event: Event, result: OrderResult) -> None:
-        """End an order and queue its result, in one transaction (exactly one result)."""
+    def finish(self, order_id: str, event: Event, result: OrderResult, *,
+               contact: tuple[str, bool] | None = None) -> None:
+        """End an order and queue its result, in one transaction (exactly one result).
+
+        ``contact``: (meter_id, reachable) of the attempt that just ended, recorded in the
+        same transaction as :meth:`record_contact` would (one commit less per order).
+        """
         payload = result.to_json()
         with self.transaction() as conn:
+            if contact is not None:
+                self._contact(conn, contact[0], contact[1], result.relay)
             state = self._transition(conn, order_id, event)
             self._exec(
                 conn,

@@ -12,6 +12,7 @@ import os
 import select
 import socket
 import threading
+import time
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -219,6 +220,11 @@ class HdlcLine:
         self.path = os.ttyname(self.slave)
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._loop, name=f"hdlc-{spec.line_id}", daemon=True)
+        # RCD_SIM_TRACE=<dir>: per frame, when it arrived and when its answer was written
+        # (monotonic seconds), to see where the line sits idle (bench_campaign --trace)
+        trace_dir = os.environ.get("RCD_SIM_TRACE")
+        self._trace = (open(os.path.join(trace_dir, f"{spec.line_id}.trace"), "w", buffering=1)
+                       if trace_dir else None)
 
     def start(self) -> None:
         self._thread.start()
@@ -249,6 +255,15 @@ class HdlcLine:
             os.write(self.master, data)
 
     def _frame(self, f: hdlc.Frame) -> None:
+        if self._trace is None:
+            self._answer(f)
+            return
+        arrived = time.monotonic()
+        self._answer(f)
+        self._trace.write(f"{arrived:.6f} {time.monotonic():.6f} {f.dst.hex()} {f.control:02x} "
+                          f"{len(f.info)}\n")
+
+    def _answer(self, f: hdlc.Frame) -> None:
         try:
             upper, lower = hdlc.decode_address(f.dst)
         except MalformedResponse:
@@ -332,6 +347,8 @@ class HdlcLine:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         self._thread.join(timeout=5)
+        if self._trace is not None:
+            self._trace.close()
         for fd in (self.master, self.slave, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -159,3 +159,37 @@ def test_scheduler_thread_runs_batch(store: Store) -> None:
     assert store.queue_depth() == 0
     assert store.counts_by_state() == {"succeeded": 20}
     assert len(woke) == 20
+
+
+def test_line_is_free_once_the_outcome_is_stored_before_it_is_reported(store: Store) -> None:
+    """The line goes to the next order as soon as the outcome (with the meter's contact)
+    is committed: the result's report (on_result) and the relay audit's hook come after,
+    so they never hold the line idle; nothing is reported before it is stored."""
+    import threading
+
+    driver = FakeDriver({"m1": FakeMeter(ControlState.CONNECTED)})
+    seen: list[tuple[State | None, int, object, bool]] = []
+    done = threading.Event()
+    meter = store.meter("m1")
+    assert meter is not None
+
+    def on_result() -> None:
+        row = store.meter_row("m1") or {}
+        free = ex.borrow_line(meter)
+        if free:
+            ex.give_back_line(meter)
+        seen.append((store.order_state("o1"), store.outbox_depth(), row.get("control_state"),
+                     free))
+        done.set()
+
+    ex = Executor(store, driver, tcp_concurrency=1, idle_poll_s=0.05, on_result=on_result)
+    submit(store, "o1", "m1")
+    ex.start()
+    try:
+        assert done.wait(10)
+    finally:
+        ex.stop()
+    state, depth, control_state, free = seen[0]
+    assert state is State.SUCCEEDED and depth == 2  # receipt and result, already stored
+    assert control_state == int(ControlState.DISCONNECTED)  # contact in the same commit
+    assert free  # line and meter already given back when the result is reported
