@@ -16,9 +16,10 @@ keystream from J0 + 1 applied to data: encryption-only, no tag, both directions)
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from functools import cache
 from typing import Any, Protocol
+
+from shared.libcrypto import candidate_paths
 
 _CTRL_GCM_GET_TAG = 0x10  # EVP_CTRL_AEAD_GET_TAG
 _CTRL_GCM_SET_TAG = 0x11  # EVP_CTRL_AEAD_SET_TAG
@@ -195,17 +196,7 @@ def _known_answer(gcm: Backend) -> bool:
 
 
 def _libcrypto_backend() -> LibcryptoGcm | None:
-    candidates: list[str] = []
-    try:
-        import _hashlib  # the interpreter's own OpenSSL binding: its libcrypto is mapped
-
-        candidates.append(str(_hashlib.__file__))
-    except (ImportError, AttributeError):
-        pass
-    found = ctypes.util.find_library("crypto")
-    if found:
-        candidates.append(found)
-    for name in candidates:
+    for name in candidate_paths():
         try:
             lib = ctypes.CDLL(name)
             _declare(lib)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import ctypes.util
 import hashlib
 import re
 from functools import cache
 from typing import Any
+
+from shared.libcrypto import candidate_paths
 
 # RFC 8410: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (0 unused bits) }
 _SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
@@ -98,17 +99,7 @@ def _verify_with_cryptography(key: bytes, signature: bytes, message: bytes) -> b
 def _libcrypto() -> Any:
     """The libcrypto ``hashlib`` is linked with (already mapped), with Ed25519 checked
     once against a known answer; None when there is none that works."""
-    candidates: list[str] = []
-    try:
-        import _hashlib  # the interpreter's OpenSSL binding
-
-        candidates.append(str(_hashlib.__file__))
-    except (ImportError, AttributeError):
-        pass
-    found = ctypes.util.find_library("crypto")
-    if found:
-        candidates.append(found)
-    for name in candidates:
+    for name in candidate_paths():
         try:
             lib = ctypes.CDLL(name)
             _declare(lib)
