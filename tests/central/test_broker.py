@@ -179,6 +179,18 @@ def test_no_answer_expires_into_a_work_order(
         agent.close()
 
 
+def link_settings(broker: MosquittoBroker, account: str, **kw: object) -> Settings:
+    """Settings of a bare MQTT link on ``account`` (no database, no app)."""
+    return Settings(
+        environment="test",
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+        mqtt_password=broker.password,
+        mqtt_username=account,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 def test_mqtt_311_link_publishes_and_consumes(broker: MosquittoBroker, concentrator: str) -> None:
     """The demo's embedded broker speaks only MQTT 3.1.1: the link works there too."""
     import threading
@@ -190,14 +202,7 @@ def test_mqtt_311_link_publishes_and_consumes(broker: MosquittoBroker, concentra
     got = threading.Event()
     account = f"central311-{uuid.uuid4().hex[:6]}"
     broker.add_coordinator(account)
-    settings = Settings(
-        environment="test",
-        mqtt_host=broker.host,
-        mqtt_port=broker.port,
-        mqtt_password=broker.password,
-        mqtt_username=account,
-        mqtt_protocol="3.1.1",
-    )
+    settings = link_settings(broker, account, mqtt_protocol="3.1.1")
     link = MqttLink(settings, on_result=lambda _t, _p: got.set() or True).start()
     try:
         link.publish_many([Outgoing(topics.results(concentrator), b"{}")])
@@ -218,14 +223,8 @@ def test_two_links_on_one_account_are_named_as_the_cause_of_their_drops(
     links = []
     try:
         for replica in ("a", "b"):
-            settings = Settings(
-                environment="test",
-                mqtt_host=broker.host,
-                mqtt_port=broker.port,
-                mqtt_password=broker.password,
-                mqtt_username=account,
-                mqtt_client_id=f"{account}-{replica}",  # the broker overrides it
-            )
+            # the broker overrides the client id with the account
+            settings = link_settings(broker, account, mqtt_client_id=f"{account}-{replica}")
             links.append(MqttLink(settings, on_status=lambda _t, _p: True).start())
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and "another client connected with account" not in caplog.text:
