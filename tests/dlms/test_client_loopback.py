@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from firmware_sim.fleet import DEMO_AUTH_KEY, DEMO_BLOCK_KEY, MeterSpec
-from firmware_sim.meter import Association, SimulatedMeter
-from shared.dlms import axdr, wrapper
+from firmware_sim.meter import SimulatedMeter
+from shared.dlms import axdr
 from shared.dlms.client import MeterAddress, MeterKeys, MeterSession, parse_cosem_datetime
 from shared.dlms.errors import (
     AccessDenied,
@@ -23,43 +22,21 @@ from shared.dlms.errors import (
 )
 from shared.dlms.transport import LoopbackTransport, SerialTransport, TcpTransport
 
+from .loopback import served_meter, wrapped
+
 KEYS = MeterKeys(DEMO_BLOCK_KEY, DEMO_AUTH_KEY)
 
 
 @pytest.fixture
 def loop_meter() -> Iterator[tuple[LoopbackTransport, SimulatedMeter]]:
     """A SimulatedMeter answering wrapper PDUs on the far end of a loopback pair."""
-    near, far = LoopbackTransport.pair()
     meter = SimulatedMeter(MeterSpec("LB", control_mode=2))
-    stop = threading.Event()
 
-    def serve() -> None:
-        reader = wrapper.WrapperReader()
-        assocs: dict[int, Association] = {}
-        while not stop.is_set():
-            try:
-                data = far.receive(0.05)
-            except NoResponse:
-                continue
-            except TransportError:
-                return
-            for pdu in reader.feed(data):
-                a = assocs.setdefault(pdu.source, Association(pdu.source))
-                answer = meter.handle(a, pdu.apdu)
-                if "garbage" in meter.faults:
-                    far.send(b"\x00\x07garbage!")
-                else:
-                    far.send(wrapper.encode(1, pdu.source, answer))
+    def frame(source: int, answer: bytes) -> bytes:
+        return b"\x00\x07garbage!" if "garbage" in meter.faults else wrapped(source, answer)
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
+    with served_meter(meter, frame) as near:
         yield near, meter
-    finally:
-        stop.set()
-        far.close()
-        t.join(timeout=5)
-        near.close()
 
 
 def test_loopback_management_session(loop_meter: tuple[LoopbackTransport, SimulatedMeter]) -> None:

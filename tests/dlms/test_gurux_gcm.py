@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -20,17 +19,19 @@ from gurux_dlms.GXSecure import GXSecure
 from gurux_dlms.secure import GXDLMSSecureClient
 
 from firmware_sim.fleet import DEMO_AUTH_KEY, DEMO_BLOCK_KEY, MeterSpec
-from firmware_sim.meter import Association, SimulatedMeter
+from firmware_sim.meter import SimulatedMeter
 from shared import aesgcm
-from shared.dlms import gurux_gcm, wrapper
+from shared.dlms import gurux_gcm
 from shared.dlms import security as S
 from shared.dlms.client import (  # installs it, as for the agent
     MeterAddress,
     MeterKeys,
     MeterSession,
 )
-from shared.dlms.errors import AssociationRefused, MalformedResponse, NoResponse, TransportError
+from shared.dlms.errors import AssociationRefused, MalformedResponse
 from shared.dlms.transport import LoopbackTransport
+
+from .loopback import served_meter, wrapped
 
 H = bytes.fromhex
 KEYS = S.Keys(H("000102030405060708090A0B0C0D0E0F"), H("D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF"))
@@ -233,40 +234,16 @@ def test_unusual_use_goes_to_gurux_own_stream() -> None:
 # ------------------------------------------------------------------ the agent's client
 
 
-@contextlib.contextmanager
-def tampering_meter(tamper: set[int]) -> Iterator[LoopbackTransport]:
+def tampering_meter(tamper: set[int]) -> contextlib.AbstractContextManager[LoopbackTransport]:
     """A SimulatedMeter on a loopback pair whose ciphered answers with these glo tags get
     their last byte (the GCM tag's) flipped on the way out."""
-    near, far = LoopbackTransport.pair()
-    meter = SimulatedMeter(MeterSpec("GCM", control_mode=2))
-    stop = threading.Event()
 
-    def serve() -> None:
-        reader = wrapper.WrapperReader()
-        assocs: dict[int, Association] = {}
-        while not stop.is_set():
-            try:
-                data = far.receive(0.05)
-            except NoResponse:
-                continue
-            except TransportError:
-                return
-            for pdu in reader.feed(data):
-                answer = bytearray(meter.handle(assocs.setdefault(pdu.source,
-                                                                  Association(pdu.source)), pdu.apdu))
-                if answer and answer[0] in tamper:
-                    answer[-1] ^= 0x01
-                far.send(wrapper.encode(1, pdu.source, bytes(answer)))
+    def frame(source: int, answer: bytes) -> bytes:
+        if answer and answer[0] in tamper:
+            answer = answer[:-1] + bytes([answer[-1] ^ 0x01])
+        return wrapped(source, answer)
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield near
-    finally:
-        stop.set()
-        far.close()
-        t.join(timeout=5)
-        near.close()
+    return served_meter(SimulatedMeter(MeterSpec("GCM", control_mode=2)), frame)
 
 
 CLIENT_KEYS = MeterKeys(DEMO_BLOCK_KEY, DEMO_AUTH_KEY)
