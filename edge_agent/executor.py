@@ -39,7 +39,8 @@ from typing import Protocol
 from edge_agent.errors import LineFault, MeterError, TransitionRefused
 from edge_agent.lifecycle import Event
 from edge_agent.logs import log
-from edge_agent.store import PROTECTED_EDGE, Meter, OrderRow, Store
+from edge_agent.meter_table import Meter
+from edge_agent.store import PROTECTED_EDGE, OrderRow, Store
 from shared.contracts import (
     RETRYABLE_REASONS,
     Action,

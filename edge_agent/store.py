@@ -4,7 +4,8 @@ Tables:
 
 ``meters``      the concentrator's meter table, with the last relay state read and the
                 DLMS invocation counter (``invocation_counter`` is the next value to use;
-                ``counter_reserved`` is the high-water mark handed out to a session)
+                ``counter_reserved`` is the high-water mark handed out to a session;
+                ``edge_agent.meter_table``)
 ``orders``      the durable order queue and each order's lifecycle state and result
 ``outbox``      receipts, results and refusal reports until the coordinator's ack
                 (``edge_agent.outbox``: re-sent with backoff, whatever the broker said)
@@ -17,40 +18,42 @@ Tables:
 ``meta``        small facts: meter table generation, protected list version, link state
 
 Every write runs in one ``BEGIN IMMEDIATE`` transaction under a lock, with
-``synchronous=FULL``: what a method returned as stored survives kill -9 and a power cut.
-State changes of orders go through :func:`edge_agent.lifecycle.next_state`.
+``synchronous=FULL`` (``edge_agent.store_file``): what a method returned as stored
+survives kill -9 and a power cut. This module holds the orders, their cancels and the
+store's side of the outbox and the protected list. State changes of orders go through :func:`edge_agent.lifecycle.next_state`.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_agent import line_priority, outbox, protected
+from edge_agent import line_priority, meter_table, outbox, protected
 from edge_agent.errors import StoreError
 from edge_agent.lifecycle import ACTIVE, Event, State, next_state
+
+# Meter is re-exported for agent.py, relay_audit.py and dlms_driver.py, which import it
+# from here; their imports move to edge_agent.meter_table when their owner is done.
+from edge_agent.meter_table import Meter as Meter
+from edge_agent.meter_table import MeterTable
 from edge_agent.outbox import OutboxKind
 from shared.contracts import (
     Action,
     Attempt,
     CancelCommand,
-    MeterEntry,
-    MeterTableSync,
     OrderCommand,
     OrderReceipt,
     OrderResult,
     Outcome,
     ProtectedList,
     ReasonCode,
-    RelayReading,
     decode,
     to_builtins,
     validate,
@@ -58,25 +61,6 @@ from shared.contracts import (
 from shared.protect import Verdict
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meters (
-    meter_id TEXT PRIMARY KEY,
-    transport TEXT NOT NULL,
-    line_id TEXT,
-    hdlc_address INTEGER,
-    host TEXT,
-    port INTEGER,
-    logical_server INTEGER NOT NULL DEFAULT 1,
-    commissioned INTEGER NOT NULL DEFAULT 1,
-    keys_ref TEXT,
-    in_table INTEGER NOT NULL DEFAULT 1,
-    reachable INTEGER,
-    last_contact TEXT,
-    output_state INTEGER,
-    control_state INTEGER,
-    control_mode INTEGER,
-    invocation_counter INTEGER NOT NULL DEFAULT 0,
-    counter_reserved INTEGER NOT NULL DEFAULT 0
-);
 CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT PRIMARY KEY,
     command_id TEXT NOT NULL,
@@ -121,38 +105,12 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Columns added since the first release, for databases created before them."""
+def _create(conn: sqlite3.Connection) -> None:
+    conn.executescript(meter_table.SCHEMA + _SCHEMA)
+    # Columns added since the first release, for databases created before them.
     outbox.migrate(conn)
     protected.migrate(conn)
-    have = {row[1] for row in conn.execute("PRAGMA table_info(meters)")}
-    if "protected_customer" not in have:
-        conn.execute("ALTER TABLE meters ADD COLUMN protected_customer INTEGER NOT NULL DEFAULT 0")
-
-
-@dataclass(frozen=True)
-class Meter:
-    meter_id: str
-    transport: str
-    line_id: str | None
-    hdlc_address: int | None
-    host: str | None
-    port: int | None
-    logical_server: int
-    commissioned: bool
-    keys_ref: str | None
-    protected_customer: bool = False  # Ley 21.304: never disconnected
-
-    @property
-    def line_key(self) -> str:
-        """Exchanges on one key run one at a time (a serial line, or one TCP meter)."""
-        if self.transport == "hdlc":
-            return f"line:{self.line_id}"
-        return f"tcp:{self.host}:{self.port}"
+    meter_table.migrate(conn)
 
 
 @dataclass(frozen=True)
@@ -170,256 +128,15 @@ PROTECTED_EDGE = ("refused: the meter is on this concentrator's protected list (
                   "signed by the protect authority; no disconnect, whoever signed the order")
 
 
-class Store:
-    """Thread-safe access to the agent's SQLite file."""
+class Store(MeterTable):
+    """Thread-safe access to the agent's SQLite file: orders, cancels, outbox, protected list.
+
+    Transactions, ``meta`` and ``seen`` come from :class:`StoreFile`, the meter table's
+    methods from :class:`MeterTable`.
+    """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.RLock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(self.path), check_same_thread=False, isolation_level=None, timeout=30
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-            _migrate(conn)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the agent database {self.path}: {exc}") from exc
-        self._conn = conn
-        self._db: Any = None
-
-    @property
-    def db(self) -> Any:
-        """The same connection as a ``sqlite_utils.Database`` (tools, tests, exports).
-
-        Imported on first use: sqlite-utils costs a few MB the running agent does not need.
-        """
-        if self._db is None:
-            import sqlite_utils
-
-            self._db = sqlite_utils.Database(self._conn)
-        return self._db
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- plumbing -------------------------------------------------------------
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot begin a transaction: {exc}") from exc
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._conn.execute("ROLLBACK")
-                raise StoreError(f"cannot commit: {exc}") from exc
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            try:
-                cursor = self._conn.execute(sql, tuple(params))
-                cols = [c[0] for c in cursor.description or ()]
-                return [dict(zip(cols, row, strict=True)) for row in cursor.fetchall()]
-            except sqlite3.Error as exc:
-                raise StoreError(f"query failed: {exc}") from exc
-
-    def _exec(self, conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> int:
-        try:
-            return conn.execute(sql, tuple(params)).rowcount
-        except sqlite3.Error as exc:
-            raise StoreError(f"write failed: {exc}") from exc
-
-    # -- meta -----------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0]["value"] if rows else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as conn:
-            self._exec(conn, "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
-
-    # -- replay defence (shared.signing.SeenCommands) ---------------------------
-    def seen(self, command_id: str) -> bool:
-        return bool(self._query("SELECT 1 FROM seen WHERE command_id = ?", (command_id,)))
-
-    def remember(self, command_id: str, until: datetime) -> None:
-        with self.transaction() as conn:
-            self._remember(conn, command_id, until)
-
-    def _remember(self, conn: sqlite3.Connection, command_id: str, until: datetime) -> None:
-        self._exec(
-            conn,
-            "INSERT OR REPLACE INTO seen(command_id, until) VALUES (?, ?)",
-            (command_id, until.timestamp()),
-        )
-
-    def forget_seen_before(self, moment: datetime) -> int:
-        """Forget command ids, and cancels whose order never came, past their deadline."""
-        with self.transaction() as conn:
-            self._exec(conn, "DELETE FROM early_cancels WHERE until < ?", (moment.timestamp(),))
-            return self._exec(conn, "DELETE FROM seen WHERE until < ?", (moment.timestamp(),))
-
-    # -- meter table ----------------------------------------------------------
-    def _upsert_meter(self, conn: sqlite3.Connection, entry: MeterEntry) -> None:
-        self._exec(
-            conn,
-            """INSERT INTO meters(meter_id, transport, line_id, hdlc_address, host, port,
-                   logical_server, commissioned, keys_ref, protected_customer, in_table)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
-               ON CONFLICT(meter_id) DO UPDATE SET transport=excluded.transport,
-                   line_id=excluded.line_id, hdlc_address=excluded.hdlc_address,
-                   host=excluded.host, port=excluded.port,
-                   logical_server=excluded.logical_server,
-                   commissioned=excluded.commissioned, keys_ref=excluded.keys_ref,
-                   protected_customer=excluded.protected_customer, in_table=1""",
-            (
-                entry.meter_id,
-                entry.transport,
-                entry.line_id,
-                entry.hdlc_address,
-                entry.host,
-                entry.port,
-                entry.logical_server,
-                int(entry.commissioned),
-                entry.keys_ref,
-                int(entry.protected_customer),
-            ),
-        )
-
-    table_version = 0  # bumped on every meter-table change (drops cached meter facts)
-
-    def import_meters(self, entries: Iterable[MeterEntry]) -> int:
-        """Add or update meters (the counters of known meters are kept)."""
-        count = 0
-        with self.transaction() as conn:
-            for entry in entries:
-                self._upsert_meter(conn, entry)
-                count += 1
-        self.table_version += 1
-        return count
-
-    def apply_meter_table(self, sync: MeterTableSync) -> bool:
-        """Replace the table if ``sync`` is newer; remembers its command id. False if stale."""
-        with self.transaction() as conn:
-            self._remember(conn, sync.command_id, sync.deadline)
-            current = conn.execute("SELECT value FROM meta WHERE key='meter_generation'").fetchone()
-            if current is not None and int(current[0]) >= sync.generation:
-                return False
-            # Meters that leave the table keep their row (and their invocation counter,
-            # which must never go backwards if they come back), flagged out of table.
-            self._exec(conn, "UPDATE meters SET in_table = 0")
-            for entry in sync.meters:
-                self._upsert_meter(conn, entry)
-            self._exec(
-                conn,
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('meter_generation', ?)",
-                (str(sync.generation),),
-            )
-        self.table_version += 1
-        return True
-
-    def meter(self, meter_id: str) -> Meter | None:
-        rows = self._query("SELECT * FROM meters WHERE meter_id = ? AND in_table = 1", (meter_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return Meter(
-            meter_id=r["meter_id"],
-            transport=r["transport"],
-            line_id=r["line_id"],
-            hdlc_address=r["hdlc_address"],
-            host=r["host"],
-            port=r["port"],
-            logical_server=r["logical_server"],
-            commissioned=bool(r["commissioned"]),
-            keys_ref=r["keys_ref"],
-            protected_customer=bool(r["protected_customer"]),
-        )
-
-    def meter_row(self, meter_id: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM meters WHERE meter_id = ?", (meter_id,))
-        return dict(rows[0]) if rows else None
-
-    def meter_count(self) -> int:
-        return int(self._query("SELECT count(*) AS n FROM meters WHERE in_table = 1")[0]["n"])
-
-    def record_contact(
-        self, meter_id: str, *, reachable: bool, relay: RelayReading | None = None
-    ) -> None:
-        with self.transaction() as conn:
-            self._contact(conn, meter_id, reachable, relay)
-
-    def _contact(self, conn: sqlite3.Connection, meter_id: str, reachable: bool,
-                 relay: RelayReading | None) -> None:
-        if relay is None:
-            self._exec(
-                conn,
-                "UPDATE meters SET reachable = ?, last_contact = CASE WHEN ? THEN ? "
-                "ELSE last_contact END WHERE meter_id = ?",
-                (int(reachable), int(reachable), utcnow().isoformat(), meter_id),
-            )
-        else:
-            self._exec(
-                conn,
-                "UPDATE meters SET reachable = 1, last_contact = ?, output_state = ?, "
-                "control_state = ?, control_mode = ? WHERE meter_id = ?",
-                (
-                    utcnow().isoformat(),
-                    None if relay.output_state is None else int(relay.output_state),
-                    int(relay.control_state),
-                    relay.control_mode,
-                    meter_id,
-                ),
-            )
-
-    # -- invocation counters ----------------------------------------------------
-    def reserve_counter(self, meter_id: str, block: int) -> int:
-        """First counter value a new session may use; [start, start+block) is reserved.
-
-        The reservation is committed before the session opens, so after a crash the
-        next session starts above everything the dead one could have used.
-        """
-        with self.transaction() as conn:
-            row = conn.execute(
-                "SELECT invocation_counter, counter_reserved FROM meters WHERE meter_id = ?",
-                (meter_id,),
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"meter {meter_id!r} is not in the meter table")
-            start = max(int(row[0]), int(row[1]))
-            self._exec(
-                conn,
-                "UPDATE meters SET counter_reserved = ? WHERE meter_id = ?",
-                (start + block, meter_id),
-            )
-        return start
-
-    def commit_counter(self, meter_id: str, next_value: int) -> None:
-        """The session ended; ``next_value`` is the first value not used."""
-        with self.transaction() as conn:
-            self._exec(
-                conn,
-                "UPDATE meters SET invocation_counter = max(invocation_counter, ?), "
-                "counter_reserved = max(invocation_counter, ?) WHERE meter_id = ?",
-                (next_value, next_value, meter_id),
-            )
+        super().__init__(path, _create)
 
     # -- orders ---------------------------------------------------------------
     def store_order(self, cmd: OrderCommand, received_at: datetime) -> StoreOutcome:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from edge_agent.store import Meter
+from edge_agent.meter_table import Meter
 from shared.contracts import (
     Action,
     ControlState,

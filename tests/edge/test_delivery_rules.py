@@ -20,7 +20,8 @@ import pytest
 from edge_agent.agent import EdgeAgent
 from edge_agent.executor import Executor, TransitEstimator
 from edge_agent.lifecycle import State
-from edge_agent.store import Meter, Store
+from edge_agent.meter_table import Meter
+from edge_agent.store import Store
 from shared import topics
 from shared.contracts import (
     AckedMessage,

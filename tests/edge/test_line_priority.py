@@ -12,7 +12,8 @@ from pathlib import Path
 from edge_agent import line_priority
 from edge_agent.executor import Executor
 from edge_agent.lifecycle import State
-from edge_agent.store import Meter, Store
+from edge_agent.meter_table import Meter
+from edge_agent.store import Store
 from shared.contracts import (
     Action,
     ControlState,

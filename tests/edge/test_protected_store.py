@@ -11,7 +11,8 @@ import pytest
 
 from edge_agent.executor import Executor
 from edge_agent.lifecycle import State
-from edge_agent.store import Meter, Store
+from edge_agent.meter_table import Meter
+from edge_agent.store import Store
 from shared.contracts import Action, ControlState, OrderResult, Outcome, ReasonCode, decode
 from shared.protect import make_list
 

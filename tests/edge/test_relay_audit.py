@@ -15,9 +15,10 @@ from edge_agent import relay_store
 from edge_agent.config import AuditSettings, parse_config
 from edge_agent.errors import ConfigError
 from edge_agent.executor import Executor
+from edge_agent.meter_table import Meter
 from edge_agent.relay_audit import Airtime, RelayAuditor, due_job, observe, slot
 from edge_agent.relay_store import AuditRow, RelayStore, audit_summary
-from edge_agent.store import Meter, Store
+from edge_agent.store import Store
 from shared.contracts import (
     ConcentratorStatus,
     ControlState,

@@ -15,7 +15,8 @@ import pytest
 from edge_agent.dlms_driver import DlmsLink
 from edge_agent.executor import Executor
 from edge_agent.lifecycle import State
-from edge_agent.store import Meter, Store
+from edge_agent.meter_table import Meter
+from edge_agent.store import Store
 from shared.contracts import (
     Action,
     CancelCommand,
