@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import secrets
 import shutil
@@ -34,213 +33,32 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import httpx
 
+from ops.demo_broker import BrokerKind, start_broker
 from ops.demo_console import serving_lines, write_profile
-from ops.demo_relay import AUDIT, RelayOutcome, RelayStory
+from ops.demo_relay import AUDIT, RelayStory
+from ops.demo_report import DemoReport, Row, check_row, final_outcome, render_table
+from ops.demo_scenarios import (
+    CONCENTRATORS,
+    CONTROL_CODES,
+    ROUTER,
+    SCENARIOS,
+    fleet_plan,
+    refused_ids,
+)
 from ops.legacy import LegacyStandIn
 from ops.serving import ThreadedServer
 from shared.protect_cli import PROTECT_USER
 
 log = logging.getLogger("rcd.demo")
 
-CONTROL_CODES = {"disconnect": "3.31.0.23", "connect": "3.31.0.18"}
-# Result event codes Legacy must receive (IEC 61968-9, domain 31 RCDSwitch).
-EVENT_CODES = {
-    "disconnected": "3.31.0.68",
-    "connected": "3.31.0.42",
-    "armed": "3.31.0.11",
-    ("failed", "disconnect"): "3.31.0.84",
-    ("failed", "connect"): "3.31.0.67",
-}
-
-BrokerKind = Literal["auto", "mosquitto", "embedded"]
 Role = Literal["viewer", "operator", "approver", "admin"]
 MqttProtocol = Literal["5", "3.1.1"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "approver", "admin")
-
-
-@dataclass(frozen=True)
-class Scenario:
-    meter_id: str
-    action: Literal["disconnect", "connect"]
-    expect: str  # disconnected, connected, armed, failed, rejected (the API's outcomes)
-    reason: str | None  # expected reason code (failures and refusals)
-    what: str
-
-
-SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("DC01-M01", "disconnect", "disconnected", None, "disconnect for non-payment"),
-    Scenario("DC01-M02", "disconnect", "disconnected", None, "disconnect for non-payment"),
-    Scenario("DC01-M03", "disconnect", "disconnected", None, "disconnect for non-payment"),
-    Scenario(
-        "DC02-M01", "disconnect", "disconnected", None, "already disconnected: nothing switched"
-    ),
-    Scenario("P2P-0001", "disconnect", "disconnected", None, "point-to-point meter over TCP"),
-    Scenario("DC01-M05", "disconnect", "failed", "meter_not_responding", "meter does not answer"),
-    Scenario(
-        "DC02-M02", "disconnect", "failed", "meter_unreachable", "meter unreachable on the PLC"
-    ),
-    Scenario("DC03-M01", "disconnect", "failed", "relay_did_not_switch", "relay stuck"),
-    Scenario("DC03-M02", "disconnect", "failed", "method_refused", "relay hardware error"),
-    Scenario("DC03-M05", "disconnect", "failed", "meter_not_commissioned", "meter has no keys yet"),
-    Scenario(
-        "DC03-M03",
-        "disconnect",
-        "rejected",
-        "protected_customer",
-        "electro-dependent patient (Ley 21.304)",
-    ),
-    Scenario(
-        "DC03-M04", "disconnect", "rejected", "not_commissioned", "not commissioned in the registry"
-    ),
-    Scenario("MTR-UNKNOWN", "disconnect", "rejected", "unknown_meter", "meter not in the registry"),
-    Scenario("DC02-M03", "connect", "connected", None, "reconnect after payment (control mode 2)"),
-    Scenario("DC02-M04", "connect", "armed", None, "reconnect that only arms (control mode 1)"),
-    Scenario("DC01-M06", "connect", "connected", None, "reconnect after payment (control mode 4)"),
-)
-
-CONCENTRATORS = ("DC-01", "DC-02", "DC-03")
-ROUTER = "RT-01"
-METERS_PER_LINE = 20
-
-
-@dataclass
-class MeterPlan:
-    """How one simulated meter starts, and how the registry knows it."""
-
-    meter_id: str
-    concentrator_id: str
-    transport: Literal["hdlc", "tcp"] = "hdlc"
-    hdlc_address: int | None = None
-    control_mode: int = 2
-    relay: Literal["connected", "disconnected", "ready_for_reconnection"] = "connected"
-    fault: str | None = None
-    sim_commissioned: bool = True
-    registry_commissioned: bool = True
-    protected: bool = False
-
-
-def fleet_plan() -> list[MeterPlan]:
-    plans: list[MeterPlan] = []
-    for concentrator in CONCENTRATORS:
-        short = concentrator.replace("-", "")
-        for n in range(1, METERS_PER_LINE + 1):
-            plans.append(MeterPlan(f"{short}-M{n:02d}", concentrator, hdlc_address=0x10 + n))
-    plans.append(MeterPlan("P2P-0001", ROUTER, transport="tcp"))
-    by_id = {plan.meter_id: plan for plan in plans}
-    by_id["DC01-M05"].fault = "no_answer"
-    by_id["DC02-M02"].fault = "unreachable"
-    by_id["DC03-M01"].fault = "relay_stuck"
-    by_id["DC03-M02"].fault = "relay_error"
-    by_id["DC03-M05"].sim_commissioned = False
-    by_id["DC03-M03"].protected = True
-    by_id["DC03-M04"].registry_commissioned = False
-    by_id["DC02-M01"].relay = "disconnected"
-    for meter_id, mode in (("DC02-M03", 2), ("DC02-M04", 1), ("DC01-M06", 4)):
-        by_id[meter_id].relay = "disconnected"
-        by_id[meter_id].control_mode = mode
-    return plans
-
-
-@dataclass
-class Row:
-    scenario: Scenario
-    outcome: str = "pending"
-    reason: str = ""
-    energy: str = ""
-    attempts: int = 0
-    seconds: float | None = None
-    work_order: str = ""
-    legacy_event: str = ""
-    order_id: str = ""
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-@dataclass
-class DemoReport:
-    rows: list[Row]
-    dashboard_url: str
-    broker: str
-    elapsed_s: float
-    relay: RelayOutcome | None = None  # the button press and the incident (issue 16)
-
-    @property
-    def ok(self) -> bool:
-        return all(row.ok for row in self.rows) and (self.relay is None or self.relay.ok)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "ok": self.ok,
-                "broker": self.broker,
-                "elapsed_s": round(self.elapsed_s, 1),
-                "relay": asdict(self.relay) if self.relay else None,
-                "rows": [
-                    {
-                        **asdict(row.scenario),
-                        **{k: v for k, v in asdict(row).items() if k != "scenario"},
-                    }
-                    for row in self.rows
-                ],
-            },
-            indent=2,
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Parts
-
-
-@contextlib.contextmanager
-def start_broker(
-    kind: BrokerKind, users: list[str]
-) -> Iterator[tuple[str, int, dict[str, str], str]]:
-    """Yield (host, port, password per account, description).
-
-    Every account (the coordinator's, each concentrator's) has its own random
-    password, so one concentrator's credentials cannot log in as another or as
-    the coordinator. The embedded broker has no accounts: every password is "".
-    """
-    from shared.broker import (
-        COORDINATOR_USER,
-        BrokerError,
-        EmbeddedBroker,
-        MosquittoBroker,
-        mosquitto_binary,
-    )
-
-    use_mosquitto = kind == "mosquitto"
-    if kind == "auto":
-        try:
-            mosquitto_binary()
-            use_mosquitto = True
-        except BrokerError:
-            use_mosquitto = False
-    if use_mosquitto:
-        passwords = {name: secrets.token_urlsafe(12) for name in [COORDINATOR_USER, *users]}
-        broker = MosquittoBroker(password=passwords[COORDINATOR_USER])
-        for name in users:
-            broker.add_user(name, passwords[name])
-        with broker:
-            yield broker.host, broker.port, passwords, "mosquitto (shipped config and ACL)"
-    else:
-        no_accounts = {name: "" for name in [COORDINATOR_USER, *users]}
-        with EmbeddedBroker() as embedded:
-            yield (
-                embedded.host,
-                embedded.port,
-                no_accounts,
-                "embedded amqtt (MQTT 3.1.1, no ACL: demo only)",
-            )
 
 
 class Demo:
@@ -629,33 +447,10 @@ class DemoRunning:
             orders = self.orders()
             ended = sum(1 for m in expected if orders.get(m, {}).get("state") == "reported")
             progress(ended, len(expected))
-            if ended == len(expected) and self.legacy.wait_for_meters(expected - _refused_ids(), 0):
+            if ended == len(expected) and self.legacy.wait_for_meters(expected - refused_ids(), 0):
                 return
             time.sleep(0.5)
         raise TimeoutError(f"only {ended} of {len(expected)} orders ended within {timeout:.0f}s")
-
-
-def _refused_ids() -> set[str]:
-    return {s.meter_id for s in SCENARIOS if s.expect == "rejected"}
-
-
-def final_outcome(detail: dict[str, Any]) -> str:
-    """The order's end state from its timeline (reported orders keep it in their events)."""
-    names = {
-        "completed_connected": "connected",
-        "completed_disconnected": "disconnected",
-        "completed_armed": "armed",
-        "failed": "failed",
-        "expired": "expired",
-        "cancelled": "cancelled",
-        "rejected": "rejected",
-    }
-    outcome = "pending"
-    for event in detail.get("events", []):
-        state = event.get("to_state")
-        if state in names:
-            outcome = names[state]
-    return outcome
 
 
 def check_rows(running: DemoRunning, refused_now: dict[str, str]) -> list[Row]:
@@ -684,7 +479,7 @@ def check_rows(running: DemoRunning, refused_now: dict[str, str]) -> list[Row]:
             row.reason = refused_now[scenario.meter_id]
         event = legacy.get(scenario.meter_id)
         row.legacy_event = event.event_code if event else ""
-        _check(row, scenario, refused_now, event)
+        check_row(row, scenario, refused_now, event)
         rows.append(row)
     return rows
 
@@ -693,72 +488,6 @@ def _parse_time(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def _check(row: Row, scenario: Scenario, refused_now: dict[str, str], event: Any) -> None:
-    if scenario.expect == "rejected":
-        if scenario.meter_id not in refused_now:
-            row.problems.append("expected a refusal in the synchronous Reply")
-        elif (
-            scenario.reason
-            and scenario.reason.replace("_", " ") not in refused_now[scenario.meter_id].lower()
-            and scenario.reason not in (row.reason or "")
-        ):
-            row.problems.append(
-                f"refused for {refused_now[scenario.meter_id]!r}, expected {scenario.reason}"
-            )
-        return
-    if row.outcome != scenario.expect:
-        row.problems.append(f"ended {row.outcome}, expected {scenario.expect}")
-    if scenario.reason and row.reason != scenario.reason:
-        row.problems.append(f"reason {row.reason or '-'}, expected {scenario.reason}")
-    if scenario.expect == "failed" and not row.work_order:
-        row.problems.append("no field work order")
-    key: Any = (
-        (scenario.expect, scenario.action) if scenario.expect == "failed" else scenario.expect
-    )
-    wanted = EVENT_CODES.get(key)
-    if wanted and (event is None or event.event_code != wanted):
-        row.problems.append(
-            f"Legacy got {event.event_code if event else 'nothing'}, expected {wanted}"
-        )
-    if scenario.expect in ("disconnected", "connected", "armed") and not row.energy:
-        row.problems.append("no energy reading")
-
-
-def render_table(rows: list[Row]) -> str:
-    headers = [
-        "meter",
-        "action",
-        "outcome",
-        "reason",
-        "energy",
-        "tries",
-        "time",
-        "work order",
-        "Legacy",
-        "check",
-    ]
-    body = [
-        [
-            row.scenario.meter_id,
-            row.scenario.action,
-            row.outcome,
-            row.reason or "-",
-            row.energy or "-",
-            str(row.attempts) if row.attempts else "-",
-            f"{row.seconds:.1f}s" if row.seconds is not None else "-",
-            row.work_order or "-",
-            row.legacy_event or "-",
-            "ok" if row.ok else "FAIL: " + "; ".join(row.problems),
-        ]
-        for row in rows
-    ]
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
-    return "\n".join(lines)
 
 
 def run_demo(

@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ops.demo import SCENARIOS, run_demo
+    from ops.demo import run_demo
     from ops.demo_console import STOPS, configure_logging
+    from ops.demo_scenarios import SCENARIOS
 
     configure_logging(SCENARIOS)
     stop = threading.Event()

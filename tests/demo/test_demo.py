@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.demo import SCENARIOS, run_demo
+from ops.demo import run_demo
+from ops.demo_scenarios import SCENARIOS
 
 
 def child_processes() -> set[int]:

@@ -7,7 +7,7 @@ import threading
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ops.demo import start_broker
+from ops.demo_broker import start_broker
 from shared.broker import COORDINATOR_USER
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from ops.demo import SCENARIOS
 from ops.demo_console import QuietAudit
+from ops.demo_scenarios import SCENARIOS
 
 
 def record(message: str, meter: str) -> logging.LogRecord:
