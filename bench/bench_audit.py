@@ -37,7 +37,8 @@ from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec  # noqa: E402
 from firmware_sim.relay_log import REMOTE_CONNECTION  # noqa: E402
 from firmware_sim.runner import RunningFleet, running_fleet  # noqa: E402
 from shared.broker import MosquittoBroker  # noqa: E402
-from shared.contracts import Action, MeterEntry  # noqa: E402
+from shared.codes import Action  # noqa: E402
+from shared.contracts import MeterEntry  # noqa: E402
 from tests.edge.fakes import order  # noqa: E402
 from tests.edge.helpers import Coordinator, config_dict, make_signer, wait_for  # noqa: E402
 

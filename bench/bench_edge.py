@@ -33,7 +33,8 @@ from edge_agent.store import Store  # noqa: E402
 from firmware_sim.fleet import FleetSpec, MeterSpec  # noqa: E402
 from firmware_sim.runner import running_fleet  # noqa: E402
 from shared.broker import MosquittoBroker  # noqa: E402
-from shared.contracts import Action, ConcentratorStatus, MeterEntry, decode  # noqa: E402
+from shared.codes import Action  # noqa: E402
+from shared.contracts import ConcentratorStatus, MeterEntry, decode  # noqa: E402
 from tests.edge.fakes import order  # noqa: E402
 from tests.edge.helpers import Coordinator, config_dict, dump_toml, make_signer, wait_for  # noqa: E402
 

@@ -39,9 +39,9 @@ from shared.contracts import (
     RefusalReport,
     RelayReport,
     decode,
-    parse_agent_message,
 )
 from shared.errors import SharedError
+from shared.message_kinds import parse_agent_message
 from shared.signing import CommandSigner, generate_keypair, load_private_key, load_private_key_file
 
 log = logging.getLogger(__name__)

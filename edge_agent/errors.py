@@ -22,7 +22,7 @@ stays available as ``__cause__`` for the logs.
 
 from __future__ import annotations
 
-from shared.contracts import ReasonCode
+from shared.codes import ReasonCode
 
 
 class EdgeError(Exception):

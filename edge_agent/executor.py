@@ -41,17 +41,8 @@ from edge_agent.lifecycle import Event
 from edge_agent.logs import log
 from edge_agent.meter_table import Meter
 from edge_agent.store import PROTECTED_EDGE, OrderRow, Store
-from shared.contracts import (
-    RETRYABLE_REASONS,
-    Action,
-    Attempt,
-    ControlState,
-    EnergyReading,
-    OrderResult,
-    Outcome,
-    ReasonCode,
-    RelayReading,
-)
+from shared.codes import RETRYABLE_REASONS, Action, ControlState, Outcome, ReasonCode
+from shared.contracts import Attempt, EnergyReading, OrderResult, RelayReading
 from shared.dlms.errors import (
     DIAG_CONTEXT_NOT_SUPPORTED,
     AccessDenied,

@@ -19,7 +19,8 @@ from datetime import datetime
 from typing import Any, Final
 
 from edge_agent.lifecycle import State
-from shared.contracts import Action, Attempt, OrderCommand, decode, validate
+from shared.codes import Action
+from shared.contracts import Attempt, OrderCommand, decode, validate
 
 # ``Store._end_cancelled``: ends one order cancelled, result in the outbox
 EndCancelled = Callable[..., object]

@@ -44,16 +44,14 @@ from edge_agent.lifecycle import ACTIVE, Event, State, next_state
 from edge_agent.meter_table import Meter as Meter
 from edge_agent.meter_table import MeterTable
 from edge_agent.outbox import OutboxKind
+from shared.codes import Action, Outcome, ReasonCode
 from shared.contracts import (
-    Action,
     Attempt,
     CancelCommand,
     OrderCommand,
     OrderReceipt,
     OrderResult,
-    Outcome,
     ProtectedList,
-    ReasonCode,
     decode,
     to_builtins,
     validate,

@@ -16,24 +16,35 @@ the JSON-ready dict and :func:`replace` a changed copy (checked again by
 Commands (order, cancel, meter table, ack) travel inside a signed envelope (see
 ``shared.signing``); receipts, results, refusals and status are published by the agent
 on topics only it may write (see ``deploy/mosquitto/acl``). Receipts, results and
-refusals share the result topic: :func:`parse_agent_message` tells them apart by
-``kind``. The agent keeps each of them in its outbox until a :class:`MessageAck` names
-it (the broker's PUBACK is not enough: the broker is a transport, never the only copy).
+refusals share the result topic: :func:`shared.message_kinds.parse_agent_message` tells
+them apart by ``kind``. The agent keeps each of them in its outbox until a
+:class:`MessageAck` names it (the broker's PUBACK is not enough: the broker is a
+transport, never the only copy). The codes the messages carry (actions, outcomes,
+reason codes) are in :mod:`shared.codes`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, field
 
 from shared import topics
+from shared.codes import SUCCESS_OUTCOMES, Outcome
+
+# Re-exported ("import X as X") only because edge_agent/agent.py, relay_audit.py,
+# dlms_driver.py and central/services/dispatch.py, orders.py still import these codes
+# from here; everything else imports them from shared.codes.
+from shared.codes import Action as Action
+from shared.codes import ControlState as ControlState
+from shared.codes import ModemState as ModemState
+from shared.codes import OrderReason as OrderReason
+from shared.codes import ReasonCode as ReasonCode
+from shared.codes import SimState as SimState
 from shared.errors import InvalidPayload, PayloadTooLarge
 
 SCHEMA_VERSION: Final = 1
@@ -100,83 +111,6 @@ _LATEST: Final = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 _ENCODER: Final = msgspec.json.Encoder()
-
-
-class Action(StrEnum):
-    CONNECT = "connect"
-    DISCONNECT = "disconnect"
-    ARM = "arm"  # reconnect that only arms the meter; the customer closes the relay
-
-
-class OrderReason(StrEnum):
-    NON_PAYMENT = "non_payment"
-    PAYMENT_RESTORED = "payment_restored"
-    LOSSES = "losses"
-    CUSTOMER_REQUEST = "customer_request"
-
-
-class Outcome(StrEnum):
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-    ARMED = "armed"  # ready_for_reconnection: waiting for the customer's button
-    FAILED = "failed"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
-    REJECTED = "rejected"
-
-
-SUCCESS_OUTCOMES: Final = frozenset({Outcome.CONNECTED, Outcome.DISCONNECTED, Outcome.ARMED})
-
-
-class ReasonCode(StrEnum):
-    """Why an order did not reach the wanted state; one per failure the brief names."""
-
-    METER_NOT_RESPONDING = "meter_not_responding"  # packet loss, malfunction, timeout
-    METER_UNREACHABLE = "meter_unreachable"  # no route from the concentrator (PLC)
-    METER_NOT_COMMISSIONED = "meter_not_commissioned"
-    NOT_IN_CONCENTRATOR_TABLE = "not_in_concentrator_table"
-    AUTHENTICATION_FAILED = "authentication_failed"  # association refused: keys
-    INVALID_METER_RESPONSE = "invalid_meter_response"  # garbage, bad FCS, wrong PDU
-    RELAY_DID_NOT_SWITCH = "relay_did_not_switch"  # accepted, state unchanged
-    METHOD_REFUSED = "method_refused"  # the meter refused the method: hardware fault
-    CONTROL_MODE_FORBIDS = "control_mode_forbids"  # mode 0, or mode disallows remote
-    CONCENTRATOR_MODEM_FAULT = "concentrator_modem_fault"
-    CONCENTRATOR_SIM_FAULT = "concentrator_sim_fault"
-    CONCENTRATOR_SERIAL_FAULT = "concentrator_serial_fault"
-    BAD_SIGNATURE = "bad_signature"
-    UNSIGNED_COMMAND = "unsigned_command"
-    REPLAYED_COMMAND = "replayed_command"
-    WRONG_CONCENTRATOR = "wrong_concentrator"
-    MALFORMED_COMMAND = "malformed_command"
-    EXPIRED = "expired"  # deadline passed before the order could finish
-    CANCELLED = "cancelled"
-    INTERNAL_ERROR = "internal_error"
-    # the meter is on the concentrator's protected list (Ley 21.304), signed by the
-    # protect authority, not the coordinator: a disconnect is refused whoever signed it
-    PROTECTED_CUSTOMER_EDGE = "protected_customer_edge"
-    # a protected list older than, or as old as but unlike, the one the agent holds
-    STALE_PROTECTED_LIST = "stale_protected_list"
-
-
-# Failures that may pass on a later attempt; the rest end the order at once.
-RETRYABLE_REASONS: Final = frozenset(
-    {
-        ReasonCode.METER_NOT_RESPONDING,
-        ReasonCode.METER_UNREACHABLE,
-        ReasonCode.INVALID_METER_RESPONSE,
-        ReasonCode.RELAY_DID_NOT_SWITCH,
-        ReasonCode.CONCENTRATOR_MODEM_FAULT,
-        ReasonCode.CONCENTRATOR_SERIAL_FAULT,
-    }
-)
-
-
-class ControlState(IntEnum):
-    """DLMS Disconnect control (IC 70) attribute 3."""
-
-    DISCONNECTED = 0
-    CONNECTED = 1
-    READY_FOR_RECONNECTION = 2
 
 
 class RetryPolicy(Contract, frozen=True, kw_only=True):
@@ -465,20 +399,6 @@ class RelayReport(Contract, frozen=True, kw_only=True):
 AgentMessage = OrderResult | OrderReceipt | RefusalReport | RelayReport
 
 
-class ModemState(StrEnum):
-    OK = "ok"
-    DEGRADED = "degraded"
-    DOWN = "down"
-    UNKNOWN = "unknown"
-
-
-class SimState(StrEnum):
-    OK = "ok"
-    ABSENT = "absent"
-    ERROR = "error"
-    UNKNOWN = "unknown"
-
-
 LineKey = Annotated[str, Meta(min_length=1, max_length=300)]
 AirtimeShare = Annotated[float, Meta(ge=0, le=1)]
 
@@ -615,72 +535,6 @@ def to_builtins(message: Contract) -> dict[str, Any]:
 def replace(message: M, **changes: Any) -> M:
     """A copy of ``message`` with ``changes``; the ``__post_init__`` rules run again."""
     return msgspec.structs.replace(message, **changes)
-
-
-def load_object(data: bytes, what: str) -> dict[str, Any]:
-    """``data`` as a JSON object, or :class:`InvalidPayload` saying why not.
-
-    Deep nesting ("[[[[...") within a size limit is refused here too, rather than
-    escaping as a RecursionError from whichever consumer happened to parse it.
-    """
-    try:
-        obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidPayload(what, [("(message)", f"not JSON: {exc}")]) from exc
-    except RecursionError as exc:
-        raise InvalidPayload(what, [("(message)", "nested too deeply")]) from exc
-    except ValueError as exc:  # an integer over Python's digit limit (4,300)
-        raise InvalidPayload(what, [("(message)", f"not usable JSON: {exc}")]) from exc
-    if not isinstance(obj, dict):
-        raise InvalidPayload(what, [("(message)", "not a JSON object")])
-    return obj
-
-
-def _parse_by_kind(data: bytes, what: str, kinds: dict[str, type[M]]) -> M:
-    """Parse a payload into the model its ``kind`` names, within that model's size limit."""
-    obj = load_object(data, what)
-    kind = obj.get("kind")
-    if not isinstance(kind, str) or kind not in kinds:
-        raise InvalidPayload(what, [("kind", f"must be one of {sorted(kinds)}, got {kind!r}")])
-    model = kinds[kind]
-    if len(data) > size_limit(model):
-        raise PayloadTooLarge(model.__name__, len(data), size_limit(model))
-    return validate(model, obj)
-
-
-_COMMAND_KINDS: Final[dict[str, type[Command]]] = {
-    "order": OrderCommand,
-    "cancel": CancelCommand,
-    "meter_table": MeterTableSync,
-    "ack": MessageAck,
-}
-_AGENT_KINDS: Final[dict[str, type[AgentMessage]]] = {
-    "result": OrderResult,
-    "receipt": OrderReceipt,
-    "refusal": RefusalReport,
-    "relay_report": RelayReport,
-}
-
-
-def parse_command(data: bytes) -> Command:
-    """Parse the body of a signed envelope into the command its ``kind`` names."""
-    if len(data) > MAX_METER_TABLE_BYTES:  # the largest command kind
-        raise PayloadTooLarge("command", len(data), MAX_METER_TABLE_BYTES)
-    return _parse_by_kind(data, "command", _COMMAND_KINDS)
-
-
-def parse_agent_message(data: bytes | str) -> AgentMessage:
-    """Parse a payload from the result topic into the message its ``kind`` names.
-
-    ``kind`` is ``"result"`` (:class:`OrderResult`), ``"receipt"``
-    (:class:`OrderReceipt`), ``"refusal"`` (:class:`RefusalReport`) or
-    ``"relay_report"`` (:class:`RelayReport`); a payload without ``kind`` is refused
-    naming it.
-    """
-    raw = data.encode() if isinstance(data, str) else data
-    if len(raw) > MAX_RESULT_BYTES:
-        raise PayloadTooLarge("agent message", len(raw), MAX_RESULT_BYTES)
-    return _parse_by_kind(raw, "agent message", _AGENT_KINDS)
 
 
 def utc_iso(moment: datetime) -> str:

@@ -25,7 +25,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shared.contracts import Command, ReasonCode
+    from shared.codes import ReasonCode
+    from shared.contracts import Command
 
 
 class SharedError(Exception):
@@ -80,7 +81,7 @@ class CommandRejected(SharedError):
 
 
 def _reason(name: str) -> ReasonCode:
-    from shared.contracts import ReasonCode
+    from shared.codes import ReasonCode
 
     return ReasonCode(name)
 

@@ -30,13 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from shared import ed25519
-from shared.contracts import (
-    MAX_METER_TABLE_BYTES,
-    Command,
-    encode_checked,
-    load_object,
-    parse_command,
-)
+from shared.contracts import MAX_METER_TABLE_BYTES, Command, encode_checked
 from shared.errors import (
     BadSignature,
     CommandExpired,
@@ -47,6 +41,7 @@ from shared.errors import (
     Unsigned,
     WrongRecipient,
 )
+from shared.message_kinds import load_object, parse_command
 
 ENVELOPE_FIELDS: Final = frozenset({"schema_version", "key_id", "body", "signature"})
 

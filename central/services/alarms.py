@@ -30,7 +30,7 @@ from central.models import Batch, Meter, Order, RelayAlarm, RelayIncident, WorkO
 from central.services import orders as order_service
 from central.services.lifecycle import Actor, field_details, note, utcnow
 from central.settings import Settings
-from shared.contracts import Action, OrderReason
+from shared.codes import Action, OrderReason
 
 log = logging.getLogger(__name__)
 alarm_log = logging.getLogger("central.alarms")

@@ -40,7 +40,7 @@ from central.models import Meter, Order, Quarantine
 from central.services.protections import raise_alarm
 from central.settings import AnomalySettings, Settings
 from central.state import Event, OrderState
-from shared.contracts import Action
+from shared.codes import Action
 
 log = logging.getLogger(__name__)
 

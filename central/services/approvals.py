@@ -36,7 +36,7 @@ from central.services import validation
 from central.services.protections import raise_alarm
 from central.settings import Settings
 from central.state import OrderState
-from shared.contracts import Action
+from shared.codes import Action
 
 # Serialises the rolling-window counts between concurrent creators on PostgreSQL
 # (SQLite callers already hold the database's write lock): two requests must not

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from central.models import Meter, Order
 from central.services.lifecycle import utcnow
 from central.settings import Settings
-from shared.contracts import Action
+from shared.codes import Action
 
 RECENT_ORDERS = 200  # finished orders per concentrator that tell its measured time
 

@@ -36,7 +36,7 @@ from central.models import Concentrator, Hold, Meter, Order
 from central.services.lifecycle import Actor, note, utcnow
 from central.settings import Settings
 from central.state import HoldReason, OrderState
-from shared.contracts import Action, ModemState
+from shared.codes import Action, ModemState
 
 KINDS: Final = {"emergency": HoldReason.EMERGENCY, "weather": HoldReason.WEATHER}
 SCOPES: Final = ("region", "comuna", "concentrator")

@@ -19,7 +19,7 @@ from central.state import (
     OrderState,
     transition,
 )
-from shared.contracts import ReasonCode
+from shared.codes import ReasonCode
 
 ROLES = ("viewer", "operator", "approver", "admin")
 # What a field crew needs, copied from the meter onto its work order when it is created.

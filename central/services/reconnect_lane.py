@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from central.models import Order
 from central.settings import Settings
 from central.state import IN_FLIGHT_STATES
-from shared.contracts import Action
+from shared.codes import Action
 
 RECONNECT_ACTIONS: Final = frozenset({Action.CONNECT.value, Action.ARM.value})
 _IN_FLIGHT = [s.value for s in IN_FLIGHT_STATES]

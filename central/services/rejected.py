@@ -21,8 +21,10 @@ from central.db import where_given
 from central.models import Order, RejectedMessage
 from central.services.lifecycle import note, utcnow
 from shared import topics
-from shared.contracts import ReasonCode, RefusalReport, load_object
+from shared.codes import ReasonCode
+from shared.contracts import RefusalReport
 from shared.errors import SharedError
+from shared.message_kinds import load_object
 
 KEEP_BYTES = 64 * 1024
 # Refusals that mean the concentrator and the coordinator disagree about keys (or

@@ -49,14 +49,8 @@ from central.services import alarms, incidents
 from central.services.lifecycle import advance, utcnow
 from central.settings import Settings
 from central.state import IN_FLIGHT_STATES, Event, OrderState
-from shared.contracts import (
-    ControlState,
-    EnergyReading,
-    OrderResult,
-    RelayLogEntry,
-    RelayReading,
-    RelayReport,
-)
+from shared.codes import ControlState
+from shared.contracts import EnergyReading, OrderResult, RelayLogEntry, RelayReading, RelayReport
 
 log = logging.getLogger(__name__)
 

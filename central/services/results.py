@@ -53,16 +53,8 @@ from central.state import (
     Event,
     OrderState,
 )
-from shared.contracts import (
-    Attempt,
-    ConcentratorStatus,
-    ControlState,
-    OrderReceipt,
-    OrderResult,
-    Outcome,
-    ReasonCode,
-    to_builtins,
-)
+from shared.codes import ControlState, Outcome, ReasonCode
+from shared.contracts import Attempt, ConcentratorStatus, OrderReceipt, OrderResult, to_builtins
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import holidays
 
 from central.settings import Settings
-from shared.contracts import Action, OrderReason
+from shared.codes import Action, OrderReason
 
 
 class RefusalCode(StrEnum):

@@ -33,7 +33,7 @@ from central.soap.service_port import (
     Refusal,
 )
 from central.state import ACTIVE_STATES, OrderState
-from shared.contracts import Action, OrderReason
+from shared.codes import Action, OrderReason
 
 if TYPE_CHECKING:
     from central.soap.gateway import SoapGateway

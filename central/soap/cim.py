@@ -74,7 +74,7 @@ EVENT_CODES: dict[Outcome, str] = {
 DISCONNECT_FAILED = "3.31.0.84"
 CONNECT_FAILED = "3.31.0.67"
 
-# Accepted spellings of EndDeviceControl/reason -> shared.contracts.OrderReason values.
+# Accepted spellings of EndDeviceControl/reason -> shared.codes.OrderReason values.
 REASONS: dict[str, str] = {
     "nonpayment": "non_payment",
     "payment": "payment_restored",

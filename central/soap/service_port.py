@@ -48,7 +48,7 @@ class ControlRequest:
 
     meter_id: str
     action: ControlAction
-    reason: str  # shared.contracts.OrderReason value
+    reason: str  # shared.codes.OrderReason value
     issuer_id: str | None = None
     issuer_tracking_id: str | None = None
     priority: int | None = None

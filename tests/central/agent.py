@@ -14,19 +14,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from shared import topics
+from shared.codes import ControlState, Outcome, ReasonCode
 from shared.contracts import (
     Attempt,
     CancelCommand,
     ConcentratorStatus,
-    ControlState,
     EnergyReading,
     MessageAck,
     MeterTableSync,
     OrderCommand,
     OrderReceipt,
     OrderResult,
-    Outcome,
-    ReasonCode,
     RelayReading,
 )
 from shared.errors import CommandReplayed

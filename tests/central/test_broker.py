@@ -136,7 +136,7 @@ def test_orders_through_broker_and_agent(
         assert slow["state"] in ("dispatched", "delivered")  # the receipt may be in already
         app_client.post(f"/api/v1/orders/{slow['id']}/cancel", headers=OPERATOR)
         assert wait_until(lambda: len(agent.cancels) == 1)
-        from shared.contracts import Outcome, ReasonCode
+        from shared.codes import Outcome, ReasonCode
 
         agent.answer_order(agent.orders[-1], Outcome.CANCELLED, ReasonCode.CANCELLED)
         assert wait_until(lambda: states(app_client, [slow["id"]]) == ["cancelled"])
@@ -271,7 +271,7 @@ def test_a_table_that_cannot_be_sent_holds_back_nothing_else(
         assert wait_until(lambda: len(agent.orders) == 1, slow)
         app_client.post(f"/api/v1/orders/{order['id']}/cancel", headers=OPERATOR)
         assert wait_until(lambda: len(agent.cancels) == 1, slow)
-        from shared.contracts import Outcome, ReasonCode
+        from shared.codes import Outcome, ReasonCode
 
         agent.answer_order(agent.orders[-1], Outcome.CANCELLED, ReasonCode.CANCELLED)
         assert wait_until(lambda: states(app_client, [order["id"]]) == ["cancelled"], slow)

@@ -11,7 +11,8 @@ from central.models import Concentrator
 from central.services import orders
 from central.settings import Settings
 from shared import topics
-from shared.contracts import ConcentratorStatus, OrderResult, Outcome
+from shared.codes import Outcome
+from shared.contracts import ConcentratorStatus, OrderResult
 
 from .conftest import add_connect_order
 

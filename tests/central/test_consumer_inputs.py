@@ -15,13 +15,8 @@ from central.models import Concentrator
 from central.services import orders
 from central.settings import Settings
 from shared import topics
-from shared.contracts import (
-    ConcentratorStatus,
-    EnergyReading,
-    OrderReceipt,
-    OrderResult,
-    Outcome,
-)
+from shared.codes import Outcome
+from shared.contracts import ConcentratorStatus, EnergyReading, OrderReceipt, OrderResult
 
 from .conftest import add_connect_order
 

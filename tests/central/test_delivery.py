@@ -22,17 +22,16 @@ from central.soap import cim_write
 from central.soap.config import SoapSettings
 from central.soap.notifier import LegacyNotifier, ended_from_order
 from shared import topics
+from shared.codes import Outcome, ReasonCode
 from shared.contracts import (
     Attempt,
     CancelCommand,
     OrderReceipt,
     OrderResult,
-    Outcome,
-    ReasonCode,
     RefusalReport,
-    parse_command,
     validate,
 )
+from shared.message_kinds import parse_command
 from shared.signing import CommandSigner, open_envelope
 
 from .conftest import OPERATOR, WORKDAY, RecordingPublisher, add_meters

@@ -23,7 +23,8 @@ from central.settings import Settings
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import parse_config
 from shared.broker import MosquittoBroker
-from shared.contracts import ControlState, OrderResult
+from shared.codes import ControlState
+from shared.contracts import OrderResult
 
 from ..edge.fakes import FakeDriver, FakeMeter
 from ..edge.helpers import config_dict, wait_for

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from central.services import dispatch, orders, registry, results, workorders
 from central.services.registry import MeterChange
 from central.settings import Settings
-from shared.contracts import ConcentratorStatus, ModemState, Outcome, ReasonCode, SimState
+from shared.codes import ModemState, Outcome, ReasonCode, SimState
+from shared.contracts import ConcentratorStatus
 from shared.signing import CommandSigner
 
 from .conftest import OPERATOR, WORKDAY, RecordingPublisher

@@ -17,7 +17,9 @@ from central.errors import BadRequest, Conflict
 from central.models import Meter, Order, OrderEvent, WorkOrder
 from central.services import dispatch, holds, orders, results
 from central.settings import Settings
-from shared.contracts import ConcentratorStatus, ModemState, OrderCommand, parse_command
+from shared.codes import ModemState
+from shared.contracts import ConcentratorStatus, OrderCommand
+from shared.message_kinds import parse_command
 from shared.signing import CommandSigner, open_envelope
 
 from .conftest import OPERATOR, WORKDAY, RecordingPublisher

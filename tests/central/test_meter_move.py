@@ -17,7 +17,7 @@ from central.services import dispatch, orders, registry, results, workorders
 from central.services.registry import MeterChange
 from central.settings import Settings
 from shared import topics
-from shared.contracts import Outcome, ReasonCode
+from shared.codes import Outcome, ReasonCode
 from shared.signing import CommandSigner
 
 from .conftest import OPERATOR, WORKDAY, RecordingPublisher, add_meters

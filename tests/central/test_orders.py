@@ -14,18 +14,8 @@ from central.models import Concentrator, LegacyNotification, Meter, OrderEvent, 
 from central.services import dispatch, orders, registry, results, workorders
 from central.services.orders import OrderRequest
 from central.settings import DateWindow, Settings
-from shared.contracts import (
-    Action,
-    Attempt,
-    ControlState,
-    EnergyReading,
-    OrderReason,
-    OrderResult,
-    Outcome,
-    ReasonCode,
-    RelayReading,
-    validate,
-)
+from shared.codes import Action, ControlState, OrderReason, Outcome, ReasonCode
+from shared.contracts import Attempt, EnergyReading, OrderResult, RelayReading, validate
 from shared.signing import CommandSigner
 
 from .conftest import APPROVER, HOLIDAY, OPERATOR, SATURDAY, WORKDAY, RecordingPublisher

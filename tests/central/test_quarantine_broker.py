@@ -21,7 +21,8 @@ from central.services import validation
 from central.settings import AnomalySettings, ScopeLimits
 from shared import topics
 from shared.broker import MosquittoBroker
-from shared.contracts import OrderCommand, parse_command
+from shared.contracts import OrderCommand
+from shared.message_kinds import parse_command
 from shared.signing import open_envelope
 
 from .agent import TestAgent, wait_until

@@ -16,15 +16,8 @@ from central.services import dispatch, orders, results
 from central.services.orders import OrderRequest
 from central.settings import Settings
 from shared import topics
-from shared.contracts import (
-    Attempt,
-    OrderReceipt,
-    OrderResult,
-    Outcome,
-    ReasonCode,
-    replace,
-    validate,
-)
+from shared.codes import Outcome, ReasonCode
+from shared.contracts import Attempt, OrderReceipt, OrderResult, replace, validate
 from shared.signing import CommandSigner
 
 from .conftest import OPERATOR, WORKDAY, RecordingPublisher, add_meters

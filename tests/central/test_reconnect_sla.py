@@ -16,7 +16,8 @@ from central.app import create_app
 from central.models import Concentrator, Order, WorkOrder
 from central.services import orders, reconnect_sla, results, workorders
 from central.settings import Settings
-from shared.contracts import ControlState, Outcome, RelayReading
+from shared.codes import ControlState, Outcome
+from shared.contracts import RelayReading
 
 from .conftest import WORKDAY, add_meters
 from .test_api import TOKENS_SETTING, auth

@@ -15,7 +15,8 @@ from central.models import RejectedMessage
 from central.services import orders, rejected
 from central.settings import Settings
 from shared import topics
-from shared.contracts import ConcentratorStatus, OrderResult, Outcome
+from shared.codes import Outcome
+from shared.contracts import ConcentratorStatus, OrderResult
 
 from .conftest import add_connect_order
 

@@ -15,15 +15,8 @@ import pytest
 
 from shared import topics
 from shared.broker import MosquittoBroker
-from shared.contracts import (
-    ControlState,
-    OrderCommand,
-    Outcome,
-    ReasonCode,
-    RelayLogEntry,
-    RelayReading,
-    RelayReport,
-)
+from shared.codes import ControlState, Outcome, ReasonCode
+from shared.contracts import OrderCommand, RelayLogEntry, RelayReading, RelayReport
 
 from .agent import TestAgent, wait_until
 from .test_delivery_broker import ADMIN, OPERATOR, import_meter, start_app, state

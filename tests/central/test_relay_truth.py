@@ -34,13 +34,12 @@ from central.settings import Settings
 from central.soap.config import SoapSettings
 from central.soap.notifier import LegacyNotifier
 from ops.legacy import LegacyStandIn, parse_events
+from shared.codes import ControlState, Outcome
 from shared.contracts import (
     Attempt,
     ConcentratorStatus,
-    ControlState,
     EnergyReading,
     OrderResult,
-    Outcome,
     RelayLogEntry,
     RelayReading,
     RelayReport,

@@ -19,7 +19,7 @@ from central.services.lifecycle import Actor
 from central.services.orders import OrderRequest
 from central.services.registry import MeterChange, MeterFields
 from central.settings import Settings
-from shared.contracts import Outcome, ReasonCode
+from shared.codes import Outcome, ReasonCode
 from shared.signing import CommandSigner
 
 from .conftest import APPROVER, OPERATOR, WORKDAY, RecordingPublisher
@@ -370,7 +370,8 @@ def test_two_replicas_do_not_double_the_disconnect_rate(
 
 
 def _command_deadlines(publisher: RecordingPublisher, signer: CommandSigner) -> dict[str, datetime]:
-    from shared.contracts import OrderCommand, parse_command
+    from shared.contracts import OrderCommand
+    from shared.message_kinds import parse_command
     from shared.signing import open_envelope
 
     deadlines = {}

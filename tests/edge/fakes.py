@@ -8,16 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from edge_agent.meter_table import Meter
-from shared.contracts import (
-    Action,
-    ControlState,
-    EnergyReading,
-    MeterEntry,
-    OrderCommand,
-    OrderReason,
-    RelayReading,
-    RetryPolicy,
-)
+from shared.codes import Action, ControlState, OrderReason
+from shared.contracts import EnergyReading, MeterEntry, OrderCommand, RelayReading, RetryPolicy
 from shared.dlms.errors import ActionRefused, AssociationRefused, MalformedResponse, NoResponse
 
 

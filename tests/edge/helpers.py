@@ -26,8 +26,8 @@ from shared.contracts import (
     OrderResult,
     RefusalReport,
     RelayReport,
-    parse_agent_message,
 )
+from shared.message_kinds import parse_agent_message
 from shared.protect import ProtectSigner
 from shared.signing import CommandSigner, generate_keypair, load_private_key
 

@@ -16,17 +16,8 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.config import EdgeConfig
 from shared import topics
 from shared.broker import MosquittoBroker
-from shared.contracts import (
-    Action,
-    CancelCommand,
-    ConcentratorStatus,
-    ControlState,
-    MeterTableSync,
-    Outcome,
-    ReasonCode,
-    decode,
-    replace,
-)
+from shared.codes import Action, ControlState, Outcome, ReasonCode
+from shared.contracts import CancelCommand, ConcentratorStatus, MeterTableSync, decode, replace
 from shared.signing import CommandSigner, generate_keypair, load_private_key
 
 from .fakes import FakeDriver, FakeMeter, order, tcp_entry

@@ -21,15 +21,8 @@ from edge_agent.store import Store
 from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
 from firmware_sim.runner import RunningFleet, running_fleet
 from shared.broker import MosquittoBroker
-from shared.contracts import (
-    SUCCESS_OUTCOMES,
-    Action,
-    ConcentratorStatus,
-    MeterEntry,
-    Outcome,
-    decode,
-    replace,
-)
+from shared.codes import SUCCESS_OUTCOMES, Action, Outcome
+from shared.contracts import ConcentratorStatus, MeterEntry, decode, replace
 
 from .fakes import order
 from .helpers import Coordinator, config_dict, dump_toml, make_signer, wait_for

@@ -23,19 +23,9 @@ from edge_agent.lifecycle import State
 from edge_agent.meter_table import Meter
 from edge_agent.store import Store
 from shared import topics
-from shared.contracts import (
-    AckedMessage,
-    Action,
-    ControlState,
-    MessageAck,
-    OrderResult,
-    Outcome,
-    ReasonCode,
-    RefusalReport,
-    decode,
-    parse_agent_message,
-    replace,
-)
+from shared.codes import Action, ControlState, Outcome, ReasonCode
+from shared.contracts import AckedMessage, MessageAck, OrderResult, RefusalReport, decode, replace
+from shared.message_kinds import parse_agent_message
 from shared.signing import CommandSigner, generate_keypair, load_private_key
 
 from .fakes import FakeDriver, FakeLink, FakeMeter, order, tcp_entry

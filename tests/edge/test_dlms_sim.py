@@ -14,7 +14,8 @@ from edge_agent.lifecycle import State
 from edge_agent.store import Store
 from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
 from firmware_sim.runner import RunningFleet, running_fleet
-from shared.contracts import Action, MeterEntry, OrderResult, Outcome, ReasonCode, decode
+from shared.codes import Action, Outcome, ReasonCode
+from shared.contracts import MeterEntry, OrderResult, decode
 
 from .fakes import order
 from .helpers import make_config, make_signer

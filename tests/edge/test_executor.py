@@ -8,7 +8,8 @@ import pytest
 from edge_agent.executor import Executor, classify
 from edge_agent.lifecycle import State
 from edge_agent.store import Store
-from shared.contracts import Action, ControlState, OrderResult, Outcome, ReasonCode, decode
+from shared.codes import Action, ControlState, Outcome, ReasonCode
+from shared.contracts import OrderResult, decode
 from shared.dlms.errors import TransportError
 
 from .fakes import FakeDriver, FakeMeter, order, tcp_entry

@@ -8,14 +8,9 @@ import pytest
 from edge_agent.errors import TransitionRefused
 from edge_agent.lifecycle import TRANSITIONS, Event, State, next_state
 from edge_agent.store import Store
-from shared.contracts import (
-    CancelCommand,
-    MeterTableSync,
-    OrderReceipt,
-    Outcome,
-    parse_agent_message,
-    replace,
-)
+from shared.codes import Outcome
+from shared.contracts import CancelCommand, MeterTableSync, OrderReceipt, replace
+from shared.message_kinds import parse_agent_message
 
 from .fakes import order, tcp_entry
 

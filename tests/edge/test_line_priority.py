@@ -14,14 +14,9 @@ from edge_agent.executor import Executor
 from edge_agent.lifecycle import State
 from edge_agent.meter_table import Meter
 from edge_agent.store import Store
-from shared.contracts import (
-    Action,
-    ControlState,
-    OrderResult,
-    Outcome,
-    ReasonCode,
-    parse_agent_message,
-)
+from shared.codes import Action, ControlState, Outcome, ReasonCode
+from shared.contracts import OrderResult
+from shared.message_kinds import parse_agent_message
 
 from .fakes import FakeDriver, FakeLink, FakeMeter, order, tcp_entry
 

@@ -11,14 +11,8 @@ import pytest
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import parse_config
 from edge_agent.dlms_driver import DlmsLink
-from shared.contracts import (
-    ConcentratorStatus,
-    ModemState,
-    OrderResult,
-    Outcome,
-    SimState,
-    decode,
-)
+from shared.codes import ModemState, Outcome, SimState
+from shared.contracts import ConcentratorStatus, OrderResult, decode
 from shared.dlms.client import Status
 
 from .fakes import FakeDriver, tcp_entry

@@ -17,7 +17,8 @@ from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
 from firmware_sim.runner import RunningFleet, running_fleet
 from shared import topics
 from shared.broker import MosquittoBroker
-from shared.contracts import Action, MeterEntry, Outcome, ReasonCode
+from shared.codes import Action, Outcome, ReasonCode
+from shared.contracts import MeterEntry
 from shared.protect import ProtectSigner, make_list
 from shared.protect_cli import PROTECT_USER, push
 from shared.signing import CommandSigner, generate_keypair, load_private_key

@@ -13,7 +13,8 @@ from edge_agent.executor import Executor
 from edge_agent.lifecycle import State
 from edge_agent.meter_table import Meter
 from edge_agent.store import Store
-from shared.contracts import Action, ControlState, OrderResult, Outcome, ReasonCode, decode
+from shared.codes import Action, ControlState, Outcome, ReasonCode
+from shared.contracts import OrderResult, decode
 from shared.protect import make_list
 
 from .fakes import FakeDriver, FakeLink, FakeMeter, order, tcp_entry

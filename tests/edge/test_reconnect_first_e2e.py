@@ -18,7 +18,8 @@ from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
 from firmware_sim.oplog import RelayOp
 from firmware_sim.runner import RunningFleet, running_fleet
 from shared.broker import MosquittoBroker
-from shared.contracts import Action, MeterEntry, Outcome, ReasonCode
+from shared.codes import Action, Outcome, ReasonCode
+from shared.contracts import MeterEntry
 from shared.signing import CommandSigner
 
 from .fakes import order

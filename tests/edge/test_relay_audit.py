@@ -19,14 +19,8 @@ from edge_agent.meter_table import Meter
 from edge_agent.relay_audit import Airtime, RelayAuditor, due_job, observe, slot
 from edge_agent.relay_store import AuditRow, RelayStore, audit_summary
 from edge_agent.store import Store
-from shared.contracts import (
-    ConcentratorStatus,
-    ControlState,
-    MeterEntry,
-    RelayReport,
-    decode,
-    validate,
-)
+from shared.codes import ControlState
+from shared.contracts import ConcentratorStatus, MeterEntry, RelayReport, decode, validate
 from shared.dlms import profile as P
 from shared.dlms.errors import MalformedResponse
 

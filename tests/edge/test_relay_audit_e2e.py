@@ -20,7 +20,8 @@ from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
 from firmware_sim.relay_log import MANUAL_CONNECTION, REMOTE_CONNECTION
 from firmware_sim.runner import RunningFleet, running_fleet
 from shared.broker import MosquittoBroker
-from shared.contracts import Action, ControlState, MeterEntry, Outcome, RelayReport
+from shared.codes import Action, ControlState, Outcome
+from shared.contracts import MeterEntry, RelayReport
 from shared.signing import CommandSigner
 
 from .fakes import order

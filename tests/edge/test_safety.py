@@ -17,15 +17,12 @@ from edge_agent.executor import Executor
 from edge_agent.lifecycle import State
 from edge_agent.meter_table import Meter
 from edge_agent.store import Store
+from shared.codes import Action, ControlState, Outcome, ReasonCode
 from shared.contracts import (
-    Action,
     CancelCommand,
-    ControlState,
     EnergyReading,
     MeterEntry,
     OrderResult,
-    Outcome,
-    ReasonCode,
     RelayReading,
     decode,
     replace,

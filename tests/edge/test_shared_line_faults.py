@@ -19,7 +19,8 @@ from edge_agent.executor import Executor
 from edge_agent.store import Store
 from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
 from firmware_sim.runner import RunningFleet, running_fleet
-from shared.contracts import Action, MeterEntry, Outcome, ReasonCode
+from shared.codes import Action, Outcome, ReasonCode
+from shared.contracts import MeterEntry
 
 from .helpers import make_config, make_signer
 from .test_dlms_sim import run

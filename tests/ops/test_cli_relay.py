@@ -11,7 +11,8 @@ import pytest
 
 from ops.cli import main
 from shared import topics
-from shared.contracts import ControlState, RelayReading, RelayReport
+from shared.codes import ControlState
+from shared.contracts import RelayReading, RelayReport
 
 from .live import ADMIN, APPROVER, OPERATOR, VIEWER, LiveServer
 

@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from shared import codes
 from shared import contracts as c
+from shared import message_kinds as kinds
 from shared.errors import InvalidPayload
 from shared.signing import open_envelope
 
@@ -23,7 +25,7 @@ NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 def _result_bytes(energy_value: bytes) -> bytes:
     result = c.OrderResult(
         order_id="ord-1", meter_id="MTR-0001", concentrator_id="conc-a",
-        outcome=c.Outcome.DISCONNECTED,
+        outcome=codes.Outcome.DISCONNECTED,
         energy=c.EnergyReading(value=1.0, unit="Wh", read_at=NOW), finished_at=NOW,
     )
     return result.to_json().replace(b'"value":1.0', b'"value":' + energy_value)
@@ -42,14 +44,14 @@ def test_energy_reading_that_json_cannot_carry_is_refused(value: float) -> None:
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
 def test_result_with_a_non_finite_energy_is_refused_naming_energy(literal: bytes) -> None:
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(_result_bytes(literal))
+        kinds.parse_agent_message(_result_bytes(literal))
     assert info.value.fields == ["energy.value"]
     assert "must be a finite number" in str(info.value)
 
 
 def test_finite_energy_still_round_trips() -> None:
-    assert c.parse_agent_message(_result_bytes(b"-0.0")).energy is not None
-    assert c.parse_agent_message(_result_bytes(b"1e308")).energy is not None
+    assert kinds.parse_agent_message(_result_bytes(b"-0.0")).energy is not None
+    assert kinds.parse_agent_message(_result_bytes(b"1e308")).energy is not None
 
 
 def _receipt_with_queue_depth(digits: bytes) -> bytes:
@@ -64,10 +66,10 @@ def test_number_too_long_to_convert_is_invalid_payload_not_a_crash() -> None:
     # message was never acknowledged (and came back on every reconnect).
     payload = _receipt_with_queue_depth(b"1" * 5000)
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(payload)
+        kinds.parse_agent_message(payload)
     assert info.value.fields == ["(message)"]
     with pytest.raises(InvalidPayload):
-        c.parse_command(payload.replace(b'"receipt"', b'"order"'))
+        kinds.parse_command(payload.replace(b'"receipt"', b'"order"'))
 
 
 def test_envelope_with_a_number_too_long_is_invalid_payload() -> None:
@@ -78,7 +80,7 @@ def test_envelope_with_a_number_too_long_is_invalid_payload() -> None:
 
 def test_long_but_convertible_numbers_are_still_judged_by_their_field() -> None:
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(_receipt_with_queue_depth(b"-" + b"1" * 1500))
+        kinds.parse_agent_message(_receipt_with_queue_depth(b"-" + b"1" * 1500))
     assert info.value.fields == ["queue_depth"]
     assert json.loads(_receipt_with_queue_depth(b"7"))["queue_depth"] == 7
 
@@ -105,7 +107,7 @@ def test_status_counts_beyond_what_the_coordinator_stores_are_refused_by_name(fi
 def test_receipt_queue_depth_and_attempt_number_are_bounded_too() -> None:
     receipt = _receipt_with_queue_depth(str(c.MAX_COUNT + 1).encode())
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(receipt)
+        kinds.parse_agent_message(receipt)
     assert info.value.fields == ["queue_depth"]
     attempt = {"number": c.MAX_COUNT + 1, "started_at": "2026-11-26T10:00:00Z",
                "finished_at": "2026-11-26T10:00:00Z"}
@@ -126,12 +128,12 @@ def test_timestamp_that_cannot_be_stored_or_moved_in_utc_is_refused_by_name(mome
     result = json.loads(_result_bytes(b"1.0"))
     result["energy"]["read_at"] = moment
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(json.dumps(result).encode())
+        kinds.parse_agent_message(json.dumps(result).encode())
     assert info.value.fields == ["energy.read_at"]
     result = json.loads(_result_bytes(b"1.0")) | {"attempts": [
         {"number": 1, "started_at": "2026-11-26T10:00:00Z", "finished_at": moment}]}
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(json.dumps(result).encode())
+        kinds.parse_agent_message(json.dumps(result).encode())
     assert info.value.fields == ["attempts.0.finished_at"]
 
 

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared import codes
 from shared import contracts as c
+from shared import message_kinds as kinds
 from shared.errors import InvalidPayload, PayloadTooLarge
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -19,8 +21,8 @@ def order(**overrides: object) -> c.OrderCommand:
         "order_id": "ord-1",
         "meter_id": "MTR-0001",
         "concentrator_id": "conc-a",
-        "action": c.Action.DISCONNECT,
-        "reason": c.OrderReason.NON_PAYMENT,
+        "action": codes.Action.DISCONNECT,
+        "reason": codes.OrderReason.NON_PAYMENT,
         "priority": 7,
         "issued_at": NOW,
         "deadline": NOW + timedelta(hours=4),
@@ -35,11 +37,11 @@ def result(**overrides: object) -> c.OrderResult:
         "order_id": "ord-1",
         "meter_id": "MTR-0001",
         "concentrator_id": "conc-a",
-        "outcome": c.Outcome.DISCONNECTED,
-        "relay": c.RelayReading(output_state=False, control_state=c.ControlState.DISCONNECTED, control_mode=1),
+        "outcome": codes.Outcome.DISCONNECTED,
+        "relay": c.RelayReading(output_state=False, control_state=codes.ControlState.DISCONNECTED, control_mode=1),
         "energy": c.EnergyReading(value=12345.6, unit="Wh", meter_clock=NOW, read_at=NOW),
         "attempts": [
-            c.Attempt(number=1, started_at=NOW, finished_at=NOW, error=c.ReasonCode.METER_NOT_RESPONDING, detail="timeout"),
+            c.Attempt(number=1, started_at=NOW, finished_at=NOW, error=codes.ReasonCode.METER_NOT_RESPONDING, detail="timeout"),
             c.Attempt(number=2, started_at=NOW, finished_at=NOW),
         ],
         "received_at": NOW,
@@ -53,7 +55,7 @@ def result(**overrides: object) -> c.OrderResult:
 
 EXAMPLES: list[c.Contract] = [
     order(),
-    order(action=c.Action.CONNECT, reason=c.OrderReason.PAYMENT_RESTORED, not_before=NOW),
+    order(action=codes.Action.CONNECT, reason=codes.OrderReason.PAYMENT_RESTORED, not_before=NOW),
     c.CancelCommand(command_id="cmd-2", order_id="ord-1", concentrator_id="conc-a", issued_at=NOW, deadline=NOW + timedelta(hours=1)),
     c.MeterTableSync(
         command_id="cmd-3",
@@ -67,9 +69,9 @@ EXAMPLES: list[c.Contract] = [
         ],
     ),
     result(),
-    result(outcome=c.Outcome.FAILED, reason=c.ReasonCode.RELAY_DID_NOT_SWITCH, energy=None),
+    result(outcome=codes.Outcome.FAILED, reason=codes.ReasonCode.RELAY_DID_NOT_SWITCH, energy=None),
     c.OrderReceipt(order_id="ord-1", command_id="cmd-1", meter_id="MTR-0001", concentrator_id="conc-a", received_at=NOW, queue_depth=4),
-    c.ConcentratorStatus(concentrator_id="conc-a", online=True, at=NOW, modem=c.ModemState.OK, sim=c.SimState.OK, queue_depth=3, meter_count=120, agent_version="0.1.0"),
+    c.ConcentratorStatus(concentrator_id="conc-a", online=True, at=NOW, modem=codes.ModemState.OK, sim=codes.SimState.OK, queue_depth=3, meter_count=120, agent_version="0.1.0"),
 ]
 
 
@@ -82,7 +84,7 @@ def test_every_contract_round_trips_through_json(message: c.Contract) -> None:
 
 def test_commands_parse_by_kind() -> None:
     for message in EXAMPLES[:4]:
-        assert c.parse_command(message.to_json()) == message
+        assert kinds.parse_command(message.to_json()) == message
 
 
 def test_unknown_field_is_refused_by_name() -> None:
@@ -194,9 +196,9 @@ def receipt(**overrides: object) -> c.OrderReceipt:
 
 
 def test_agent_messages_parse_by_kind() -> None:
-    assert c.parse_agent_message(result().to_json()) == result()
-    assert c.parse_agent_message(receipt().to_json()) == receipt()
-    assert isinstance(c.parse_agent_message(receipt().to_json().decode()), c.OrderReceipt)
+    assert kinds.parse_agent_message(result().to_json()) == result()
+    assert kinds.parse_agent_message(receipt().to_json()) == receipt()
+    assert isinstance(kinds.parse_agent_message(receipt().to_json().decode()), c.OrderReceipt)
 
 
 @pytest.mark.parametrize("kind", [None, "status", 3])
@@ -207,7 +209,7 @@ def test_agent_message_without_known_kind_names_kind(kind: object) -> None:
     else:
         payload["kind"] = kind
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(json.dumps(payload).encode())
+        kinds.parse_agent_message(json.dumps(payload).encode())
     assert info.value.fields == ["kind"]
 
 
@@ -216,7 +218,7 @@ def test_agent_message_names_the_bad_field(change: dict[str, object], field: str
     # msgspec stops at the first fault, so one is named per refusal
     payload = json.loads(receipt().to_json()) | change
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(json.dumps(payload).encode())
+        kinds.parse_agent_message(json.dumps(payload).encode())
     assert info.value.kind == "OrderReceipt"
     assert info.value.fields == [field]
 
@@ -224,19 +226,19 @@ def test_agent_message_names_the_bad_field(change: dict[str, object], field: str
 @pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b"\x00\xff"])
 def test_agent_message_not_an_object_is_refused(data: bytes) -> None:
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(data)
+        kinds.parse_agent_message(data)
     assert info.value.fields == ["(message)"]
 
 
 def test_oversized_receipt_is_refused_before_parsing() -> None:
     padded = receipt().to_json()[:-1] + b" " * c.MAX_RECEIPT_BYTES + b"}"
     with pytest.raises(PayloadTooLarge):
-        c.parse_agent_message(padded)
+        kinds.parse_agent_message(padded)
     with pytest.raises(PayloadTooLarge):
-        c.parse_agent_message(b"{" + b" " * c.MAX_RESULT_BYTES + b"}")
+        kinds.parse_agent_message(b"{" + b" " * c.MAX_RESULT_BYTES + b"}")
 
 
-@pytest.mark.parametrize("parse", [c.parse_command, c.parse_agent_message])
+@pytest.mark.parametrize("parse", [kinds.parse_command, kinds.parse_agent_message])
 def test_deeply_nested_payload_is_refused_as_invalid_not_a_crash(parse: object) -> None:
     nested = b"[" * 30_000 + b"]" * 30_000  # within every size limit
     with pytest.raises(InvalidPayload, match="nested too deeply"):
@@ -247,7 +249,7 @@ def test_oversized_order_in_a_command_body_is_refused_by_its_own_limit() -> None
     body = order().to_json()
     padded = body[:-1] + b" " * c.MAX_COMMAND_BYTES + b"}"  # valid JSON, over the order limit
     with pytest.raises(PayloadTooLarge) as caught:
-        c.parse_command(padded)
+        kinds.parse_command(padded)
     assert caught.value.limit == c.MAX_COMMAND_BYTES
 
 
@@ -325,7 +327,7 @@ def test_bad_attempt_in_a_result_is_named_by_its_index() -> None:
     payload = json.loads(result().to_json())
     payload["attempts"][1]["detail"] = "x" * 501
     with pytest.raises(InvalidPayload) as info:
-        c.parse_agent_message(json.dumps(payload).encode())
+        kinds.parse_agent_message(json.dumps(payload).encode())
     assert info.value.fields == ["attempts.1.detail"]
 
 
@@ -337,19 +339,19 @@ def test_ack_and_refusal_kinds_round_trip_and_refuse_what_they_cannot_carry() ->
                        deadline=now + timedelta(hours=1),
                        acks=[c.AckedMessage(kind="result", id="o1"),
                              c.AckedMessage(kind="refusal", id="r1")])
-    assert c.parse_command(ack.to_json()) == ack
+    assert kinds.parse_command(ack.to_json()) == ack
     report = c.RefusalReport(refusal_id="r1", concentrator_id="c1",
-                             reason=c.ReasonCode.BAD_SIGNATURE, topic_leaf="cmd",
+                             reason=codes.ReasonCode.BAD_SIGNATURE, topic_leaf="cmd",
                              payload_sha256="0" * 64, payload_size=10, received_at=now)
-    assert c.parse_agent_message(report.to_json()) == report
+    assert kinds.parse_agent_message(report.to_json()) == report
     empty = json.loads(ack.to_json()) | {"acks": []}
     with pytest.raises(InvalidPayload, match="acks"):
-        c.parse_command(json.dumps(empty).encode())
+        kinds.parse_command(json.dumps(empty).encode())
     unknown = json.loads(ack.to_json()) | {"acks": [{"kind": "status", "id": "x"}]}
     with pytest.raises(InvalidPayload, match=r"acks\.0\.kind"):
-        c.parse_command(json.dumps(unknown).encode())
+        kinds.parse_command(json.dumps(unknown).encode())
     bad_digest = json.loads(report.to_json()) | {"payload_sha256": "not-a-digest"}
     with pytest.raises(InvalidPayload, match="payload_sha256"):
-        c.parse_agent_message(json.dumps(bad_digest).encode())
+        kinds.parse_agent_message(json.dumps(bad_digest).encode())
     with pytest.raises(InvalidPayload, match="kind"):
-        c.parse_agent_message(ack.to_json())  # an ack is no agent message
+        kinds.parse_agent_message(ack.to_json())  # an ack is no agent message

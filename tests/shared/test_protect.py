@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.contracts import AckedMessage, MessageAck, ReasonCode
+from shared.codes import ReasonCode
+from shared.contracts import AckedMessage, MessageAck
 from shared.errors import (
     BadSignature,
     CommandRejected,

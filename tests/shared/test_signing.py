@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import codes
 from shared import contracts as c
 from shared.cli import main
 from shared.errors import (
@@ -89,7 +90,7 @@ def test_tampered_body_is_refused(signer: CommandSigner, verifier: CommandVerifi
     forged = tamper(signer.sign(make_order()), meter_id="MTR-2")
     with pytest.raises(BadSignature) as caught:
         verifier.verify(forged)
-    assert caught.value.reason is c.ReasonCode.BAD_SIGNATURE
+    assert caught.value.reason is codes.ReasonCode.BAD_SIGNATURE
 
 
 def test_unsigned_command_is_refused(signer: CommandSigner, verifier: CommandVerifier) -> None:
@@ -97,7 +98,7 @@ def test_unsigned_command_is_refused(signer: CommandSigner, verifier: CommandVer
     outer["signature"] = ""
     with pytest.raises(Unsigned) as caught:
         verifier.verify(json.dumps(outer).encode())
-    assert caught.value.reason is c.ReasonCode.UNSIGNED_COMMAND
+    assert caught.value.reason is codes.ReasonCode.UNSIGNED_COMMAND
 
 
 def test_bare_command_without_envelope_is_refused(verifier: CommandVerifier) -> None:
@@ -144,7 +145,7 @@ def test_expired_command_is_refused(signer: CommandSigner, seen: MemorySeenComma
     late = CommandVerifier(load_public_key(PUBLIC_PEM), "conc-a", seen, clock=lambda: NOW + timedelta(hours=2))
     with pytest.raises(CommandExpired) as caught:
         late.verify(signer.sign(make_order()))
-    assert caught.value.reason is c.ReasonCode.EXPIRED
+    assert caught.value.reason is codes.ReasonCode.EXPIRED
     assert caught.value.command_id == "cmd-1"
 
 
@@ -154,7 +155,7 @@ def test_replayed_command_is_refused(signer: CommandSigner, verifier: CommandVer
     seen.remember(command.command_id, command.deadline)
     with pytest.raises(CommandReplayed) as caught:
         verifier.verify(envelope)
-    assert caught.value.reason is c.ReasonCode.REPLAYED_COMMAND
+    assert caught.value.reason is codes.ReasonCode.REPLAYED_COMMAND
 
 
 def test_command_for_another_concentrator_is_refused(signer: CommandSigner, verifier: CommandVerifier) -> None:

@@ -26,7 +26,8 @@ from central.soap.router import install
 from central.state import Event
 from ops.legacy import LegacyStandIn
 from ops.serving import ThreadedServer
-from shared.contracts import EnergyReading, OrderResult, Outcome, ReasonCode
+from shared.codes import Outcome, ReasonCode
+from shared.contracts import EnergyReading, OrderResult
 
 OPERATOR = ("legacy", "legacy-operator-token-0001")
 VIEWER = ("auditor", "auditor-viewer-token-0002")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from central.app import create_app
-from shared.contracts import Outcome
+from shared.codes import Outcome
 from tests.soap.conftest import AppServer, LegacyServer, fast_soap_settings, open_coordinator
 from tests.soap.standard_clients import (
     control,

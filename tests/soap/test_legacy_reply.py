@@ -17,7 +17,7 @@ from central.dashboard.stats import collect
 from central.db import session_scope
 from central.models import LegacyNotification, OrderEvent
 from central.soap.notifier import LegacyNotifier
-from shared.contracts import Outcome
+from shared.codes import Outcome
 from tests.soap.conftest import AppServer, Coordinator, LegacyServer, fast_soap_settings
 from tests.soap.helpers import MSG, basic, control, create, reply_of
 from tests.soap.standard_clients import RECEIVE_BINDING, STANDARD, assert_standard

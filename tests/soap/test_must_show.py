@@ -9,7 +9,7 @@ from __future__ import annotations
 import zeep
 
 from central.soap.notifier import LegacyNotifier
-from shared.contracts import Outcome, ReasonCode
+from shared.codes import Outcome, ReasonCode
 from tests.soap.conftest import OPERATOR, AppServer, Coordinator, LegacyServer, fast_soap_settings
 from tests.soap.standard_clients import (
     assert_standard,

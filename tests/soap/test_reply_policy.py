@@ -17,7 +17,7 @@ from sqlalchemy import update
 from central.db import session_scope
 from central.models import Order
 from central.soap.notifier import LegacyNotifier
-from shared.contracts import Outcome
+from shared.codes import Outcome
 from tests.soap.conftest import AppServer, Coordinator, LegacyServer, fast_soap_settings
 from tests.soap.helpers import basic, control, create, fault_of, reply_of, special
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from central.db import session_scope
 from central.models import LegacyNotification
 from central.soap.notifier import Delivery, LegacyNotifier
-from shared.contracts import Outcome
+from shared.codes import Outcome
 from tests.soap.conftest import AppServer, LegacyServer, fast_soap_settings, open_coordinator
 from tests.soap.helpers import MSG, basic, control, create, reply_of, special
 

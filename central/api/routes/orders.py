@@ -38,7 +38,7 @@ from central.services import orders as service
 from central.services.lifecycle import Actor
 from central.services.orders import ItemResult, OrderRequest
 from central.state import OUTCOMES, OrderState
-from shared.contracts import Action
+from shared.codes import Action
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["orders"])
