@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.executor import Executor, classify
+from edge_agent.attempt_protocol import classify
+from edge_agent.executor import Executor
 from edge_agent.lifecycle import State
 from edge_agent.store import Store
 from shared.codes import Action, ControlState, Outcome, ReasonCode
