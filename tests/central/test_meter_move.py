@@ -8,7 +8,6 @@ to the new concentrator instead of a field work order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,7 +19,8 @@ from shared import topics
 from shared.codes import Outcome, ReasonCode
 from shared.signing import CommandSigner
 
-from .conftest import OPERATOR, WORKDAY, RecordingPublisher, add_meters
+from .conftest import OPERATOR, WORKDAY, RecordingPublisher
+from .races import commit_between_select_and_claim, ready_orders
 from .test_orders import create_one, req, result_for
 
 Meters = Callable[..., list[str]]
@@ -201,24 +201,14 @@ def test_meter_moved_between_the_dispatchers_select_and_claim_is_not_sent_to_the
     """The move changes the order's concentrator, not its state: the claim's
     compare-and-set must see it, or the command goes to the old concentrator while the
     order (and its cancels, and the results it accepts) belong to the new one."""
-    with factory() as setup:
-        add_meters(setup, 1)
-        order_id = create_one(setup, settings, req("m0", "connect", "payment_restored")).order_id
-        assert order_id is not None
-    real_select = dispatch.select_ready
-
-    def select_then_move(session: Session, *args: Any, **kw: Any) -> list[Any]:
-        ready = real_select(session, *args, **kw)
-        assert [row.concentrator_id for row in ready] == ["conc-a"]
-        session.rollback()  # as in test_races: SQLite selects outside the write transaction
-        with factory() as other:
-            _move(other, "m0", "conc-b")
-        return ready
-
-    monkeypatch.setattr(dispatch, "select_ready", select_then_move)
+    (order_id,) = ready_orders(factory, settings, req("m0", "connect", "payment_restored"))
+    selected = commit_between_select_and_claim(
+        monkeypatch, factory, lambda other: _move(other, "m0", "conc-b")
+    )
     with factory() as session:
         dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY)
     monkeypatch.undo()
+    assert [[row.concentrator_id for row in ready] for ready in selected] == [["conc-a"]]
     assert topics.commands("conc-a") not in [m.topic for m in publisher.sent]
     with factory() as session:
         order = orders.get_order(session, order_id)

@@ -18,24 +18,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from central.errors import Conflict
 from central.models import Order, OrderEvent
 from central.services import dispatch, orders
-from central.services.orders import OrderRequest
 from central.settings import Settings
 from shared.signing import CommandSigner
 
-from .conftest import OPERATOR, WORKDAY, RecordingPublisher, add_meters
+from .conftest import OPERATOR, WORKDAY, RecordingPublisher
+from .races import commit_between_select_and_claim, commit_orders, ready_orders
+from .test_orders import req
 
 
 def create(session: Session, settings: Settings, meters: list[str]) -> list[str]:
-    requests = [
-        OrderRequest.model_validate(
-            {"meter_id": m, "action": "disconnect", "reason": "non_payment"}
-        )
-        for m in meters
-    ]
-    outcome = orders.create_orders(session, requests, OPERATOR, settings, now=WORKDAY)
-    session.commit()
-    assert all(item.accepted for item in outcome.items)
-    return [item.order_id or "" for item in outcome.items]
+    """Disconnects of ``meters``, committed; their ids (test_claim_lock.py uses it too)."""
+    return commit_orders(session, settings, [req(m) for m in meters])
 
 
 def timeline(factory: sessionmaker[Session], order_id: str) -> list[tuple[str, str | None]]:
@@ -59,26 +52,16 @@ def test_cancel_committed_between_select_and_claim_is_not_dispatched(
     signer: CommandSigner,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with factory() as setup:
-        add_meters(setup, 2)
-        cancelled, kept = create(setup, settings, ["m0", "m1"])
-    real_select = dispatch.select_ready
+    cancelled, kept = ready_orders(factory, settings, req("m0"), req("m1"))
 
-    def select_then_cancel(session: Session, *args: Any, **kw: Any) -> list[Any]:
-        ready = real_select(session, *args, **kw)
-        assert {row.id for row in ready} == {cancelled, kept}
-        # End the selecting transaction (on PostgreSQL it holds FOR UPDATE locks; SQLite
-        # selects outside any write transaction): the claim's UPDATE alone must notice.
-        session.rollback()
-        with factory() as other:
-            orders.cancel_order(other, cancelled, OPERATOR, now=WORKDAY)
-            other.commit()
-        return ready
+    def cancel(other: Session) -> None:
+        orders.cancel_order(other, cancelled, OPERATOR, now=WORKDAY)
 
-    monkeypatch.setattr(dispatch, "select_ready", select_then_cancel)
+    selected = commit_between_select_and_claim(monkeypatch, factory, cancel)
     with factory() as session:
         sent = dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY)
 
+    assert [{row.id for row in ready} for ready in selected] == [{cancelled, kept}]
     assert sent == 1
     assert len(publisher.sent) == 1
     assert kept in commanded(publisher) and cancelled not in commanded(publisher)
@@ -109,9 +92,7 @@ def test_cancel_read_before_a_claim_conflicts_instead_of_overwriting_dispatched(
     signer: CommandSigner,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with factory() as setup:
-        add_meters(setup, 1)
-        (order_id,) = create(setup, settings, ["m0"])
+    (order_id,) = ready_orders(factory, settings, req("m0"))
     real_get = orders.get_order
 
     def get_then_claim(session: Session, wanted: str, **kw: Any) -> Order:
@@ -158,9 +139,8 @@ def test_expiry_sweep_does_not_overwrite_an_order_dispatched_meanwhile(
     signer: CommandSigner,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    (order_id,) = ready_orders(factory, settings, req("m0"))
     with factory() as setup:
-        add_meters(setup, 1)
-        (order_id,) = create(setup, settings, ["m0"])
         order = setup.get(Order, order_id)
         assert order is not None and order.deadline is not None
         late: datetime = order.deadline + timedelta(seconds=1)
