@@ -6,15 +6,15 @@ report "already in state" without switching, otherwise switch and read back
 relay, energy and clock in one request (that protocol, and the classification of
 failures into the contract's reason codes, is :mod:`edge_agent.attempt_protocol`);
 only ``RETRYABLE_REASONS`` are retried, with the order's RetryPolicy (exponential
-backoff with jitter), until the attempts or the deadline run out. An order is never started after its deadline, and
-the relay method is not invoked when the time left is shorter than the method's
-expected round trip on that line (:class:`TransitEstimator`, measured per line): the
-order ends ``expired`` without touching the meter. Right before the method, a
-disconnect is also refused when a cancel for the order, or the meter's protected flag
-(Ley 21.304) in the meter table, has arrived, and when the meter is on the protect
-authority's list (``protected_customer_edge``, whoever signed the order). With
-``require_protected_list`` and no list held yet, disconnects stay queued (they expire
-at their deadline) while reconnects and arms run.
+backoff with jitter), until the attempts or the deadline run out. An order is never
+started after its deadline, and the relay method is not invoked when the time left is
+shorter than the method's expected round trip on that line (:class:`TransitEstimator`,
+measured per line): the order ends ``expired`` without touching the meter. Right
+before the method, a disconnect is also refused when a cancel for the order, or the
+meter's protected flag (Ley 21.304) in the meter table, has arrived, and when the meter
+is on the protect authority's list (``protected_customer_edge``, whoever signed the
+order). With ``require_protected_list`` and no list held yet, disconnects stay queued
+(they expire at their deadline) while reconnects and arms run.
 
 Scheduling: one scheduler thread claims ready orders (highest priority first)
 whose line has a free slot, and hands them to a worker pool. A serial (PLC/RS-485)

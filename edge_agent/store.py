@@ -20,7 +20,8 @@ Tables:
 Every write runs in one ``BEGIN IMMEDIATE`` transaction under a lock, with
 ``synchronous=FULL`` (``edge_agent.store_file``): what a method returned as stored
 survives kill -9 and a power cut. This module holds the orders, their cancels and the
-store's side of the outbox and the protected list. State changes of orders go through :func:`edge_agent.lifecycle.next_state`.
+store's side of the outbox and the protected list. State changes of orders go through
+:func:`edge_agent.lifecycle.next_state`.
 """
 
 from __future__ import annotations
