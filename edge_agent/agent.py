@@ -119,6 +119,11 @@ class _LazyDlmsDriver:
         """An association for the relay audit (same invocation counters as orders)."""
         return self._real().raw_session(meter, preempt)  # type: ignore[no-any-return]
 
+    def learned(self, meter: Meter, table_version: int, control_mode: int,
+                scaler_unit: tuple[int, int]) -> None:
+        """The relay audit's read of control_mode and scaler_unit, for the orders' cache."""
+        self._real().learned(meter, table_version, control_mode, scaler_unit)
+
 
 class EdgeAgent:
     def __init__(self, config: EdgeConfig, *, driver: MeterDriver | None = None) -> None:
@@ -173,6 +178,8 @@ class EdgeAgent:
                 hold_disconnects=lambda: (config.protect.require_list
                                           and self.store.protected_version() is None),
                 readable=lambda meter: meter.transport != "hdlc" or meter.line_id in config.lines,
+                learned=getattr(driver if driver is not None else real, "learned",
+                                lambda *facts: None),
             )
             self.executor.on_ended = self.auditor.order_ended
         self._stopped = threading.Event()

@@ -299,6 +299,13 @@ class DlmsDriver:
             address = MeterAddress("wrapper", meter.logical_server)
         return transport, address
 
+    def learned(self, meter: Meter, table_version: int, control_mode: int,
+                scaler_unit: tuple[int, int]) -> None:
+        """What another read of the meter (the relay audit's) found: cached as an order's
+        own read would be, under the same invalidation rule."""
+        scaler, unit = scaler_unit
+        self.facts.put(meter, table_version, MeterFacts(control_mode, scaler, unit))
+
     @contextmanager
     def session(self, meter: Meter) -> Iterator[DlmsLink]:
         version = self._store.table_version

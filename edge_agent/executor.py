@@ -230,6 +230,11 @@ class Executor:
             self._tcp_inflight += meter.transport == "tcp"
         return True
 
+    def line_idle(self, line_key: str) -> bool:
+        """Nothing runs on the line now (the relay audit's cheap first look)."""
+        with self._lock:
+            return not self._inflight.get(line_key, 0)
+
     def give_back_line(self, meter: Meter) -> None:  # wakes the scheduler
         self._release(meter.line_key, meter, meter.meter_id)
 

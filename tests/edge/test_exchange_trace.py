@@ -6,7 +6,7 @@ in both directions. A disconnect of a connected meter is SNRM/UA, AARQ/AARE, HLS
 3/4, one GET-with-list, the method, one GET-with-list, DISC/UA: seven exchanges,
 fourteen frames. No RLRQ (the DISC releases the association with the link); control_mode
 and scaler_unit are read once per meter, not per order; a meter already in state costs
-one GET.
+one GET. A meter the relay audit has read needs neither on its first order.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from edge_agent.config import AuditSettings
 from edge_agent.dlms_driver import DlmsDriver
 from edge_agent.executor import Executor
+from edge_agent.relay_audit import RelayAuditor
 from edge_agent.store import Store
 from firmware_sim.fleet import FleetSpec, LineSpec, MeterSpec
 from firmware_sim.meter import SimulatedMeter
@@ -41,6 +43,8 @@ def fleet() -> Iterator[RunningFleet]:
                   relay="connected"),
         MeterSpec("H2", "hdlc", line_id="plc1", hdlc_address=18, control_mode=1,
                   relay="disconnected"),
+        MeterSpec("H3", "hdlc", line_id="plc1", hdlc_address=19, control_mode=2,
+                  relay="connected"),
     )
     with running_fleet(FleetSpec(meters=meters, lines=(LineSpec("plc1"),))) as running:
         yield running
@@ -146,3 +150,33 @@ def test_a_meter_table_change_drops_the_cached_facts(
                                     hdlc_address=17, keys_ref="default")])
     _, trace, _, _ = run(store, ex, h1, Action.DISCONNECT)
     assert trace == [*ASSOCIATE, FIRST_READ, "DISC"]
+
+
+def test_a_meter_the_relay_audit_read_needs_no_extra_read_on_its_first_order(
+    fleet: RunningFleet, agent: tuple[Store, Executor, DlmsDriver]
+) -> None:
+    store, ex, driver = agent
+    h3 = fleet.meter("H3")
+    now = [1e9]
+    auditor = RelayAuditor(store, ex, driver.raw_session, AuditSettings(after_order=False),
+                           "conc-trace", readable=lambda meter: meter.meter_id == "H3",
+                           learned=driver.learned, clock=lambda: now[0],
+                           monotonic=lambda: now[0])
+    now[0] += 2 * 86400  # H3's audit is due
+    h3.trace.clear()
+    assert auditor.run_once() and auditor.reads["done"] == 1
+    assert h3.trace[3].startswith("GET 70/2 70/3 70/4 3/2 3/3 8/2")  # the audit's own read
+    # the order reads the state only: control_mode and scaler_unit came from the audit
+    result, trace, frames, _ = run(store, ex, h3, Action.DISCONNECT)
+    assert result.outcome is Outcome.DISCONNECTED and not result.already_in_state
+    assert result.relay is not None and result.relay.control_mode == 2
+    assert result.energy is not None and result.energy.unit == "Wh"
+    assert trace == [*ASSOCIATE, STATE_READ, "ACTION 70/1", STATE_READ, "DISC"]
+    assert frames == 14
+    # facts read under a meter table that has changed since are not used
+    now[0] += 2 * 86400
+    assert auditor.run_once() and auditor.reads["done"] == 2
+    store.import_meters([MeterEntry(meter_id="H3", transport="hdlc", line_id="plc1",
+                                    hdlc_address=19, keys_ref="default")])
+    _, trace, _, _ = run(store, ex, h3, Action.CONNECT)
+    assert trace[3] == FIRST_READ

@@ -172,6 +172,29 @@ def test_the_audit_leaves_a_line_where_an_order_waits(store: Store) -> None:
     executor.stop()
 
 
+def test_the_audit_waits_while_an_order_runs_and_reads_once_the_line_is_back(
+    store: Store
+) -> None:
+    link = ScriptedLink([])
+
+    @contextmanager
+    def sessions(meter: Meter, preempt: Any) -> Iterator[ScriptedLink]:
+        yield link
+
+    executor = Executor(store, driver=None)  # type: ignore[arg-type]
+    settings = AuditSettings(cycle_s=10, log_poll_s=5, idle_poll_s=0.25)
+    auditor = RelayAuditor(store, executor, sessions, settings, "c1", clock=lambda: 1e9)
+    auditor.rows.after_order("M1", "o-1", 1e9)
+    running = store.meter("M2")
+    assert running is not None and executor.borrow_line(running)  # an order runs on plc1
+    assert auditor.run_once() is False and link.asked == []
+    assert auditor._sleep == 0.25  # looks again at the idle poll, not at the next due time
+    executor.give_back_line(running)
+    assert auditor.run_once() and auditor.reads["done"] == 1  # M1's after-order read
+    assert auditor.rows.row("M1").after_order is None
+    executor.stop()
+
+
 def test_after_a_read_the_line_rests_so_the_audit_keeps_to_its_share(store: Store) -> None:
     mono = [100.0]
 
