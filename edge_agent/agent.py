@@ -43,32 +43,30 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from edge_agent import relay_store
+from edge_agent.attempt_protocol import MeterDriver, MeterLink
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import ConfigError
 from edge_agent.executor import (
     AGENT_VERSION,
     DEFAULT_TRANSIT_S,
     Executor,
-    MeterDriver,
-    MeterLink,
     TransitEstimator,
 )
 from edge_agent.logs import log
+from edge_agent.meter_table import Meter
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.relay_audit import RelayAuditor
-from edge_agent.store import Meter, OrderRow, Store
+from edge_agent.store import OrderRow, Store
 from shared import topics
+from shared.codes import ModemState, ReasonCode, SimState
 from shared.contracts import (
     CancelCommand,
     ConcentratorStatus,
     MessageAck,
     MeterTableSync,
-    ModemState,
     OrderCommand,
     ProtectedList,
-    ReasonCode,
     RefusalReport,
-    SimState,
     validate,
 )
 from shared.errors import CommandRejected, CommandReplayed, ContractError, TopicError

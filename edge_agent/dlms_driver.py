@@ -24,8 +24,10 @@ from datetime import UTC, datetime
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import LineFault, MeterError
 from edge_agent.logs import log
-from edge_agent.store import Meter, Store
-from shared.contracts import ControlState, EnergyReading, ReasonCode, RelayReading, validate
+from edge_agent.meter_table import Meter
+from edge_agent.store import Store
+from shared.codes import ControlState, ReasonCode
+from shared.contracts import EnergyReading, RelayReading, validate
 from shared.dlms.client import MeterAddress, MeterKeys, MeterSession, Status, unit_name
 from shared.dlms.errors import MalformedResponse, TransportError
 from shared.dlms.transport import SerialTransport, TcpTransport, Transport

@@ -32,12 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-from edge_agent.attempt_protocol import AttemptResult, classify, switch
-
-# Re-exported ("import X as X") for edge_agent/agent.py, which imports both from here
-# until its owner moves that import to edge_agent.attempt_protocol.
-from edge_agent.attempt_protocol import MeterDriver as MeterDriver
-from edge_agent.attempt_protocol import MeterLink as MeterLink
+from edge_agent.attempt_protocol import AttemptResult, MeterDriver, classify, switch
 from edge_agent.errors import LineFault, TransitionRefused
 from edge_agent.lifecycle import Event
 from edge_agent.logs import log

@@ -45,10 +45,11 @@ from typing import Any, Protocol
 from edge_agent.config import AuditSettings
 from edge_agent.executor import AGENT_VERSION, Executor
 from edge_agent.logs import log
+from edge_agent.meter_table import Meter
 from edge_agent.relay_store import AuditRow, RelayStore
-from edge_agent.store import Meter, OrderRow, Store
+from edge_agent.store import OrderRow, Store
+from shared.codes import ControlState
 from shared.contracts import (
-    ControlState,
     EnergyReading,
     OrderResult,
     RelayLogEntry,

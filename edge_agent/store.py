@@ -39,10 +39,6 @@ from typing import Any, Literal
 from edge_agent import line_priority, meter_table, outbox, protected
 from edge_agent.errors import StoreError
 from edge_agent.lifecycle import ACTIVE, Event, State, next_state
-
-# Meter is re-exported for agent.py, relay_audit.py and dlms_driver.py, which import it
-# from here; their imports move to edge_agent.meter_table when their owner is done.
-from edge_agent.meter_table import Meter as Meter
 from edge_agent.meter_table import MeterTable
 from edge_agent.outbox import OutboxKind
 from shared.codes import Action, Outcome, ReasonCode
