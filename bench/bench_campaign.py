@@ -204,6 +204,9 @@ def main() -> int:
                         help="the relay audit reads every meter once before the campaign")
     parser.add_argument("--simulators", choices=("one", "per-line"), default="one",
                         help="one simulator process for every line, or one per line")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="work in DIR and keep it (the agents' logs and stores, the "
+                             "coordinator's database)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--trace", metavar="DIR",
                         help="the simulator writes each line's frame times here "
@@ -212,8 +215,9 @@ def main() -> int:
     load_start = os.getloadavg()
     procs: list[subprocess.Popen[Any]] = []
     total = args.lines * args.meters
-    with tempfile.TemporaryDirectory(prefix="rcd-campaign-") as tmp, MosquittoBroker() as broker:
-        work = Path(tmp)
+    with (tempfile.TemporaryDirectory(prefix="rcd-campaign-") as tmp, MosquittoBroker() as broker):
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         try:
             sims, tables = start_simulators(work, args.lines, args.meters,
                                             args.simulators == "per-line", args.trace)
