@@ -40,8 +40,10 @@ class Channel:
             t += 8.0 * nbytes / self.spec.bit_rate
         return t
 
-    def transmit(self, nbytes: int, reachability: float = 1.0) -> tuple[bool, float]:
-        """Occupy the channel for one frame; return (delivered, seconds on the channel)."""
+    def transmit(self, nbytes: int, reachability: float = 1.0, *, wait: bool = True
+                 ) -> tuple[bool, float]:
+        """Occupy the channel for one frame; return (delivered, seconds on the channel).
+        ``wait=False``: count the frame but leave the waiting to the caller."""
         t = self.frame_time(nbytes)
         with self._lock:
             self.counters.frames += 1
@@ -52,6 +54,6 @@ class Channel:
             )
             if lost:
                 self.counters.lost_frames += 1
-        if t > 0:
+        if wait and t > 0:
             self._stop.wait(t)
         return not lost, t

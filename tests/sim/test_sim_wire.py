@@ -203,3 +203,24 @@ def test_read_back_is_one_get_with_list_and_threads_are_joined() -> None:
             assert fleet.meter("T1").counters.apdus == before + 1
     names = {th.name for th in threading.enumerate() if th.is_alive()}
     assert not {n for n in names if n.startswith(("tcp-", "hdlc-", "sim-control"))}
+
+
+def test_no_answer_leaves_before_its_frames_have_had_their_time_on_the_line() -> None:
+    import time
+
+    from firmware_sim.fleet import LineSpec
+
+    # the meter works while the request is on the channel, but its answer never comes
+    # back sooner than the request's and the answer's frame times together
+    spec = FleetSpec(
+        meters=(MeterSpec("S", transport="hdlc", line_id="slow", hdlc_address=23),),
+        lines=(LineSpec("slow", latency_s=0.05, bit_rate=9600, seed=2),),
+    )
+    with running_fleet(spec) as fleet, SerialTransport(fleet.serial_path("slow")) as line:
+        began = time.monotonic()
+        with hdlc_session(line, 23, public=True) as s:
+            assert s.read_disconnect_state().control_state == 1
+        elapsed = time.monotonic() - began
+        counters = fleet.line_counters("slow")
+    assert counters["frames"] >= 6  # SNRM, AARQ, GET and their answers at least
+    assert elapsed >= counters["channel_time_s"] >= counters["frames"] * 0.05
