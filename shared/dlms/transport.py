@@ -103,7 +103,8 @@ class SerialTransport(Transport):
 
     def receive(self, timeout: float) -> bytes:
         try:
-            self._port.timeout = timeout
+            if self._port.timeout != timeout:  # each change reconfigures the port (tcsetattr)
+                self._port.timeout = timeout
             first = bytes(self._port.read(1))
             if not first:
                 raise NoResponse(f"no data within {timeout:.2f} s")
