@@ -117,7 +117,10 @@ class Executor:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcd-exec")
         self.executed = 0  # attempts that reached a meter driver (for the bench)
         self._last_prune = 0.0
+        # the meter table's entries as the scheduler last read them, valid while the
+        # table's version stands (every import or sync bumps it)
         self._meters: dict[str, Meter | None] = {}
+        self._meters_version = -1
         self._busy_meters: set[str] = set()
         # claimed orders whose line and meter are still taken: freed as soon as the
         # outcome is stored (_ended), before it is reported, or when the attempt returns
@@ -148,6 +151,9 @@ class Executor:
         return meter.line_key if meter is not None else f"missing:{meter_id}"
 
     def _meter(self, meter_id: str) -> Meter | None:
+        version = self._store.table_version  # read before the entry: a change in between
+        if version != self._meters_version:  # is seen at the next look
+            self._meters, self._meters_version = {}, version
         if meter_id not in self._meters:
             self._meters[meter_id] = self._store.meter(meter_id)
         return self._meters[meter_id]
@@ -195,7 +201,6 @@ class Executor:
         return max(0.0, min(self._idle, next_at - now))
 
     def _claim_all(self) -> int:
-        self._meters = {}  # cached per round only: the meter table may change in between
         claimed = 0
         hold = self._require_list and self._store.protected_version() is None
         while not self._stop.is_set():

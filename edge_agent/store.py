@@ -299,10 +299,11 @@ class Store(MeterTable):
                 (State.QUEUED.value, State.WAITING.value, now.timestamp()),
             )
             cols = [c[0] for c in cursor.description]
+            meter_at = cols.index("meter_id")
             for raw in cursor.fetchall():
-                r = dict(zip(cols, raw, strict=True))
-                if blocked(r["meter_id"]):
+                if blocked(raw[meter_at]):
                     continue
+                r = dict(zip(cols, raw, strict=True))
                 state = next_state(r["order_id"], r["state"], Event.START)
                 started = r["started_at"] or now.isoformat()
                 self._exec(

@@ -195,3 +195,29 @@ def test_line_is_free_once_the_outcome_is_stored_before_it_is_reported(store: St
     assert state is State.SUCCEEDED and depth == 2  # receipt and result, already stored
     assert control_state == int(ControlState.DISCONNECTED)  # contact in the same commit
     assert free  # line and meter already given back when the result is reported
+
+
+def test_a_meter_table_change_reaches_the_scheduler_at_its_next_look(store: Store) -> None:
+    """The scheduler keeps the meters it has read while the table stands; an import
+    (or a sync) changes the table's version and the next look reads the entry again."""
+    import time
+
+    driver = FakeDriver({"m0": FakeMeter(ControlState.CONNECTED)})
+    ex = Executor(store, driver, tcp_concurrency=4, idle_poll_s=0.05)
+    store.import_meters([tcp_entry("neighbour", port=5000)])  # m0's address, so its line
+    other = store.meter("neighbour")
+    assert other is not None and ex.borrow_line(other)  # busy (the relay audit, say)
+    submit(store, "o1", "m0")
+    ex.start()
+    try:
+        time.sleep(0.3)
+        assert store.order_state("o1") is State.QUEUED  # waits for the busy line
+        store.import_meters([tcp_entry("m0", port=5009)])  # the meter now on another line
+        ex.wake()
+        deadline = time.monotonic() + 10
+        while store.order_state("o1") is not State.SUCCEEDED and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        ex.give_back_line(other)
+        ex.stop()
+    assert store.order_state("o1") is State.SUCCEEDED
