@@ -256,6 +256,8 @@ def main() -> int:
                 agents_cpu = cpu_s(agents)
                 answer = http.post("/api/v1/orders/batch", json=body, headers=OPERATOR)
                 answer.raise_for_status()
+                print(f"batch accepted and dispatched in {time.perf_counter() - started:.2f} s",
+                      flush=True)
                 if answer.json()["refused"]:
                     raise SystemExit(f"refused: {answer.text[:300]}")
 
