@@ -267,12 +267,16 @@ SOAP_AUTH = {
 }
 
 
-def _unpublished(db: Database) -> int:
+def _unpublished(db: Database) -> bool:
+    """Is an order still waiting for its PUBACK? Polled every 50 ms on the database the
+    coordinators use: an EXISTS stops at the first such row, where a count read the whole
+    table every time (3 s of PostgreSQL CPU in a run of 20,000, taken from the cores the
+    coordinators measured share)."""
     with db.engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM orders WHERE state = 'validated' "
-            "OR (state = 'dispatched' AND published_at IS NULL)"
-        )).scalar_one())
+        return conn.execute(text(
+            "SELECT EXISTS (SELECT 1 FROM orders WHERE state = 'validated' "
+            "OR (state = 'dispatched' AND published_at IS NULL))"
+        )).scalar_one() is True
 
 
 def replica_account(n: int) -> str:

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from central import bulk, metrics
 from central.models import Meter, Order, Quarantine
+from central.services.ids import new_id
 from central.services.protections import raise_alarm
 from central.settings import AnomalySettings, Settings
 from central.state import Event, OrderState
@@ -54,7 +55,7 @@ Scope = tuple[str, str]  # (kind, value)
 
 
 class PendingDisconnect(Protocol):
-    """What the detector reads of an order being created (orders._Pending)."""
+    """What the detector reads of an order being created (intake._Pending)."""
 
     id: str
     meter_id: str
@@ -175,8 +176,6 @@ def _open_for(
     )
     if found is not None:
         return str(found)
-    from central.services.orders import new_id  # orders imports this module
-
     row: dict[str, Any] = {
         "id": new_id(),
         "scope_kind": kind,

@@ -1,5 +1,10 @@
 """Step 4: send validated orders to their concentrators, safely.
 
+This module claims orders, publishes them and sweeps expired ones; what a claim may
+take is central/services/selection.py, what a command says and how it is published
+central/services/commands.py, what is sent again or besides (re-sent commands, cancels,
+meter tables) central/services/resend.py. Their public names are re-exported here.
+
 Outbox pattern: orders are moved to ``dispatched`` and committed, then their signed
 commands (``command_payload``) are committed, *before* they are published (two
 transactions: the first one ends the replicas' claim lock), so a result can never arrive
@@ -25,344 +30,44 @@ Limits that keep the off-switch safe, applied on every pass:
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
-from sqlalchemy import Table, exists, func, select, text, update
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from central import bulk, metrics
-from central.db import one_of, sqlite_write_lock, stale_to_conflict
+from central.db import sqlite_write_lock, stale_to_conflict
 from central.errors import DispatchError
-from central.models import Concentrator, Meter, Order, OrderEvent
-from central.services import holds, reconnect_lane, registry, validation
-from central.services.lifecycle import SYSTEM, advance, note, utcnow
-from central.services.orders import new_id, stop_protected_disconnects
-from central.settings import Settings
-from central.state import IN_FLIGHT_STATES, STEP_OF, Event, OrderState, transition
-from shared import topics
-from shared.contracts import (
-    Action,
-    CancelCommand,
-    ModemState,
-    OrderCommand,
-    OrderReason,
-    ReasonCode,
-    RetryPolicy,
-    SimState,
+from central.models import Concentrator, Order, OrderEvent
+from central.services import holds, selection
+from central.services.commands import (
+    DeadlinePassed,
+    Outgoing,
+    Publisher,
+    build_command,
+    new_command_id,
+    publish_and_mark,
+    resend_delay,
+    retry_policy,
+    weekend_allowed,
 )
+from central.services.lifecycle import SYSTEM, advance, utcnow
+from central.services.orders import stop_protected_disconnects
+from central.services.resend import push_meter_tables, republish_unacked, send_cancels
+from central.services.selection import IN_FLIGHT, select_ready
+from central.settings import Settings
+from central.state import STEP_OF, Event, OrderState, transition
+from shared import topics
+from shared.contracts import ModemState, OrderCommand, ReasonCode, RetryPolicy, SimState
 from shared.errors import InvalidPayload
 from shared.signing import CommandSigner
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT = [s.value for s in IN_FLIGHT_STATES]
 # not sent yet: the sweep ends them expired once their deadline passed
 _WAITING = [OrderState.VALIDATED.value, OrderState.QUARANTINED.value]
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    topic: str
-    payload: bytes
-    retain: bool = False
-
-
-class Publisher(Protocol):
-    """What dispatch needs from MQTT (``central.mqtt.MqttLink`` in production)."""
-
-    def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """Publish with QoS 1 and return once the broker acknowledged every one;
-        raise ``DispatchError`` otherwise."""
-        ...
-
-
-class DeadlinePassed(ValueError):
-    """No command for an order whose deadline (or working day) has passed."""
-
-
-def new_command_id() -> str:
-    return "c" + new_id()
-
-
-class _Ready(Protocol):
-    id: str
-    meter_id: str
-    concentrator_id: str | None
-    action: str
-    reason: str
-    priority: int
-    deadline: datetime | None
-    not_before: datetime | None
-    updated_at: datetime
-    special: bool
-    approved_by: str | None
-
-
-def weekend_allowed(order: _Ready) -> bool:
-    """The special flag lifts the working-day rule only once a second person approved
-    the order (central/services/approvals.py)."""
-    return order.special and order.approved_by is not None
-
-
-def build_command(
-    order: _Ready,
-    settings: Settings,
-    command_id: str,
-    now: datetime,
-    policy: RetryPolicy | None = None,
-) -> OrderCommand:
-    if policy is None:
-        retry = settings.retry_for(order.action)
-        policy = _policy(retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s)
-    assert order.concentrator_id is not None and order.deadline is not None
-    # The order's own deadline, signed: never extended (an order past it is not sent;
-    # OrderCommand refuses a deadline that is not after issued_at).
-    deadline = order.deadline
-    if order.action == Action.DISCONNECT.value and not weekend_allowed(order):
-        # The day rules hold on the concentrator too: retries must not carry an
-        # ordinary disconnect past local midnight into a weekend or a holiday, so the
-        # agent's deadline ends with the working day it was sent on (earlier, never
-        # later). On a non-working day there is no such time: the command is refused.
-        today = validation.local_day(now, settings.timezone)
-        if validation.is_working_day(today, settings.holiday_country):
-            deadline = min(deadline, validation.end_of_local_day(now, settings.timezone))
-        else:
-            deadline = min(deadline, now)
-    if deadline <= now:
-        raise DeadlinePassed(f"order {order.id}: deadline {deadline.isoformat()} has passed")
-    return OrderCommand(
-        command_id=command_id,
-        order_id=order.id,
-        meter_id=order.meter_id,
-        concentrator_id=order.concentrator_id,
-        action=Action(order.action),
-        reason=OrderReason(order.reason),
-        priority=order.priority,
-        issued_at=now,
-        not_before=order.not_before if order.not_before and order.not_before < deadline else None,
-        deadline=deadline,
-        retry=policy,
-    )
-
-
-@lru_cache(maxsize=64)
-def _policy(max_attempts: int, initial: float, maximum: float) -> RetryPolicy:
-    return RetryPolicy(max_attempts=max_attempts, backoff_initial_s=initial, backoff_max_s=maximum)
-
-
-_READY_COLUMNS = (
-    Order.id,
-    Order.meter_id,
-    Order.concentrator_id,
-    Order.action,
-    Order.reason,
-    Order.priority,
-    Order.deadline,
-    Order.not_before,
-    Order.updated_at,
-    Order.special,
-    Order.approved_by,
-    Order.created_at,
-)
-
-
-_CLAIM_LOCK_KEY = 0x52434402
-_LOCKED_AT = "rcd_claim_locked_at"  # session.info: when this transaction took the claim lock
-CLAIM_SIZE = 5000  # orders signed and committed per claim; a pass claims until none is left
-_PAGE = 5000  # candidates read per query while selecting one claim
-
-
-def select_ready(
-    session: Session, settings: Settings, now: datetime, limit: int | None = None
-) -> list[Any]:
-    """Validated orders that may go now, within every limit (rows of ``_READY_COLUMNS``),
-    at most ``limit``. Locks them on PostgreSQL (SKIP LOCKED) so that replicas do not pick
-    the same ones.
-
-    Candidates are read in pages, best first; each page leaves out what can no longer go
-    (concentrators at their in-flight cap, disconnects once the minute's budget is spent),
-    so orders that wait behind a capped concentrator never hide ready ones behind them.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        # One claim at a time across replicas: SKIP LOCKED alone lets a second replica take
-        # the next candidates while the first one's dispatches are uncommitted, and both
-        # would spend the same fleet-wide disconnect budget and in-flight caps (released
-        # when the claim's transaction ends).
-        asked = time.perf_counter()
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK_KEY})
-        session.info[_LOCKED_AT] = time.perf_counter()
-        metrics.CLAIM_LOCK.labels(phase="wait").observe(session.info[_LOCKED_AT] - asked)
-    limit = CLAIM_SIZE if limit is None else limit
-    waiting = select(Order.id).where(Order.state == OrderState.VALIDATED.value).limit(1)
-    if session.execute(waiting).first() is None:
-        return []  # the usual pass: nothing waits, so no limit needs reading
-    limits = _Limits.read(session, settings, now)
-    ready: list[Any] = []
-    for reconnects in (True, False):  # reconnects are claimed first
-        after: Any = None
-        while len(ready) < limit:
-            page = list(session.execute(_candidates(session, limits, after, _PAGE, reconnects)))
-            if not page:
-                break
-            after = page[-1]
-            limits.mark_busy(session, page)
-            for order in page:
-                if len(ready) < limit and limits.admit(order):
-                    ready.append(order)
-            if len(page) < _PAGE:
-                break
-    return ready
-
-
-@dataclass
-class _Limits:
-    """What bounds one claim: in-flight per concentrator, busy meters, the disconnect
-    budget of the minute, and the day rules for disconnects."""
-
-    settings: Settings
-    now: datetime
-    inflight: dict[str, int]
-    busy_meters: set[str]
-    disconnect_budget: int
-    working_day: bool
-    moratorium: bool
-    holds: holds.HoldRules  # issue 17: disconnects that wait (offline, declared, supply off)
-    reconnects: reconnect_lane.ReconnectLane
-
-    @classmethod
-    def read(cls, session: Session, settings: Settings, now: datetime) -> _Limits:
-        inflight, reconnects = reconnect_lane.read_inflight(session, settings)
-        recent_disconnects = (
-            session.scalar(
-                select(func.count()).where(
-                    Order.action == Action.DISCONNECT.value,
-                    Order.dispatched_at >= now - timedelta(seconds=60),
-                )
-            )
-            or 0
-        )
-        # The working-day and moratorium rules hold on the day the relay is switched, not
-        # only on the day the order was accepted: a disconnect accepted on Friday that waits
-        # (not_before, rate limit, approval) past midnight into a Saturday or a holiday in
-        # America/Santiago is held until a working day (unless special).
-        today = validation.local_day(now, settings.timezone)
-        return cls(
-            settings=settings,
-            now=now,
-            inflight=inflight,
-            busy_meters=set(),
-            disconnect_budget=settings.disconnects_per_minute - recent_disconnects,
-            working_day=validation.is_working_day(today, settings.holiday_country),
-            moratorium=validation.in_moratorium(today, settings),
-            holds=holds.HoldRules.read(session, settings, now),
-            reconnects=reconnects,
-        )
-
-    def full(self) -> list[str]:
-        cap = self.settings.max_inflight_per_concentrator
-        return [conc for conc, count in self.inflight.items() if count >= cap]
-
-    def mark_busy(self, session: Session, page: list[Any]) -> None:
-        """Meters of ``page`` with an order in flight."""
-        wanted = sorted({o.meter_id for o in page} - self.busy_meters)
-        for start in range(0, len(wanted), 500):
-            busy, superseded = reconnect_lane.split_busy(
-                session.execute(
-                    select(
-                        Order.meter_id, Order.action, Order.superseded_by, Order.cancel_sent_at
-                    ).where(
-                        Order.state.in_(IN_FLIGHT),
-                        one_of(session, Order.meter_id, wanted[start : start + 500]),
-                    )
-                )
-            )
-            self.busy_meters.update(busy)
-            self.reconnects.superseded.update(superseded)
-
-    def admit(self, order: Any) -> bool:
-        conc = order.concentrator_id
-        if conc is None:
-            return False
-        if reconnect_lane.is_reconnect(order.action):
-            return self.reconnects.admit(conc, order.meter_id, self.busy_meters)
-        if order.meter_id in self.busy_meters:
-            return False
-        if self.inflight.get(conc, 0) >= self.settings.max_inflight_per_concentrator:
-            return False
-        if order.action == Action.DISCONNECT.value:
-            if not self.working_day and not weekend_allowed(order):
-                return False
-            if self.moratorium and order.reason == OrderReason.NON_PAYMENT.value:
-                return False
-            if self.disconnect_budget <= 0:
-                return False
-            self.disconnect_budget -= 1
-        self.inflight[conc] = self.inflight.get(conc, 0) + 1
-        self.busy_meters.add(order.meter_id)
-        return True
-
-
-def _candidates(
-    session: Session, limits: _Limits, after: Any, size: int, reconnects: bool = False
-) -> Any:
-    """The next page of validated, approved, sendable orders of one lane (reconnects, or
-    the rest) after the row ``after`` (priority first, then age), leaving out what
-    ``limits`` already rules out."""
-    approved = (Order.needs_approval.is_(False)) | (Order.approved_by.is_not(None))
-    # Ley 21.304, checked again at dispatch: a meter flagged protected after its
-    # disconnect was accepted is never sent one (``stop_protected_disconnects`` ends it)
-    protected = exists().where(Meter.id == Order.meter_id, Meter.protected_customer.is_(True))
-    not_protected = (Order.action != Action.DISCONNECT.value) | ~protected
-    # Validation refuses a decommissioned concentrator; an order that followed its meter
-    # there (``registry.follow_meter_move``), or whose concentrator was decommissioned
-    # after it was accepted, waits as for an unlinked meter: that agent's meter table is
-    # no longer kept, so it is never sent a command.
-    in_service = exists().where(
-        Concentrator.id == Order.concentrator_id, Concentrator.decommissioned.is_(False)
-    )
-    query = select(*_READY_COLUMNS).where(
-        Order.state == OrderState.VALIDATED.value,
-        Order.deadline > limits.now,  # past it: the sweep ends it expired, never sent
-        approved,
-        not_protected,
-        in_service,
-        reconnect_lane.lane_filter(reconnects),
-    )
-    query = query.where(~limits.holds.waiting())  # issue 17: held disconnects wait
-    full = limits.reconnects.full() if reconnects else limits.full()
-    if full:
-        query = query.where(Order.concentrator_id.not_in(full))
-    if limits.disconnect_budget <= 0 or not limits.working_day:
-        # no disconnect can go (special ones may on a non-working day, if budget is left)
-        no_disconnect = Order.action != Action.DISCONNECT.value
-        query = query.where(
-            no_disconnect if limits.disconnect_budget <= 0 else no_disconnect | Order.special
-        )
-    if limits.moratorium:
-        query = query.where(
-            (Order.action != Action.DISCONNECT.value)
-            | (Order.reason != OrderReason.NON_PAYMENT.value)
-        )
-    if after is not None:
-        query = query.where(
-            (Order.priority < after.priority)
-            | (
-                (Order.priority == after.priority)
-                & (
-                    (Order.created_at > after.created_at)
-                    | ((Order.created_at == after.created_at) & (Order.id > after.id))
-                )
-            )
-        )
-    query = query.order_by(Order.priority.desc(), Order.created_at, Order.id).limit(size)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return query
 
 
 @dataclass
@@ -372,13 +77,6 @@ class Claim:
     ids: list[str]
     messages: list[Outgoing]
     more: bool = False  # the claim was full: more orders may be ready
-
-
-def _claim_committed(session: Session) -> None:
-    """The claim's transaction ended: the replicas' claim lock is free again."""
-    locked_at = session.info.pop(_LOCKED_AT, None)
-    if locked_at is not None:
-        metrics.CLAIM_LOCK.labels(phase="held").observe(time.perf_counter() - locked_at)
 
 
 def dispatch_ready(
@@ -423,11 +121,11 @@ def claim_ready(
     ready = select_ready(session, settings, now)
     if not ready:
         session.commit()  # ends the read (on PostgreSQL: releases the claim lock); no writes
-        _claim_committed(session)
+        selection.claim_committed(session)
         return Claim([], [])
     commands = _commands_for(ready, settings, now)
     claimed = _move_to_dispatched(session, ready, commands, settings, now)
-    _claim_committed(session)
+    selection.claim_committed(session)
     ids = [o.id for o in ready if o.id in claimed]
     lost = len(ready) - len(ids)
     if lost:
@@ -441,7 +139,7 @@ def claim_ready(
     messages = _sign_claimed(session, signer, [commands[order_id] for order_id in ids])
     return Claim(
         [i for i in ids if i in messages], [messages[i] for i in ids if i in messages],
-        more=len(ready) >= CLAIM_SIZE,
+        more=len(ready) >= selection.CLAIM_SIZE,
     )
 
 
@@ -455,7 +153,7 @@ def _commands_for(ready: list[Any], settings: Settings, now: datetime) -> dict[s
         policy = policies.get(order.action)
         if policy is None:
             retry = settings.retry_for(order.action)
-            policy = policies[order.action] = _policy(
+            policy = policies[order.action] = retry_policy(
                 retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s
             )
         try:
@@ -569,210 +267,7 @@ def _sign_claimed(
 
 def publish_claimed(session: Session, publisher: Publisher, claim: Claim) -> int:
     """Publish claimed commands, wait for every PUBACK, record ``published_at``."""
-    return _publish_and_mark(session, publisher, claim.ids, claim.messages)
-
-
-def _publish_and_mark(
-    session: Session, publisher: Publisher, ids: list[str], messages: list[Outgoing]
-) -> int:
-    publisher.publish_many(messages)  # raises DispatchError: resent at ``resend_at``
-    acked = utcnow()
-    with sqlite_write_lock(session):
-        for start in range(0, len(ids), 500):
-            session.execute(
-                update(Order)
-                .where(
-                    one_of(session, Order.id, ids[start : start + 500]),
-                    Order.published_at.is_(None),
-                )
-                .values(published_at=acked),
-                execution_options={"synchronize_session": False},
-            )
-        session.commit()
-    session.expire_all()
-    metrics.PUBLISHED.labels(kind="order").inc(len(ids))
-    return len(ids)
-
-
-def resend_delay(settings: Settings, sends: int) -> float:
-    """Seconds until the command is sent again after its ``sends``-th sending."""
-    return float(
-        min(settings.republish_max_s, settings.republish_after_s * 2.0 ** max(0, sends - 1))
-    )
-
-
-def republish_unacked(
-    session: Session,
-    publisher: Publisher,
-    signer: CommandSigner,
-    settings: Settings,
-    *,
-    now: datetime | None = None,
-) -> int:
-    """Send again, as first signed, the commands of dispatched orders without the agent's
-    receipt whose ``resend_at`` came, as long as their signed deadline is ahead; a
-    PUBACK does not stop this, the receipt does. An order whose cancel was requested is
-    not sent again (the cancel is), nor one whose concentrator is known to be offline."""
-    now = now or utcnow()
-    # While its agent is known to be offline the broker keeps the copy already queued for
-    # it: no pile of copies; when it reports online again its orders are due at once
-    # (``results.apply_status``). One that never reported is not known to be offline.
-    reachable = exists().where(
-        Concentrator.id == Order.concentrator_id,
-        Concentrator.online.is_(True) | Concentrator.status_at.is_(None),
-    )
-    due = list(
-        session.scalars(
-            select(Order)
-            .where(
-                Order.state == OrderState.DISPATCHED.value,
-                Order.cancel_requested.is_(False),
-                Order.resend_at <= now,
-                Order.deadline > now,
-                reachable,
-            )
-            .order_by(Order.resend_at)
-            .limit(1000)
-        )
-    )
-    messages = []
-    for order in due:
-        payload = _signed_again(order, signer, settings)
-        if payload is None or order.command_deadline is None or order.command_deadline <= now:
-            order.resend_at = None  # its signed deadline passed: the sweep ends it
-            continue
-        order.sends += 1
-        order.resend_at = now + timedelta(seconds=resend_delay(settings, order.sends))
-        note(
-            session,
-            order,
-            "republish",
-            SYSTEM,
-            f"no receipt from the agent yet: command {order.command_id} sent again "
-            f"(sending {order.sends}, signed deadline {order.command_deadline.isoformat()})",
-            step=4,
-            at=now,
-        )
-        assert order.concentrator_id is not None
-        messages.append((order.id, Outgoing(topics.commands(order.concentrator_id), payload)))
-    if not due:
-        return 0
-    with stale_to_conflict(session, "republish"):
-        session.commit()
-    if not messages:
-        return 0
-    return _publish_and_mark(session, publisher, [i for i, _ in messages], [m for _, m in messages])
-
-
-def _signed_again(order: Order, signer: CommandSigner, settings: Settings) -> bytes | None:
-    """The command as first signed; for an order dispatched before it was kept (older
-    rows), the same command rebuilt (same command id, issued when it was dispatched)."""
-    if order.command_payload is not None:
-        return order.command_payload.encode()
-    if order.command_id is None or order.dispatched_at is None:
-        return None
-    try:
-        command = build_command(order, settings, order.command_id, order.dispatched_at)
-        payload = signer.sign(command)
-    except (InvalidPayload, ValueError) as exc:
-        log.warning("order %s: command cannot be signed again: %s", order.id, exc)
-        return None
-    order.command_payload = payload.decode()
-    order.command_deadline = command.deadline
-    return payload
-
-
-def send_cancels(
-    session: Session,
-    publisher: Publisher,
-    signer: CommandSigner,
-    *,
-    now: datetime | None = None,
-    resend_after_s: float = 60.0,
-) -> int:
-    """Send a signed cancel for every order whose cancel was requested and that an agent
-    may still hold: in flight, or ended here without the agent's result (expired, a meter
-    flagged protected after its order ended). Sent again every ``resend_after_s`` until
-    the agent's result (the confirmation it no longer holds the order), never once the
-    order's deadline passed: after it the agent runs nothing."""
-    now = now or utcnow()
-    candidates = session.scalars(
-        select(Order).where(
-            Order.cancel_requested,
-            Order.command_id.is_not(None),
-            Order.deadline > now,
-            Order.state.not_in([OrderState.RECEIVED.value, OrderState.VALIDATED.value]),
-        )
-    )
-    cutoff = now - timedelta(seconds=resend_after_s)
-    orders = [
-        order
-        for order in candidates
-        if order.result_json is None
-        and (order.cancel_sent_at is None or order.cancel_sent_at <= cutoff)
-    ]
-    if not orders:
-        return 0
-    messages = []
-    for order in orders:
-        assert order.concentrator_id is not None and order.deadline is not None
-        command = CancelCommand(
-            command_id=new_command_id(),
-            order_id=order.id,
-            concentrator_id=order.concentrator_id,
-            issued_at=now,
-            deadline=max(order.deadline, now + timedelta(minutes=5)),
-        )
-        messages.append(Outgoing(topics.commands(order.concentrator_id), signer.sign(command)))
-    publisher.publish_many(messages)
-    for order in orders:
-        again = order.cancel_sent_at is not None
-        order.cancel_sent_at = now
-        note(
-            session,
-            order,
-            "cancel_sent",
-            SYSTEM,
-            "cancel command acknowledged by the broker"
-            + ("; sent again: no result from the agent yet" if again else ""),
-            step=4,
-            at=now,
-        )
-    with stale_to_conflict(session, "cancel sent but not recorded"):
-        session.commit()
-    metrics.PUBLISHED.labels(kind="cancel").inc(len(orders))
-    return len(orders)
-
-
-def push_meter_tables(
-    session: Session, publisher: Publisher, signer: CommandSigner, *, now: datetime | None = None
-) -> int:
-    """Publish (retained) the signed meter table of every concentrator whose table changed."""
-    now = now or utcnow()
-    stale = list(
-        session.scalars(
-            select(Concentrator).where(
-                Concentrator.table_pushed_generation < Concentrator.table_generation,
-                Concentrator.decommissioned.is_(False),
-            )
-        )
-    )
-    pushed = 0
-    for concentrator in stale:
-        table = registry.build_meter_table(session, concentrator.id, new_command_id(), now=now)
-        try:
-            signed = signer.sign(table)
-        except InvalidPayload as exc:
-            # e.g. more meters than one table carries: this concentrator's agent keeps
-            # its last table; the others still get theirs
-            log.error("meter table of concentrator %s not sent: %s", concentrator.id, exc)
-            continue
-        publisher.publish_many([Outgoing(topics.meter_table(concentrator.id), signed, retain=True)])
-        concentrator.table_pushed_generation = table.generation
-        session.commit()
-        metrics.PUBLISHED.labels(kind="meter_table").inc()
-        pushed += 1
-    return pushed
+    return publish_and_mark(session, publisher, claim.ids, claim.messages)
 
 
 def sweep_expired(session: Session, *, now: datetime | None = None, grace_s: float = 60.0) -> int:
@@ -843,12 +338,21 @@ _SIM_FAULTS = frozenset({SimState.ABSENT.value, SimState.ERROR.value})
 
 
 __all__ = [
+    "Claim",
+    "DeadlinePassed",
     "DispatchError",
     "Outgoing",
     "Publisher",
+    "build_command",
+    "claim_ready",
     "dispatch_ready",
+    "new_command_id",
+    "publish_claimed",
     "push_meter_tables",
     "republish_unacked",
+    "resend_delay",
+    "select_ready",
     "send_cancels",
     "sweep_expired",
+    "weekend_allowed",
 ]

@@ -10,12 +10,12 @@ A customer who paid must not wait behind a disconnect campaign. So, at the coord
 * they are not counted against the fleet-wide disconnect rate and need no approval
   (``approvals`` and the rate limit only ever look at disconnects);
 * a reconnect does not wait for a disconnect of the same meter that it superseded: that
-  disconnect already has a cancel on its way (``orders._supersede``; the reconnect goes
+  disconnect already has a cancel on its way (``intake._supersede``; the reconnect goes
   once ``dispatch.send_cancels`` has it acknowledged, in the same pass), and the agent itself cancels a queued
   disconnect of a meter it receives a reconnect for, and runs one exchange per meter at
   a time, so a disconnect that had already switched is simply followed by the reconnect.
 
-Pure helpers over what ``dispatch._Limits`` reads; ``dispatch`` keeps the hooks.
+Pure helpers over what ``selection._Limits`` reads; ``dispatch`` keeps the hooks.
 """
 
 from __future__ import annotations

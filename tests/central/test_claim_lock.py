@@ -18,7 +18,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from central.models import Order, OrderEvent
-from central.services import dispatch
+from central.services import dispatch, selection
 from central.settings import Settings
 from shared.contracts import Command
 from shared.signing import CommandSigner
@@ -47,7 +47,7 @@ class ProbingSigner(CommandSigner):
                 if other.get_bind().dialect.name == "postgresql":
                     self.lock_free = bool(other.scalar(
                         text("SELECT pg_try_advisory_xact_lock(:key)"),
-                        {"key": dispatch._CLAIM_LOCK_KEY},
+                        {"key": selection._CLAIM_LOCK_KEY},
                     ))
                 other.rollback()
         return super().sign(command)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from central.coordinator import Coordinator
 from central.models import Order
-from central.services import dispatch
+from central.services import dispatch, selection
 from central.services.lifecycle import utcnow
 from central.settings import Settings
 
@@ -31,7 +31,7 @@ def test_capped_concentrator_first_does_not_hide_the_others(
     settings.max_inflight_per_concentrator = 2
     settings.max_inflight_reconnects_per_concentrator = 2  # connects: their own cap
     settings.approval_threshold = 100
-    monkeypatch.setattr(dispatch, "_PAGE", 3)
+    monkeypatch.setattr(selection, "_PAGE", 3)
     meters(6, concentrator="conc-a", prefix="a")
     meters(4, concentrator="conc-b", prefix="b")
     # conc-a's six orders are older: they fill the first candidates
@@ -52,8 +52,8 @@ def test_one_pass_dispatches_past_the_claim_size(
 ) -> None:
     settings.max_inflight_per_concentrator = 100
     settings.approval_threshold = 1000
-    monkeypatch.setattr(dispatch, "CLAIM_SIZE", 4)
-    monkeypatch.setattr(dispatch, "_PAGE", 3)
+    monkeypatch.setattr(selection, "CLAIM_SIZE", 4)
+    monkeypatch.setattr(selection, "_PAGE", 3)
     meters(11, concentrator="conc-a")
     # accepted now: dispatch_now runs on the real clock, and never sends past a deadline
     create(session, settings, [req(f"m{n}", "connect") for n in range(11)], now=utcnow())
@@ -102,7 +102,7 @@ def _pipelined(settings: Settings, session: Session, meters: Meters,
                monkeypatch: pytest.MonkeyPatch) -> None:
     settings.max_inflight_per_concentrator = 100
     settings.approval_threshold = 1000
-    monkeypatch.setattr(dispatch, "CLAIM_SIZE", 4)
+    monkeypatch.setattr(selection, "CLAIM_SIZE", 4)
     meters(10, concentrator="conc-a")
     create(session, settings, [req(f"m{n}", "connect") for n in range(10)], now=utcnow())
 

@@ -1,0 +1,74 @@
+"""PostgreSQL: after its move to ``dispatched``, an order's writes stay on its page.
+
+Each dispatched order is updated three times (state and command id, signed command,
+``published_at``). Only the first changes an indexed column; the other two are meant
+to be heap-only (HOT) updates, which add no index entry (revision 0016: fillfactor 50,
+no index on those columns). This is what a DBA reads in ``pg_stat_user_tables``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from central.db import make_engine, make_session_factory, migrate
+from central.services import dispatch
+from central.settings import Settings
+from shared.signing import CommandSigner
+
+from .conftest import WORKDAY, RecordingPublisher, add_meters
+from .test_races import create
+
+ORDERS = 40
+
+
+@pytest.fixture
+def pg_settings(postgres_url: str) -> Settings:
+    return Settings(environment="test", database_url=postgres_url, mqtt_enabled=False,
+                    approval_threshold=1000, max_inflight_per_concentrator=1000)
+
+
+@pytest.fixture
+def pg_factory(pg_settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(pg_settings.database_url)
+    migrate(engine)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+def _updates(session: Session) -> tuple[int, int]:
+    """(updates, heap-only updates) of ``orders`` so far, this backend's included."""
+    session.execute(text("SELECT pg_stat_force_next_flush()"))
+    session.commit()  # the backend flushes its counters when it goes idle
+    row = session.execute(text(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'orders'"
+    )).one()
+    session.commit()
+    return int(row[0]), int(row[1])
+
+
+def test_signed_command_and_puback_writes_are_heap_only(
+    pg_factory: sessionmaker[Session], pg_settings: Settings, signer: CommandSigner
+) -> None:
+    publisher = RecordingPublisher()
+    with pg_factory() as session:
+        meters = add_meters(session, ORDERS)
+        create(session, pg_settings, meters)
+        before = _updates(session)
+        assert dispatch.dispatch_ready(session, publisher, signer, pg_settings, now=WORKDAY) == ORDERS
+        after = _updates(session)
+        published = session.scalar(
+            text("SELECT count(*) FROM orders WHERE published_at IS NOT NULL")
+        )
+    updates, hot = after[0] - before[0], after[1] - before[1]
+    assert published == ORDERS
+    assert updates == 3 * ORDERS
+    # Of the two later writes of each order, most are heap-only (with fillfactor 100 and
+    # the old indexes, 3 of 80 were); all of them would need room on every page for each
+    # row's largest version next to the one it replaces, until the page is pruned.
+    assert hot >= ORDERS
