@@ -34,17 +34,16 @@ import msgspec
 from msgspec import Meta, field
 
 from shared import topics
-from shared.codes import SUCCESS_OUTCOMES, Outcome
-
-# Re-exported ("import X as X") only because edge_agent/agent.py, relay_audit.py,
-# dlms_driver.py and central/services/dispatch.py, orders.py still import these codes
-# from here; everything else imports them from shared.codes.
-from shared.codes import Action as Action
-from shared.codes import ControlState as ControlState
-from shared.codes import ModemState as ModemState
-from shared.codes import OrderReason as OrderReason
-from shared.codes import ReasonCode as ReasonCode
-from shared.codes import SimState as SimState
+from shared.codes import (
+    SUCCESS_OUTCOMES,
+    Action,
+    ControlState,
+    ModemState,
+    OrderReason,
+    Outcome,
+    ReasonCode,
+    SimState,
+)
 from shared.errors import InvalidPayload, PayloadTooLarge
 
 SCHEMA_VERSION: Final = 1

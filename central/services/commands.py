@@ -21,7 +21,8 @@ from central.services import validation
 from central.services.ids import new_id
 from central.services.lifecycle import utcnow
 from central.settings import Settings
-from shared.contracts import Action, OrderCommand, OrderReason, RetryPolicy
+from shared.codes import Action, OrderReason
+from shared.contracts import OrderCommand, RetryPolicy
 
 
 @dataclass(frozen=True)

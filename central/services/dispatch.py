@@ -60,7 +60,8 @@ from central.services.selection import IN_FLIGHT, select_ready
 from central.settings import Settings
 from central.state import STEP_OF, Event, OrderState, transition
 from shared import topics
-from shared.contracts import ModemState, OrderCommand, ReasonCode, RetryPolicy, SimState
+from shared.codes import ModemState, ReasonCode, SimState
+from shared.contracts import OrderCommand, RetryPolicy
 from shared.errors import InvalidPayload
 from shared.signing import CommandSigner
 

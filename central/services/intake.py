@@ -37,7 +37,7 @@ from central.state import (
     OrderState,
     transition,
 )
-from shared.contracts import Action, OrderReason
+from shared.codes import Action, OrderReason
 
 _CHUNK = 500
 

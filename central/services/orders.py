@@ -36,7 +36,7 @@ from central.state import (
     Event,
     OrderState,
 )
-from shared.contracts import Action
+from shared.codes import Action
 
 __all__ = [
     "CHANNEL_FIELDS",

@@ -22,7 +22,7 @@ from central.services import holds, reconnect_lane, validation
 from central.services.commands import weekend_allowed
 from central.settings import Settings
 from central.state import IN_FLIGHT_STATES, OrderState
-from shared.contracts import Action, OrderReason
+from shared.codes import Action, OrderReason
 
 IN_FLIGHT = [s.value for s in IN_FLIGHT_STATES]
 
