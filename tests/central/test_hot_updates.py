@@ -8,13 +8,10 @@ no index on those columns). This is what a DBA reads in ``pg_stat_user_tables``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from central.db import make_engine, make_session_factory, migrate
 from central.services import dispatch
 from central.settings import Settings
 from shared.signing import CommandSigner
@@ -26,19 +23,10 @@ ORDERS = 40
 
 
 @pytest.fixture
-def pg_settings(postgres_url: str) -> Settings:
+def settings(postgres_url: str) -> Settings:
+    """PostgreSQL only (HOT updates are PostgreSQL's); ``factory`` comes from conftest."""
     return Settings(environment="test", database_url=postgres_url, mqtt_enabled=False,
                     approval_threshold=1000, max_inflight_per_concentrator=1000)
-
-
-@pytest.fixture
-def pg_factory(pg_settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(pg_settings.database_url)
-    migrate(engine)
-    try:
-        yield make_session_factory(engine)
-    finally:
-        engine.dispose()
 
 
 def _updates(session: Session) -> tuple[int, int]:
@@ -53,14 +41,14 @@ def _updates(session: Session) -> tuple[int, int]:
 
 
 def test_signed_command_and_puback_writes_are_heap_only(
-    pg_factory: sessionmaker[Session], pg_settings: Settings, signer: CommandSigner
+    factory: sessionmaker[Session], settings: Settings, signer: CommandSigner
 ) -> None:
     publisher = RecordingPublisher()
-    with pg_factory() as session:
+    with factory() as session:
         meters = add_meters(session, ORDERS)
-        create(session, pg_settings, meters)
+        create(session, settings, meters)
         before = _updates(session)
-        assert dispatch.dispatch_ready(session, publisher, signer, pg_settings, now=WORKDAY) == ORDERS
+        assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == ORDERS
         after = _updates(session)
         published = session.scalar(
             text("SELECT count(*) FROM orders WHERE published_at IS NOT NULL")
