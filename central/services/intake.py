@@ -344,16 +344,7 @@ def create_orders(
         concentrator = (
             concentrators.get(meter.concentrator_id) if meter and meter.concentrator_id else None
         )
-        refusal = reused or validation.check(
-            request.meter_id,
-            request.action,
-            request.reason,
-            request.special,
-            meter,
-            concentrator,
-            settings,
-            now,
-        )
+        refusal = reused or _check(request, meter, concentrator, settings, now)
         if refusal is not None and refusal.code is validation.RefusalCode.UNKNOWN_METER:
             refusal = _with_suggestion(session, refusal, request.meter_id)
         if (
@@ -363,16 +354,7 @@ def create_orders(
             and action == _DISCONNECT
         ):
             # the day rules apply to the day the relay may first be switched too
-            refusal = validation.check(
-                request.meter_id,
-                request.action,
-                request.reason,
-                request.special,
-                meter,
-                concentrator,
-                settings,
-                request.not_before,
-            )
+            refusal = _check(request, meter, concentrator, settings, request.not_before)
         if refusal is None and request.deadline is not None and request.deadline <= now:
             refusal = validation.Refusal(
                 validation.RefusalCode.INVALID_REQUEST,
@@ -494,6 +476,14 @@ def create_orders(
     with stale_to_conflict(session, "orders not created"):
         session.flush()
     return outcome
+
+
+def _check(request: OrderRequest, meter: validation.MeterLike | None,
+           concentrator: validation.ConcentratorLike | None, settings: Settings,
+           at: datetime) -> validation.Refusal | None:
+    """The first rule the request breaks if its relay were switched ``at``."""
+    return validation.check(request.meter_id, request.action, request.reason, request.special,
+                            meter, concentrator, settings, at)
 
 
 def _with_suggestion(
