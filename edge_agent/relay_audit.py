@@ -323,7 +323,8 @@ class RelayAuditor:
         meters = self._meter_table()
         waiting = {m.line_key for mid in self.rows.waiting_meters(now, self._hold())
                    if (m := meters.get(mid)) is not None}
-        free = self._free_lines(meters, waiting)
+        lines = self._lines(meters)
+        free = {line for line in lines if line not in waiting and self._executor.line_idle(line)}
         if not free:
             # every line runs or waits for orders (a campaign): look again soon, without
             # going through every meter's schedule (14 ms with 500 meters, twice a second)
@@ -331,7 +332,7 @@ class RelayAuditor:
             return False
         rows = self.rows.rows()
         jobs: list[tuple[int, float, Meter, RelayTrigger, str | None]] = []
-        wait = 60.0 if len(free) == len(self._lines(meters)) else self.settings.idle_poll_s
+        wait = 60.0 if len(free) == len(lines) else self.settings.idle_poll_s
         for mid, meter in meters.items():
             if (meter is None or meter.line_key not in free or not meter.commissioned
                     or not self._readable(meter)):
@@ -340,7 +341,7 @@ class RelayAuditor:
             rest = max(self._not_before.get(mid, 0.0) - now,
                        self.airtime(meter.line_key).next_at - mono)
             job = due_job(row, self.settings, self._started, now)
-            if job is None or rest > 0 or meter.line_key in waiting:
+            if job is None or rest > 0:
                 wait = min(wait, max(rest, next_due(row, self.settings, self._started) - now))
                 continue
             jobs.append((_PRIORITY[job[0]], job[2], meter, job[0], job[1]))
@@ -360,11 +361,6 @@ class RelayAuditor:
         """The lines of the meters the audit reads."""
         return {m.line_key for m in meters.values()
                 if m is not None and m.commissioned and self._readable(m)}
-
-    def _free_lines(self, meters: dict[str, Meter | None], waiting: set[str]) -> set[str]:
-        """Lines nothing runs on and no order waits for: the only ones worth a look."""
-        return {line for line in self._lines(meters)
-                if line not in waiting and self._executor.line_idle(line)}
 
     def _order_waiting(self, line_key: str) -> bool:
         now = self._clock()
