@@ -97,12 +97,18 @@ def dispatch_ready(
 
 
 def claim_ready(
-    session: Session, signer: CommandSigner, settings: Settings, *, now: datetime | None = None
+    session: Session,
+    signer: CommandSigner,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    limit: int | None = None,
 ) -> Claim:
     """Select what may go, move it to ``dispatched`` with its timeline events (in bulk)
     and commit; then sign the commands and commit them. Callers serialise claims (one at
     a time per process; the claim lock between replicas); publishing may then overlap the
-    next claim.
+    next claim. At most ``limit`` orders (``selection.CLAIM_SIZE`` if not given);
+    ``Claim.more`` says the limit was reached.
 
     The signatures are made after the first commit: on PostgreSQL that commit releases
     the replicas' claim lock, which then covers only the selection and the state change
@@ -119,7 +125,8 @@ def claim_ready(
         if holds.refresh(session, settings, now):  # issue 17: held / hold ended lines
             with sqlite_write_lock(session):
                 session.commit()
-    ready = select_ready(session, settings, now)
+    limit = selection.CLAIM_SIZE if limit is None else limit
+    ready = select_ready(session, settings, now, limit)
     if not ready:
         session.commit()  # ends the read (on PostgreSQL: releases the claim lock); no writes
         selection.claim_committed(session)
@@ -140,7 +147,7 @@ def claim_ready(
     messages = _sign_claimed(session, signer, [commands[order_id] for order_id in ids])
     return Claim(
         [i for i in ids if i in messages], [messages[i] for i in ids if i in messages],
-        more=len(ready) >= selection.CLAIM_SIZE,
+        more=len(ready) >= limit,
     )
 
 

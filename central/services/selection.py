@@ -45,6 +45,10 @@ _READY_COLUMNS = (
 _CLAIM_LOCK_KEY = 0x52434402
 _LOCKED_AT = "rcd_claim_locked_at"  # session.info: when this transaction took the claim lock
 CLAIM_SIZE = 5000  # orders signed and committed per claim; a pass claims until none is left
+# A pass's first claim is small: a batch's first commands then leave after a hundred
+# signatures rather than the whole batch's (the ids are random, so a hundred reach nearly
+# every concentrator of the batch), and its lines start while the rest is being claimed.
+FIRST_CLAIM_SIZE = 100
 _PAGE = 5000  # candidates read per query while selecting one claim
 
 

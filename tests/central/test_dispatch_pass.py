@@ -53,6 +53,7 @@ def test_one_pass_dispatches_past_the_claim_size(
     settings.max_inflight_per_concentrator = 100
     settings.approval_threshold = 1000
     monkeypatch.setattr(selection, "CLAIM_SIZE", 4)
+    monkeypatch.setattr(selection, "FIRST_CLAIM_SIZE", 4)
     monkeypatch.setattr(selection, "_PAGE", 3)
     meters(11, concentrator="conc-a")
     # accepted now: dispatch_now runs on the real clock, and never sends past a deadline
@@ -103,6 +104,7 @@ def _pipelined(settings: Settings, session: Session, meters: Meters,
     settings.max_inflight_per_concentrator = 100
     settings.approval_threshold = 1000
     monkeypatch.setattr(selection, "CLAIM_SIZE", 4)
+    monkeypatch.setattr(selection, "FIRST_CLAIM_SIZE", 4)
     meters(10, concentrator="conc-a")
     create(session, settings, [req(f"m{n}", "connect") for n in range(10)], now=utcnow())
 
@@ -181,3 +183,23 @@ def test_a_result_wakes_only_the_dispatch_step(
         assert settled(3) and calls[-1] == "pass"
     finally:
         coordinator.stop()
+
+
+def test_a_pass_claims_a_small_batch_first_and_then_full_claims(
+    settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first claim of a pass is FIRST_CLAIM_SIZE, so a batch's first commands are on
+    the wire before the rest of it is signed; every later claim is CLAIM_SIZE."""
+    _pipelined(settings, session, meters, monkeypatch)
+    monkeypatch.setattr(selection, "FIRST_CLAIM_SIZE", 2)
+    coordinator = Coordinator(settings, factory)
+    link = _SlowLink()
+    coordinator.link = link  # type: ignore[assignment]
+    try:
+        assert coordinator.dispatch_now() == 10
+    finally:
+        coordinator.stop()
+    assert [size for _, _, size in link.calls] == [2, 4, 4]
+    dispatched = sorted(session.query(Order).all(), key=lambda o: (o.created_at, o.id))
+    assert _order_ids(link.sent) == [o.id for o in dispatched]
