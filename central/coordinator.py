@@ -20,18 +20,18 @@ from functools import partial
 from sqlalchemy.orm import Session, sessionmaker
 
 from central import metrics
-from central.db import session_scope
+from central.db import session_scope, sqlite_write_lock
 from central.errors import CentralError, ConfigurationError, Conflict
 from central.jetstream import JetStreamResults
 from central.mqtt import MqttLink
-from central.services import dispatch, reconnect_sla, rejected, relay_state, results
+from central.services import dispatch, reconnect_sla, rejected, relay_state, results, selection
 from central.services.dispatch import Outgoing
 from central.services.lifecycle import utcnow
 from central.settings import Settings
 from shared import topics
 from shared.contracts import (
-    AckedKind,
     AckedMessage,
+    AgentMessage,
     ConcentratorStatus,
     MessageAck,
     OrderReceipt,
@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # An ack is idempotent; its signed deadline only bounds how long a copy may linger.
 ACK_LIFETIME = timedelta(days=1)
+MAX_ACKS = 500  # per MessageAck (its contract's limit)
+# a receipt or result with the topic and the bytes it came as (for a rejected-message row)
+_Applicable = tuple[str, bytes, OrderReceipt | OrderResult]
 # Receipts and results that apply to no order: kept as rejected messages, then acked.
 _KEPT_AS_REJECTED = {
     "unknown_order": "for an order the coordinator does not know",
@@ -99,7 +102,10 @@ class Coordinator:
     def start(self) -> None:
         if self.settings.mqtt_enabled:
             self.link = MqttLink(
-                self.settings, on_result=self.handle_result, on_status=self.handle_status
+                self.settings,
+                on_result=self.handle_result,
+                on_results=self.handle_results,
+                on_status=self.handle_status,
             ).start()
             if self.settings.broker_kind == "nats":
                 try:
@@ -144,7 +150,8 @@ class Coordinator:
     def dispatch_now(self) -> int:
         """One dispatch pass now (the API calls it after accepting orders).
 
-        Claim after claim until nothing more is ready (no per-pass cap). While one
+        Claim after claim until nothing more is ready (no per-pass cap); the first one
+        small, so that a batch's first commands leave early. While one
         claim's commands wait for their PUBACKs (in the publisher thread), the next
         claim is signed and committed; it is published only after the one before it, so
         a concentrator still gets its commands in claim order."""
@@ -153,11 +160,15 @@ class Coordinator:
             return 0
         published = 0
         pending: Future[int] | None = None
+        limit = selection.FIRST_CLAIM_SIZE  # then CLAIM_SIZE: see FIRST_CLAIM_SIZE
         with self.factory() as session:
             try:
                 while True:
                     with self._dispatch_lock:  # claims are serialised; publishing overlaps
-                        claim = dispatch.claim_ready(session, self.signer, self.settings)
+                        claim = dispatch.claim_ready(
+                            session, self.signer, self.settings, limit=limit
+                        )
+                    limit = selection.CLAIM_SIZE
                     if pending is not None:  # one claim in flight at a time
                         done, pending = pending, None
                         published += done.result()
@@ -268,35 +279,112 @@ class Coordinator:
         :class:`RelayReport` (issue 16, ``services.relay_state``). Once it is
         committed the agent gets a signed :class:`MessageAck`; an exception (database
         down) sends none, and the agent sends the message again."""
+        message = self._parse(topic, payload)
+        if message is not None:
+            self._handle_one(topic, payload, message)
+        return True
+
+    def handle_results(self, batch: list[tuple[str, bytes]]) -> None:
+        """Result-topic messages that arrived together (the MQTT handler thread), each
+        handled as :meth:`handle_result` would, in arrival order, except that receipts
+        and results in a row are applied in one transaction and acknowledged with one
+        ack per concentrator after its commit (``_apply_run``). One that cannot be
+        stored is logged and not acknowledged: its agent sends it again."""
+        run: list[_Applicable] = []
+        for topic, payload in batch:
+            try:
+                message = self._parse(topic, payload)
+                if isinstance(message, OrderReceipt | OrderResult):
+                    run.append((topic, payload, message))
+                    continue
+                self._apply_run(run)
+                run = []
+                if message is not None:
+                    self._handle_one(topic, payload, message)
+            except Exception:
+                log.exception("%s not stored; the agent sends it again", topic)
+        self._apply_run(run)
+
+    def _parse(self, topic: str, payload: bytes) -> AgentMessage | None:
+        """The message, or None once a refused one is kept (``_reject``)."""
         try:
             message = parse_agent_message(payload)
         except SharedError as exc:
-            return self._reject(topic, payload, str(exc))
+            self._reject(topic, payload, str(exc))
+            return None
         if not topic.startswith(f"rcd/v1/c/{message.concentrator_id}/"):
-            return self._reject(
+            self._reject(
                 topic, payload, f"{message.kind} names concentrator {message.concentrator_id}"
             )
+            return None
+        return message
+
+    def _handle_one(self, topic: str, payload: bytes, message: AgentMessage) -> None:
         if isinstance(message, RefusalReport):
-            return self._refusal(topic, payload, message)
+            self._refusal(topic, payload, message)
+            return
         if isinstance(message, RelayReport):
-            return self._relay_report(topic, payload, message)
+            self._relay_report(topic, payload, message)
+            return
         effect = self._apply(topic, payload, message)
-        self._ack(message.concentrator_id, message.kind, message.order_id)
+        self._ack(message.concentrator_id, [AckedMessage(kind=message.kind, id=message.order_id)])
         if isinstance(message, OrderResult) and effect != "duplicate":
             self.wake_dispatch()  # a slot was freed: dispatch waiting orders
-        return True
+
+    def _apply_run(self, run: list[_Applicable]) -> None:
+        """Receipts and results in one transaction: one commit and one signed ack per
+        concentrator instead of one of each per message (in a campaign, two messages per
+        order). If that transaction fails (an order changed meanwhile, a row that
+        cannot be written), nothing of it was committed: each message is then applied
+        on its own, so one bad message costs the others nothing."""
+        if len(run) > 1:
+            try:
+                effects = self._apply_together(run)
+            except Exception as exc:
+                log.info("%d receipts/results applied one at a time: %s", len(run), exc)
+            else:
+                acks: dict[str, list[AckedMessage]] = {}
+                for _, _, message in run:
+                    acks.setdefault(message.concentrator_id, []).append(
+                        AckedMessage(kind=message.kind, id=message.order_id)
+                    )
+                for concentrator_id, acked in acks.items():
+                    self._ack(concentrator_id, acked)
+                if any(isinstance(message, OrderResult) and effect != "duplicate"
+                       for (_, _, message), effect in zip(run, effects, strict=True)):
+                    self.wake_dispatch()
+                return
+        for topic, payload, message in run:
+            try:
+                self._handle_one(topic, payload, message)
+            except Exception:
+                log.exception("%s for %s not stored; the agent sends it again",
+                              message.kind, message.order_id)
+
+    def _apply_together(self, run: list[_Applicable]) -> list[str]:
+        session = self.factory()
+        # the SQLite writer lock is held until the commit (session_scope exits first)
+        with sqlite_write_lock(session), session_scope(lambda: session) as session:
+            return [self._apply_in(session, topic, payload, message)
+                    for topic, payload, message in run]
+
+    @staticmethod
+    def _apply_in(
+        session: Session, topic: str, payload: bytes, message: OrderResult | OrderReceipt
+    ) -> str:
+        effect = results.apply_agent_message(session, message)
+        if effect in _KEPT_AS_REJECTED:
+            # nothing to apply it to: kept for the audit trail, then acked
+            rejected.record_rejected(
+                session, topic, payload, f"{message.kind}: {_KEPT_AS_REJECTED[effect]}"
+            )
+        return effect
 
     def _apply(self, topic: str, payload: bytes, message: OrderResult | OrderReceipt) -> str:
         for attempt in (1, 2):
             try:
                 with session_scope(self.factory) as session:
-                    effect = results.apply_agent_message(session, message)
-                    if effect in _KEPT_AS_REJECTED:
-                        # nothing to apply it to: kept for the audit trail, then acked
-                        rejected.record_rejected(
-                            session, topic, payload, f"{message.kind}: {_KEPT_AS_REJECTED[effect]}"
-                        )
-                return effect
+                    return self._apply_in(session, topic, payload, message)
             except Conflict:
                 # the order changed between read and write (e.g. the expiry sweep):
                 # read it again once; it is then applied or recorded as late
@@ -315,7 +403,7 @@ class Coordinator:
             if why is not None:
                 log.warning("relay report %s on %s refused: %s", report.report_id, topic, why)
                 rejected.record_rejected(session, topic, payload, f"relay_report: {why}")
-        self._ack(report.concentrator_id, "relay_report", report.report_id)
+        self._ack(report.concentrator_id, [AckedMessage(kind="relay_report", id=report.report_id)])
         if effect == "applied":
             self.wake_dispatch()  # a proposed reconnect (held) or a button press: look now
         return True
@@ -334,25 +422,27 @@ class Coordinator:
                 report.detail,
                 "; configuration alarm: check the concentrator's coordinator key" if alarm else "",
             )
-        self._ack(report.concentrator_id, "refusal", report.refusal_id)
+        self._ack(report.concentrator_id, [AckedMessage(kind="refusal", id=report.refusal_id)])
         return True
 
-    def _ack(self, concentrator_id: str, kind: AckedKind, key: str) -> None:
-        """Tell the agent it may drop ``kind``/``key`` from its outbox (after the commit)."""
+    def _ack(self, concentrator_id: str, acked: list[AckedMessage]) -> None:
+        """Tell the agent it may drop these from its outbox (after their commit)."""
         link = self.link
         if link is None:
             return
-        now = utcnow()
-        ack = MessageAck(
-            command_id=dispatch.new_command_id(),
-            concentrator_id=concentrator_id,
-            issued_at=now,
-            deadline=now + ACK_LIFETIME,
-            acks=[AckedMessage(kind=kind, id=key)],
-        )
-        signed = self.signer.sign(ack)
-        if link.publish_nowait(Outgoing(topics.commands(concentrator_id), signed)):
-            metrics.ACKS.labels(kind=kind).inc()
+        for start in range(0, len(acked), MAX_ACKS):
+            now = utcnow()
+            ack = MessageAck(
+                command_id=dispatch.new_command_id(),
+                concentrator_id=concentrator_id,
+                issued_at=now,
+                deadline=now + ACK_LIFETIME,
+                acks=acked[start : start + MAX_ACKS],
+            )
+            signed = self.signer.sign(ack)
+            if link.publish_nowait(Outgoing(topics.commands(concentrator_id), signed)):
+                for one in ack.acks:
+                    metrics.ACKS.labels(kind=one.kind).inc()
 
     def _reject(self, topic: str, payload: bytes, reason: str) -> bool:
         """Keep a refused message (``services.rejected``), then acknowledge it: redelivery

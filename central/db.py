@@ -9,7 +9,7 @@ Migrations (Alembic, ``central/migrations``) run at start-up via :func:`migrate`
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,7 +114,7 @@ def stale_to_conflict(session: Session, what: str = "") -> Iterator[None]:
 
 
 @contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+def session_scope(factory: Callable[[], Session]) -> Iterator[Session]:
     """A session committed on success, rolled back on error, always closed."""
     session = factory()
     try:

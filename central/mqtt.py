@@ -15,7 +15,11 @@ and unacknowledged ones fill the client's in-flight window until nothing else co
 Handlers run on one thread of their own, in arrival order, not on paho's network thread:
 a burst of receipts (a database commit and a signed ack each) would otherwise stop that
 thread from reading the PUBACKs of commands being published and from sending the next
-ones, and the lines would wait for their orders. What makes a result safe is the application's ack: the agent keeps it and sends it
+ones, and the lines would wait for their orders. The thread takes what has arrived
+together (at most ``BATCH_MAX``; the broker sends no more than our Receive Maximum
+unacknowledged): with an ``on_results`` handler the result-topic messages between two
+status messages go to it as one list, which the coordinator applies in one
+transaction. What makes a result safe is the application's ack: the agent keeps it and sends it
 again until the coordinator's :class:`shared.contracts.MessageAck`, sent only after the
 database commit. Status messages (retained) use a plain subscription: every replica
 sees them. On a NATS cluster (``broker_kind="nats"``, MQTT 3.1.1) results come from
@@ -51,6 +55,9 @@ log = logging.getLogger(__name__)
 
 # handler(topic, payload) -> True when the message may be acknowledged
 Handler = Callable[[str, bytes], bool]
+# batch_handler([(topic, payload), ...]): messages that arrived together, in arrival order
+BatchHandler = Callable[[list[tuple[str, bytes]]], None]
+BATCH_MAX = 200
 SESSION_EXPIRY_S = 7 * 24 * 3600
 SHORT_SESSION_S = 5.0  # a connection dropped sooner counts towards the warning below
 SHORT_SESSIONS_TO_WARN = 3
@@ -64,9 +71,11 @@ class MqttLink:
         on_result: Handler | None = None,
         on_status: Handler | None = None,
         client_id: str | None = None,
+        on_results: BatchHandler | None = None,
     ) -> None:
         self._settings = settings
         self._on_result = on_result
+        self._on_results = on_results  # preferred to on_result when both are given
         self._on_status = on_status
         self._connected = threading.Event()
         self._v5 = settings.mqtt_protocol == "5"
@@ -206,7 +215,8 @@ class MqttLink:
                 "set the window to it", allowed, self._settings.mqtt_inflight_window,
             )
         subscriptions = []
-        if self._on_result is not None and self._settings.broker_kind != "nats":
+        wants_results = self._on_result is not None or self._on_results is not None
+        if wants_results and self._settings.broker_kind != "nats":
             shared = self._v5 and self._settings.mqtt_results_subscription == "shared"
             results_filter = (
                 topics.shared_subscription(self._settings.mqtt_share_group, topics.ALL_RESULTS)
@@ -273,20 +283,64 @@ class MqttLink:
         self._inbox.put((self._generation, message))
 
     def _work(self) -> None:
-        """The handler thread: each message handled, then PUBACKed, in arrival order."""
+        """The handler thread: what has arrived is handled together (``_handle``), then
+        each message is PUBACKed, in arrival order."""
         while (item := self._inbox.get()) is not None:
-            generation, message = item
-            handler = self._on_status if message.topic.endswith("/status") else self._on_result
-            if handler is not None:
+            items = [item]
+            stopping = False
+            while len(items) < BATCH_MAX:
                 try:
-                    handler(message.topic, bytes(message.payload))
-                except Exception:  # never let a handler end this thread
-                    # not stored, so not acknowledged to the agent: it sends the message again
-                    log.exception("handler failed for %s; the agent sends it again", message.topic)
-            # A message id belongs to the connection it came on: after a reconnect the
-            # broker delivers unacknowledged ones again, and this one's id may name another.
-            if message.qos > 0 and generation == self._generation:
-                self._client.ack(message.mid, message.qos)
+                    following = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if following is None:
+                    stopping = True
+                    break
+                items.append(following)
+            self._handle([message for _, message in items])
+            for generation, message in items:
+                # A message id belongs to the connection it came on: after a reconnect the
+                # broker delivers unacknowledged ones again, and this one's id may name
+                # another.
+                if message.qos > 0 and generation == self._generation:
+                    self._client.ack(message.mid, message.qos)
+            if stopping:
+                return
+
+    def _handle(self, messages: list[paho.MQTTMessage]) -> None:
+        """Statuses one by one; the result-topic messages between them as one batch."""
+        results: list[tuple[str, bytes]] = []
+        for message in messages:
+            if message.topic.endswith("/status"):
+                self._handle_results(results)
+                results = []
+                self._run(self._on_status, message.topic, bytes(message.payload))
+            else:
+                results.append((message.topic, bytes(message.payload)))
+        self._handle_results(results)
+
+    def _handle_results(self, batch: list[tuple[str, bytes]]) -> None:
+        if not batch:
+            return
+        if self._on_results is None:
+            for topic, payload in batch:
+                self._run(self._on_result, topic, payload)
+            return
+        try:
+            self._on_results(batch)
+        except Exception:  # never let a handler end this thread
+            log.exception("handler failed for %d result message(s); the agents send them "
+                          "again", len(batch))
+
+    @staticmethod
+    def _run(handler: Handler | None, topic: str, payload: bytes) -> None:
+        if handler is None:
+            return
+        try:
+            handler(topic, payload)
+        except Exception:  # never let a handler end this thread
+            # not stored, so not acknowledged to the agent: it sends the message again
+            log.exception("handler failed for %s; the agent sends it again", topic)
 
     # -- publishing ---------------------------------------------------------------
     def publish_nowait(self, message: Outgoing) -> bool:
