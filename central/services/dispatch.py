@@ -118,13 +118,15 @@ def claim_ready(
     them) gets the very same command rebuilt and signed when it is sent again
     (:func:`_signed_again`)."""
     now = now or utcnow()
-    if stop_protected_disconnects(session, now=now):  # reads; writes only if it finds some
-        with sqlite_write_lock(session):
+    # The SQLite writer lock is taken before these may write (they flush what they find),
+    # not only around the commit: a thread holding the database's write lock while it
+    # waits for this one would stall whoever holds this one in SQLite's busy handler.
+    with sqlite_write_lock(session):
+        if stop_protected_disconnects(session, now=now):  # reads; writes if it finds some
             session.commit()
-    with stale_to_conflict(session, "holds not stamped"):
+    with stale_to_conflict(session, "holds not stamped"), sqlite_write_lock(session):
         if holds.refresh(session, settings, now):  # issue 17: held / hold ended lines
-            with sqlite_write_lock(session):
-                session.commit()
+            session.commit()
     limit = selection.CLAIM_SIZE if limit is None else limit
     ready = select_ready(session, settings, now, limit)
     if not ready:
