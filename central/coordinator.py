@@ -92,6 +92,9 @@ class Coordinator:
         self._wake = threading.Event()
         # set by kick(): the next pass runs every step; wake_dispatch() asks for dispatch only
         self._full_pass = threading.Event()
+        # set by everything that wakes the loop except slot_freed(): no settling
+        self._urgent = threading.Event()
+        self._dispatched_at = float("-inf")  # monotonic end of the last loop dispatch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sla_at = float("-inf")  # monotonic time of the last reconnect SLA sweep
@@ -120,6 +123,7 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+        self._urgent.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -133,13 +137,22 @@ class Coordinator:
         """Wake the background loop now for a whole pass (e.g. after an approval or a
         registry change)."""
         self._full_pass.set()
+        self._urgent.set()
         self._wake.set()
 
     def wake_dispatch(self) -> None:
-        """Wake the background loop for its dispatch step only: orders were accepted, or
-        a result freed a slot. The other steps (sweep, cancels, tables, republish) keep
-        their interval: run on every result of a campaign they were most of the
-        coordinator's work while it waited for nothing."""
+        """Wake the background loop for its dispatch step only, now: orders were
+        accepted, or a relay report may have proposed a reconnect. The other steps
+        (sweep, cancels, tables, republish) keep their interval: run on every result of
+        a campaign they were most of the coordinator's work while it waited for
+        nothing."""
+        self._urgent.set()
+        self._wake.set()
+
+    def slot_freed(self) -> None:
+        """A result freed an in-flight slot: dispatch, but no sooner than
+        ``dispatch_settle_s`` after the previous dispatch, so that the results arriving
+        meanwhile share its claim (see the setting)."""
         self._wake.set()
 
     @property
@@ -261,16 +274,30 @@ class Coordinator:
                     self._full_pass.clear()
                     next_full = time.monotonic() + self.settings.sweep_interval_s
                     self.run_once()
+                    self._dispatched_at = time.monotonic()
                 elif self.link is not None and self.link.connected:
                     # cancels first: a reconnect waits for its superseded disconnect's cancel
                     self._send_cancels(self.link)
                     self.dispatch_now()
+                    self._dispatched_at = time.monotonic()
             except CentralError as exc:
                 log.warning("background pass: %s", exc)
             except Exception:
                 log.exception("background pass failed")
             self._wake.wait(max(0.0, next_full - time.monotonic()))
             self._wake.clear()
+            self._settle(next_full)
+
+    def _settle(self, next_full: float) -> None:
+        """Woken only by freed slots: wait out ``dispatch_settle_s`` from the last
+        dispatch (anything urgent ends the wait)."""
+        if not self._urgent.is_set():
+            until = min(self._dispatched_at + self.settings.dispatch_settle_s, next_full)
+            self._urgent.wait(max(0.0, until - time.monotonic()))
+        # what woke the loop until now is seen by the pass that follows (its commits came
+        # first); anything later wakes it again
+        self._urgent.clear()
+        self._wake.clear()
 
     # -- consumers (paho thread) --------------------------------------------------
     def handle_result(self, topic: str, payload: bytes) -> bool:
@@ -329,7 +356,7 @@ class Coordinator:
         effect = self._apply(topic, payload, message)
         self._ack(message.concentrator_id, [AckedMessage(kind=message.kind, id=message.order_id)])
         if isinstance(message, OrderResult) and effect != "duplicate":
-            self.wake_dispatch()  # a slot was freed: dispatch waiting orders
+            self.slot_freed()  # dispatch waiting orders
 
     def _apply_run(self, run: list[_Applicable]) -> None:
         """Receipts and results in one transaction: one commit and one signed ack per
@@ -352,7 +379,7 @@ class Coordinator:
                     self._ack(concentrator_id, acked)
                 if any(isinstance(message, OrderResult) and effect != "duplicate"
                        for (_, _, message), effect in zip(run, effects, strict=True)):
-                    self.wake_dispatch()
+                    self.slot_freed()
                 return
         for topic, payload, message in run:
             try:

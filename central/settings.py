@@ -188,6 +188,12 @@ class Settings(BaseSettings):
 
     # Background loops
     sweep_interval_s: float = 5.0
+    # A dispatch asked for only because results freed in-flight slots waits until this
+    # long after the previous one: a campaign's results then share a claim (each claim
+    # reads the limits, the holds and the protected meters; per result, that was most of
+    # the coordinator's CPU), while each agent still has its queue. New orders, approvals
+    # and button presses never wait for it.
+    dispatch_settle_s: float = Field(default=0.25, ge=0.0, le=5.0)
     # A command without the agent's receipt is sent again after republish_after_s, then
     # twice as long each time up to republish_max_s (never after its deadline); a cancel
     # without the agent's result every republish_after_s.

@@ -6,7 +6,8 @@ cannot be stored costs the others nothing and is itself not acknowledged."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import pytest
@@ -44,6 +45,9 @@ class _AckLink:
 
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
         self.sent.extend(messages)
+
+    def close(self) -> None:
+        pass
 
     def acks(self) -> dict[str, list[list[tuple[str, str]]]]:
         """Per concentrator, each ack's (kind, id) list, in the order they were sent."""
@@ -208,3 +212,37 @@ def test_the_mqtt_handler_thread_passes_results_between_statuses_as_one_batch(
     status = topics.status("conc-a")
     link._handle([message(a), message(b), message(status), message(a)])
     assert calls == [("results", [a, b]), ("status", [status]), ("results", [a])]
+
+
+def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_results_that_free_slots_share_one_dispatch_and_new_orders_never_wait(
+    settings: Settings, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.dispatch_settle_s = 1.0
+    settings.sweep_interval_s = 3600.0
+    coordinator = Coordinator(settings, factory)
+    coordinator.link = _AckLink()  # type: ignore[assignment]
+    passes: list[float] = []
+    monkeypatch.setattr(coordinator, "dispatch_now", lambda: passes.append(time.monotonic()) or 0)
+    coordinator.start()
+    try:
+        _until(lambda: len(passes) == 1)  # the first whole pass
+        for _ in range(10):  # ten results, each freeing a slot
+            coordinator.slot_freed()
+        time.sleep(0.3)
+        assert len(passes) == 1  # settling: the results so far wait for one claim
+        _until(lambda: len(passes) == 2)
+        time.sleep(0.3)
+        assert len(passes) == 2  # the ten shared it
+        settings.dispatch_settle_s = 60.0
+        coordinator.slot_freed()
+        coordinator.wake_dispatch()  # new orders: at once, whatever the settling
+        _until(lambda: len(passes) == 3)
+    finally:
+        coordinator.stop()
