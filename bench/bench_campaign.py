@@ -266,6 +266,7 @@ def main() -> int:
                 started_at = datetime.now(UTC)
                 started_mono = time.monotonic()  # the simulator's trace clock
                 agents_cpu = cpu_s(agents)
+                coordinator_cpu = cpu_s([server.pid])
                 answer = http.post("/api/v1/orders/batch", json=body, headers=OPERATOR)
                 answer.raise_for_status()
                 print(f"batch accepted and dispatched in {time.perf_counter() - started:.2f} s",
@@ -289,6 +290,7 @@ def main() -> int:
                     Path(args.trace, "campaign.times").write_text(
                         f"{started_mono} {started_mono + elapsed}\n")
                 agents_cpu = cpu_s(agents) - agents_cpu
+                coordinator_cpu = cpu_s([server.pid]) - coordinator_cpu
                 after = line_counters(tables)
                 with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
                     outcomes = dict(db.execute("SELECT state, count(*) FROM orders GROUP BY state"))
@@ -304,6 +306,8 @@ def main() -> int:
           f"relay audit reports at the coordinator by trigger: {reads}")
     print(f"edge agents' CPU during the campaign   {agents_cpu:8.2f} s   "
           f"({1000 * agents_cpu / total:.1f} ms per order, {len(agents)} agent processes)")
+    print(f"coordinator's CPU during the campaign  {coordinator_cpu:8.2f} s   "
+          f"({1000 * coordinator_cpu / total:.1f} ms per order)")
     return 0
 
 
