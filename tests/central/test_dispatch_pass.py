@@ -109,11 +109,16 @@ def _pipelined(settings: Settings, session: Session, meters: Meters,
     create(session, settings, [req(f"m{n}", "connect") for n in range(10)], now=utcnow())
 
 
+@pytest.mark.parametrize(("first", "sizes"), [(4, [4, 4, 2]), (2, [2, 4, 4])])
 def test_claims_publish_one_at_a_time_in_claim_order(
     settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, first: int, sizes: list[int],
 ) -> None:
+    """Claims go out one after another in claim order; a pass's first claim is
+    FIRST_CLAIM_SIZE (its first commands on the wire before the rest is signed), every
+    later one CLAIM_SIZE."""
     _pipelined(settings, session, meters, monkeypatch)
+    monkeypatch.setattr(selection, "FIRST_CLAIM_SIZE", first)
     coordinator = Coordinator(settings, factory)
     link = _SlowLink()
     coordinator.link = link  # type: ignore[assignment]
@@ -121,7 +126,7 @@ def test_claims_publish_one_at_a_time_in_claim_order(
         assert coordinator.dispatch_now() == 10
     finally:
         coordinator.stop()
-    assert [size for _, _, size in link.calls] == [4, 4, 2]
+    assert [size for _, _, size in link.calls] == sizes
     for (_, end, _), (start, _, _) in zip(link.calls, link.calls[1:], strict=False):
         assert end <= start  # never two claims on the wire at once: a line keeps its order
     # in the order of the claims: oldest first, as they were dispatched
@@ -184,22 +189,3 @@ def test_a_result_wakes_only_the_dispatch_step(
     finally:
         coordinator.stop()
 
-
-def test_a_pass_claims_a_small_batch_first_and_then_full_claims(
-    settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The first claim of a pass is FIRST_CLAIM_SIZE, so a batch's first commands are on
-    the wire before the rest of it is signed; every later claim is CLAIM_SIZE."""
-    _pipelined(settings, session, meters, monkeypatch)
-    monkeypatch.setattr(selection, "FIRST_CLAIM_SIZE", 2)
-    coordinator = Coordinator(settings, factory)
-    link = _SlowLink()
-    coordinator.link = link  # type: ignore[assignment]
-    try:
-        assert coordinator.dispatch_now() == 10
-    finally:
-        coordinator.stop()
-    assert [size for _, _, size in link.calls] == [2, 4, 4]
-    dispatched = sorted(session.query(Order).all(), key=lambda o: (o.created_at, o.id))
-    assert _order_ids(link.sent) == [o.id for o in dispatched]

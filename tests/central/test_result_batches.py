@@ -98,19 +98,31 @@ def _result(order_id: str, meter: str) -> tuple[str, bytes]:
     return topics.results(conc), result.to_json()
 
 
+@pytest.fixture
+def wired(
+    settings: Settings, factory: sessionmaker[Session], signer: CommandSigner
+) -> tuple[Coordinator, _AckLink, dict[str, str]]:
+    """A coordinator whose acks are recorded, and the orders of ``_dispatched``."""
+    with factory() as session:
+        ids = _dispatched(session, settings, signer)
+    coordinator = Coordinator(settings, factory)
+    link = _AckLink()
+    coordinator.link = link  # type: ignore[assignment]
+    return coordinator, link, ids
+
+
+Wired = tuple[Coordinator, _AckLink, dict[str, str]]
+
+
 def _states(factory: sessionmaker[Session]) -> dict[str, str]:
     with factory() as session:
         return {meter: state for meter, state in session.execute(select(Order.meter_id, Order.state))}
 
 
 def test_messages_that_arrive_together_are_applied_and_acked_once_per_concentrator(
-    settings: Settings, factory: sessionmaker[Session], signer: CommandSigner
+    factory: sessionmaker[Session], wired: Wired
 ) -> None:
-    with factory() as session:
-        ids = _dispatched(session, settings, signer)
-    coordinator = Coordinator(settings, factory)
-    link = _AckLink()
-    coordinator.link = link  # type: ignore[assignment]
+    coordinator, link, ids = wired
     batch = [_receipt(ids["a0"], "a0"), _receipt(ids["b0"], "b0"), _result(ids["a0"], "a0"),
              _receipt(ids["a1"], "a1"), _result(ids["b0"], "b0")]
     coordinator.handle_results(batch)
@@ -133,16 +145,9 @@ def test_messages_that_arrive_together_are_applied_and_acked_once_per_concentrat
 
 
 def test_a_message_that_cannot_be_stored_costs_the_others_nothing_and_is_not_acked(
-    settings: Settings,
-    factory: sessionmaker[Session],
-    signer: CommandSigner,
-    monkeypatch: pytest.MonkeyPatch,
+    factory: sessionmaker[Session], wired: Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with factory() as session:
-        ids = _dispatched(session, settings, signer)
-    coordinator = Coordinator(settings, factory)
-    link = _AckLink()
-    coordinator.link = link  # type: ignore[assignment]
+    coordinator, link, ids = wired
     real = results.apply_agent_message
 
     def failing_for_a1(session: Session, message: OrderReceipt | OrderResult) -> str:
@@ -162,13 +167,9 @@ def test_a_message_that_cannot_be_stored_costs_the_others_nothing_and_is_not_ack
 
 
 def test_a_refused_message_in_a_batch_is_kept_and_the_rest_applied(
-    settings: Settings, factory: sessionmaker[Session], signer: CommandSigner
+    factory: sessionmaker[Session], wired: Wired
 ) -> None:
-    with factory() as session:
-        ids = _dispatched(session, settings, signer)
-    coordinator = Coordinator(settings, factory)
-    link = _AckLink()
-    coordinator.link = link  # type: ignore[assignment]
+    coordinator, link, ids = wired
     spoofed_topic, spoofed = _receipt(ids["b0"], "b0")
     coordinator.handle_results([
         _receipt(ids["a0"], "a0"),
