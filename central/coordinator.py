@@ -105,10 +105,7 @@ class Coordinator:
     def start(self) -> None:
         if self.settings.mqtt_enabled:
             self.link = MqttLink(
-                self.settings,
-                on_result=self.handle_result,
-                on_results=self.handle_results,
-                on_status=self.handle_status,
+                self.settings, on_results=self.handle_results, on_status=self.handle_status
             ).start()
             if self.settings.broker_kind == "nats":
                 try:

@@ -75,7 +75,7 @@ class MqttLink:
     ) -> None:
         self._settings = settings
         self._on_result = on_result
-        self._on_results = on_results  # preferred to on_result when both are given
+        self._on_results = on_results  # used instead of on_result when given
         self._on_status = on_status
         self._connected = threading.Event()
         self._v5 = settings.mqtt_protocol == "5"
