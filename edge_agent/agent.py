@@ -379,7 +379,7 @@ class EdgeAgent:
 
     def _acknowledged(self, ack: MessageAck) -> None:
         """The coordinator stored these messages: they leave the outbox."""
-        dropped = sum(self.store.outbox_acknowledge(a.kind, a.id) for a in ack.acks)
+        dropped = self.store.outbox_acknowledge_all((a.kind, a.id) for a in ack.acks)
         log("outbox.acknowledged", logging.DEBUG, acks=len(ack.acks), dropped=dropped)
 
     def _copy_of_held(self, leaf: str, exc: CommandRejected) -> bool:

@@ -19,7 +19,9 @@ Tables:
 
 Every write runs in one ``BEGIN IMMEDIATE`` transaction under a lock, with
 ``synchronous=FULL`` (``edge_agent.store_file``): what a method returned as stored
-survives kill -9 and a power cut. This module holds the orders, their cancels and the
+survives kill -9 and a power cut. The exceptions commit lazily (they survive kill -9;
+at a power cut they may be lost, which costs a repeat only): the outbox's resend
+bookkeeping and acks, and :meth:`Store.claim_next`. This module holds the orders, their cancels and the
 store's side of the outbox and the protected list. State changes of orders go through
 :func:`edge_agent.lifecycle.next_state`.
 """
@@ -292,7 +294,9 @@ class Store(MeterTable):
         ``hold_disconnects``: disconnects stay queued (no protected list held yet).
         """
         held = "AND action != 'disconnect' " if hold_disconnects else ""
-        with self.transaction() as conn:
+        # lazy: a claim lost at a power cut leaves the order queued, as recover_running
+        # would have, and the outcome's durable commit flushes it first anyway
+        with self.transaction(durable=False) as conn:
             cursor = conn.execute(
                 f"SELECT * FROM orders WHERE state IN (?, ?) AND next_at <= ? {held}"
                 f"ORDER BY {line_priority.ORDER_SQL}, priority DESC, rowid ASC LIMIT 1000",
@@ -520,18 +524,24 @@ class Store(MeterTable):
         with self._lock, _mapped():
             return outbox.pending(self._conn, time.time() if now is None else now, exclude, limit)
 
+    # The outbox's bookkeeping commits lazily (store_file): lost at a power cut, a row is
+    # only sent again, and the coordinator acks the copy again.
     def outbox_sent(self, rows: Iterable[tuple[int, float]]) -> None:
         """Rows ``(id, next_at)`` were published (one transaction for a pump round)."""
-        with self.transaction() as conn, _mapped():
+        with self.transaction(durable=False) as conn, _mapped():
             outbox.sent(conn, rows)
 
     def outbox_due_now(self) -> int:
-        with self.transaction() as conn, _mapped():
+        with self.transaction(durable=False) as conn, _mapped():
             return outbox.due_now(conn)
 
     def outbox_acknowledge(self, kind: OutboxKind, key: str) -> int:
-        with self.transaction() as conn, _mapped():
-            return outbox.acknowledge(conn, kind, key)
+        return self.outbox_acknowledge_all([(kind, key)])
+
+    def outbox_acknowledge_all(self, acks: Iterable[tuple[OutboxKind, str]]) -> int:
+        """Drop every ``(kind, key)`` one ack names, in one transaction; rows dropped."""
+        with self.transaction(durable=False) as conn, _mapped():
+            return sum(outbox.acknowledge(conn, kind, key) for kind, key in acks)
 
     def outbox_depth(self) -> int:
         return int(self._query("SELECT count(*) AS n FROM outbox")[0]["n"])

@@ -5,6 +5,16 @@ mode with ``synchronous=FULL``, a lock, ``BEGIN IMMEDIATE`` transactions, sqlite
 raised as :class:`StoreError`, plus the two small tables any command touches (``meta``,
 and ``seen`` for replay defence). The tables' methods build on it:
 :class:`edge_agent.meter_table.MeterTable`, then :class:`edge_agent.store.Store`.
+
+Durable and lazy commits: a transaction is durable on return (the WAL is fsynced) unless
+it is opened with ``durable=False``. A lazy commit survives kill -9 (it is in the OS's
+cache) but may be lost at a power cut; the next durable commit makes it durable with
+everything before it. SQLite's WAL recovers a prefix of the commits (each frame's
+checksum chains to the previous ones), so a power cut never keeps a durable commit and
+loses an earlier lazy one. Lazy is only for writes whose loss costs a repeat and nothing
+else: the outbox's resend bookkeeping and acks (the row is sent again, the coordinator
+acks the copy), a claim (the order is queued again, as after any crash, and its next
+attempt reads the relay first), bookkeeping of the relay audit.
 """
 
 from __future__ import annotations
@@ -63,22 +73,34 @@ class StoreFile:
 
     # -- plumbing -------------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` .. ``COMMIT`` under the lock; ``durable=False``: a lazy
+        commit (module docstring), no fsync on the caller's path."""
         with self._lock:
             try:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._restore_sync(durable)
                 raise StoreError(f"cannot begin a transaction: {exc}") from exc
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._conn.execute("ROLLBACK")
-                raise StoreError(f"cannot commit: {exc}") from exc
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._conn.execute("ROLLBACK")
+                    raise StoreError(f"cannot commit: {exc}") from exc
+            finally:
+                self._restore_sync(durable)
+
+    def _restore_sync(self, durable: bool) -> None:
+        if not durable:  # every other transaction on this connection stays durable
+            self._conn.execute("PRAGMA synchronous=FULL")
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -100,8 +122,8 @@ class StoreFile:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
-    def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as conn:
+    def set_meta(self, key: str, value: str, *, durable: bool = True) -> None:
+        with self.transaction(durable=durable) as conn:
             self._exec(conn, "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     # -- replay defence (shared.signing.SeenCommands) ---------------------------
