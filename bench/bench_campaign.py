@@ -53,6 +53,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import CpuTimes  # noqa: E402
 from shared.broker import MosquittoBroker, free_port  # noqa: E402
 from shared.signing import generate_keypair  # noqa: E402
 from tests.edge.helpers import config_dict, dump_toml  # noqa: E402
@@ -267,6 +268,7 @@ def main() -> int:
                 started_mono = time.monotonic()  # the simulator's trace clock
                 agents_cpu = cpu_s(agents)
                 coordinator_cpu = cpu_s([server.pid])
+                machine = CpuTimes.now()
                 answer = http.post("/api/v1/orders/batch", json=body, headers=OPERATOR)
                 answer.raise_for_status()
                 print(f"batch accepted and dispatched in {time.perf_counter() - started:.2f} s",
@@ -289,6 +291,7 @@ def main() -> int:
                 if args.trace:  # the campaign's ends on the simulator's clock (monotonic)
                     Path(args.trace, "campaign.times").write_text(
                         f"{started_mono} {started_mono + elapsed}\n")
+                machine_use = CpuTimes.now().since(machine)
                 agents_cpu = cpu_s(agents) - agents_cpu
                 coordinator_cpu = cpu_s([server.pid]) - coordinator_cpu
                 after = line_counters(tables)
@@ -308,6 +311,7 @@ def main() -> int:
           f"({1000 * agents_cpu / total:.1f} ms per order, {len(agents)} agent processes)")
     print(f"coordinator's CPU during the campaign  {coordinator_cpu:8.2f} s   "
           f"({1000 * coordinator_cpu / total:.1f} ms per order)")
+    print(f"the machine during the campaign: {machine_use}")
     return 0
 
 
