@@ -1,7 +1,20 @@
-"""Where a line sits idle: reads the frame times the simulator writes with
-``RCD_SIM_TRACE=<dir>`` (``bench_campaign.py --trace DIR``) and splits the time between
-one frame's answer and the next frame's arrival into the gap between orders (before a
-SNRM) and the gaps between the exchanges of one order (by position in the order).
+"""Where a line's time goes during a campaign: reads the frame times the simulator writes
+with ``RCD_SIM_TRACE=<dir>`` (``bench_campaign.py --trace DIR``), cuts them into sessions
+(each starts with a SNRM) and, per line, splits the time from the batch request to the
+line's last order into:
+
+* ``first``: from the request to the line's first order's SNRM (the coordinator's
+  intake and dispatch, the agent's receipt);
+* ``orders``: time on the channel of the order sessions (7 requests each);
+* ``other``: time on the channel of other sessions in that span (relay audit reads; an
+  audit leaves at the next frame when an order waits);
+* ``between``: the line idle between two sessions (the agent's work from one order's
+  end to the next order's SNRM);
+* ``inside``: the line idle between the requests of one order session (the agent's
+  work per frame).
+
+With ``campaign.times`` (written by bench_campaign) only the sessions of the campaign
+count: an ``--audited`` warm-up is left out. Without it, the whole trace.
 
     .venv/bin/python bench/line_gaps.py DIR
 """
@@ -13,80 +26,79 @@ import statistics
 import sys
 from pathlib import Path
 
-SNRM, DISC = 0x93, 0x53
+SNRM = 0x93
+ORDER_REQUESTS = 7  # SNRM, AARQ, GET-with-list, ACTION, GET-with-list, RLRQ, DISC: 7 requests
+
+Frame = tuple[float, float, int]  # arrived, answered (monotonic s), HDLC control byte
 
 
-def kind(control: int) -> str:
-    if control | 0x10 == SNRM:
-        return "SNRM"
-    if control | 0x10 == DISC:
-        return "DISC"
-    if control & 1 == 0:
-        return "I"
-    return "RR" if control & 0x0F == 0x01 else f"{control:02x}"
-
-
-def line_report(path: Path, campaign: tuple[float, float] | None) -> None:
-    rows = []
+def sessions(path: Path) -> list[list[Frame]]:
+    frames = []
     for text in path.read_text().splitlines():
-        arrived, done, dst, control, size = text.split()
-        rows.append((float(arrived), float(done), dst, kind(int(control, 16)), int(size)))
-    rows.sort()
-    between: list[float] = []
-    within: dict[int, list[float]] = {}
-    frames: list[int] = []
-    busy = sum(done - arrived for arrived, done, *_ in rows)
-    position = 0
-    for prev, row in itertools.pairwise(rows):
-        gap = row[0] - prev[1]
-        if row[3] == "SNRM":
-            between.append(gap)
-            frames.append(position + 1)
-            position = 0
+        arrived, done, _dst, control, _size = text.split()
+        frames.append((float(arrived), float(done), int(control, 16)))
+    frames.sort()
+    out: list[list[Frame]] = []
+    for frame in frames:
+        if frame[2] | 0x10 == SNRM or not out:
+            out.append([frame])
         else:
-            position += 1
-            within.setdefault(position, []).append(gap)
-    frames.append(position + 1)
-    span = rows[-1][1] - rows[0][0]
-    idle = span - busy
-    print(f"{path.stem}: {len(rows)} requests, {len(frames)} sessions, span {span:.3f} s, "
-          f"busy {busy:.3f} s, idle {idle:.3f} s ({1000 * idle / max(len(frames), 1):.1f} ms "
-          "per session)")
-    print(f"  requests per session: {dict(sorted(_count(frames).items()))}")
-    if between:
-        print(f"  before SNRM (between orders): mean {1000 * statistics.mean(between):6.1f} ms, "
-              f"median {1000 * statistics.median(between):6.1f}, max {1000 * max(between):6.1f}, "
-              f"sum {sum(between):.3f} s")
-    for pos, gaps in sorted(within.items()):
-        print(f"  before request {pos + 1} of a session: mean {1000 * statistics.mean(gaps):6.1f} "
-              f"ms, median {1000 * statistics.median(gaps):6.1f}, max {1000 * max(gaps):6.1f}, "
-              f"n {len(gaps)}, sum {sum(gaps):.3f} s")
-    if campaign is not None:
-        start, end = campaign
-        last = max((r[1] for r in rows if r[3] == "DISC" and r[1] <= end), default=end)
-        print(f"  campaign start to first SNRM {1000 * (rows[0][0] - start):.0f} ms; last "
-              f"order's DISC answered to the campaign's end {1000 * (end - last):.0f} ms "
-              "(the result's way to the coordinator and the bench's 0.2 s poll)")
-    odd = [i for i, n in enumerate(frames) if n != 7]
-    for i in odd[:5]:
-        print(f"  session {i}: {frames[i]} requests")
-
-
-def _count(values: list[int]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
+            out[-1].append(frame)
     return out
 
 
+def line_figures(path: Path, window: tuple[float, float] | None) -> dict[str, float]:
+    found = sessions(path)
+    if window is not None:
+        start, end = window
+        found = [s for s in found if s[-1][1] >= start and s[0][0] <= end]
+    orders = [s for s in found if len(s) == ORDER_REQUESTS]
+    if not orders:
+        return {}
+    last = orders[-1][-1][1]
+    span = [s for s in found if s[0][0] < last]
+    begin = window[0] if window is not None else span[0][0][0]
+    on_air = {id(s): sum(f[1] - f[0] for f in s) for s in span}
+    return {
+        "first": orders[0][0][0] - begin,
+        "orders": sum(on_air[id(s)] for s in orders),
+        "other": sum(on_air[id(s)] for s in span if len(s) != ORDER_REQUESTS),
+        "between": sum(b[0][0] - a[-1][1] for a, b in itertools.pairwise(span)),
+        "inside": sum(b[0] - a[1] for s in orders for a, b in itertools.pairwise(s)),
+        "to_last_order": last - begin,
+        "order_sessions": len(orders),
+        "other_sessions": len(span) - len(orders),
+    }
+
+
 def main() -> int:
-    times = Path(sys.argv[1], "campaign.times")
-    campaign = None
+    directory = Path(sys.argv[1])
+    times = directory / "campaign.times"
+    window = None
     if times.exists():
         start, end = (float(x) for x in times.read_text().split())
-        campaign = (start, end)
-    for path in sorted(Path(sys.argv[1]).glob("*.trace")):
-        line_report(path, campaign)
+        window = (start, end)
+    every: dict[str, list[float]] = {}
+    for path in sorted(directory.glob("*.trace")):
+        figures = line_figures(path, window)
+        if not figures:
+            continue
+        print(f"{path.stem}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in figures.items()))
+        for key, value in figures.items():
+            every.setdefault(key, []).append(value)
+    if not every:
+        print("no order sessions in the trace")
+        return 1
+    n = statistics.mean(every["order_sessions"])
+    print("mean per line (s): " + ", ".join(f"{k} {statistics.mean(v):.3f}"
+                                             for k, v in every.items()))
+    print(f"per order (ms): between sessions {1000 * statistics.mean(every['between']) / n:.1f}, "
+          f"inside a session {1000 * statistics.mean(every['inside']) / n:.1f}, "
+          f"on the channel {1000 * statistics.mean(every['orders']) / n:.1f}")
+    if window is not None:
+        print(f"campaign {window[1] - window[0]:.3f} s; the latest line's last order answered "
+              f"{max(every['to_last_order']):.3f} s after the request")
     return 0
 
 
