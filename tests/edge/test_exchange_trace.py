@@ -45,6 +45,11 @@ def fleet() -> Iterator[RunningFleet]:
                   relay="disconnected"),
         MeterSpec("H3", "hdlc", line_id="plc1", hdlc_address=19, control_mode=2,
                   relay="connected"),
+        # a line of hundreds of meters: addresses above 127 take the 4-byte form
+        MeterSpec("H4", "hdlc", line_id="plc1", hdlc_address=20, control_mode=2,
+                  relay="connected"),
+        MeterSpec("H5", "hdlc", line_id="plc1", hdlc_address=300, control_mode=2,
+                  relay="connected"),
     )
     with running_fleet(FleetSpec(meters=meters, lines=(LineSpec("plc1"),))) as running:
         yield running
@@ -118,6 +123,24 @@ def test_disconnect_is_the_minimum_exchange_sequence(
     assert result.energy is not None
     assert trace == [*ASSOCIATE, STATE_READ, "DISC"]
     assert frames == 10
+
+
+def test_a_meter_above_address_127_costs_two_bytes_more_per_frame_and_nothing_else(
+    fleet: RunningFleet, agent: tuple[Store, Executor, DlmsDriver]
+) -> None:
+    # what bench_campaign's minimum-exchange bound assumes for a line of 500 meters
+    store, ex, _ = agent
+    sizes = {}
+    for name in ("H4", "H5"):
+        meter = fleet.meter(name)
+        run(store, ex, meter, Action.CONNECT)  # already in state; caches the facts
+        result, trace, frames, size = run(store, ex, meter, Action.DISCONNECT)
+        assert result.outcome is Outcome.DISCONNECTED and not result.already_in_state
+        assert trace == [*ASSOCIATE, STATE_READ, "ACTION 70/1", STATE_READ, "DISC"]
+        assert frames == 14
+        sizes[name] = size
+    assert sizes["H4"] <= MAX_BYTES
+    assert sizes["H5"] - sizes["H4"] == 14 * 2, sizes
 
 
 def test_a_mode_the_cache_does_not_explain_is_read_again(
