@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from lxml import etree
 
@@ -36,6 +37,7 @@ from central.soap.service_port import (
     Outcome,
     Refusal,
 )
+from central.soap.xmltext import XmlText
 
 # our OrderReason values -> the CIM spelling we write back
 CIM_REASONS = {
@@ -93,12 +95,6 @@ def _names(parent: etree._Element, ns: str, value: str, naming: Naming) -> None:
     _sub(kind, f"{{{ns}}}name", naming.name_type)
 
 
-def _ident(parent: etree._Element, value: str, kind: str, object_type: str) -> None:
-    node = _sub(parent, f"{{{MSG}}}ID", value)
-    node.set("kind", kind)
-    node.set("objectType", object_type)
-
-
 def error_for(outcome: ItemOutcome) -> tuple[str, str, str, str]:
     """(code, level, reason, details) for a refused item."""
     assert outcome.refusal is not None
@@ -118,45 +114,103 @@ def result_of(outcomes: Sequence[ItemOutcome]) -> str:
     return "FAILED" if accepted == 0 else "PARTIAL"
 
 
-def _error(
-    reply: etree._Element,
-    code: str,
-    level: str,
-    reason: str,
-    details: str | None,
-    ident: tuple[str, str, str] | None,
-) -> None:
-    error = _sub(reply, f"{{{MSG}}}Error")
-    _sub(error, f"{{{MSG}}}code", code)
-    _sub(error, f"{{{MSG}}}level", level)
-    _sub(error, f"{{{MSG}}}reason", reason)
+# The Reply is written as text (central.soap.xmltext), not as an lxml tree: it names
+# every order of a create of up to 1,000 meters. Prefixes declared on its Envelope:
+_REPLY_PREFIXES: Final = {"msg": MSG, "edc": EDC}  # and soapenv, m (the operation's)
+_CONTROL_ID: Final = {"kind": "uuid", "objectType": "EndDeviceControl"}
+
+
+def _text_header(out: XmlText, m: str, *, message_id: str, source: str,
+                 correlation_id: str | None) -> None:
+    out.start(f"{m}:Header")
+    out.leaf("msg:Verb", "reply")
+    out.leaf("msg:Noun", NOUN)
+    out.leaf("msg:Timestamp", iso(now_utc()))
+    out.leaf("msg:Source", source)
+    out.leaf("msg:MessageID", message_id)
+    if correlation_id:
+        out.leaf("msg:CorrelationID", correlation_id)
+    out.end(f"{m}:Header")
+
+
+def _text_error(out: XmlText, code: str, level: str, reason: str, details: str | None,
+                ident: tuple[str, dict[str, str]] | None) -> None:
+    out.start("msg:Error")
+    out.leaf("msg:code", code)
+    out.leaf("msg:level", level)
+    out.leaf("msg:reason", reason)
     if details:
-        _sub(error, f"{{{MSG}}}details", details)
+        out.leaf("msg:details", details)
     if ident is not None:
-        _ident(error, *ident)
+        out.leaf("msg:ID", ident[0], ident[1])
+    out.end("msg:Error")
 
 
-def _control(controls: etree._Element, view: OrderView, naming: Naming) -> None:
-    control = _sub(controls, f"{{{EDC}}}EndDeviceControl")
-    _sub(control, f"{{{EDC}}}mRID", view.order_id)
+def _text_control(out: XmlText, view: OrderView, naming: Naming) -> None:
+    out.start("edc:EndDeviceControl")
+    out.leaf("edc:mRID", view.order_id)
     if view.issuer_id:
-        _sub(control, f"{{{EDC}}}issuerID", view.issuer_id)
+        out.leaf("edc:issuerID", view.issuer_id)
     if view.issuer_tracking_id:
-        _sub(control, f"{{{EDC}}}issuerTrackingID", view.issuer_tracking_id)
+        out.leaf("edc:issuerTrackingID", view.issuer_tracking_id)
     if view.reason:
-        _sub(control, f"{{{EDC}}}reason", CIM_REASONS.get(view.reason, view.reason))
-    code = next(c for c, a in CONTROL_CODES.items() if a is view.action)
-    _sub(control, f"{{{EDC}}}EndDeviceControlType").set("ref", code)
-    device = _sub(control, f"{{{EDC}}}EndDevices")
-    _sub(device, f"{{{EDC}}}mRID", view.meter_id)
-    _names(device, EDC, view.meter_id, naming)
+        out.leaf("edc:reason", CIM_REASONS.get(view.reason, view.reason))
+    out.leaf("edc:EndDeviceControlType", None, {"ref": _CODE_OF_ACTION[view.action]})
+    out.start("edc:EndDevices")
+    out.leaf("edc:mRID", view.meter_id)
+    out.start("edc:Names")
+    out.leaf("edc:name", view.meter_id)
+    out.start("edc:NameType")
+    out.leaf("edc:name", naming.name_type)
+    out.end("edc:NameType")
+    out.end("edc:Names")
+    out.end("edc:EndDevices")
     if view.not_before or view.deadline:
-        timing = _sub(control, f"{{{EDC}}}primaryDeviceTiming")
-        interval = _sub(timing, f"{{{EDC}}}interval")
+        out.start("edc:primaryDeviceTiming")
+        out.start("edc:interval")
         if view.deadline:
-            _sub(interval, f"{{{EDC}}}end", iso(view.deadline))
+            out.leaf("edc:end", iso(view.deadline))
         if view.not_before:
-            _sub(interval, f"{{{EDC}}}start", iso(view.not_before))
+            out.leaf("edc:start", iso(view.not_before))
+        out.end("edc:interval")
+        out.end("edc:primaryDeviceTiming")
+    out.end("edc:EndDeviceControl")
+
+
+_CODE_OF_ACTION: Final = {action: code for code, action in reversed(CONTROL_CODES.items())}
+
+
+def _refused_ident(outcome: ItemOutcome) -> tuple[str, dict[str, str]] | None:
+    if outcome.meter_id:
+        return outcome.meter_id, {"kind": "name", "objectType": "EndDevice"}
+    if outcome.order_id:
+        return outcome.order_id, _CONTROL_ID
+    return None
+
+
+def _reply_lines(out: XmlText, outcomes: Sequence[ItemOutcome], view_list: list[OrderView],
+                 info: Sequence[tuple[str, str, str]]) -> None:
+    """The Reply's Errors (refusals FATAL first, then INFORM lines) and IDs."""
+    for outcome in outcomes:
+        if not outcome.accepted:
+            code, level, reason, details = error_for(outcome)
+            _text_error(out, code, level, reason, details, _refused_ident(outcome))
+    for code, reason, details in info:
+        _text_error(out, code, "INFORM", reason, details, None)
+    told = set()
+    for outcome in outcomes:
+        if outcome.accepted and outcome.order_id and outcome.state:
+            told.add(outcome.order_id)
+            remark = "existing order returned, nothing new created" if outcome.existing else None
+            _text_error(out, INFORM_CODE, "INFORM", f"state: {outcome.state}", remark,
+                        (outcome.order_id, _CONTROL_ID))
+    for view in view_list:
+        if view.order_id not in told:
+            _text_error(out, INFORM_CODE, "INFORM", f"state: {view.state}",
+                        (view.detail or "")[:256] or None, (view.order_id, _CONTROL_ID))
+    for outcome in outcomes:
+        if outcome.accepted and outcome.order_id:
+            out.leaf("msg:ID", outcome.order_id, _CONTROL_ID)
 
 
 def build_reply(
@@ -176,63 +230,29 @@ def build_reply(
     INFORM line (code 0.0); accepted orders are Reply/ID and, as standard
     EndDeviceControl, the payload (``views``)."""
     ns = GEDCM if operation == "get" else EDCM
-    env, body = _soap({"m": ns, "msg": MSG, "edc": EDC})
-    message = _sub(body, f"{{{ns}}}EndDeviceControlsResponseMessage")
-    _header(
-        message,
-        ns,
-        verb="reply",
-        noun=NOUN,
-        source=source,
-        message_id=str(uuid.uuid4()),
-        correlation_id=correlation_id,
-    )
-    reply = _sub(message, f"{{{ns}}}Reply")
-    _sub(reply, f"{{{MSG}}}Result", result or result_of(outcomes))
-    for outcome in outcomes:
-        if not outcome.accepted:
-            code, level, reason, details = error_for(outcome)
-            ident = None
-            if outcome.meter_id:
-                ident = (outcome.meter_id, "name", "EndDevice")
-            elif outcome.order_id:
-                ident = (outcome.order_id, "uuid", "EndDeviceControl")
-            _error(reply, code, level, reason, details, ident)
+    out = XmlText()
+    declared = {f"xmlns:{prefix}": uri for prefix, uri in _REPLY_PREFIXES.items()}
+    out.start("soapenv:Envelope", {"xmlns:soapenv": SOAP11_ENV, "xmlns:m": ns, **declared})
+    out.start("soapenv:Body")
+    out.start("m:EndDeviceControlsResponseMessage")
+    _text_header(out, "m", message_id=str(uuid.uuid4()), source=source,
+                 correlation_id=correlation_id)
+    out.start("m:Reply")
+    out.leaf("msg:Result", result or result_of(outcomes))
     view_list = list(views)
-    for code, reason, details in info:
-        _error(reply, code, "INFORM", reason, details, None)
-    for outcome in outcomes:
-        if outcome.accepted and outcome.order_id and outcome.state:
-            remark = "existing order returned, nothing new created" if outcome.existing else None
-            _error(
-                reply,
-                INFORM_CODE,
-                "INFORM",
-                f"state: {outcome.state}",
-                remark,
-                (outcome.order_id, "uuid", "EndDeviceControl"),
-            )
-    told = {o.order_id for o in outcomes if o.accepted and o.order_id and o.state}
-    for view in view_list:
-        if view.order_id in told:
-            continue
-        _error(
-            reply,
-            INFORM_CODE,
-            "INFORM",
-            f"state: {view.state}",
-            (view.detail or "")[:256] or None,
-            (view.order_id, "uuid", "EndDeviceControl"),
-        )
-    for outcome in outcomes:
-        if outcome.accepted and outcome.order_id:
-            _ident(reply, outcome.order_id, "uuid", "EndDeviceControl")
+    _reply_lines(out, outcomes, view_list, info)
+    out.end("m:Reply")
     if view_list:
-        payload = _sub(message, f"{{{ns}}}Payload")
-        controls = _sub(payload, f"{{{EDC}}}EndDeviceControls")
+        out.start("m:Payload")
+        out.start("edc:EndDeviceControls")
         for view in view_list:
-            _control(controls, view, naming)
-    return bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8"))
+            _text_control(out, view, naming)
+        out.end("edc:EndDeviceControls")
+        out.end("m:Payload")
+    out.end("m:EndDeviceControlsResponseMessage")
+    out.end("soapenv:Body")
+    out.end("soapenv:Envelope")
+    return out.bytes()
 
 
 # --------------------------------------------------------------------------- results

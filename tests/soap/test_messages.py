@@ -126,3 +126,49 @@ def test_no_type_is_defined_twice_in_one_wsdl(service: str) -> None:
                 seen[type_name] = name
     assert len(done) >= 3
     assert duplicates == []
+
+
+HOSTILE = "MTR-<1> & \"quoted\" 'single' é \u20ac \U0001f50c"
+
+
+def hostile_reply(operation: str) -> bytes:
+    deadline = datetime(2026, 12, 3, 18, 0, tzinfo=UTC)
+    outcomes = [
+        ItemOutcome(meter_id=HOSTILE, order_id="o-1", state="validated"),
+        ItemOutcome(meter_id="MTR-2", order_id="o-2", state="dispatched", existing=True),
+        ItemOutcome(meter_id="MTR-<3>", refusal=Refusal.UNKNOWN_METER, detail="a & b <c>"),
+        ItemOutcome(meter_id=None, order_id="o-&", refusal=Refusal.ORDER_NOT_FOUND),
+    ]
+    views = [
+        OrderView(order_id="o-1", meter_id=HOSTILE, action=ControlAction.DISCONNECT,
+                  state="validated", reason="non_payment", issuer_id="LEG&ACY",
+                  issuer_tracking_id='T-"1"', not_before=deadline, deadline=deadline),
+        OrderView(order_id="o-9", meter_id="MTR-9", action=ControlAction.ARM,
+                  state="failed", detail="bad \x01 byte <here>"),
+    ]
+    return cim_write.build_reply(
+        operation=operation, outcomes=outcomes if operation != "get" else [],
+        source="ami-rcd & co", correlation_id="c<1>", views=views,
+        info=[("2.4", "no order matches & so on", "no_match")] if operation == "get" else ())
+
+
+@pytest.mark.parametrize("operation", ["create", "get"])
+def test_the_reply_written_as_text_is_what_lxml_writes_and_reads_back(operation: str) -> None:
+    xml = hostile_reply(operation)
+    root = etree.fromstring(xml)
+    # what lxml writes for the tree it read is byte for byte what the gateway wrote
+    assert etree.tostring(root, xml_declaration=True, encoding="UTF-8") == xml
+    cim.validate(body_child(xml))
+    assert_standard(xml)
+    edc = "{http://iec.ch/TC57/2011/EndDeviceControls#}"
+    msg = "{http://iec.ch/TC57/2011/schema/message}"
+    controls = root.findall(f".//{edc}EndDeviceControl")
+    assert [c.findtext(f"{edc}EndDevices/{edc}mRID") for c in controls] == [HOSTILE, "MTR-9"]
+    assert controls[0].findtext(f"{edc}issuerTrackingID") == 'T-"1"'
+    assert root.findtext(f".//{msg}CorrelationID") == "c<1>"
+    details = [e.findtext(f"{msg}details") for e in root.iter(f"{msg}Error")]
+    # a character XML cannot carry is replaced, and the message stays readable
+    assert "bad \ufffd byte <here>" in details
+    if operation == "create":
+        assert "unknown_meter: a & b <c>" in details
+        assert [i.text for i in root.findall(f".//{{*}}Reply/{msg}ID")] == ["o-1", "o-2"]
