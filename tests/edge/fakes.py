@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from edge_agent.meter_table import Meter
+from edge_agent.store import Store
 from shared.codes import Action, ControlState, OrderReason
 from shared.contracts import EnergyReading, MeterEntry, OrderCommand, RelayReading, RetryPolicy
 from shared.dlms.errors import ActionRefused, AssociationRefused, MalformedResponse, NoResponse
@@ -107,3 +109,14 @@ def order(
         retry=RetryPolicy(max_attempts=attempts, backoff_initial_s=backoff, backoff_max_s=backoff * 4,
                           jitter=0.2),
     )
+
+
+@contextmanager
+def two_meter_store(path: Path) -> Iterator[Store]:
+    """An agent store whose table holds two TCP meters, m1 and m2."""
+    store = Store(path)
+    store.import_meters([tcp_entry("m1"), tcp_entry("m2", port=4060)])
+    try:
+        yield store
+    finally:
+        store.close()

@@ -28,7 +28,7 @@ from shared.contracts import AckedMessage, MessageAck, OrderResult, RefusalRepor
 from shared.message_kinds import parse_agent_message
 from shared.signing import CommandSigner, generate_keypair, load_private_key
 
-from .fakes import FakeDriver, FakeLink, FakeMeter, order, tcp_entry
+from .fakes import FakeDriver, FakeLink, FakeMeter, order, tcp_entry, two_meter_store
 from .helpers import make_config, make_signer
 
 KEY = "tcp:127.0.0.1:4059"
@@ -36,12 +36,8 @@ KEY = "tcp:127.0.0.1:4059"
 
 @pytest.fixture
 def store(sqlite_path: Path) -> Iterator[Store]:
-    s = Store(sqlite_path)
-    s.import_meters([tcp_entry("m1"), tcp_entry("m2", port=4060)])
-    try:
+    with two_meter_store(sqlite_path) as s:
         yield s
-    finally:
-        s.close()
 
 
 def kinds(store: Store) -> list[tuple[str, str]]:

@@ -26,19 +26,15 @@ from edge_agent.errors import StoreError
 from edge_agent.executor import Executor
 from edge_agent.store import Store
 
-from .fakes import FakeDriver, FakeMeter, order, tcp_entry
+from .fakes import FakeDriver, FakeMeter, order, two_meter_store
 
 FULL, NORMAL = 2, 1  # PRAGMA synchronous values
 
 
 @pytest.fixture
 def store(sqlite_path: Path) -> Iterator[Store]:
-    s = Store(sqlite_path)
-    s.import_meters([tcp_entry("m1"), tcp_entry("m2", port=4060)])
-    try:
+    with two_meter_store(sqlite_path) as s:
         yield s
-    finally:
-        s.close()
 
 
 def synchronous(store: Store) -> int:
