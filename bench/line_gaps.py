@@ -47,6 +47,11 @@ def sessions(path: Path) -> list[list[Frame]]:
     return out
 
 
+def on_air(session: list[Frame]) -> float:
+    """The session's time on the channel: each request until its answer."""
+    return sum(answered - arrived for arrived, answered, _ in session)
+
+
 def line_figures(path: Path, window: tuple[float, float] | None) -> dict[str, float]:
     found = sessions(path)
     if window is not None:
@@ -58,11 +63,10 @@ def line_figures(path: Path, window: tuple[float, float] | None) -> dict[str, fl
     last = orders[-1][-1][1]
     span = [s for s in found if s[0][0] < last]
     begin = window[0] if window is not None else span[0][0][0]
-    on_air = {id(s): sum(f[1] - f[0] for f in s) for s in span}
     return {
         "first": orders[0][0][0] - begin,
-        "orders": sum(on_air[id(s)] for s in orders),
-        "other": sum(on_air[id(s)] for s in span if len(s) != ORDER_REQUESTS),
+        "orders": sum(on_air(s) for s in orders),
+        "other": sum(on_air(s) for s in span if len(s) != ORDER_REQUESTS),
         "between": sum(b[0][0] - a[-1][1] for a, b in itertools.pairwise(span)),
         "inside": sum(b[0] - a[1] for s in orders for a, b in itertools.pairwise(s)),
         "to_last_order": last - begin,

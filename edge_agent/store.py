@@ -21,7 +21,8 @@ Every write runs in one ``BEGIN IMMEDIATE`` transaction under a lock, with
 ``synchronous=FULL`` (``edge_agent.store_file``): what a method returned as stored
 survives kill -9 and a power cut. The exceptions commit lazily (they survive kill -9;
 at a power cut they may be lost, which costs a repeat only): the outbox's resend
-bookkeeping and acks, and :meth:`Store.claim_next`. This module holds the orders, their cancels and the
+bookkeeping and acks, :meth:`Store.claim_next`, and the relay audit's marks
+(``edge_agent.relay_store``). This module holds the orders, their cancels and the
 store's side of the outbox and the protected list. State changes of orders go through
 :func:`edge_agent.lifecycle.next_state`.
 """

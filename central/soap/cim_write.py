@@ -118,6 +118,9 @@ def result_of(outcomes: Sequence[ItemOutcome]) -> str:
 # every order of a create of up to 1,000 meters. Prefixes declared on its Envelope:
 _REPLY_PREFIXES: Final = {"msg": MSG, "edc": EDC}  # and soapenv, m (the operation's)
 _CONTROL_ID: Final = {"kind": "uuid", "objectType": "EndDeviceControl"}
+# the EndDeviceControlType code written for an action: the first code listed for it
+# (built in reverse so that the first one is the one left in the dict)
+_CODE_OF_ACTION: Final = {action: code for code, action in reversed(CONTROL_CODES.items())}
 
 
 def _text_header(out: XmlText, m: str, *, message_id: str, source: str,
@@ -175,9 +178,6 @@ def _text_control(out: XmlText, view: OrderView, naming: Naming) -> None:
         out.end("edc:interval")
         out.end("edc:primaryDeviceTiming")
     out.end("edc:EndDeviceControl")
-
-
-_CODE_OF_ACTION: Final = {action: code for code, action in reversed(CONTROL_CODES.items())}
 
 
 def _refused_ident(outcome: ItemOutcome) -> tuple[str, dict[str, str]] | None:

@@ -5,7 +5,8 @@ an lxml tree and serialising it cost about 80 us per order (issue 14), more than
 sixth of the SOAP path's budget. :class:`XmlText` appends the same markup as strings,
 in document order, escaped as lxml escapes text and attribute values, so what it
 writes is byte for byte what lxml wrote for the same elements (tests/soap check this
-against lxml on hostile values). Prefixes are the caller's: it declares them on the root element.
+against lxml on hostile values). Prefixes are the caller's: it declares them on the
+root element.
 
 Characters XML 1.0 does not allow (control characters other than tab, newline and
 carriage return, lone surrogates, U+FFFE/U+FFFF) are written as U+FFFD, so a stray
@@ -19,8 +20,6 @@ from typing import Final
 
 XML_DECLARATION: Final = "<?xml version='1.0' encoding='UTF-8'?>\n"
 _NOT_XML: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
 # printable ASCII other than & < > " : nothing to do (ids, codes, timestamps)
 _PLAIN: Final = re.compile("[\x20\x21\x23-\x25\x27-\x3b\x3d\x3f-\x7e]*")
 
