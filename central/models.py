@@ -80,6 +80,15 @@ class Concentrator(Base):
 
 class Meter(Base):
     __tablename__ = "meters"
+    __table_args__ = (
+        # the few protected meters, looked up before every dispatch pass (revision 0017)
+        Index(
+            "ix_meters_protected_customer",
+            "protected_customer",
+            postgresql_where=text("protected_customer IS true"),
+            sqlite_where=text("protected_customer IS 1"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     concentrator_id: Mapped[str | None] = mapped_column(

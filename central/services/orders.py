@@ -155,19 +155,41 @@ def stop_protected_disconnects(
     """Ley 21.304: end every active disconnect of a meter flagged ``protected_customer``
     (of ``meter_ids``, or of the whole fleet): one not yet sent is cancelled, one in flight
     gets a cancel sent to the agent, and so does one that ended here without the agent's
-    result while an agent may still hold it (whatever the state, until its deadline). Called when a meter is flagged and before every
-    dispatch pass, so a meter protected after its disconnect was accepted is never cut.
-    Returns how many orders it touched. Does not commit."""
+    result while an agent may still hold it (whatever the state, until its deadline).
+    Called when a meter is flagged and before every dispatch pass, so a meter protected
+    after its disconnect was accepted is never cut. Returns how many orders it touched.
+    Does not commit.
+
+    The fleet-wide check starts from the protected meters (a partial index: few meters
+    are flagged), not from the active orders: before every claim of a large batch, a
+    join from the orders side read every active order (64 ms per pass at 20,000)."""
     now = now or utcnow()
+    if meter_ids is None:
+        meter_ids = list(
+            session.scalars(select(Meter.id).where(Meter.protected_customer.is_(True)))
+        )
+    meter_ids = list(meter_ids)
+    touched = 0
+    for start in range(0, len(meter_ids), _PROTECTED_CHUNK):
+        touched += _stop_protected(session, meter_ids[start : start + _PROTECTED_CHUNK], now)
+    return touched
+
+
+# meter ids per query: well under any driver's bound-parameter limit
+_PROTECTED_CHUNK = 1000
+
+
+def _stop_protected(session: Session, meter_ids: list[str], now: datetime) -> int:
+    """:func:`stop_protected_disconnects` for some meters (still flagged: checked here)."""
     base = (
         select(Order)
         .join(Meter, Meter.id == Order.meter_id)
-        .where(Meter.protected_customer.is_(True), Order.action == _DISCONNECT)
+        .where(
+            Meter.protected_customer.is_(True),
+            Order.action == _DISCONNECT,
+            Order.meter_id.in_(meter_ids),
+        )
     )
-    if meter_ids is not None:
-        if not meter_ids:
-            return 0
-        base = base.where(Order.meter_id.in_(list(meter_ids)))
     query = base.where(Order.state.in_([s.value for s in ACTIVE_STATES]))
     touched = 0
     detail = "meter supplies a registered electro-dependent patient (Ley 21.304)"

@@ -297,6 +297,32 @@ def cancels_for(publisher: RecordingPublisher) -> list[str]:
     return out
 
 
+def test_the_pass_finds_protected_meters_flagged_behind_the_registry_s_back(
+    session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fleet-wide check before every pass starts from the protected meters (a partial
+    index), in chunks: a flag written straight into the database (an import, another
+    replica) still stops the disconnect, whichever chunk its meter falls in, and leaves
+    every other meter's order alone."""
+    monkeypatch.setattr(orders, "_PROTECTED_CHUNK", 2)
+    settings.max_inflight_per_concentrator = 10
+    settings.approval_threshold = 100
+    add_meters(session, 6)
+    ids = [accept(session, settings, f"m{n}", deadline=WORKDAY + timedelta(hours=3)) for n in range(6)]
+    for n in (1, 3, 4):  # no registry call, so nothing was stopped at flagging time
+        meter = session.get(Meter, f"m{n}")
+        assert meter is not None
+        meter.protected_customer = True
+    session.commit()
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 3
+    session.expire_all()
+    states = {n: orders.get_order(session, ids[n]) for n in range(6)}
+    assert [n for n, o in states.items() if o.state == "cancelled"] == [1, 3, 4]
+    assert all("Ley 21.304" in (states[n].result_detail or "") for n in (1, 3, 4))
+    assert [n for n, o in states.items() if o.state == "dispatched"] == [0, 2, 5]
+
+
 def test_a_protected_flag_cancels_every_disconnect_an_agent_may_hold(
     session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
 ) -> None:
