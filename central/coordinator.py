@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
@@ -98,7 +99,8 @@ class Coordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sla_at = float("-inf")  # monotonic time of the last reconnect SLA sweep
-        # publishes one claim while the next is being claimed (``dispatch_now``)
+        # sign and publish earlier claims while the next is being claimed (``dispatch_now``)
+        self._signing = ThreadPoolExecutor(1, thread_name_prefix="rcd-sign")
         self._publisher = ThreadPoolExecutor(2, thread_name_prefix="rcd-publish")
 
     # -- lifecycle -------------------------------------------------------------
@@ -124,6 +126,7 @@ class Coordinator:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._signing.shutdown(wait=True)
         self._publisher.shutdown(wait=True)
         if self.results_consumer is not None:
             self.results_consumer.close()
@@ -161,42 +164,65 @@ class Coordinator:
         """One dispatch pass now (the API calls it after accepting orders).
 
         Claim after claim until nothing more is ready (no per-pass cap); the first one
-        small, so that a batch's first commands leave early. While one
-        claim's commands wait for their PUBACKs (in the publisher thread), the next
-        claim is signed and committed; it is published only after the one before it, so
-        a concentrator still gets its commands in claim order."""
+        small, so that a batch's first commands leave early. A pass is a pipeline of
+        three threads: this one claims (the claim lock: selection and the move to
+        ``dispatched``), the signing thread signs and stores a claim's commands, the
+        publisher sends them and waits for their PUBACKs. Ed25519 signing releases the
+        GIL, so a claim is being signed while the next is claimed and the one before is
+        on the wire; each claim is published only after the one before it, so a
+        concentrator still gets its commands in claim order. At most two claims wait
+        behind the one being claimed."""
         link = self.link
         if link is None:
             return 0
         published = 0
-        pending: Future[int] | None = None
+        sending: deque[Future[int]] = deque()  # publish tasks of this pass, in claim order
         limit = selection.FIRST_CLAIM_SIZE  # then CLAIM_SIZE: see FIRST_CLAIM_SIZE
         with self.factory() as session:
             try:
                 while True:
-                    with self._dispatch_lock:  # claims are serialised; publishing overlaps
-                        claim = dispatch.claim_ready(
-                            session, self.signer, self.settings, limit=limit
-                        )
+                    with self._dispatch_lock:  # claims are serialised; the rest overlaps
+                        moved = dispatch.claim_moved(session, self.settings, limit=limit)
                     limit = selection.CLAIM_SIZE
-                    if pending is not None:  # one claim in flight at a time
-                        done, pending = pending, None
-                        published += done.result()
-                    if claim.ids and claim.more:
-                        pending = self._publisher.submit(self._publish, link, claim)
-                    elif claim.ids:
-                        published += dispatch.publish_claimed(session, link, claim)
-                    if not claim.more:
+                    while len(sending) >= 2:  # the claim before the last one is on the wire
+                        published += sending.popleft().result()
+                    if moved.commands:
+                        signed = self._signing.submit(self._sign, moved)
+                        before = sending[-1] if sending else None
+                        sending.append(self._publisher.submit(self._publish, link, signed, before))
+                    if not moved.more:
+                        while sending:
+                            published += sending.popleft().result()
                         return published
             finally:
-                if pending is not None and not pending.cancel():
-                    # the claim failed while the one before it was being published: its
-                    # outcome only matters to the log (unacked commands are resent)
-                    error = pending.exception()
-                    if error is not None:
-                        log.warning("dispatch: publishing a claim failed: %s", error)
+                self._abandon(sending)
 
-    def _publish(self, link: MqttLink, claim: dispatch.Claim) -> int:
+    @staticmethod
+    def _abandon(sending: deque[Future[int]]) -> None:
+        """A claim failed while the ones before it were being signed or published: their
+        outcome only matters to the log (unsigned or unacked commands are sent again)."""
+        for pending in sending:
+            if pending.cancel():
+                continue
+            error = pending.exception()
+            if error is not None:
+                log.warning("dispatch: publishing a claim failed: %s", error)
+
+    def _sign(self, moved: dispatch.Moved) -> dispatch.Claim:
+        with self.factory() as session:
+            return dispatch.sign_moved(session, self.signer, moved)
+
+    def _publish(
+        self, link: MqttLink, signed: Future[dispatch.Claim], before: Future[int] | None
+    ) -> int:
+        """Publish a signed claim once the claim before it is on the wire. If that one
+        failed, this one fails with it, unsent: both are sent again in order by
+        republish. The orders the broker acknowledged."""
+        if before is not None:
+            before.result()
+        claim = signed.result()
+        if not claim.ids:
+            return 0
         with self.factory() as session:
             return dispatch.publish_claimed(session, link, claim)
 

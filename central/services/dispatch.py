@@ -104,19 +104,39 @@ def claim_ready(
     now: datetime | None = None,
     limit: int | None = None,
 ) -> Claim:
-    """Select what may go, move it to ``dispatched`` with its timeline events (in bulk)
-    and commit; then sign the commands and commit them. Callers serialise claims (one at
-    a time per process; the claim lock between replicas); publishing may then overlap the
-    next claim. At most ``limit`` orders (``selection.CLAIM_SIZE`` if not given);
-    ``Claim.more`` says the limit was reached.
+    """:func:`claim_moved` then :func:`sign_moved`: the claim's orders moved to
+    ``dispatched`` and committed, then their commands signed and committed."""
+    return sign_moved(session, signer, claim_moved(session, settings, now=now, limit=limit))
 
-    The signatures are made after the first commit: on PostgreSQL that commit releases
-    the replicas' claim lock, which then covers only the selection and the state change
-    (what the in-flight caps and the disconnect budget of the next claim read), not the
-    Ed25519 signing and the writing of the signed commands. Nothing is published before
-    both commits; a dispatched order left without its signed command (a crash between
-    them) gets the very same command rebuilt and signed when it is sent again
-    (:func:`_signed_again`)."""
+
+@dataclass
+class Moved:
+    """Orders a claim moved to ``dispatched`` (committed): their commands, to sign."""
+
+    commands: list[OrderCommand]
+    more: bool = False  # the claim was full: more orders may be ready
+
+
+def claim_moved(
+    session: Session,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    limit: int | None = None,
+) -> Moved:
+    """Select what may go, move it to ``dispatched`` with its timeline events (in bulk)
+    and commit. Callers serialise claims (one at a time per process; the claim lock
+    between replicas); signing (:func:`sign_moved`) and publishing may then overlap the
+    next claim. At most ``limit`` orders (``selection.CLAIM_SIZE`` if not given);
+    ``Moved.more`` says the limit was reached.
+
+    Signing comes after this commit: on PostgreSQL that commit releases the replicas'
+    claim lock, which then covers only the selection and the state change (what the
+    in-flight caps and the disconnect budget of the next claim read), not the Ed25519
+    signing and the writing of the signed commands. Nothing is published before both
+    commits; a dispatched order left without its signed command (a crash between them)
+    gets the very same command rebuilt and signed when it is sent again
+    (``resend._signed_again``)."""
     now = now or utcnow()
     # The SQLite writer lock is taken before these may write (they flush what they find),
     # not only around the commit: a thread holding the database's write lock while it
@@ -132,25 +152,27 @@ def claim_ready(
     if not ready:
         session.commit()  # ends the read (on PostgreSQL: releases the claim lock); no writes
         selection.claim_committed(session)
-        return Claim([], [])
+        return Moved([])
     commands = _commands_for(ready, settings, now)
     claimed = _move_to_dispatched(session, ready, commands, settings, now)
     selection.claim_committed(session)
-    ids = [o.id for o in ready if o.id in claimed]
-    lost = len(ready) - len(ids)
+    moved = [o for o in ready if o.id in claimed]
+    lost = len(ready) - len(moved)
     if lost:
         log.info("%d order(s) changed before the claim; not dispatched", lost)
     latency = metrics.STEP_LATENCY.labels(
         step=str(STEP_OF[Event.DISPATCH]), state=OrderState.DISPATCHED.value
     )
-    for order in ready:
-        if order.id in claimed:
-            latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
-    messages = _sign_claimed(session, signer, [commands[order_id] for order_id in ids])
-    return Claim(
-        [i for i in ids if i in messages], [messages[i] for i in ids if i in messages],
-        more=len(ready) >= limit,
-    )
+    for order in moved:
+        latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
+    return Moved([commands[order.id] for order in moved], more=len(ready) >= limit)
+
+
+def sign_moved(session: Session, signer: CommandSigner, moved: Moved) -> Claim:
+    """Sign the commands of a claim's orders and commit them: the claim to publish."""
+    messages = _sign_claimed(session, signer, moved.commands)
+    ids = [command.order_id for command in moved.commands if command.order_id in messages]
+    return Claim(ids, [messages[i] for i in ids], more=moved.more)
 
 
 def _commands_for(ready: list[Any], settings: Settings, now: datetime) -> dict[str, OrderCommand]:
@@ -351,9 +373,11 @@ __all__ = [
     "Claim",
     "DeadlinePassed",
     "DispatchError",
+    "Moved",
     "Outgoing",
     "Publisher",
     "build_command",
+    "claim_moved",
     "claim_ready",
     "dispatch_ready",
     "new_command_id",
@@ -363,6 +387,7 @@ __all__ = [
     "resend_delay",
     "select_ready",
     "send_cancels",
+    "sign_moved",
     "sweep_expired",
     "weekend_allowed",
 ]

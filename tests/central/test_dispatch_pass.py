@@ -152,10 +152,48 @@ def test_a_failed_publish_loses_no_order(
         coordinator.stop()
     session.expire_all()
     rows = session.query(Order).all()
-    # the failed claim's orders stay dispatched without a PUBACK: sent again at resend_at
-    unpublished = [o for o in rows if o.state == "dispatched" and o.published_at is None]
-    assert len(unpublished) >= 4 and all(o.resend_at is not None for o in unpublished)
+    # the failed claim's orders stay dispatched without a PUBACK: sent again at resend_at;
+    # the claims after it were not sent ahead of it (they fail with it, in order)
+    assert link.sent == []
+    dispatched = [o for o in rows if o.state == "dispatched"]
+    assert len(dispatched) >= 4
+    assert all(o.published_at is None and o.resend_at is not None for o in dispatched)
     assert {o.state for o in rows} <= {"dispatched", "validated"} and len(rows) == 10
+
+
+def test_a_failed_signing_sends_nothing_after_it(
+    settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The signing thread's failure (here: the database refuses the signed commands)
+    reaches the pass; that claim and the ones after it are not published, and its orders
+    wait, dispatched, for republish to rebuild the very same commands."""
+    from central.errors import DispatchError
+
+    _pipelined(settings, session, meters, monkeypatch)
+    real = dispatch._sign_claimed
+    calls: list[int] = []
+
+    def fail_first(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise DispatchError("database unreachable (test)")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dispatch, "_sign_claimed", fail_first)
+    coordinator = Coordinator(settings, factory)
+    link = _SlowLink()
+    coordinator.link = link  # type: ignore[assignment]
+    try:
+        with pytest.raises(DispatchError, match="database unreachable"):
+            coordinator.dispatch_now()
+    finally:
+        coordinator.stop()
+    assert link.sent == []
+    session.expire_all()
+    first = sorted(session.query(Order).all(), key=lambda o: (o.created_at, o.id))[:4]
+    assert all(o.state == "dispatched" and o.command_payload is None for o in first)
+    assert all(o.command_id is not None and o.resend_at is not None for o in first)
 
 
 def test_a_result_wakes_only_the_dispatch_step(
