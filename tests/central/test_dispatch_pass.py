@@ -208,7 +208,7 @@ def test_a_result_wakes_only_the_dispatch_step(
     coordinator = Coordinator(settings, factory)
     calls: list[str] = []
     monkeypatch.setattr(coordinator, "run_once", lambda: calls.append("pass"))
-    monkeypatch.setattr(coordinator, "dispatch_now", lambda: calls.append("dispatch") or 0)
+    monkeypatch.setattr(coordinator, "dispatch_now", lambda **_: calls.append("dispatch") or 0)
     coordinator.link = _SlowLink()  # type: ignore[assignment]
 
     def settled(count: int) -> bool:
