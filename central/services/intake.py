@@ -269,10 +269,33 @@ def create_orders(
     if not requests:
         raise BadRequest("no orders given")
     now = now or utcnow()
-    keys = [r.idempotency_key for r in requests if r.idempotency_key]
+    intake = _Intake(session, settings, actor, channel, now, _load_known(session, requests))
+    # Nothing is written before the end: on SQLite the first write takes the database's
+    # write lock until the caller commits, so every row (the batch's included) goes out
+    # at the end in bulk and the lock is held for the inserts only, not the validation.
+    for index, request in enumerate(requests):
+        intake.take(index, request)
+    intake.hold_for_approval()
+    intake.quarantine()
+    intake.write()
+    return intake.outcome
+
+
+@dataclass
+class _Known:
+    """What the database already holds for a batch's requests."""
+
+    by_key: dict[str, Order | _Pending]  # orders by idempotency key (the batch's own too)
+    meters: dict[str, Any]  # rows of _METER_COLUMNS by meter id
+    concentrators: dict[str, Any]  # rows of _CONCENTRATOR_COLUMNS by id
+    active: defaultdict[str, list[Order | _Pending]]  # active orders by meter
+
+
+def _load_known(session: Session, requests: Sequence[OrderRequest]) -> _Known:
+    keys = sorted({r.idempotency_key for r in requests if r.idempotency_key})
     by_key: dict[str, Order | _Pending] = {}
-    for chunk in _chunks(sorted(set(keys))):
-        for order in session.scalars(select(Order).where(Order.idempotency_key.in_(chunk))):
+    for chunk in _chunks(keys):
+        for order in session.scalars(select(Order).where(one_of(session, Order.idempotency_key, chunk))):
             assert order.idempotency_key is not None
             by_key[order.idempotency_key] = order
     meters = _load_rows(session, _METER_COLUMNS, (r.meter_id for r in requests))
@@ -281,92 +304,117 @@ def create_orders(
         _CONCENTRATOR_COLUMNS,
         (m.concentrator_id for m in meters.values() if m.concentrator_id),
     )
-    active: dict[str, list[Order | _Pending]] = defaultdict(list)
+    active: defaultdict[str, list[Order | _Pending]] = defaultdict(list)
     for chunk in _chunks(sorted(meters)):
         for order in session.scalars(
             select(Order).where(
-                Order.meter_id.in_(chunk), Order.state.in_([s.value for s in ACTIVE_STATES])
+                one_of(session, Order.meter_id, chunk), Order.state.in_(_ACTIVE_VALUES)
             )
         ):
             active[order.meter_id].append(order)
+    return _Known(by_key, meters, concentrators, active)
 
-    # Nothing is written before the loop: on SQLite the first write takes the database's
-    # write lock until the caller commits, so every row (the batch's included) goes out
-    # at the end in bulk and the lock is held for the inserts only, not the validation.
-    batch_id = new_id()
-    batch: dict[str, Any] = {
-        "id": batch_id,
-        "created_by": actor.name,
-        "created_at": now,
-        "size": len(requests),
-        "disconnects": 0,
-        "needs_approval": False,
-        "approved_by": None,
-        "approved_at": None,
-    }
-    outcome = BatchOutcome(batch_id=batch_id, needs_approval=False)
-    writer = _Writer(now)
-    accepted_disconnects: list[_Pending] = []
-    received = f"received from {actor.name}"
-    per_action = {  # priority, activity duration, attempts: looked up once per batch
-        a.value: (
-            settings.priority.get(a.value, 5),
-            timedelta(seconds=settings.deadline_for(a.value)),
-            settings.retry_for(a.value).max_attempts,
-        )
-        for a in Action
-    }
 
-    for index, request in enumerate(requests):
+class _Intake:
+    """One batch being validated: what is known, the rows to write, the answer."""
+
+    def __init__(
+        self, session: Session, settings: Settings, actor: Actor, channel: Channel,
+        now: datetime, known: _Known,
+    ) -> None:
+        self.session, self.settings, self.actor, self.channel = session, settings, actor, channel
+        self.now = now
+        self.known = known
+        self.batch: dict[str, Any] = {
+            "id": new_id(),
+            "created_by": actor.name,
+            "created_at": now,
+            "size": 0,
+            "disconnects": 0,
+            "needs_approval": False,
+            "approved_by": None,
+            "approved_at": None,
+        }
+        self.outcome = BatchOutcome(batch_id=self.batch["id"], needs_approval=False)
+        self.writer = _Writer(now)
+        self.accepted_disconnects: list[_Pending] = []
+        self._received = f"received from {actor.name}"
+        self._per_action = {  # priority, activity duration, attempts: looked up once
+            a.value: (
+                settings.priority.get(a.value, 5),
+                timedelta(seconds=settings.deadline_for(a.value)),
+                settings.retry_for(a.value).max_attempts,
+            )
+            for a in Action
+        }
+
+    def take(self, index: int, request: OrderRequest) -> None:
+        """One request: the existing order it repeats, or a new order, accepted or
+        refused."""
+        self.batch["size"] += 1
         key = request.idempotency_key or None  # an empty key is no key (it is not unique)
-        if key and key in by_key:
-            known = by_key[key]
-            if _same_request(known, request, actor):
-                outcome.items.append(_item_from_existing(index, known))
-                continue
+        reused: validation.Refusal | None = None
+        if key and key in self.known.by_key:
+            known = self.known.by_key[key]
+            if _same_request(known, request, self.actor):
+                self.outcome.items.append(_item_from_existing(index, known))
+                return
             # the key belongs to another caller's (or another meter's) order: never hand
             # that order back; this request is refused (recorded without the key)
             key = None
-            reused: validation.Refusal | None = validation.Refusal(
+            reused = validation.Refusal(
                 validation.RefusalCode.INVALID_REQUEST,
                 f"idempotency key {request.idempotency_key!r} is already used by another "
                 "request (different caller, meter or action)",
             )
-        else:
-            reused = None
-        meter = meters.get(request.meter_id)
-        others = active.get(request.meter_id, [])
-        action = request.action.value
-        same = [o for o in others if o.action == action]
+        others = self.known.active.get(request.meter_id, [])
+        same = [o for o in others if o.action == request.action.value]
         if same and reused is None:
-            outcome.items.append(_item_from_existing(index, same[0]))
-            continue
+            self.outcome.items.append(_item_from_existing(index, same[0]))
+            return
+        meter = self.known.meters.get(request.meter_id)
+        pending = self._new_order(request, key, meter)
+        refusal = reused or self._refusal(request, meter, others)
+        if refusal is not None:
+            self._refuse(index, pending, refusal)
+        else:
+            self._accept(index, pending, others)
+        if key:
+            self.known.by_key[key] = pending
+
+    def _refusal(
+        self, request: OrderRequest, meter: Any, others: list[Order | _Pending]
+    ) -> validation.Refusal | None:
+        """The first rule the request breaks, if any."""
+        now = self.now
         concentrator = (
-            concentrators.get(meter.concentrator_id) if meter and meter.concentrator_id else None
+            self.known.concentrators.get(meter.concentrator_id)
+            if meter and meter.concentrator_id
+            else None
         )
-        refusal = reused or _check(request, meter, concentrator, settings, now)
+        refusal = _check(request, meter, concentrator, self.settings, now)
         if refusal is not None and refusal.code is validation.RefusalCode.UNKNOWN_METER:
-            refusal = _with_suggestion(session, refusal, request.meter_id)
-        if (
-            refusal is None
-            and request.not_before is not None
-            and request.not_before > now
-            and action == _DISCONNECT
-        ):
+            return _with_suggestion(self.session, refusal, request.meter_id)
+        disconnect = request.action.value == _DISCONNECT
+        if refusal is None and disconnect and request.not_before and request.not_before > now:
             # the day rules apply to the day the relay may first be switched too
-            refusal = _check(request, meter, concentrator, settings, request.not_before)
+            refusal = _check(request, meter, concentrator, self.settings, request.not_before)
         if refusal is None and request.deadline is not None and request.deadline <= now:
             refusal = validation.Refusal(
                 validation.RefusalCode.INVALID_REQUEST,
                 f"deadline {request.deadline.isoformat()} has already passed",
             )
-        if refusal is None and action == _DISCONNECT and others:
+        if refusal is None and disconnect and others:
             refusal = validation.Refusal(
                 validation.RefusalCode.METER_BUSY,
                 f"meter {request.meter_id} has an active {others[0].action} order {others[0].id}",
             )
-        reason = request.reason.value
-        priority, duration, max_attempts = per_action[action]
+        return refusal
+
+    def _new_order(self, request: OrderRequest, key: str | None, meter: Any) -> _Pending:
+        """The new order's row, received (its first timeline event)."""
+        now, action, reason = self.now, request.action.value, request.reason.value
+        priority, duration, max_attempts = self._per_action[action]
         order_id = new_id()
         pending = _Pending(
             id=order_id,
@@ -382,100 +430,105 @@ def create_orders(
                 "reason": reason,
                 "special": request.special,
                 "priority": request.priority if request.priority is not None else priority,
-                "created_by": actor.name,
+                "created_by": self.actor.name,
                 "created_at": now,
                 "updated_at": now,
                 "deadline": request.deadline or now + duration,
                 "not_before": request.not_before,
                 "issuer_id": request.issuer_id,
                 "max_attempts": max_attempts,
-                "batch_id": batch_id,
-                "source": channel.source,
+                "batch_id": self.batch["id"],
+                "source": self.channel.source,
                 "external_ref": request.external_ref,
                 "correlation_id": request.correlation_id,
-                "reply_address": channel.reply_address,
+                "reply_address": self.channel.reply_address,
                 "finished_at": None,
                 "superseded_by": None,
                 "result_reason": None,
-                "sla_due_at": reconnect_sla.due_at(action, now, settings),
+                "sla_due_at": reconnect_sla.due_at(action, now, self.settings),
             },
         )
-        writer.orders.append(pending)
-        writer.event(
+        self.writer.orders.append(pending)
+        self.writer.event(
             pending,
             "receive",
-            actor.name,
-            f"{received}: {action} ({reason}) via {channel.source}",
+            self.actor.name,
+            f"{self._received}: {action} ({reason}) via {self.channel.source}",
             2,
             None,
             _RECEIVED,
         )
-        if refusal is not None:
-            pending.refusal_code = refusal.code.value
-            pending.refusal_detail = refusal.message
-            writer.advance(pending, Event.REJECT, "central", f"{refusal.code}: {refusal.message}")
-            outcome.items.append(
-                ItemResult(
-                    index,
-                    request.meter_id,
-                    False,
-                    order_id,
-                    pending.state,
-                    refusal.code.value,
-                    refusal.message,
-                )
-            )
-        else:
-            for other in others:  # connect/arm supersedes a pending disconnect
-                if isinstance(other, _Pending):
-                    _supersede_pending(writer, other, pending)
-                else:
-                    _supersede(session, other, pending, now)
-            writer.advance(pending, Event.VALIDATE, "central", "all checks passed")
-            if action == _DISCONNECT:
-                accepted_disconnects.append(pending)
-            outcome.items.append(
-                ItemResult(index, request.meter_id, True, order_id, pending.state, None, "accepted")
-            )
-            active[request.meter_id] = [o for o in others if o.state in _ACTIVE] + [pending]
-        if key:
-            by_key[key] = pending
+        return pending
 
-    batch["disconnects"] = len(accepted_disconnects)
-    detail = approvals.hold_reason(
-        session,
-        settings,
-        now,
-        batch_id,
-        [
-            (approvals.switch_time(now, o.row["not_before"]), bool(o.row["special"]))
-            for o in accepted_disconnects
-        ],
-    )
-    if detail is not None:
-        batch["needs_approval"] = True
-        outcome.needs_approval = True
-        held = {o.id for o in accepted_disconnects}
-        for pending in accepted_disconnects:
+    def _refuse(self, index: int, pending: _Pending, refusal: validation.Refusal) -> None:
+        pending.refusal_code = refusal.code.value
+        pending.refusal_detail = refusal.message
+        self.writer.advance(pending, Event.REJECT, "central", f"{refusal.code}: {refusal.message}")
+        self.outcome.items.append(
+            ItemResult(
+                index, pending.meter_id, False, pending.id, pending.state, refusal.code.value,
+                refusal.message,
+            )
+        )
+
+    def _accept(self, index: int, pending: _Pending, others: list[Order | _Pending]) -> None:
+        for other in others:  # connect/arm supersedes a pending disconnect
+            if isinstance(other, _Pending):
+                _supersede_pending(self.writer, other, pending)
+            else:
+                _supersede(self.session, other, pending, self.now)
+        self.writer.advance(pending, Event.VALIDATE, "central", "all checks passed")
+        if pending.action == _DISCONNECT:
+            self.accepted_disconnects.append(pending)
+        self.outcome.items.append(
+            ItemResult(index, pending.meter_id, True, pending.id, pending.state, None, "accepted")
+        )
+        self.known.active[pending.meter_id] = [o for o in others if o.state in _ACTIVE] + [pending]
+
+    def hold_for_approval(self) -> None:
+        """A mass disconnect waits for a second person: every disconnect of the batch."""
+        disconnects = self.accepted_disconnects
+        self.batch["disconnects"] = len(disconnects)
+        detail = approvals.hold_reason(
+            self.session,
+            self.settings,
+            self.now,
+            self.batch["id"],
+            [
+                (approvals.switch_time(self.now, o.row["not_before"]), bool(o.row["special"]))
+                for o in disconnects
+            ],
+        )
+        if detail is None:
+            return
+        self.batch["needs_approval"] = True
+        self.outcome.needs_approval = True
+        for pending in disconnects:
             pending.needs_approval = True
-            writer.event(
+            self.writer.event(
                 pending, "approval_required", "central", detail, 3, pending.state, pending.state
             )
-        for item in outcome.items:
+        held = {o.id for o in disconnects}
+        for item in self.outcome.items:
             if item.order_id in held:
                 item.needs_approval = True
-    # issue 17: disconnects over a scope's limits wait in quarantine for a second person
-    quarantined = anomaly.screen(session, settings, now, accepted_disconnects, writer.advance)
-    for item in outcome.items:
-        if item.order_id in quarantined:
-            item.state = OrderState.QUARANTINED.value
-    # the batch first (orders refer to it), then orders and events, then ORM changes
-    # (superseded orders refer to the new ones)
-    bulk.insert_rows(session, cast(Table, Batch.__table__), [batch])
-    writer.flush(session)
-    with stale_to_conflict(session, "orders not created"):
-        session.flush()
-    return outcome
+
+    def quarantine(self) -> None:
+        """Issue 17: disconnects over a scope's limits wait for a second person."""
+        quarantined = anomaly.screen(
+            self.session, self.settings, self.now, self.accepted_disconnects, self.writer.advance
+        )
+        for item in self.outcome.items:
+            if item.order_id in quarantined:
+                item.state = OrderState.QUARANTINED.value
+
+    def write(self) -> None:
+        """The batch first (orders refer to it), then orders and events, then ORM changes
+        (superseded orders refer to the new ones)."""
+        bulk.insert_rows(self.session, cast(Table, Batch.__table__), [self.batch])
+        self.writer.flush(self.session)
+        with stale_to_conflict(self.session, "orders not created"):
+            self.session.flush()
 
 
 def _check(request: OrderRequest, meter: validation.MeterLike | None,
@@ -496,6 +549,7 @@ def _with_suggestion(
 
 
 _ACTIVE = frozenset(s.value for s in ACTIVE_STATES)
+_ACTIVE_VALUES = sorted(_ACTIVE)
 _RECEIVED = OrderState.RECEIVED.value
 _DISCONNECT = Action.DISCONNECT.value
 
