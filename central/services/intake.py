@@ -307,9 +307,10 @@ def _load_known(session: Session, requests: Sequence[OrderRequest]) -> _Known:
     active: defaultdict[str, list[Order | _Pending]] = defaultdict(list)
     for chunk in _chunks(sorted(meters)):
         for order in session.scalars(
-            select(Order).where(
-                one_of(session, Order.meter_id, chunk), Order.state.in_(_ACTIVE_VALUES)
-            )
+            # IN, not one_of's array: with an array the database side was slower, not
+            # faster (20,000 active orders never analysed: 199 ms per 500 meters against
+            # 133 ms with IN; both read the active orders through the state index)
+            select(Order).where(Order.meter_id.in_(chunk), Order.state.in_(_ACTIVE_VALUES))
         ):
             active[order.meter_id].append(order)
     return _Known(by_key, meters, concentrators, active)
