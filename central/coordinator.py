@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from functools import partial
@@ -51,7 +50,6 @@ log = logging.getLogger(__name__)
 # An ack is idempotent; its signed deadline only bounds how long a copy may linger.
 ACK_LIFETIME = timedelta(days=1)
 MAX_ACKS = 500  # per MessageAck (its contract's limit)
-CLAIMS_IN_HAND = 2  # claims signed or published while the next is claimed (dispatch_now)
 # a receipt or result with the topic and the bytes it came as (for a rejected-message row)
 _Applicable = tuple[str, bytes, OrderReceipt | OrderResult]
 # Receipts and results that apply to no order: kept as rejected messages, then acked.
@@ -62,11 +60,6 @@ _KEPT_AS_REJECTED = {
         "outcome 'rejected' (an agent's refusal of a command it could not verify) ends no order"
     ),
 }
-
-
-def _log_failed_publish(pending: Future[int]) -> None:
-    if not pending.cancelled() and (error := pending.exception()) is not None:
-        log.warning("dispatch: publishing a claim failed: %s", error)
 
 
 def load_signer(settings: Settings) -> CommandSigner:
@@ -109,11 +102,6 @@ class Coordinator:
         # sign and publish earlier claims while the next is being claimed (``dispatch_now``)
         self._signing = ThreadPoolExecutor(1, thread_name_prefix="rcd-sign")
         self._publisher = ThreadPoolExecutor(2, thread_name_prefix="rcd-publish")
-        self._send_lock = threading.Lock()
-        self._last_send: Future[int] | None = None  # the claim last handed to the publisher
-        # claims handed on (being signed or published) while the next is being claimed,
-        # whichever pass made them: the bound on what is claimed but not yet on the wire
-        self._in_hand = threading.Semaphore(CLAIMS_IN_HAND)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -172,7 +160,7 @@ class Coordinator:
         return self.link is not None and self.link.connected
 
     # -- work ------------------------------------------------------------------------
-    def dispatch_now(self, *, wait: bool = True) -> int:
+    def dispatch_now(self) -> int:
         """One dispatch pass now (the API calls it after accepting orders).
 
         Claim after claim until nothing more is ready (no per-pass cap); the first one
@@ -181,14 +169,9 @@ class Coordinator:
         ``dispatched``), the signing thread signs and stores a claim's commands, the
         publisher sends them and waits for their PUBACKs. Ed25519 signing releases the
         GIL, so a claim is being signed while the next is claimed and the one before is
-        on the wire. Claims go on the wire one at a time, in claim order, whichever pass
-        made them, so a concentrator gets its commands in that order. At most
-        ``CLAIMS_IN_HAND`` claims wait behind the one being claimed.
-
-        ``wait=False`` (the background loop) returns once the last claim is handed on,
-        without waiting for its PUBACKs, so that orders accepted meanwhile are claimed at
-        once; its failures are logged. Returns the orders the broker acknowledged (of the
-        claims waited for)."""
+        on the wire; each claim is published only after the one before it, so a
+        concentrator still gets its commands in claim order. At most two claims wait
+        behind the one being claimed."""
         link = self.link
         if link is None:
             return 0
@@ -198,84 +181,45 @@ class Coordinator:
         with self.factory() as session:
             try:
                 while True:
-                    moved, sent = self._claim(session, link, limit, sending[-1] if sending else None)
-                    if sent is not None:
-                        sending.append(sent)
+                    with self._dispatch_lock:  # claims are serialised; the rest overlaps
+                        moved = dispatch.claim_moved(session, self.settings, limit=limit)
                     limit = selection.CLAIM_SIZE
-                    while sending and sending[0].done():  # a failed one ends the pass here
+                    while len(sending) >= 2:  # the claim before the last one is on the wire
                         published += sending.popleft().result()
+                    if moved.commands:
+                        signed = self._signing.submit(self._sign, moved)
+                        before = sending[-1] if sending else None
+                        sending.append(self._publisher.submit(self._publish, link, signed, before))
                     if not moved.more:
-                        break
-            except BaseException:
+                        while sending:
+                            published += sending.popleft().result()
+                        return published
+            finally:
                 self._abandon(sending)
-                raise
-        if not wait:
-            for pending in sending:
-                pending.add_done_callback(_log_failed_publish)
-            return published
-        try:
-            while sending:
-                published += sending.popleft().result()
-        finally:
-            self._abandon(sending)
-        return published
-
-    def _claim(
-        self, session: Session, link: MqttLink, limit: int, fail_with: Future[int] | None
-    ) -> tuple[dispatch.Moved, Future[int] | None]:
-        """One claim, handed on to be signed and published (its publish task), once fewer
-        than ``CLAIMS_IN_HAND`` claims are in hand."""
-        self._in_hand.acquire()  # released when this claim's publish task is done
-        sent: Future[int] | None = None
-        try:
-            with self._dispatch_lock:  # claims are serialised; the rest overlaps
-                moved = dispatch.claim_moved(session, self.settings, limit=limit)
-            if moved.commands:
-                sent = self._send(link, moved, fail_with)
-        finally:
-            if sent is None:  # nothing claimed, or the claim failed
-                self._in_hand.release()
-        return moved, sent
-
-    def _send(
-        self, link: MqttLink, moved: dispatch.Moved, fail_with: Future[int] | None
-    ) -> Future[int]:
-        """Hand a claim to the signing thread, then to the publisher, behind the claim
-        last handed to it."""
-        signed = self._signing.submit(self._sign, moved)
-        with self._send_lock:
-            after = self._last_send
-            sent = self._publisher.submit(self._publish, link, signed, after, fail_with)
-            self._last_send = sent
-        sent.add_done_callback(lambda _: self._in_hand.release())
-        return sent
 
     @staticmethod
     def _abandon(sending: deque[Future[int]]) -> None:
         """A claim failed while the ones before it were being signed or published: their
         outcome only matters to the log (unsigned or unacked commands are sent again)."""
         for pending in sending:
-            if not pending.cancel():
-                _log_failed_publish(pending)
+            if pending.cancel():
+                continue
+            error = pending.exception()
+            if error is not None:
+                log.warning("dispatch: publishing a claim failed: %s", error)
 
     def _sign(self, moved: dispatch.Moved) -> dispatch.Claim:
         with self.factory() as session:
             return dispatch.sign_moved(session, self.signer, moved)
 
     def _publish(
-        self,
-        link: MqttLink,
-        signed: Future[dispatch.Claim],
-        after: Future[int] | None,
-        fail_with: Future[int] | None,
+        self, link: MqttLink, signed: Future[dispatch.Claim], before: Future[int] | None
     ) -> int:
-        """Publish a signed claim once the claim handed on before it is done. If the
-        claim before it in its own pass failed, this one fails with it, unsent: both are
-        sent again, in order, by republish. The orders the broker acknowledged."""
-        if after is not None:
-            futures.wait([after])
-        if fail_with is not None:
-            fail_with.result()
+        """Publish a signed claim once the claim before it is on the wire. If that one
+        failed, this one fails with it, unsent: both are sent again in order by
+        republish. The orders the broker acknowledged."""
+        if before is not None:
+            before.result()
         claim = signed.result()
         if not claim.ids:
             return 0
@@ -304,7 +248,7 @@ class Coordinator:
                         partial(dispatch.republish_unacked, settings=self.settings), link
                     ),
                 ),
-                ("dispatch", partial(self.dispatch_now, wait=False)),
+                ("dispatch", self.dispatch_now),
             ]
         failed: list[str] = []
         for name, step in steps:
@@ -357,7 +301,7 @@ class Coordinator:
                 elif self.link is not None and self.link.connected:
                     # cancels first: a reconnect waits for its superseded disconnect's cancel
                     self._send_cancels(self.link)
-                    self.dispatch_now(wait=False)
+                    self.dispatch_now()
                     self._dispatched_at = time.monotonic()
             except CentralError as exc:
                 log.warning("background pass: %s", exc)

@@ -135,34 +135,6 @@ def test_claims_publish_one_at_a_time_in_claim_order(
     assert all(o.published_at is not None for o in dispatched)
 
 
-def test_passes_that_do_not_wait_still_send_one_claim_at_a_time_in_order(
-    settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The background loop's passes (``wait=False``) return before their last claim's
-    PUBACKs; the next pass's claims go on the wire after them, never beside them, in
-    claim order."""
-    _pipelined(settings, session, meters, monkeypatch)
-    coordinator = Coordinator(settings, factory)
-    link = _SlowLink()
-    coordinator.link = link  # type: ignore[assignment]
-    try:
-        coordinator.dispatch_now(wait=False)
-        assert len(link.calls) < 3  # returned before its last claim was on the wire
-        meters(3, concentrator="conc-a", prefix="n")
-        create(session, settings, [req(f"n{n}", "connect") for n in range(3)], now=utcnow())
-        coordinator.dispatch_now(wait=False)
-    finally:
-        coordinator.stop()  # waits for the signing and publishing threads
-    assert [size for _, _, size in link.calls] == [4, 4, 2, 3]
-    for (_, end, _), (start, _, _) in zip(link.calls, link.calls[1:], strict=False):
-        assert end <= start
-    session.expire_all()
-    dispatched = sorted(session.query(Order).all(), key=lambda o: (o.created_at, o.id))
-    assert _order_ids(link.sent) == [o.id for o in dispatched]
-    assert all(o.published_at is not None for o in dispatched)
-
-
 def test_a_failed_publish_loses_no_order(
     settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
     monkeypatch: pytest.MonkeyPatch,
@@ -236,7 +208,7 @@ def test_a_result_wakes_only_the_dispatch_step(
     coordinator = Coordinator(settings, factory)
     calls: list[str] = []
     monkeypatch.setattr(coordinator, "run_once", lambda: calls.append("pass"))
-    monkeypatch.setattr(coordinator, "dispatch_now", lambda **_: calls.append("dispatch") or 0)
+    monkeypatch.setattr(coordinator, "dispatch_now", lambda: calls.append("dispatch") or 0)
     coordinator.link = _SlowLink()  # type: ignore[assignment]
 
     def settled(count: int) -> bool:

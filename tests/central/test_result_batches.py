@@ -230,7 +230,7 @@ def test_results_that_free_slots_share_one_dispatch_and_new_orders_never_wait(
     coordinator = Coordinator(settings, factory)
     coordinator.link = _AckLink()  # type: ignore[assignment]
     passes: list[float] = []
-    monkeypatch.setattr(coordinator, "dispatch_now", lambda **_: passes.append(time.monotonic()) or 0)
+    monkeypatch.setattr(coordinator, "dispatch_now", lambda: passes.append(time.monotonic()) or 0)
     coordinator.start()
     try:
         _until(lambda: len(passes) == 1)  # the first whole pass
