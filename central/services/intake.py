@@ -295,7 +295,8 @@ def _load_known(session: Session, requests: Sequence[OrderRequest]) -> _Known:
     keys = sorted({r.idempotency_key for r in requests if r.idempotency_key})
     by_key: dict[str, Order | _Pending] = {}
     for chunk in _chunks(keys):
-        for order in session.scalars(select(Order).where(one_of(session, Order.idempotency_key, chunk))):
+        keyed = select(Order).where(one_of(session, Order.idempotency_key, chunk))
+        for order in session.scalars(keyed):
             assert order.idempotency_key is not None
             by_key[order.idempotency_key] = order
     meters = _load_rows(session, _METER_COLUMNS, (r.meter_id for r in requests))
@@ -330,7 +331,7 @@ class _Intake:
             "id": new_id(),
             "created_by": actor.name,
             "created_at": now,
-            "size": 0,
+            "size": 0,  # set by write(): one item per request
             "disconnects": 0,
             "needs_approval": False,
             "approved_by": None,
@@ -352,7 +353,6 @@ class _Intake:
     def take(self, index: int, request: OrderRequest) -> None:
         """One request: the existing order it repeats, or a new order, accepted or
         refused."""
-        self.batch["size"] += 1
         key = request.idempotency_key or None  # an empty key is no key (it is not unique)
         reused: validation.Refusal | None = None
         if key and key in self.known.by_key:
@@ -526,6 +526,7 @@ class _Intake:
     def write(self) -> None:
         """The batch first (orders refer to it), then orders and events, then ORM changes
         (superseded orders refer to the new ones)."""
+        self.batch["size"] = len(self.outcome.items)
         bulk.insert_rows(self.session, cast(Table, Batch.__table__), [self.batch])
         self.writer.flush(self.session)
         with stale_to_conflict(self.session, "orders not created"):

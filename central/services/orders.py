@@ -164,14 +164,14 @@ def stop_protected_disconnects(
     are flagged), not from the active orders: before every claim of a large batch, a
     join from the orders side read every active order (64 ms per pass at 20,000)."""
     now = now or utcnow()
-    if meter_ids is None:
-        meter_ids = list(
-            session.scalars(select(Meter.id).where(Meter.protected_customer.is_(True)))
-        )
-    meter_ids = list(meter_ids)
+    ids = (
+        list(session.scalars(select(Meter.id).where(Meter.protected_customer.is_(True))))
+        if meter_ids is None
+        else list(meter_ids)
+    )
     touched = 0
-    for start in range(0, len(meter_ids), _PROTECTED_CHUNK):
-        touched += _stop_protected(session, meter_ids[start : start + _PROTECTED_CHUNK], now)
+    for start in range(0, len(ids), _PROTECTED_CHUNK):
+        touched += _stop_protected(session, ids[start : start + _PROTECTED_CHUNK], now)
     return touched
 
 
