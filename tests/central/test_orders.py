@@ -462,3 +462,18 @@ def test_csv_import_reports_bad_rows(session: Session) -> None:
     assert x3.protected_customer and not x3.commissioned
     assert session.scalars(select(WorkOrder)).all() == []
     _ = Action, OrderReason
+
+
+def test_a_batch_records_every_request_in_its_size(
+    session: Session, settings: Settings, meters: Meters
+) -> None:
+    """Accepted, refused and repeated requests alike count in the batch's size."""
+    from central.models import Batch
+
+    meters(2)
+    batch = [req("m0"), req("m0"), req("nope"), req("m1", action="connect", reason="payment_restored")]
+    outcome = orders.create_orders(session, batch, OPERATOR, settings, now=WORKDAY)
+    session.commit()
+    assert [item.duplicate for item in outcome.items] == [False, True, False, False]
+    row = session.get(Batch, outcome.batch_id)
+    assert row is not None and row.size == 4
