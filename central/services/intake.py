@@ -26,7 +26,7 @@ from central.models import Batch, Concentrator, LegacyNotification, Meter, Order
 from central.services import anomaly, approvals, lookup, reconnect_sla, validation
 from central.services.ids import new_id
 from central.services.inputs import Input
-from central.services.lifecycle import Actor, advance, note, utcnow
+from central.services.lifecycle import Actor, advance, request_cancel, utcnow
 from central.settings import Settings
 from central.state import (
     ACTIVE_STATES,
@@ -340,6 +340,7 @@ class _Intake:
         self.outcome = BatchOutcome(batch_id=self.batch["id"], needs_approval=False)
         self.writer = _Writer(now)
         self.accepted_disconnects: list[_Pending] = []
+        self.cancels: list[tuple[Order, str, str]] = []  # in flight, superseded: see write()
         self._received = f"received from {actor.name}"
         self._per_action = {  # priority, activity duration, attempts: looked up once
             a.value: (
@@ -477,7 +478,7 @@ class _Intake:
             if isinstance(other, _Pending):
                 _supersede_pending(self.writer, other, pending)
             else:
-                _supersede(self.session, other, pending, self.now)
+                _supersede(self.session, other, pending, self.now, self.cancels)
         self.writer.advance(pending, Event.VALIDATE, "central", "all checks passed")
         if pending.action == _DISCONNECT:
             self.accepted_disconnects.append(pending)
@@ -531,6 +532,10 @@ class _Intake:
         self.writer.flush(self.session)
         with stale_to_conflict(self.session, "orders not created"):
             self.session.flush()
+        for old, successor, why in self.cancels:
+            request_cancel(
+                self.session, old, "central", why, step=2, at=self.now, superseded_by=successor
+            )
 
 
 def _check(request: OrderRequest, meter: validation.MeterLike | None,
@@ -564,22 +569,23 @@ def _supersede_pending(writer: _Writer, old: _Pending, new: _Pending) -> None:
     writer.advance(old, Event.CANCEL, "central", f"superseded by {new.action} order {new.id}")
 
 
-def _supersede(session: Session, old: Order, new: Order | _Pending, now: datetime) -> None:
+def _supersede(
+    session: Session,
+    old: Order,
+    new: Order | _Pending,
+    now: datetime,
+    cancels: list[tuple[Order, str, str]],
+) -> None:
+    """A connect or arm ends an active disconnect of its meter: cancelled if not yet sent;
+    if in flight, added to ``cancels`` (for ``lifecycle.request_cancel`` when the batch is
+    written)."""
     if old.action != Action.DISCONNECT.value:
         return
-    old.superseded_by = new.id
     if OrderState(old.state) in IN_FLIGHT_STATES:
-        old.cancel_requested = True
-        note(
-            session,
-            old,
-            "cancel_requested",
-            "central",
-            f"superseded by {new.action} order {new.id}; cancel sent to the agent",
-            step=2,
-            at=now,
-        )
+        why = f"superseded by {new.action} order {new.id}; cancel sent to the agent"
+        cancels.append((old, new.id, why))
     else:
+        old.superseded_by = new.id
         old.result_reason = "cancelled"
         advance(
             session,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from central import metrics
 from central.models import LegacyNotification, Meter, Order, OrderEvent, WorkOrder
@@ -82,6 +83,37 @@ def note(
     )
     session.add(line)
     return line
+
+
+def request_cancel(
+    session: Session,
+    order: Order,
+    actor: Actor | str,
+    detail: str,
+    *,
+    step: int,
+    at: datetime | None = None,
+    **also: object,
+) -> OrderEvent:
+    """Flag an order an agent may hold for a cancel (``dispatch.send_cancels`` sends it)
+    and note it on its timeline; ``also`` are more columns written with the flag (e.g.
+    ``superseded_by``).
+
+    Written by a plain UPDATE, not compared on the state as the ORM's writes of an order
+    are (``Order.__mapper_args__``): the flag means "tell the agent to stop", true
+    whatever the order moved to meanwhile. Compared, an agent's receipt that moved the
+    order from ``dispatched`` to ``delivered`` while the cancel was being decided turned
+    the cancel into a 409, and the order went on to switch the relay."""
+    values = {"cancel_requested": True, **also}
+    session.execute(
+        update(Order)
+        .where(Order.id == order.id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    for name, value in values.items():
+        set_committed_value(order, name, value)
+    return note(session, order, "cancel_requested", actor, detail, step=step, at=at)
 
 
 def advance(

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from central.db import stale_to_conflict, where_given
-from central.errors import BadRequest, InvalidTransition, NotFound, PermissionDenied
+from central.errors import BadRequest, Conflict, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, LegacyNotification, Meter, Order
 from central.services.intake import (
     CHANNEL_FIELDS,
@@ -26,7 +26,14 @@ from central.services.intake import (
     OrderRequest,
     create_orders,
 )
-from central.services.lifecycle import Actor, advance, note, on_order_finished, utcnow
+from central.services.lifecycle import (
+    Actor,
+    advance,
+    note,
+    on_order_finished,
+    request_cancel,
+    utcnow,
+)
 from central.state import (
     ACTIVE_STATES,
     ENDED_STATES,
@@ -46,6 +53,7 @@ __all__ = [
     "OrderRequest",
     "approve_batch",
     "approve_order",
+    "cancel_and_commit",
     "cancel_order",
     "create_orders",
     "get_order",
@@ -123,27 +131,37 @@ def cancel_order(
     # Compare-and-set (``Order.__mapper_args__``): if the dispatcher claimed the order
     # after it was read here, the cancel must not overwrite ``dispatched`` (the agent
     # would execute an order the coordinator believes cancelled): Conflict, retry (the
-    # retry finds it in flight and asks the agent to cancel).
+    # retry finds it in flight and asks the agent to cancel; ``cancel_and_commit``).
     with stale_to_conflict(session, f"order {order_id} not cancelled"):
         if state in _NOT_SENT:
             order.result_reason = "cancelled"
             advance(session, order, Event.CANCEL, actor, text, at=now)
         elif state in IN_FLIGHT_STATES:
             if not order.cancel_requested:
-                order.cancel_requested = True
-                note(
-                    session,
-                    order,
-                    "cancel_requested",
-                    actor,
-                    text + "; cancel sent to the agent",
-                    step=2,
-                    at=now,
-                )
+                detail = text + "; cancel sent to the agent"
+                request_cancel(session, order, actor, detail, step=2, at=now)
         else:
             raise InvalidTransition(Event.CANCEL.value, state.value)
         session.flush()
     return order
+
+
+def cancel_and_commit(
+    session: Session, order_id: str, actor: Actor, *, detail: str = "", tries: int = 3
+) -> Order:
+    """:func:`cancel_order`, committed. The session must hold nothing else uncommitted: a
+    cancel that lost a race with the dispatcher (it claimed the order after it was read
+    here) is rolled back and decided again on a fresh read, where it finds the order in
+    flight and asks the agent. ``Conflict`` only if the order kept changing."""
+    for attempt in range(1, tries + 1):
+        try:
+            order = cancel_order(session, order_id, actor, detail=detail)
+            session.commit()
+            return order
+        except Conflict:
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")
 
 
 def stop_protected_disconnects(
@@ -202,16 +220,8 @@ def _stop_protected(session: Session, meter_ids: list[str], now: datetime) -> in
                 advance(session, order, Event.CANCEL, "central", f"cancelled: {detail}", at=now)
                 touched += 1
             elif state in IN_FLIGHT_STATES and not order.cancel_requested:
-                order.cancel_requested = True
-                note(
-                    session,
-                    order,
-                    "cancel_requested",
-                    "central",
-                    f"{detail}; cancel sent to the agent",
-                    step=3,
-                    at=now,
-                )
+                why = f"{detail}; cancel sent to the agent"
+                request_cancel(session, order, "central", why, step=3, at=now)
                 touched += 1
         touched += _cancel_held_elsewhere(session, base, detail, now)
         session.flush()
@@ -232,17 +242,11 @@ def _cancel_held_elsewhere(session: Session, query: Any, detail: str, now: datet
     for order in session.scalars(ended):
         if order.result_json is not None:
             continue  # the agent answered: it holds nothing
-        order.cancel_requested = True
-        note(
-            session,
-            order,
-            "cancel_requested",
-            "central",
+        why = (
             f"{detail}; ended here as {order.state} without the agent's result, which may "
-            "still hold it: cancel sent to the agent",
-            step=3,
-            at=now,
+            "still hold it: cancel sent to the agent"
         )
+        request_cancel(session, order, "central", why, step=3, at=now)
         touched += 1
     return touched
 

@@ -207,7 +207,7 @@ class CentralServicePort:
                     continue
                 for order in targets:
                     try:
-                        done = order_service.cancel_order(
+                        done = order_service.cancel_and_commit(
                             session, order.id, who, detail=f"cancel from Legacy by {actor.name}"
                         )
                     except InvalidTransition as exc:

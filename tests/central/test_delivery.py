@@ -364,6 +364,53 @@ def test_a_protected_flag_cancels_every_disconnect_an_agent_may_hold(
     assert workorders.work_order_for(session, dispatched_only) is None
 
 
+def test_a_cancel_decided_while_the_agents_receipt_moved_the_order_still_goes(
+    session: Session,
+    factory: sessionmaker[Session],
+    settings: Settings,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """The CI run of stop 24: the cancel read the order ``dispatched``, the agent's receipt
+    moved it to ``delivered`` before the cancel was written, and the cancel was a 409 that
+    nobody retried; the relay was switched. Likewise a reconnect superseding the
+    disconnect, and a cancel that read the order before the dispatcher claimed it."""
+    add_meters(session, 3)
+    cancelled, superseded = (
+        accept(session, settings, f"m{n}", deadline=WORKDAY + timedelta(hours=3)) for n in range(2)
+    )
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 2
+    # read here as dispatched (held: the session's identity map keeps what it read) ...
+    read = [orders.get_order(session, order_id) for order_id in (cancelled, superseded)]
+    assert [order.state for order in read] == ["dispatched", "dispatched"]
+    with factory() as other:  # ... while the receipts come in on the consumer's session
+        for order_id in (cancelled, superseded):
+            assert results.apply_receipt(other, receipt(orders.get_order(other, order_id))) == "delivered"
+        other.commit()
+    connect = OrderRequest(meter_id="m1", action="connect", reason="payment_restored")
+    item = orders.create_orders(session, [connect], OPERATOR, settings, now=WORKDAY).items[0]
+    session.commit()
+    assert item.accepted
+    order = orders.cancel_order(session, cancelled, OPERATOR)  # not compared on the state
+    session.commit()
+    assert order.cancel_requested
+    # read validated; the dispatcher claims it before the cancel is written: decided again
+    claimed = accept(session, settings, "m2", deadline=WORKDAY + timedelta(hours=3))
+    read.append(orders.get_order(session, claimed))
+    assert read[-1].state == "validated"
+    with factory() as other:
+        assert dispatch.dispatch_ready(other, publisher, signer, settings, now=WORKDAY) == 1
+    order = orders.cancel_and_commit(session, claimed, OPERATOR)
+    assert order.state == "dispatched" and order.cancel_requested
+    with factory() as fresh:
+        stored = {o.id: o for o in fresh.scalars(select(Order))}
+        assert (stored[cancelled].state, stored[cancelled].cancel_requested) == ("delivered", True)
+        assert stored[superseded].cancel_requested and stored[superseded].superseded_by == item.order_id
+        assert stored[claimed].cancel_requested
+        assert dispatch.send_cancels(fresh, publisher, signer, now=WORKDAY) == 3
+    assert sorted(cancels_for(publisher)) == sorted([cancelled, superseded, claimed])
+
+
 def test_the_agents_meter_table_carries_the_protected_flag(
     session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
 ) -> None:

@@ -194,8 +194,9 @@ def cancel_order(
     body: CancelIn | None = None,
 ) -> OrderOut:
     order_id = lookup.order_id_of(session, order_id)
-    order = service.cancel_order(session, order_id, actor, detail=body.detail if body else "")
-    session.commit()
+    order = service.cancel_and_commit(
+        session, order_id, actor, detail=body.detail if body else ""
+    )
     context.coordinator.kick()
     return OrderOut.model_validate(order)
 
