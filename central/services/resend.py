@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from central import metrics
-from central.db import stale_to_conflict
+from central.db import one_of, stale_to_conflict
 from central.models import Concentrator, Order
 from central.services import registry
 from central.services.commands import (
@@ -157,9 +158,20 @@ def send_cancels(
         )
         messages.append(Outgoing(topics.commands(order.concentrator_id), signer.sign(command)))
     publisher.publish_many(messages)
+    # A plain UPDATE, not the ORM's compare-and-set on the state: an agent's receipt or
+    # result that moved an order while its cancel was on the wire would roll back the
+    # record of every cancel of the pass, and each would be sent again on the next one.
+    ids = [order.id for order in orders]
+    for start in range(0, len(ids), 500):
+        session.execute(
+            update(Order)
+            .where(one_of(session, Order.id, ids[start : start + 500]))
+            .values(cancel_sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
     for order in orders:
         again = order.cancel_sent_at is not None
-        order.cancel_sent_at = now
+        set_committed_value(order, "cancel_sent_at", now)
         note(
             session,
             order,
@@ -170,8 +182,7 @@ def send_cancels(
             step=4,
             at=now,
         )
-    with stale_to_conflict(session, "cancel sent but not recorded"):
-        session.commit()
+    session.commit()
     metrics.PUBLISHED.labels(kind="cancel").inc(len(orders))
     return len(orders)
 

@@ -411,6 +411,40 @@ def test_a_cancel_decided_while_the_agents_receipt_moved_the_order_still_goes(
     assert sorted(cancels_for(publisher)) == sorted([cancelled, superseded, claimed])
 
 
+def test_a_receipt_that_comes_in_while_the_cancels_are_on_the_wire_loses_no_record(
+    session: Session,
+    factory: sessionmaker[Session],
+    settings: Settings,
+    signer: CommandSigner,
+) -> None:
+    """The pass's record of the cancels it sent is not undone by an order a receipt moved
+    meanwhile: before, the whole record was rolled back (a conflict), and every cancel
+    went again on the next pass, one pass after another while receipts kept coming."""
+    add_meters(session, 2)
+    ids = [accept(session, settings, f"m{n}", deadline=WORKDAY + timedelta(hours=3)) for n in range(2)]
+    assert dispatch.dispatch_ready(session, RecordingPublisher(), signer, settings, now=WORKDAY) == 2
+    for order_id in ids:
+        orders.cancel_order(session, order_id, OPERATOR, now=WORKDAY)
+    session.commit()
+
+    class ReceiptMeanwhile(RecordingPublisher):
+        def publish_many(self, messages):  # type: ignore[no-untyped-def]
+            super().publish_many(messages)
+            with factory() as other:  # the consumer, on its own session
+                results.apply_receipt(other, receipt(orders.get_order(other, ids[0])))
+                other.commit()
+
+    publisher = ReceiptMeanwhile()
+    assert dispatch.send_cancels(session, publisher, signer, now=WORKDAY) == 2
+    assert dispatch.send_cancels(session, publisher, signer, now=WORKDAY + timedelta(seconds=1)) == 0
+    assert sorted(cancels_for(publisher)) == sorted(ids)
+    with factory() as fresh:
+        stored = [orders.get_order(fresh, order_id) for order_id in ids]
+        assert [o.state for o in stored] == ["delivered", "dispatched"]
+        assert all(o.cancel_sent_at is not None for o in stored)
+        assert all("cancel_sent" in [e.event for e in o.events] for o in stored)
+
+
 def test_the_agents_meter_table_carries_the_protected_flag(
     session: Session, settings: Settings, publisher: RecordingPublisher, signer: CommandSigner
 ) -> None:
