@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from central import metrics
 from central.models import LegacyNotification, Meter, Order, OrderEvent, WorkOrder
 from central.state import (
     FINAL_STATES,
+    IN_FLIGHT_STATES,
     NO_FIELD_VISIT_HOLDS,
     STEP_OF,
     WORK_ORDER_STATES,
@@ -93,27 +95,31 @@ def request_cancel(
     *,
     step: int,
     at: datetime | None = None,
+    while_in: Collection[OrderState] = IN_FLIGHT_STATES,
     **also: object,
-) -> OrderEvent:
+) -> bool:
     """Flag an order an agent may hold for a cancel (``dispatch.send_cancels`` sends it)
     and note it on its timeline; ``also`` are more columns written with the flag (e.g.
-    ``superseded_by``).
+    ``superseded_by``). False, with nothing written, if the order is no longer in one of
+    ``while_in`` (it ended meanwhile: the caller decides again on a fresh read).
 
-    Written by a plain UPDATE, not compared on the state as the ORM's writes of an order
-    are (``Order.__mapper_args__``): the flag means "tell the agent to stop", true
-    whatever the order moved to meanwhile. Compared, an agent's receipt that moved the
-    order from ``dispatched`` to ``delivered`` while the cancel was being decided turned
-    the cancel into a 409, and the order went on to switch the relay."""
+    Not the ORM's compare-and-set on the exact state read (``Order.__mapper_args__``): an
+    agent's receipt that moved the order from ``dispatched`` to ``delivered`` while the
+    cancel was being decided turned the cancel into a 409 that nobody retried, and the
+    relay was switched (CI, stop 24). Both states are in flight; the cancel stands."""
     values = {"cancel_requested": True, **also}
-    session.execute(
+    written = session.execute(
         update(Order)
-        .where(Order.id == order.id)
+        .where(Order.id == order.id, Order.state.in_([s.value for s in while_in]))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    if written.rowcount != 1:  # type: ignore[attr-defined]
+        return False
     for name, value in values.items():
         set_committed_value(order, name, value)
-    return note(session, order, "cancel_requested", actor, detail, step=step, at=at)
+    note(session, order, "cancel_requested", actor, detail, step=step, at=at)
+    return True
 
 
 def advance(

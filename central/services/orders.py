@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from central.db import stale_to_conflict, where_given
+from central.db import CHANGED_MEANWHILE, stale_to_conflict, where_given
 from central.errors import BadRequest, Conflict, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, LegacyNotification, Meter, Order
 from central.services.intake import (
@@ -137,9 +137,12 @@ def cancel_order(
             order.result_reason = "cancelled"
             advance(session, order, Event.CANCEL, actor, text, at=now)
         elif state in IN_FLIGHT_STATES:
-            if not order.cancel_requested:
-                detail = text + "; cancel sent to the agent"
-                request_cancel(session, order, actor, detail, step=2, at=now)
+            detail = text + "; cancel sent to the agent"
+            if not order.cancel_requested and not request_cancel(
+                session, order, actor, detail, step=2, at=now
+            ):  # it ended meanwhile: decided again on a fresh read (cancel_and_commit)
+                session.rollback()
+                raise Conflict(f"order {order_id} not cancelled: {CHANGED_MEANWHILE}")
         else:
             raise InvalidTransition(Event.CANCEL.value, state.value)
         session.flush()
@@ -220,9 +223,9 @@ def _stop_protected(session: Session, meter_ids: list[str], now: datetime) -> in
                 advance(session, order, Event.CANCEL, "central", f"cancelled: {detail}", at=now)
                 touched += 1
             elif state in IN_FLIGHT_STATES and not order.cancel_requested:
+                # one that ended meanwhile is found by _cancel_held_elsewhere next pass
                 why = f"{detail}; cancel sent to the agent"
-                request_cancel(session, order, "central", why, step=3, at=now)
-                touched += 1
+                touched += request_cancel(session, order, "central", why, step=3, at=now)
         touched += _cancel_held_elsewhere(session, base, detail, now)
         session.flush()
     return touched
@@ -246,8 +249,9 @@ def _cancel_held_elsewhere(session: Session, query: Any, detail: str, now: datet
             f"{detail}; ended here as {order.state} without the agent's result, which may "
             "still hold it: cancel sent to the agent"
         )
-        request_cancel(session, order, "central", why, step=3, at=now)
-        touched += 1
+        touched += request_cancel(
+            session, order, "central", why, step=3, at=now, while_in=ENDED_STATES
+        )
     return touched
 
 

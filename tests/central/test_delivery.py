@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from central.coordinator import Coordinator
+from central.errors import InvalidTransition
 from central.models import LegacyNotification, Meter, Order, OrderEvent, RejectedMessage
 from central.services import dispatch, orders, rejected, results, workorders
 from central.services.orders import OrderRequest
@@ -409,6 +410,34 @@ def test_a_cancel_decided_while_the_agents_receipt_moved_the_order_still_goes(
         assert stored[claimed].cancel_requested
         assert dispatch.send_cancels(fresh, publisher, signer, now=WORKDAY) == 3
     assert sorted(cancels_for(publisher)) == sorted([cancelled, superseded, claimed])
+
+
+def test_a_cancel_decided_while_the_order_ended_says_so(
+    session: Session,
+    factory: sessionmaker[Session],
+    settings: Settings,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """Read in flight, ended by the agent's failure before the cancel was written: the
+    operator is told it can no longer be cancelled (its work order stands), not that a
+    cancel went to the agent."""
+    add_meters(session, 1)
+    order_id = accept(session, settings, deadline=WORKDAY + timedelta(hours=3))
+    assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    read = orders.get_order(session, order_id)
+    assert read.state == "dispatched"
+    with factory() as other:
+        failure = result(order_id, Outcome.FAILED, WORKDAY, reason=ReasonCode.METER_NOT_RESPONDING)
+        results.apply_result(other, failure)
+        other.commit()
+    with pytest.raises(InvalidTransition, match="failed"):
+        orders.cancel_and_commit(session, order_id, OPERATOR)
+    with factory() as fresh:
+        stored = orders.get_order(fresh, order_id)
+        assert (stored.state, stored.cancel_requested) == ("failed", False)
+        assert "cancel_requested" not in [e.event for e in stored.events]
+        assert workorders.work_order_for(fresh, order_id) is not None
 
 
 def test_a_receipt_that_comes_in_while_the_cancels_are_on_the_wire_loses_no_record(
