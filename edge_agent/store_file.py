@@ -51,19 +51,32 @@ class StoreFile:
 
     @property
     def db(self) -> Any:
-        """The same connection as a ``sqlite_utils.Database`` (tools, tests, exports).
+        """The same file as a ``sqlite_utils.Database`` (tools, tests, exports), on a
+        connection of its own: it sees what the agent committed.
 
-        Imported on first use: sqlite-utils costs a few MB the running agent does not need.
+        Not the agent's connection: sqlite-utils 4 commits after a statement that it sees
+        open a transaction, and on a shared connection that can be the executor's
+        transaction begun on another thread meanwhile (a test's read of a result failed
+        with "cannot commit - no transaction is active"; a COMMIT could as well have cut
+        the executor's transaction in two). Imported on first use: sqlite-utils costs a
+        few MB the running agent does not need.
         """
-        if self._db is None:
-            import sqlite_utils
+        with self._lock:
+            if self._db is None:
+                import sqlite_utils
 
-            self._db = sqlite_utils.Database(self._conn)
-        return self._db
+                conn = sqlite3.connect(
+                    str(self.path), check_same_thread=False, isolation_level=None, timeout=30
+                )
+                self._db = sqlite_utils.Database(conn)
+            return self._db
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def __enter__(self) -> Self:
         return self
