@@ -155,12 +155,15 @@ def cancel_and_commit(
     """:func:`cancel_order`, committed. The session must hold nothing else uncommitted: a
     cancel that lost a race with the dispatcher (it claimed the order after it was read
     here) is rolled back and decided again on a fresh read, where it finds the order in
-    flight and asks the agent. ``Conflict`` only if the order kept changing."""
+    flight and asks the agent. An ended order raises ``InvalidTransition`` at once;
+    ``Conflict`` only if the order kept changing."""
     for attempt in range(1, tries + 1):
         try:
             order = cancel_order(session, order_id, actor, detail=detail)
             session.commit()
             return order
+        except InvalidTransition:
+            raise  # ended: the same answer on any read
         except Conflict:
             if attempt == tries:
                 raise
