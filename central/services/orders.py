@@ -218,7 +218,7 @@ def _stop_protected(session: Session, meter_ids: list[str], now: datetime) -> in
     touched = 0
     detail = "meter supplies a registered electro-dependent patient (Ley 21.304)"
     with stale_to_conflict(session, "protected customer's disconnect not stopped"):
-        for order in session.scalars(query):
+        for order in list(session.scalars(query)):  # read whole: the loop writes
             state = OrderState(order.state)
             if state in _NOT_SENT:
                 order.result_reason = "cancelled"
@@ -245,7 +245,7 @@ def _cancel_held_elsewhere(session: Session, query: Any, detail: str, now: datet
         Order.deadline > now,
     )
     touched = 0
-    for order in session.scalars(ended):
+    for order in list(session.scalars(ended)):  # read whole: the loop writes
         if order.result_json is not None:
             continue  # the agent answered: it holds nothing
         why = (
