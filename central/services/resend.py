@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import Table, exists, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from central import metrics
-from central.db import one_of, stale_to_conflict
+from central import bulk, metrics
+from central.db import stale_to_conflict
 from central.models import Concentrator, Order
 from central.services import registry
 from central.services.commands import (
@@ -161,14 +162,8 @@ def send_cancels(
     # A plain UPDATE, not the ORM's compare-and-set on the state: an agent's receipt or
     # result that moved an order while its cancel was on the wire would roll back the
     # record of every cancel of the pass, and each would be sent again on the next one.
-    ids = [order.id for order in orders]
-    for start in range(0, len(ids), 500):
-        session.execute(
-            update(Order)
-            .where(one_of(session, Order.id, ids[start : start + 500]))
-            .values(cancel_sent_at=now)
-            .execution_options(synchronize_session=False)
-        )
+    sent = [{"id": order.id, "cancel_sent_at": now} for order in orders]
+    bulk.update_rows(session, cast(Table, Order.__table__), sent)
     for order in orders:
         again = order.cancel_sent_at is not None
         set_committed_value(order, "cancel_sent_at", now)
