@@ -109,8 +109,15 @@ def stale_to_conflict(session: Session, what: str = "") -> Iterator[None]:
     try:
         yield
     except StaleDataError as exc:
-        session.rollback()
-        raise Conflict(f"{what}: {CHANGED_MEANWHILE}" if what else CHANGED_MEANWHILE) from exc
+        raise changed_meanwhile(session, what) from exc
+
+
+def changed_meanwhile(session: Session, what: str = "") -> Conflict:
+    """Roll back, and the ``Conflict`` to raise for a write that found the order no
+    longer as it was read (``stale_to_conflict``, or a guarded UPDATE that matched no
+    row)."""
+    session.rollback()
+    return Conflict(f"{what}: {CHANGED_MEANWHILE}" if what else CHANGED_MEANWHILE)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from central.db import CHANGED_MEANWHILE, stale_to_conflict, where_given
+from central.db import changed_meanwhile, stale_to_conflict, where_given
 from central.errors import BadRequest, Conflict, InvalidTransition, NotFound, PermissionDenied
 from central.models import Batch, LegacyNotification, Meter, Order
 from central.services.intake import (
@@ -141,8 +141,7 @@ def cancel_order(
             if not order.cancel_requested and not request_cancel(
                 session, order, actor, detail, step=2, at=now
             ):  # it ended meanwhile: decided again on a fresh read (cancel_and_commit)
-                session.rollback()
-                raise Conflict(f"order {order_id} not cancelled: {CHANGED_MEANWHILE}")
+                raise changed_meanwhile(session, f"order {order_id} not cancelled")
         else:
             raise InvalidTransition(Event.CANCEL.value, state.value)
         session.flush()
