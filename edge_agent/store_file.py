@@ -38,9 +38,7 @@ class StoreFile:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(self.path), check_same_thread=False, isolation_level=None, timeout=30
-            )
+            conn = self._connect()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             setup(conn)
@@ -65,11 +63,15 @@ class StoreFile:
             if self._db is None:
                 import sqlite_utils
 
-                conn = sqlite3.connect(
-                    str(self.path), check_same_thread=False, isolation_level=None, timeout=30
-                )
-                self._db = sqlite_utils.Database(conn)
+                self._db = sqlite_utils.Database(self._connect())
             return self._db
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection to the file, usable from any thread, whose transactions are begun
+        and ended explicitly, with a 30 s busy wait."""
+        return sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=30
+        )
 
     def close(self) -> None:
         with self._lock:
