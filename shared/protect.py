@@ -92,7 +92,7 @@ class ProtectedListVerifier:
                 f"authority's {self.key_id!r}"
             )
         try:
-            self._key.verify(envelope.signature, envelope.body)
+            self._key.verify(envelope.signature, envelope.signed_bytes())
         except ed25519.InvalidSignature as exc:
             raise BadSignature("signature does not match the protected list") from exc
         plist = decode(ProtectedList, envelope.body)

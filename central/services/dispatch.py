@@ -273,28 +273,48 @@ def _move_to_dispatched(
 def _sign_claimed(
     session: Session, signer: CommandSigner, commands: list[OrderCommand]
 ) -> dict[str, Outgoing]:
-    """Sign the commands of claimed orders, keep them with their orders (only while the
+    """Sign the commands of claimed orders, a concentrator's together (one signature per
+    ``BATCH_LEAVES``, ``shared.merkle``), keep them with their orders (only while the
     order still carries that command), commit. The messages to publish, by order id."""
     messages: dict[str, Outgoing] = {}
     rows: list[dict[str, Any]] = []
-    topic_of: dict[str, str] = {}  # concentrator id -> its command topic (checked once)
-    for command in commands:
-        try:
-            signed = signer.sign(command)
-        except (InvalidPayload, ValueError) as exc:  # sent again, or ended, by republish
-            log.error("order %s: its command could not be signed: %s", command.order_id, exc)
-            continue
-        rows.append({"id": command.order_id, "command_id": command.command_id,
-                     "command_payload": signed.decode()})
-        topic = topic_of.get(command.concentrator_id)
-        if topic is None:
-            topic = topic_of[command.concentrator_id] = topics.commands(command.concentrator_id)
-        messages[command.order_id] = Outgoing(topic, signed)
+    for concentrator_id, group in _by_concentrator(commands).items():
+        topic = topics.commands(concentrator_id)
+        for command, signed in zip(group, _signed(signer, group), strict=True):
+            if signed is None:
+                continue
+            rows.append({"id": command.order_id, "command_id": command.command_id,
+                         "command_payload": signed.decode()})
+            messages[command.order_id] = Outgoing(topic, signed)
     with sqlite_write_lock(session):
         bulk.update_rows(session, cast(Table, Order.__table__), rows, match=("command_id",))
         session.commit()
     session.expire_all()
     return messages
+
+
+def _by_concentrator(commands: list[OrderCommand]) -> dict[str, list[OrderCommand]]:
+    groups: dict[str, list[OrderCommand]] = {}
+    for command in commands:
+        groups.setdefault(command.concentrator_id, []).append(command)
+    return groups
+
+
+def _signed(signer: CommandSigner, group: list[OrderCommand]) -> list[bytes | None]:
+    """The group's envelopes, signed together; if the contract refuses one of them, each
+    is signed alone so that only that one is left out (None)."""
+    try:
+        return list(signer.sign_many(group))
+    except (InvalidPayload, ValueError):
+        pass
+    signed: list[bytes | None] = []
+    for command in group:
+        try:
+            signed.append(signer.sign(command))
+        except (InvalidPayload, ValueError) as exc:  # sent again, or ended, by republish
+            log.error("order %s: its command could not be signed: %s", command.order_id, exc)
+            signed.append(None)
+    return signed
 
 
 def publish_claimed(session: Session, publisher: Publisher, claim: Claim) -> int:

@@ -10,6 +10,8 @@ orders whose very same command is rebuilt and signed when they are sent again.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +23,7 @@ from central.models import Order, OrderEvent
 from central.services import dispatch, selection
 from central.settings import Settings
 from shared.contracts import Command
-from shared.signing import CommandSigner
+from shared.signing import CommandSigner, CommandVerifier, MemorySeenCommands
 
 from .conftest import WORKDAY, RecordingPublisher, add_meters
 from .test_races import create
@@ -38,6 +40,14 @@ class ProbingSigner(CommandSigner):
         self.lock_free: bool | None = None
 
     def sign(self, command: Command) -> bytes:
+        self._probe()
+        return super().sign(command)
+
+    def sign_many(self, commands: Sequence[Command]) -> list[bytes]:
+        self._probe()
+        return super().sign_many(commands)
+
+    def _probe(self) -> None:
         if not self.seen:
             with self._factory() as other:
                 self.seen = [
@@ -50,7 +60,6 @@ class ProbingSigner(CommandSigner):
                         {"key": selection._CLAIM_LOCK_KEY},
                     ))
                 other.rollback()
-        return super().sign(command)
 
 
 def test_commands_are_signed_after_the_claim_committed_and_released_its_lock(
@@ -119,3 +128,36 @@ def test_a_claim_that_stops_before_signing_sends_the_same_command_later(
         order = check.get(Order, order_id)
         assert order is not None and order.command_payload == signer.sign(command).decode()
         assert order.published_at is not None
+
+
+def test_a_claims_commands_to_one_concentrator_share_a_signature(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """Issue 14: one Ed25519 signature per concentrator's commands in a claim (a Merkle
+    root), each command still its own message that the agent verifies alone."""
+    with factory() as setup:
+        a = add_meters(setup, 3, concentrator="conc-a", prefix="a")
+        b = add_meters(setup, 2, concentrator="conc-b", prefix="b")
+        create(setup, settings, a + b)
+    with factory() as session:
+        sent = dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY)
+    assert sent == 5
+
+    by_concentrator: dict[str, set[str]] = {}
+    for message in publisher.sent:
+        verifier = CommandVerifier(
+            signer._key.public_key(), message.topic.split("/")[3], MemorySeenCommands(),
+            clock=lambda: WORKDAY,
+        )
+        command = verifier.verify(message.payload)
+        by_concentrator.setdefault(command.concentrator_id, set()).add(
+            json.loads(message.payload)["signature"]
+        )
+    assert {k: len(v) for k, v in by_concentrator.items()} == {"conc-a": 1, "conc-b": 1}
+    assert by_concentrator["conc-a"] != by_concentrator["conc-b"]
+    with factory() as check:  # what is sent again is what was sent
+        stored = {o.command_payload for o in check.scalars(select(Order))}
+    assert stored == {m.payload.decode() for m in publisher.sent}
