@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -69,13 +69,25 @@ def weekend_allowed(order: _Ready) -> bool:
     return order.special and order.approved_by is not None
 
 
+def working_day_end(settings: Settings, now: datetime) -> datetime:
+    """The latest deadline an ordinary disconnect sent at ``now`` may carry: the end of
+    the local working day, or ``now`` itself on a weekend or holiday (no such time)."""
+    today = validation.local_day(now, settings.timezone)
+    if validation.is_working_day(today, settings.holiday_country):
+        return validation.end_of_local_day(now, settings.timezone)
+    return now
+
+
 def build_command(
     order: _Ready,
     settings: Settings,
     command_id: str,
     now: datetime,
     policy: RetryPolicy | None = None,
+    day_end: datetime | None = None,
 ) -> OrderCommand:
+    """The order's command; ``day_end`` is :func:`working_day_end` of ``now``, given when
+    many commands are built for the same moment (a claim)."""
     if policy is None:
         retry = settings.retry_for(order.action)
         policy = retry_policy(retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s)
@@ -88,11 +100,7 @@ def build_command(
         # ordinary disconnect past local midnight into a weekend or a holiday, so the
         # agent's deadline ends with the working day it was sent on (earlier, never
         # later). On a non-working day there is no such time: the command is refused.
-        today = validation.local_day(now, settings.timezone)
-        if validation.is_working_day(today, settings.holiday_country):
-            deadline = min(deadline, validation.end_of_local_day(now, settings.timezone))
-        else:
-            deadline = min(deadline, now)
+        deadline = min(deadline, day_end or working_day_end(settings, now))
     if deadline <= now:
         raise DeadlinePassed(f"order {order.id}: deadline {deadline.isoformat()} has passed")
     return OrderCommand(
@@ -100,14 +108,27 @@ def build_command(
         order_id=order.id,
         meter_id=order.meter_id,
         concentrator_id=order.concentrator_id,
-        action=Action(order.action),
-        reason=OrderReason(order.reason),
+        action=_member(_ACTIONS, order.action, "action"),
+        reason=_member(_REASONS, order.reason, "reason"),
         priority=order.priority,
         issued_at=now,
         not_before=order.not_before if order.not_before and order.not_before < deadline else None,
         deadline=deadline,
         retry=policy,
     )
+
+
+_E = TypeVar("_E", Action, OrderReason)
+# the members by value: a dict lookup, where calling the Enum class costs microseconds
+_ACTIONS = {action.value: action for action in Action}
+_REASONS = {reason.value: reason for reason in OrderReason}
+
+
+def _member(members: dict[str, _E], value: str, what: str) -> _E:
+    try:
+        return members[value]
+    except KeyError:
+        raise ValueError(f"unknown {what} {value!r}") from None
 
 
 @lru_cache(maxsize=64)

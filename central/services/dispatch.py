@@ -52,6 +52,7 @@ from central.services.commands import (
     resend_delay,
     retry_policy,
     weekend_allowed,
+    working_day_end,
 )
 from central.services.lifecycle import SYSTEM, advance, utcnow
 from central.services.orders import stop_protected_disconnects
@@ -181,6 +182,7 @@ def _commands_for(ready: list[Any], settings: Settings, now: datetime) -> dict[s
     validated, and expires into a work order if it never becomes sendable)."""
     policies: dict[str, RetryPolicy] = {}
     commands: dict[str, OrderCommand] = {}
+    day_end = working_day_end(settings, now)
     for order in ready:
         policy = policies.get(order.action)
         if policy is None:
@@ -189,7 +191,9 @@ def _commands_for(ready: list[Any], settings: Settings, now: datetime) -> dict[s
                 retry.max_attempts, retry.backoff_initial_s, retry.backoff_max_s
             )
         try:
-            commands[order.id] = build_command(order, settings, new_command_id(), now, policy)
+            commands[order.id] = build_command(
+                order, settings, new_command_id(), now, policy, day_end
+            )
         except DeadlinePassed as exc:
             log.info("order %s not dispatched: %s", order.id, exc)
         except (InvalidPayload, ValueError) as exc:
