@@ -73,22 +73,28 @@ def build(bodies: list[bytes]) -> tuple[bytes, list[bytes]]:
 
 
 def root_of(body: bytes, proof: bytes) -> bytes:
-    """The root that ``body`` leads to along ``proof``; :class:`BadProof` if the proof
-    is not whole steps, names a side that does not exist, or is deeper than any tree."""
+    """The root that ``body`` leads to along ``proof`` (:func:`check_shape` first)."""
+    check_shape(proof)
+    running = leaf_hash(body)
+    for start in range(0, len(proof), STEP_BYTES):
+        sibling = proof[start + 1 : start + STEP_BYTES]
+        if proof[start] == LEFT:
+            running = _node(sibling, running)
+        else:
+            running = _node(running, sibling)
+    return running
+
+
+def check_shape(proof: bytes) -> None:
+    """:class:`BadProof` if the proof is not whole steps, names a side that does not
+    exist, or is deeper than any tree; no hashing."""
     if len(proof) % STEP_BYTES:
         raise BadProof(f"a proof is steps of {STEP_BYTES} bytes; this one has {len(proof)}")
     if len(proof) // STEP_BYTES > MAX_DEPTH:
         raise BadProof(f"a proof has at most {MAX_DEPTH} steps, this one {len(proof) // STEP_BYTES}")
-    running = leaf_hash(body)
     for start in range(0, len(proof), STEP_BYTES):
-        side, sibling = proof[start], proof[start + 1 : start + STEP_BYTES]
-        if side == LEFT:
-            running = _node(sibling, running)
-        elif side == RIGHT:
-            running = _node(running, sibling)
-        else:
-            raise BadProof(f"step {start // STEP_BYTES + 1} names side {side}, not 0 or 1")
-    return running
+        if proof[start] not in (LEFT, RIGHT):
+            raise BadProof(f"step {start // STEP_BYTES + 1} names side {proof[start]}, not 0 or 1")
 
 
 def signed_message(root: bytes) -> bytes:

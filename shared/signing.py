@@ -235,18 +235,19 @@ def open_envelope(data: bytes) -> Envelope:
     except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800"): valid JSON, not text
         raise InvalidPayload("signed command", [("body", "not UTF-8 text")]) from exc
     return Envelope(key_id=key_id, body=raw_body, signature=raw_signature,
-                    proof=_proof(obj.get("proof", None), "proof" in obj))
+                    proof=_proof(obj))
 
 
-def _proof(proof: object, present: bool) -> bytes | None:
+def _proof(obj: Mapping[str, Any]) -> bytes | None:
     """A batch member's proof, checked for shape (whole steps, not too deep)."""
-    if not present:
+    if "proof" not in obj:
         return None
+    proof = obj["proof"]
     if not isinstance(proof, str) or not proof:
         raise BadSignature("the proof of a batch-signed command must be a non-empty string")
     try:
         raw = base64.b64decode(proof, validate=True)
-        merkle.root_of(b"", raw)  # the shape only: steps of 33 bytes, known sides
+        merkle.check_shape(raw)
     except (binascii.Error, ValueError) as exc:
         raise BadSignature(f"the proof of a batch-signed command is malformed: {exc}") from exc
     return raw
