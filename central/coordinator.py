@@ -99,8 +99,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sla_at = float("-inf")  # monotonic time of the last reconnect SLA sweep
-        # sign and publish earlier claims while the next is being claimed (``dispatch_now``)
-        self._signing = ThreadPoolExecutor(1, thread_name_prefix="rcd-sign")
+        # publish earlier claims while the next is being claimed (``dispatch_now``)
         self._publisher = ThreadPoolExecutor(2, thread_name_prefix="rcd-publish")
 
     # -- lifecycle -------------------------------------------------------------
@@ -126,7 +125,6 @@ class Coordinator:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._signing.shutdown(wait=True)
         self._publisher.shutdown(wait=True)
         if self.results_consumer is not None:
             self.results_consumer.close()
@@ -165,13 +163,12 @@ class Coordinator:
 
         Claim after claim until nothing more is ready (no per-pass cap); the first one
         small, so that a batch's first commands leave early. A pass is a pipeline of
-        three threads: this one claims (the claim lock: selection and the move to
-        ``dispatched``), the signing thread signs and stores a claim's commands, the
-        publisher sends them and waits for their PUBACKs. Ed25519 signing releases the
-        GIL, so a claim is being signed while the next is claimed and the one before is
-        on the wire; each claim is published only after the one before it, so a
-        concentrator still gets its commands in claim order. At most two claims wait
-        behind the one being claimed."""
+        two stages: this thread claims (the claim lock: selection, signing, the move to
+        ``dispatched`` with the signed commands), a publisher thread sends a committed
+        claim and waits for its PUBACKs while the next is claimed; each claim is
+        published only after the one before it, so a concentrator still gets its
+        commands in claim order. At most two claims wait behind the one being
+        claimed."""
         link = self.link
         if link is None:
             return 0
@@ -181,16 +178,17 @@ class Coordinator:
         with self.factory() as session:
             try:
                 while True:
-                    with self._dispatch_lock:  # claims are serialised; the rest overlaps
-                        moved = dispatch.claim_moved(session, self.settings, limit=limit)
+                    with self._dispatch_lock:  # claims are serialised; publishing overlaps
+                        claim = dispatch.claim_ready(
+                            session, self.signer, self.settings, limit=limit
+                        )
                     limit = selection.CLAIM_SIZE
                     while len(sending) >= 2:  # the claim before the last one is on the wire
                         published += sending.popleft().result()
-                    if moved.commands:
-                        signed = self._signing.submit(self._sign, moved)
+                    if claim.ids:
                         before = sending[-1] if sending else None
-                        sending.append(self._publisher.submit(self._publish, link, signed, before))
-                    if not moved.more:
+                        sending.append(self._publisher.submit(self._publish, link, claim, before))
+                    if not claim.more:
                         while sending:
                             published += sending.popleft().result()
                         return published
@@ -208,21 +206,14 @@ class Coordinator:
             if error is not None:
                 log.warning("dispatch: publishing a claim failed: %s", error)
 
-    def _sign(self, moved: dispatch.Moved) -> dispatch.Claim:
-        with self.factory() as session:
-            return dispatch.sign_moved(session, self.signer, moved)
-
     def _publish(
-        self, link: MqttLink, signed: Future[dispatch.Claim], before: Future[int] | None
+        self, link: MqttLink, claim: dispatch.Claim, before: Future[int] | None
     ) -> int:
-        """Publish a signed claim once the claim before it is on the wire. If that one
-        failed, this one fails with it, unsent: both are sent again in order by
-        republish. The orders the broker acknowledged."""
+        """Publish a claim once the claim before it is on the wire. If that one failed,
+        this one fails with it, unsent: both are sent again in order by republish. The
+        orders the broker acknowledged."""
         if before is not None:
             before.result()
-        claim = signed.result()
-        if not claim.ids:
-            return 0
         with self.factory() as session:
             return dispatch.publish_claimed(session, link, claim)
 

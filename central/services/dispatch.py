@@ -5,10 +5,10 @@ take is central/services/selection.py, what a command says and how it is publish
 central/services/commands.py, what is sent again or besides (re-sent commands, cancels,
 meter tables) central/services/resend.py. Their public names are re-exported here.
 
-Outbox pattern: orders are moved to ``dispatched`` and committed, then their signed
-commands (``command_payload``) are committed, *before* they are published (two
-transactions: the first one ends the replicas' claim lock), so a result can never arrive
-for an order the database still thinks unsent; ``published_at`` is set once the broker
+Outbox pattern: orders are moved to ``dispatched`` together with their signed commands
+(``command_payload``) and committed *before* they are published (that commit ends the
+replicas' claim lock), so a result can never arrive for an order the database still
+thinks unsent; ``published_at`` is set once the broker
 acknowledged (PUBACK). The broker's PUBACK is not delivery: only the agent's receipt
 moves an order to ``delivered``. Until then :func:`republish_unacked` sends the very
 same signed command again (same command id, same signed deadline) with exponential
@@ -105,57 +105,28 @@ def claim_ready(
     now: datetime | None = None,
     limit: int | None = None,
 ) -> Claim:
-    """:func:`claim_moved` then :func:`sign_moved`: the claim's orders moved to
-    ``dispatched`` and committed, then their commands signed and committed."""
-    return sign_moved(session, signer, claim_moved(session, settings, now=now, limit=limit))
+    """Select what may go, sign its commands, move it to ``dispatched`` with its signed
+    commands and timeline events (in bulk) and commit: the claim to publish. Callers
+    serialise claims (one at a time per process; the claim lock between replicas);
+    publishing may then overlap the next claim. At most ``limit`` orders
+    (``selection.CLAIM_SIZE`` if not given); ``Claim.more`` says the limit was reached.
 
-
-@dataclass
-class Moved:
-    """Orders a claim moved to ``dispatched`` (committed): their commands, to sign."""
-
-    commands: list[OrderCommand]
-    more: bool = False  # the claim was full: more orders may be ready
-
-
-def claim_moved(
-    session: Session,
-    settings: Settings,
-    *,
-    now: datetime | None = None,
-    limit: int | None = None,
-) -> Moved:
-    """Select what may go, move it to ``dispatched`` with its timeline events (in bulk)
-    and commit. Callers serialise claims (one at a time per process; the claim lock
-    between replicas); signing (:func:`sign_moved`) and publishing may then overlap the
-    next claim. At most ``limit`` orders (``selection.CLAIM_SIZE`` if not given);
-    ``Moved.more`` says the limit was reached.
-
-    Signing comes after this commit: on PostgreSQL that commit releases the replicas'
-    claim lock, which then covers only the selection and the state change (what the
-    in-flight caps and the disconnect budget of the next claim read), not the Ed25519
-    signing and the writing of the signed commands. Nothing is published before both
-    commits; a dispatched order left without its signed command (a crash between them)
-    gets the very same command rebuilt and signed when it is sent again
-    (``resend._signed_again``)."""
+    The signed command is written by the same statement that moves its order (issue
+    14): a second pass over the same rows cost PostgreSQL more than the first (the wider
+    row leaves its page, so it is no heap-only update either). Signing is cheap by then
+    (one Ed25519 signature per concentrator's commands, ``sign_many``), so it stays
+    inside the claim lock. Nothing is published before the commit."""
     now = now or utcnow()
-    # The SQLite writer lock is taken before these may write (they flush what they find),
-    # not only around the commit: a thread holding the database's write lock while it
-    # waits for this one would stall whoever holds this one in SQLite's busy handler.
-    with sqlite_write_lock(session):
-        if stop_protected_disconnects(session, now=now):  # reads; writes if it finds some
-            session.commit()
-    with stale_to_conflict(session, "holds not stamped"), sqlite_write_lock(session):
-        if holds.refresh(session, settings, now):  # issue 17: held / hold ended lines
-            session.commit()
+    _refresh_stops_and_holds(session, settings, now)
     limit = selection.CLAIM_SIZE if limit is None else limit
     ready = select_ready(session, settings, now, limit)
     if not ready:
         session.commit()  # ends the read (on PostgreSQL: releases the claim lock); no writes
         selection.claim_committed(session)
-        return Moved([])
+        return Claim([], [])
     commands = _commands_for(ready, settings, now)
-    claimed = _move_to_dispatched(session, ready, commands, settings, now)
+    signed = _sign_claimed(signer, list(commands.values()))
+    claimed = _move_to_dispatched(session, ready, commands, signed, settings, now)
     selection.claim_committed(session)
     moved = [o for o in ready if o.id in claimed]
     lost = len(ready) - len(moved)
@@ -166,14 +137,22 @@ def claim_moved(
     )
     for order in moved:
         latency.observe(max(0.0, (now - order.updated_at).total_seconds()))
-    return Moved([commands[order.id] for order in moved], more=len(ready) >= limit)
+    ids = [order.id for order in moved]
+    return Claim(ids, [signed[i] for i in ids], more=len(ready) >= limit)
 
 
-def sign_moved(session: Session, signer: CommandSigner, moved: Moved) -> Claim:
-    """Sign the commands of a claim's orders and commit them: the claim to publish."""
-    messages = _sign_claimed(session, signer, moved.commands)
-    ids = [command.order_id for command in moved.commands if command.order_id in messages]
-    return Claim(ids, [messages[i] for i in ids], more=moved.more)
+def _refresh_stops_and_holds(session: Session, settings: Settings, now: datetime) -> None:
+    """Before a claim reads what may go: protected meters' disconnects stopped, held
+    disconnects stamped and ended holds cleared (each committed if it wrote)."""
+    # The SQLite writer lock is taken before these may write (they flush what they find),
+    # not only around the commit: a thread holding the database's write lock while it
+    # waits for this one would stall whoever holds this one in SQLite's busy handler.
+    with sqlite_write_lock(session):
+        if stop_protected_disconnects(session, now=now):  # reads; writes if it finds some
+            session.commit()
+    with stale_to_conflict(session, "holds not stamped"), sqlite_write_lock(session):
+        if holds.refresh(session, settings, now):  # issue 17: held / hold ended lines
+            session.commit()
 
 
 def _commands_for(ready: list[Any], settings: Settings, now: datetime) -> dict[str, OrderCommand]:
@@ -206,12 +185,13 @@ def _move_to_dispatched(
     session: Session,
     ready: list[Any],
     commands: dict[str, OrderCommand],
+    signed: dict[str, Outgoing],
     settings: Settings,
     now: datetime,
 ) -> set[str]:
-    """Compare-and-set the ready orders to ``dispatched`` with their command ids, write
-    their timeline events, and commit (on PostgreSQL: the claim lock is released). The ids
-    of the orders that moved."""
+    """Compare-and-set the ready orders whose commands were signed to ``dispatched``
+    with their command ids and signed commands, write their timeline events, and commit
+    (on PostgreSQL: the claim lock is released). The ids of the orders that moved."""
     target = transition(OrderState.VALIDATED, Event.DISPATCH).value
     step = STEP_OF[Event.DISPATCH]
     resend_at = now + timedelta(seconds=resend_delay(settings, 1))
@@ -221,6 +201,7 @@ def _move_to_dispatched(
             "concentrator_id": order.concentrator_id,  # compared, not written
             "state": target,
             "command_id": commands[order.id].command_id,
+            "command_payload": signed[order.id].payload.decode(),
             "dispatched_at": now,
             "updated_at": now,
             "command_deadline": commands[order.id].deadline,
@@ -228,7 +209,7 @@ def _move_to_dispatched(
             "sends": 1,
         }
         for order in ready
-        if order.id in commands
+        if order.id in signed
     ]
     with sqlite_write_lock(session):
         # Compare-and-set: on SQLite the selection ran outside this write transaction, so
@@ -248,7 +229,7 @@ def _move_to_dispatched(
             for order_id, command_id in session.execute(
                 select(Order.id, Order.command_id).where(Order.dispatched_at == now)
             )
-            if order_id in commands and commands[order_id].command_id == command_id
+            if order_id in signed and commands[order_id].command_id == command_id
         }
         bulk.insert_rows(
             session,
@@ -274,26 +255,17 @@ def _move_to_dispatched(
     return claimed
 
 
-def _sign_claimed(
-    session: Session, signer: CommandSigner, commands: list[OrderCommand]
-) -> dict[str, Outgoing]:
-    """Sign the commands of claimed orders, a concentrator's together (one signature per
-    ``BATCH_LEAVES``, ``shared.merkle``), keep them with their orders (only while the
-    order still carries that command), commit. The messages to publish, by order id."""
+def _sign_claimed(signer: CommandSigner, commands: list[OrderCommand]) -> dict[str, Outgoing]:
+    """Sign the commands of a claim, a concentrator's together (one signature per
+    ``BATCH_LEAVES``, ``shared.merkle``): the messages to publish, by order id. A command
+    that cannot be signed is left out: its order stays validated (as one whose command
+    the contract refuses), and expires into a work order if it never becomes sendable."""
     messages: dict[str, Outgoing] = {}
-    rows: list[dict[str, Any]] = []
     for concentrator_id, group in _by_concentrator(commands).items():
         topic = topics.commands(concentrator_id)
-        for command, signed in zip(group, _signed(signer, group), strict=True):
-            if signed is None:
-                continue
-            rows.append({"id": command.order_id, "command_id": command.command_id,
-                         "command_payload": signed.decode()})
-            messages[command.order_id] = Outgoing(topic, signed)
-    with sqlite_write_lock(session):
-        bulk.update_rows(session, cast(Table, Order.__table__), rows, match=("command_id",))
-        session.commit()
-    session.expire_all()
+        for command, envelope in zip(group, _signed(signer, group), strict=True):
+            if envelope is not None:
+                messages[command.order_id] = Outgoing(topic, envelope)
     return messages
 
 
@@ -316,7 +288,8 @@ def _signed(signer: CommandSigner, group: list[OrderCommand]) -> list[bytes | No
         try:
             signed.append(signer.sign(command))
         except (InvalidPayload, ValueError) as exc:  # sent again, or ended, by republish
-            log.error("order %s: its command could not be signed: %s", command.order_id, exc)
+            log.error("order %s not dispatched: its command could not be signed: %s",
+                      command.order_id, exc)
             signed.append(None)
     return signed
 
@@ -397,11 +370,9 @@ __all__ = [
     "Claim",
     "DeadlinePassed",
     "DispatchError",
-    "Moved",
     "Outgoing",
     "Publisher",
     "build_command",
-    "claim_moved",
     "claim_ready",
     "dispatch_ready",
     "new_command_id",
@@ -411,7 +382,6 @@ __all__ = [
     "resend_delay",
     "select_ready",
     "send_cancels",
-    "sign_moved",
     "sweep_expired",
     "weekend_allowed",
 ]

@@ -1,11 +1,12 @@
 """What a claim holds while it signs (SQLite and PostgreSQL).
 
 Replicas serialise their claims with an advisory lock held until the claim's
-transaction commits. The commands are signed after that commit, in a second
-transaction: the lock covers the selection and the state change (what the next claim
-of any replica reads for its in-flight caps and disconnect budget), not the signing.
-Nothing is published before both commits, and a crash between them leaves dispatched
-orders whose very same command is rebuilt and signed when they are sent again.
+transaction commits. A claim signs its commands before it moves its orders, and the
+statement that moves an order to ``dispatched`` stores its signed command (issue 14):
+no order is ever dispatched without the command it is sent with, and a claim that fails
+before its commit leaves its orders validated. Nothing is published before the commit.
+Orders dispatched by an older version without a stored command get the very same
+command rebuilt and signed when they are sent again.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class ProbingSigner(CommandSigner):
                 other.rollback()
 
 
-def test_commands_are_signed_after_the_claim_committed_and_released_its_lock(
+def test_a_claim_signs_before_it_moves_and_stores_each_command_with_its_order(
     factory: sessionmaker[Session],
     settings: Settings,
     publisher: RecordingPublisher,
@@ -76,20 +77,20 @@ def test_commands_are_signed_after_the_claim_committed_and_released_its_lock(
         sent = dispatch.dispatch_ready(session, publisher, probe, settings, now=WORKDAY)
 
     assert sent == 3
-    # while signing: every order committed as dispatched with its command id, no command yet
-    assert [(state, payload) for state, _, payload in probe.seen] == [("dispatched", None)] * 3
-    assert all(command_id for _, command_id, _ in probe.seen)
+    # while signing: nothing moved yet, and (PostgreSQL) no other replica may claim
+    assert probe.seen == [("validated", None, None)] * 3
     if settings.database_url.startswith("postgresql"):
-        assert probe.lock_free is True  # another replica could claim meanwhile
+        assert probe.lock_free is False
     with factory() as check:
         stored = {o.id: o for o in check.scalars(select(Order).where(Order.id.in_(ids)))}
+        assert {o.state for o in stored.values()} == {"dispatched"}
         assert sorted(m.payload.decode() for m in publisher.sent) == sorted(
             o.command_payload or "" for o in stored.values()
         )
         assert all(o.published_at is not None for o in stored.values())
 
 
-def test_a_claim_that_stops_before_signing_sends_the_same_command_later(
+def test_a_claim_that_fails_while_signing_leaves_its_orders_validated(
     factory: sessionmaker[Session],
     settings: Settings,
     publisher: RecordingPublisher,
@@ -99,11 +100,9 @@ def test_a_claim_that_stops_before_signing_sends_the_same_command_later(
     with factory() as setup:
         add_meters(setup, 1)
         (order_id,) = create(setup, settings, ["m0"])
-    made: list[Any] = []
 
-    def crash(session: Session, signer: CommandSigner, commands: list[Any]) -> None:
-        made.extend(commands)
-        raise RuntimeError("the process died between the two commits (test)")
+    def crash(signer: CommandSigner, commands: list[Any]) -> None:
+        raise RuntimeError("the process died while signing (test)")
 
     monkeypatch.setattr(dispatch, "_sign_claimed", crash)
     with factory() as session, pytest.raises(RuntimeError):
@@ -113,20 +112,42 @@ def test_a_claim_that_stops_before_signing_sends_the_same_command_later(
     with factory() as check:
         order = check.get(Order, order_id)
         assert order is not None
-        assert order.state == "dispatched" and order.command_payload is None
-        assert order.published_at is None and order.resend_at is not None
+        assert order.state == "validated" and order.command_id is None
         events = check.scalars(select(OrderEvent.event).where(OrderEvent.order_id == order_id))
-        assert "dispatch" in list(events)
+        assert "dispatch" not in list(events)
+    with factory() as session:
+        assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+
+
+def test_an_order_dispatched_without_a_stored_command_gets_the_same_command_again(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    publisher: RecordingPublisher,
+    signer: CommandSigner,
+) -> None:
+    """A row an older version dispatched before it kept signed commands: republish
+    rebuilds and signs the very same command (same id, same signed deadline)."""
+    with factory() as setup:
+        add_meters(setup, 1)
+        (order_id,) = create(setup, settings, ["m0"])
+    with factory() as session:
+        assert dispatch.dispatch_ready(session, publisher, signer, settings, now=WORKDAY) == 1
+    (first,) = publisher.sent
+    with factory() as session:
+        order = session.get(Order, order_id)
+        assert order is not None and order.command_payload == first.payload.decode()
+        order.command_payload, order.published_at = None, None
+        assert order.resend_at is not None
         due = order.resend_at + timedelta(seconds=1)
+        session.commit()
     with factory() as session:
         resent = dispatch.republish_unacked(session, publisher, signer, settings, now=due)
 
     assert resent == 1
-    (command,) = made
-    assert publisher.sent[0].payload == signer.sign(command)  # the very same signed command
+    assert publisher.sent[1].payload == first.payload  # the very same signed command
     with factory() as check:
         order = check.get(Order, order_id)
-        assert order is not None and order.command_payload == signer.sign(command).decode()
+        assert order is not None and order.command_payload == first.payload.decode()
         assert order.published_at is not None
 
 

@@ -161,17 +161,17 @@ def test_a_failed_publish_loses_no_order(
     assert {o.state for o in rows} <= {"dispatched", "validated"} and len(rows) == 10
 
 
-def test_a_failed_signing_sends_nothing_after_it(
+def test_a_claim_the_database_refuses_moves_and_sends_nothing(
     settings: Settings, factory: sessionmaker[Session], session: Session, meters: Meters,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The signing thread's failure (here: the database refuses the signed commands)
-    reaches the pass; that claim and the ones after it are not published, and its orders
-    wait, dispatched, for republish to rebuild the very same commands."""
+    """The move to ``dispatched`` (with the signed commands) fails: the failure reaches
+    the pass, nothing is published, the orders stay validated without a command, and
+    the next pass dispatches every one of them."""
     from central.errors import DispatchError
 
     _pipelined(settings, session, meters, monkeypatch)
-    real = dispatch._sign_claimed
+    real = dispatch._move_to_dispatched
     calls: list[int] = []
 
     def fail_first(*args: object, **kwargs: object) -> object:
@@ -180,20 +180,25 @@ def test_a_failed_signing_sends_nothing_after_it(
             raise DispatchError("database unreachable (test)")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(dispatch, "_sign_claimed", fail_first)
+    monkeypatch.setattr(dispatch, "_move_to_dispatched", fail_first)
     coordinator = Coordinator(settings, factory)
     link = _SlowLink()
     coordinator.link = link  # type: ignore[assignment]
     try:
         with pytest.raises(DispatchError, match="database unreachable"):
             coordinator.dispatch_now()
+        assert link.sent == []
+        session.expire_all()
+        rows = session.query(Order).all()
+        assert {o.state for o in rows} == {"validated"}
+        assert all(o.command_id is None and o.command_payload is None for o in rows)
+        assert coordinator.dispatch_now() == 10
     finally:
         coordinator.stop()
-    assert link.sent == []
     session.expire_all()
-    first = sorted(session.query(Order).all(), key=lambda o: (o.created_at, o.id))[:4]
-    assert all(o.state == "dispatched" and o.command_payload is None for o in first)
-    assert all(o.command_id is not None and o.resend_at is not None for o in first)
+    rows = session.query(Order).all()
+    assert sorted(_order_ids(link.sent)) == sorted(o.id for o in rows)
+    assert all(o.state == "dispatched" and o.published_at is not None for o in rows)
 
 
 def test_a_result_wakes_only_the_dispatch_step(
