@@ -81,7 +81,11 @@ def select_ready(
     for reconnects in (True, False):  # reconnects are claimed first
         after: Any = None
         while len(ready) < limit:
-            page = list(session.execute(_candidates(session, limits, after, _PAGE, reconnects)))
+            # Core rows, not the ORM's: plain columns need none of its per-row work
+            # (nothing is pending here to flush; the claim's own transaction)
+            page = list(session.connection().execute(
+                _candidates(session, limits, after, _PAGE, reconnects)
+            ))
             if not page:
                 break
             after = page[-1]
