@@ -45,8 +45,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -440,38 +440,33 @@ def _timed(
 ) -> None:
     """Send every order (requests round-robin over the replicas, as a load balancer would),
     then wait until every one is published."""
+    # Each client keeps one HTTP client per replica for the run, as Legacy's SOAP stack
+    # keeps its session: a new httpx.Client per request cost the bench 28 ms of CPU each
+    # (the TLS context it loads even for plain HTTP), 0.6 s per run on the cores the
+    # coordinators measured share.
+    with ExitStack() as stack:
+        sessions = [
+            [stack.enter_context(httpx.Client(base_url=_url(r), timeout=300)) for r in replicas]
+            for _ in range(args.clients)
+        ]
+        _run_clients(replicas, db, run, args, broker, sessions)
+
+
+def _run_clients(
+    replicas: list[Replica], db: Database, run: Run, args: argparse.Namespace,
+    broker: MosquittoBroker, sessions: list[list[httpx.Client]],
+) -> None:
+    """The timed part: each client sends its chunks on its own HTTP clients (``sessions``,
+    one per replica), then the wait for the last PUBACK."""
     orders = args.orders
     chunks = [list(range(s, min(s + args.batch, orders))) for s in range(0, orders, args.batch)]
     turn = itertools.count()  # next(): atomic under the GIL, so the clients share it
     per_batch: list[float] = []
 
-    # Each client keeps one HTTP client per replica for the run, as Legacy's SOAP stack
-    # keeps its session: a new httpx.Client per request cost the bench 28 ms of CPU each
-    # (the TLS context it loads even for plain HTTP), 0.6 s per run on the cores the
-    # coordinators measured share.
-    sessions = [[httpx.Client(base_url=_url(r), timeout=300) for r in replicas]
-                for _ in range(args.clients)]
-
     def client(own: list[httpx.Client], mine: list[list[int]]) -> None:
         for chunk in mine:
             per_batch.append(_send(own[next(turn) % len(replicas)], run.via, chunk))
 
-    try:
-        _run_clients(replicas, db, run, args, broker, chunks, client, sessions, per_batch)
-    finally:
-        for own in sessions:
-            for http in own:
-                http.close()
-
-
-def _run_clients(
-    replicas: list[Replica], db: Database, run: Run, args: argparse.Namespace,
-    broker: MosquittoBroker, chunks: list[list[int]],
-    client: Callable[[list[httpx.Client], list[list[int]]], None],
-    sessions: list[list[httpx.Client]], per_batch: list[float],
-) -> None:
-    """The timed part: the clients send every chunk, then the wait for the last PUBACK."""
-    orders = args.orders
     spies = _start_py_spy(replicas, run, args)
     counters_before = [_counters(r) for r in replicas]
     cpu_before = [_cpu_seconds(r.server.pid) for r in replicas]

@@ -8,10 +8,10 @@ meter tables) central/services/resend.py. Their public names are re-exported her
 Outbox pattern: orders are moved to ``dispatched`` together with their signed commands
 (``command_payload``) and committed *before* they are published (that commit ends the
 replicas' claim lock), so a result can never arrive for an order the database still
-thinks unsent; ``published_at`` is set once the broker
-acknowledged (PUBACK). The broker's PUBACK is not delivery: only the agent's receipt
-moves an order to ``delivered``. Until then :func:`republish_unacked` sends the very
-same signed command again (same command id, same signed deadline) with exponential
+thinks unsent; ``published_at`` is set once the broker acknowledged (PUBACK). The
+broker's PUBACK is not delivery: only the agent's receipt moves an order to
+``delivered``. Until then :func:`republish_unacked` sends the very same signed command
+again (same command id, same signed deadline) with exponential
 backoff (``resend_at``, ``sends``: in the database, so across restarts), and never once
 its deadline has passed. The deadline in a command is the order's own (or the end of
 the working day, earlier), never extended. The agent answers a copy of an order it
@@ -287,7 +287,7 @@ def _signed(signer: CommandSigner, group: list[OrderCommand]) -> list[bytes | No
     for command in group:
         try:
             signed.append(signer.sign(command))
-        except (InvalidPayload, ValueError) as exc:  # sent again, or ended, by republish
+        except (InvalidPayload, ValueError) as exc:  # its order stays validated
             log.error("order %s not dispatched: its command could not be signed: %s",
                       command.order_id, exc)
             signed.append(None)
