@@ -13,7 +13,21 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Table,
+    TypeDecorator,
+    bindparam,
+)
 from sqlalchemy.orm import Session
 
 _Processor = Callable[[Any], Any] | None
@@ -149,10 +163,72 @@ def _copy_rows(
         (key, table.c[key].type.dialect_impl(dialect).bind_processor(dialect)) for key in keys
     ]
     values = _params(rows, processors, True, None)
-    columns = ", ".join(dialect.identifier_preparer.quote(key) for key in keys)
-    name = dialect.identifier_preparer.format_table(table)
     raw: Any = session.connection().connection.dbapi_connection
-    with raw.cursor() as cursor, cursor.copy(f"COPY {name} ({columns}) FROM STDIN") as copy:
+    with raw.cursor() as cursor:
+        _copy(cursor, dialect.identifier_preparer.format_table(table), table, keys, values, dialect)
+
+
+# The PostgreSQL type whose binary format COPY sends for a column of each type (the
+# first that matches: BigInteger before Integer). SQLAlchemy's JSON processor gives
+# psycopg's ``Json`` wrapper, which psycopg's json dumper encodes.
+_BINARY_TYPES: tuple[tuple[type[Any], str], ...] = (
+    (String, "text"),  # VARCHAR(n) and TEXT: the same format; the server checks n
+    (DateTime, "timestamp"),  # "timestamptz" if timezone=True (below)
+    (BigInteger, "int8"),
+    (SmallInteger, "int2"),
+    (Integer, "int4"),
+    (Boolean, "bool"),
+    (Float, "float8"),
+    (LargeBinary, "bytea"),
+    (JSON, "json"),
+)
+_TYPES_CACHE: dict[tuple[str, tuple[str, ...]], list[str] | None] = {}
+
+
+def _binary_types(table: Table, keys: tuple[str, ...], dialect: Dialect) -> list[str] | None:
+    """The types to COPY ``keys`` of ``table`` in binary, or None if one of them has no
+    entry above (that table is then copied as text)."""
+    cache_key = (table.name, keys)
+    if cache_key in _TYPES_CACHE:
+        return _TYPES_CACHE[cache_key]
+    types: list[str] | None = []
+    for key in keys:
+        column_type: Any = table.c[key].type.dialect_impl(dialect)
+        if isinstance(column_type, TypeDecorator):
+            column_type = column_type.impl_instance
+        name = next((n for cls, n in _BINARY_TYPES if isinstance(column_type, cls)), None)
+        if name is None or types is None:
+            types = None
+            break
+        if name == "timestamp" and column_type.timezone:
+            name = "timestamptz"
+        types.append(name)
+    _TYPES_CACHE[cache_key] = types
+    return types
+
+
+def _copy(
+    cursor: Any,
+    target: str,
+    table: Table,
+    keys: tuple[str, ...],
+    values: Sequence[Sequence[Any]],
+    dialect: Dialect,
+) -> None:
+    """COPY ``values`` (rows of ``keys``, processed) into ``target``. In binary where every
+    column allows it: psycopg then sends each value as its bytes, where text COPY formats
+    and escapes it (measured on a claim's rows with a signed command and four
+    timestamps: 5.9 us of the coordinator's CPU per row as text, 0.8 us in binary)."""
+    quote = dialect.identifier_preparer.quote
+    columns = ", ".join(quote(key) for key in keys)
+    types = _binary_types(table, keys, dialect)
+    if types is None:
+        with cursor.copy(f"COPY {target} ({columns}) FROM STDIN") as copy:
+            for row in values:
+                copy.write_row(row)
+        return
+    with cursor.copy(f"COPY {target} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
         for row in values:
             copy.write_row(row)
 
@@ -176,7 +252,8 @@ def update_rows(
     if not rows:
         return
     if session.get_bind().dialect.name == "postgresql":
-        _update_from_copy(session, table, tuple(rows[0]), key, rows, expect or {}, tuple(match))
+        sql, params = update_from_temp(session, table, rows, key, expect=expect, match=match)
+        session.connection().exec_driver_sql(sql, params)
         return
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:  # one executemany per distinct set of matched values
@@ -192,44 +269,51 @@ def update_rows(
         )
 
 
-def _update_from_copy(
+def update_from_temp(
     session: Session,
     table: Table,
-    keys: tuple[str, ...],
-    key: str,
     rows: Sequence[dict[str, Any]],
-    expect: dict[str, Any],
-    match: tuple[str, ...],
-) -> None:
-    """PostgreSQL: the rows go by COPY into a temporary table of this connection, then
-    one ``UPDATE ... FROM`` it. Arrays as parameters cost the driver a quoting pass per
-    element in Python (most of a claim's time for the signed commands); COPY formats in
-    C. The temporary table lives with the connection, emptied at every commit."""
+    key: str = "id",
+    *,
+    expect: dict[str, Any] | None = None,
+    match: Sequence[str] = (),
+) -> tuple[str, dict[str, Any]]:
+    """PostgreSQL only: COPY ``rows`` into this connection's temporary table and return
+    the ``UPDATE {table} AS t ... FROM {temp} AS v WHERE ...`` that applies them (the
+    compare-and-set of ``update_rows``) with its parameters, not yet run: a caller may
+    add ``RETURNING`` or use it in a ``WITH``. COPY, since arrays as parameters cost the
+    driver a quoting pass per element in Python (most of a claim's time for the signed
+    commands) where COPY formats in C; the temporary table lives with the connection,
+    emptied at every commit."""
     dialect = session.get_bind().dialect
     quote = dialect.identifier_preparer.quote
+    keys = tuple(rows[0])
     processors: list[tuple[str, _Processor]] = [
         (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in keys
     ]
     values = _params(rows, processors, True, None)
     spec = ", ".join(f"{quote(n)} {table.c[n].type.compile(dialect=dialect)}" for n in keys)
     temp = "rcd_bulk_" + hashlib.sha1(f"{table.name}:{spec}".encode()).hexdigest()[:16]
-    columns = ", ".join(quote(n) for n in keys)
     raw: Any = session.connection().connection.dbapi_connection
     with raw.cursor() as cursor:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ({spec}) ON COMMIT DELETE ROWS")
         cursor.execute(f"DELETE FROM {temp}")  # an earlier call of this transaction
-        with cursor.copy(f"COPY {temp} ({columns}) FROM STDIN") as copy:
-            for row in values:
-                copy.write_row(row)
+        _copy(cursor, temp, table, keys, values, dialect)
     sets = [f"{quote(n)} = v.{quote(n)}" for n in keys if n != key and n not in match]
     where = [f"t.{quote(n)} = v.{quote(n)}" for n in (key, *match)]
     params: dict[str, Any] = {}
-    for index, (name, value) in enumerate(sorted(expect.items())):
-        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        params[f"e{index}"] = process(value) if process is not None else value
+    for index, (name, value) in enumerate(sorted((expect or {}).items())):
+        params[f"e{index}"] = bind_value(session, table, name, value)
         where.append(f"t.{quote(name)} = %(e{index})s")
     sql = (
         f"UPDATE {dialect.identifier_preparer.format_table(table)} AS t "
         f"SET {', '.join(sets)} FROM {temp} AS v WHERE {' AND '.join(where)}"
     )
-    session.connection().exec_driver_sql(sql, params)
+    return sql, params
+
+
+def bind_value(session: Session, table: Table, column: str, value: Any) -> Any:
+    """``value`` as the ORM would send it for ``table.column`` (its bind processor)."""
+    dialect = session.get_bind().dialect
+    process = table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
+    return process(value) if process is not None and value is not None else value

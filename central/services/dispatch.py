@@ -192,14 +192,12 @@ def _move_to_dispatched(
     """Compare-and-set the ready orders whose commands were signed to ``dispatched``
     with their command ids and signed commands, write their timeline events, and commit
     (on PostgreSQL: the claim lock is released). The ids of the orders that moved."""
-    target = transition(OrderState.VALIDATED, Event.DISPATCH).value
-    step = STEP_OF[Event.DISPATCH]
     resend_at = now + timedelta(seconds=resend_delay(settings, 1))
     updates = [
         {
             "id": order.id,
             "concentrator_id": order.concentrator_id,  # compared, not written
-            "state": target,
+            "state": _DISPATCHED,
             "command_id": commands[order.id].command_id,
             "command_payload": signed[order.id].payload.decode(),
             "dispatched_at": now,
@@ -211,48 +209,98 @@ def _move_to_dispatched(
         for order in ready
         if order.id in signed
     ]
+    # Compare-and-set: on SQLite the selection ran outside this write transaction, so an
+    # order may have changed meanwhile (e.g. cancelled, or its meter moved to another
+    # concentrator: that changes the concentrator, not the state). Only rows still
+    # validated on the concentrator their command was made for move.
     with sqlite_write_lock(session):
-        # Compare-and-set: on SQLite the selection ran outside this write transaction, so
-        # an order may have changed meanwhile (e.g. cancelled, or its meter moved to
-        # another concentrator: that changes the concentrator, not the state). Only rows
-        # still validated on the concentrator their command was made for move; which
-        # ones did is read back by the command id this claim gave them.
-        bulk.update_rows(
-            session,
-            cast(Table, Order.__table__),
-            updates,
-            expect={"state": OrderState.VALIDATED.value},
-            match=("concentrator_id",),
-        )
-        claimed = {
-            order_id
-            for order_id, command_id in session.execute(
-                select(Order.id, Order.command_id).where(Order.dispatched_at == now)
-            )
-            if order_id in signed and commands[order_id].command_id == command_id
-        }
-        bulk.insert_rows(
-            session,
-            cast(Table, OrderEvent.__table__),
-            [
-                {
-                    "order_id": order_id,
-                    "at": now,
-                    "step": step,
-                    "actor": SYSTEM.name,
-                    "event": Event.DISPATCH.value,
-                    "from_state": OrderState.VALIDATED.value,
-                    "to_state": target,
-                    "detail": f"signed command {command.command_id} to concentrator "
-                    f"{command.concentrator_id}",
-                }
-                for order_id, command in commands.items()
-                if order_id in claimed
-            ],
-        )
+        if session.get_bind().dialect.name == "postgresql":
+            moved = _move_with_lines(session, updates, now)
+        else:
+            moved = _move_then_write_lines(session, updates, now)
         session.commit()
     session.expire_all()
-    return claimed
+    return {
+        order_id
+        for order_id, command_id in moved
+        if order_id in signed and commands[order_id].command_id == command_id
+    }
+
+
+_DISPATCHED = transition(OrderState.VALIDATED, Event.DISPATCH).value
+_ORDERS = cast(Table, Order.__table__)
+_EVENTS = cast(Table, OrderEvent.__table__)
+
+
+_LINE: dict[str, Any] = {  # what every dispatched order's timeline line says
+    "step": STEP_OF[Event.DISPATCH],
+    "actor": SYSTEM.name,
+    "event": Event.DISPATCH.value,
+    "from_state": OrderState.VALIDATED.value,
+    "to_state": _DISPATCHED,
+}
+
+
+def _dispatch_line(
+    order_id: str, command_id: str, concentrator_id: str, now: datetime
+) -> dict[str, Any]:
+    """The timeline line of a dispatched order (``_move_with_lines`` writes the same)."""
+    return {
+        "order_id": order_id,
+        "at": now,
+        **_LINE,
+        "detail": f"signed command {command_id} to concentrator {concentrator_id}",
+    }
+
+
+def _move_then_write_lines(
+    session: Session, updates: list[dict[str, Any]], now: datetime
+) -> list[tuple[str, str]]:
+    """SQLite: the move, which rows moved read back by the command id and time this
+    claim gave them (executemany gives no rows back), then their timeline lines. The
+    (order id, command id) of the orders that moved."""
+    bulk.update_rows(
+        session, _ORDERS, updates, expect={"state": OrderState.VALIDATED.value},
+        match=("concentrator_id",),
+    )
+    sent = {row["id"]: (row["command_id"], row["concentrator_id"]) for row in updates}
+    moved = [
+        (order_id, sent[order_id][0])
+        for order_id, command_id in session.execute(
+            select(Order.id, Order.command_id).where(Order.dispatched_at == now)
+        )
+        if order_id in sent and sent[order_id][0] == command_id
+    ]
+    lines = [_dispatch_line(order_id, *sent[order_id], now) for order_id, _ in moved]
+    bulk.insert_rows(session, _EVENTS, lines)
+    return moved
+
+
+def _move_with_lines(
+    session: Session, updates: list[dict[str, Any]], now: datetime
+) -> list[tuple[str, str]]:
+    """PostgreSQL: one statement moves the orders, writes a timeline line for each one
+    that moved (the same as ``_dispatch_line``, built by the database: no Python work
+    per line, issue 14) and returns the (order id, command id) of those."""
+    move, params = bulk.update_from_temp(
+        session, _ORDERS, updates, expect={"state": OrderState.VALIDATED.value},
+        match=("concentrator_id",),
+    )
+    params.update({
+        f"line_{name}": bulk.bind_value(session, _EVENTS, name, value)
+        for name, value in {"at": now, **_LINE}.items()
+    })
+    statement = (
+        f"WITH moved AS ({move} RETURNING t.id, t.command_id, t.concentrator_id), "
+        "lines AS (INSERT INTO order_events "
+        "(order_id, at, step, actor, event, from_state, to_state, detail) "
+        "SELECT id, %(line_at)s, %(line_step)s, %(line_actor)s, %(line_event)s, "
+        "%(line_from_state)s, %(line_to_state)s, "
+        "'signed command ' || command_id || ' to concentrator ' || concentrator_id "
+        "FROM moved) "
+        "SELECT id, command_id FROM moved"
+    )
+    return [(row[0], row[1]) for row in session.connection().exec_driver_sql(statement, params)]
 
 
 def _sign_claimed(signer: CommandSigner, commands: list[OrderCommand]) -> dict[str, Outgoing]:

@@ -48,3 +48,39 @@ def test_update_rows_leaves_rows_without_the_expected_value(session: Session, me
     bulk.update_rows(session, _table(), rows, expect={"commissioned": False})
     session.commit()
     assert {m.line_id for m in session.query(Meter)} == {"l1"}
+
+
+def test_rows_written_in_bulk_read_back_as_given(session: Session) -> None:
+    """Every column type of an order (text with tabs, newlines, backslashes and non-ASCII,
+    JSON, floats, booleans, integers, UTC times, NULLs) survives insert_rows and
+    update_rows unchanged: on PostgreSQL they go by binary COPY, on SQLite by executemany."""
+    from datetime import UTC, datetime
+
+    from central.models import Order
+
+    at = datetime(2026, 12, 4, 22, 30, 15, 123456, tzinfo=UTC)
+    awkward = 'tab\there, line\nbreak, back\\slash, "quotes", ñandú, \\N, 💡'
+    row = {
+        "id": "bulk-1", "idempotency_key": awkward, "meter_id": "MTR-1", "concentrator_id": None,
+        "action": "disconnect", "reason": "non_payment", "special": True, "priority": 7,
+        "state": "validated", "created_by": "legacy", "created_at": at, "updated_at": at,
+        "max_attempts": 3, "needs_approval": False, "source": "soap", "refusal_detail": awkward,
+        "energy_value": 1234.5678, "sends": 2, "result_json": {"note": awkward, "n": [1, 2.5, None]},
+        "sla_warned": 0.25, "cancel_requested": False, "already_in_state": True, "attempts": 0,
+    }
+    orders = cast(Table, Order.__table__)
+    bulk.insert_rows(session, orders, [row])
+    session.commit()
+    stored = session.get(Order, "bulk-1")
+    assert stored is not None
+    for key, value in row.items():
+        assert getattr(stored, key) == value, key
+    later = datetime(2027, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    bulk.update_rows(session, orders, [{"id": "bulk-1", "command_payload": awkward,
+                                        "dispatched_at": later, "sends": 3}],
+                     expect={"state": "validated"})
+    session.commit()
+    session.expire_all()
+    stored = session.get(Order, "bulk-1")
+    assert stored is not None
+    assert (stored.command_payload, stored.dispatched_at, stored.sends) == (awkward, later, 3)
