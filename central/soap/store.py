@@ -10,6 +10,7 @@ that re-run return the orders already created instead of new ones.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from sqlalchemy import (
@@ -24,10 +25,12 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+log = logging.getLogger(__name__)
 metadata = MetaData()
 
 soap_messages = Table(
@@ -41,6 +44,25 @@ soap_messages = Table(
 )
 
 
+def _compress_with_lz4(engine: Engine) -> None:
+    """PostgreSQL: stored Replies are compressed with lz4, not the default pglz (issue
+    14). A Reply to 1,000 meters is about 0.25-0.6 MB; pglz cost the database 48 ms of
+    CPU per 20 of them, lz4 7 ms, for the same size. Only values written from then on
+    change; a server built without lz4 keeps pglz (logged)."""
+    with engine.connect() as conn:
+        method = conn.execute(text(
+            "SELECT attcompression FROM pg_attribute "
+            "WHERE attrelid = 'soap_messages'::regclass AND attname = 'reply_xml'"
+        )).scalar()
+    if method == "l":
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE soap_messages ALTER COLUMN reply_xml SET COMPRESSION lz4"))
+    except DBAPIError as exc:
+        log.warning("stored SOAP Replies stay compressed with pglz: %s", exc.orig)
+
+
 class MessageLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -50,6 +72,8 @@ class MessageLog:
             # another replica created it between our check and our CREATE
             if not inspect(engine).has_table(soap_messages.name):
                 raise
+        if engine.dialect.name == "postgresql":
+            _compress_with_lz4(engine)
 
     def claim(self, message_id: str, operation: str, principal: str) -> bool:
         """True if this request is the first with ``message_id``."""
