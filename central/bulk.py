@@ -82,32 +82,38 @@ def _prepare(
     return prepared
 
 
+_UNSET: Any = object()
+
+
 def _params(
     rows: Sequence[dict[str, Any]],
     processors: list[tuple[str, _Processor]],
     positional: bool,
     where_key: str | None,
     expected: dict[str, Any] | None = None,
+    same: dict[str, Any] | None = None,
 ) -> list[Any]:
+    """The rows' parameters, in ``processors``' order. ``expected`` (compared, named
+    ``e_<column>``) and ``same`` (by name: e.g. defaults the rows leave out) are values
+    the same for every row, processed once and not looked up in the rows."""
     # Rows of one batch share most values (the same ``now``, state, actor...): each
     # distinct value goes through its column's processor once.
     constants = {f"e_{column}": value for column, value in (expected or {}).items()}
-    plan: list[tuple[str, _Processor, dict[Any, Any]]] = [
-        (where_key if where_key is not None and name == f"w_{where_key}" else name, process, {})
-        for name, process in processors
-    ]
+    constants.update(same or {})
+    plan: list[tuple[str, _Processor, dict[Any, Any], Any]] = []
+    for name, process in processors:
+        key = where_key if where_key is not None and name == f"w_{where_key}" else name
+        constant = constants.get(key, _UNSET)
+        if constant is not _UNSET and process is not None and constant is not None:
+            constant = process(constant)
+        plan.append((key, process, {}, constant))
     names = [name for name, _ in processors]
-    fixed: dict[str, Any] = {}  # expected values, the same for every row: processed once
-    for name, process, _memo in plan:
-        if name in constants:
-            value = constants[name]
-            fixed[name] = process(value) if process is not None and value is not None else value
     out: list[Any] = []
     for row in rows:
         values: list[Any] = []
-        for key, process, memo in plan:
-            if fixed and key in fixed:
-                values.append(fixed[key])
+        for key, process, memo, constant in plan:
+            if constant is not _UNSET:
+                values.append(constant)
                 continue
             value = row[key]
             if process is not None and value is not None:
@@ -141,19 +147,23 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     rows leave out get their Python-side defaults, as with an ORM insert."""
     if not rows:
         return
-    extra = _defaults(table, tuple(rows[0]))
-    if extra:
-        rows = [{**extra, **row} for row in rows]
-    keys = tuple(rows[0])
+    extra = _defaults(table, tuple(rows[0]))  # the same for every row: not copied into each
+    keys = (*rows[0], *extra)
     if session.get_bind().dialect.name == "postgresql":
-        _copy_rows(session, table, keys, rows)
+        _copy_rows(session, table, keys, rows, extra)
         return
     sql, processors, positional = _prepare(session, table, "insert", keys, None)
-    session.connection().exec_driver_sql(sql, _params(rows, processors, positional, None))
+    session.connection().exec_driver_sql(
+        sql, _params(rows, processors, positional, None, same=extra)
+    )
 
 
 def _copy_rows(
-    session: Session, table: Table, keys: tuple[str, ...], rows: Sequence[dict[str, Any]]
+    session: Session,
+    table: Table,
+    keys: tuple[str, ...],
+    rows: Sequence[dict[str, Any]],
+    same: dict[str, Any],
 ) -> None:
     """PostgreSQL: COPY FROM STDIN in the session's transaction, one statement for all
     rows (executemany sends one statement per row, even pipelined: the round trips and
@@ -162,7 +172,7 @@ def _copy_rows(
     processors: list[tuple[str, _Processor]] = [
         (key, table.c[key].type.dialect_impl(dialect).bind_processor(dialect)) for key in keys
     ]
-    values = _params(rows, processors, True, None)
+    values = _params(rows, processors, True, None, same=same)
     raw: Any = session.connection().connection.dbapi_connection
     with raw.cursor() as cursor:
         _copy(cursor, dialect.identifier_preparer.format_table(table), table, keys, values, dialect)
