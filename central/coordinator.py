@@ -25,7 +25,15 @@ from central.db import session_scope, sqlite_write_lock
 from central.errors import CentralError, ConfigurationError, Conflict
 from central.jetstream import JetStreamResults
 from central.mqtt import MqttLink
-from central.services import dispatch, reconnect_sla, rejected, relay_state, results, selection
+from central.services import (
+    dispatch,
+    reconnect_sla,
+    rejected,
+    relay_state,
+    results,
+    selection,
+    validation,
+)
 from central.services.dispatch import Outgoing
 from central.services.lifecycle import utcnow
 from central.settings import Settings
@@ -104,6 +112,10 @@ class Coordinator:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
+        # The holiday calendar loads on its first question (0.14 s of CPU): here, not in
+        # the first request Legacy sends (issue 14).
+        today = validation.local_day(utcnow(), self.settings.timezone)
+        validation.is_working_day(today, self.settings.holiday_country)
         if self.settings.mqtt_enabled:
             self.link = MqttLink(
                 self.settings, on_results=self.handle_results, on_status=self.handle_status
