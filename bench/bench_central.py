@@ -274,10 +274,10 @@ def _unpublished(db: Database) -> bool:
     are published (8 ms at 20,000), so it is asked every 250 ms (:data:`POLL_S`), and
     the end of a run is read from the orders themselves (:func:`_last_published`)."""
     with db.engine.connect() as conn:
-        return conn.execute(text(
+        return bool(conn.execute(text(
             "SELECT EXISTS (SELECT 1 FROM orders WHERE state = 'validated' "
             "OR (state = 'dispatched' AND published_at IS NULL))"
-        )).scalar_one() is True
+        )).scalar_one())  # SQLite answers 1, PostgreSQL True
 
 
 # Polled every 50 ms, the EXISTS above took 0.46 s of PostgreSQL's CPU in a run's last
