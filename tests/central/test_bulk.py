@@ -84,3 +84,24 @@ def test_rows_written_in_bulk_read_back_as_given(session: Session) -> None:
     stored = session.get(Order, "bulk-1")
     assert stored is not None
     assert (stored.command_payload, stored.dispatched_at, stored.sends) == (awkward, later, 3)
+
+
+def test_a_table_with_a_type_without_binary_copy_is_copied_as_text(session: Session) -> None:
+    """A column type that ``bulk`` has no binary format for (NUMERIC here) makes that
+    table go by text COPY on PostgreSQL, and its rows are still written as given."""
+    from decimal import Decimal
+
+    from sqlalchemy import Column, MetaData, Numeric, String, select
+
+    table = Table("bulk_numeric_probe", MetaData(), Column("id", String(10), primary_key=True),
+                  Column("amount", Numeric(12, 3)), Column("note", String(40)))
+    bind = session.get_bind()
+    assert bulk._binary_types(table, ("id", "amount", "note"), bind.dialect) is None
+    assert bulk._binary_types(table, ("id", "note"), bind.dialect) == ["text", "text"]
+    table.create(session.connection())
+    rows = [{"id": "n1", "amount": Decimal("12.345"), "note": "tab\there"},
+            {"id": "n2", "amount": None, "note": "\\N"}]
+    bulk.insert_rows(session, table, rows)
+    got = {r.id: (r.amount, r.note) for r in session.execute(select(table))}
+    assert got == {"n1": (Decimal("12.345"), "tab\there"), "n2": (None, "\\N")}
+    session.rollback()
