@@ -201,18 +201,16 @@ def _binary_types(table: Table, keys: tuple[str, ...], dialect: Dialect) -> list
     cache_key = (table.name, keys)
     if cache_key in _TYPES_CACHE:
         return _TYPES_CACHE[cache_key]
-    types: list[str] | None = []
+    names: list[str] = []
     for key in keys:
         column_type: Any = table.c[key].type.dialect_impl(dialect)
         if isinstance(column_type, TypeDecorator):
             column_type = column_type.impl_instance
         name = next((n for cls, n in _BINARY_TYPES if isinstance(column_type, cls)), None)
-        if name is None or types is None:
-            types = None
+        if name is None:
             break
-        if name == "timestamp" and column_type.timezone:
-            name = "timestamptz"
-        types.append(name)
+        names.append("timestamptz" if name == "timestamp" and column_type.timezone else name)
+    types = names if len(names) == len(keys) else None
     _TYPES_CACHE[cache_key] = types
     return types
 

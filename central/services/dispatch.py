@@ -181,6 +181,20 @@ def _commands_for(ready: list[Any], settings: Settings, now: datetime) -> dict[s
     return commands
 
 
+_DISPATCHED = transition(OrderState.VALIDATED, Event.DISPATCH).value
+_ORDERS = cast(Table, Order.__table__)
+_EVENTS = cast(Table, OrderEvent.__table__)
+
+
+_LINE: dict[str, Any] = {  # what every dispatched order's timeline line says
+    "step": STEP_OF[Event.DISPATCH],
+    "actor": SYSTEM.name,
+    "event": Event.DISPATCH.value,
+    "from_state": OrderState.VALIDATED.value,
+    "to_state": _DISPATCHED,
+}
+
+
 def _move_to_dispatched(
     session: Session,
     ready: list[Any],
@@ -220,25 +234,7 @@ def _move_to_dispatched(
             moved = _move_then_write_lines(session, updates, now)
         session.commit()
     session.expire_all()
-    return {
-        order_id
-        for order_id, command_id in moved
-        if order_id in signed and commands[order_id].command_id == command_id
-    }
-
-
-_DISPATCHED = transition(OrderState.VALIDATED, Event.DISPATCH).value
-_ORDERS = cast(Table, Order.__table__)
-_EVENTS = cast(Table, OrderEvent.__table__)
-
-
-_LINE: dict[str, Any] = {  # what every dispatched order's timeline line says
-    "step": STEP_OF[Event.DISPATCH],
-    "actor": SYSTEM.name,
-    "event": Event.DISPATCH.value,
-    "from_state": OrderState.VALIDATED.value,
-    "to_state": _DISPATCHED,
-}
+    return moved
 
 
 def _dispatch_line(
@@ -255,33 +251,33 @@ def _dispatch_line(
 
 def _move_then_write_lines(
     session: Session, updates: list[dict[str, Any]], now: datetime
-) -> list[tuple[str, str]]:
+) -> set[str]:
     """SQLite: the move, which rows moved read back by the command id and time this
     claim gave them (executemany gives no rows back), then their timeline lines. The
-    (order id, command id) of the orders that moved."""
+    ids of the orders that moved."""
     bulk.update_rows(
         session, _ORDERS, updates, expect={"state": OrderState.VALIDATED.value},
         match=("concentrator_id",),
     )
     sent = {row["id"]: (row["command_id"], row["concentrator_id"]) for row in updates}
-    moved = [
-        (order_id, sent[order_id][0])
+    moved = {
+        order_id
         for order_id, command_id in session.execute(
             select(Order.id, Order.command_id).where(Order.dispatched_at == now)
         )
         if order_id in sent and sent[order_id][0] == command_id
-    ]
-    lines = [_dispatch_line(order_id, *sent[order_id], now) for order_id, _ in moved]
-    bulk.insert_rows(session, _EVENTS, lines)
+    }
+    bulk.insert_rows(session, _EVENTS, [_dispatch_line(i, *sent[i], now) for i in moved])
     return moved
 
 
 def _move_with_lines(
     session: Session, updates: list[dict[str, Any]], now: datetime
-) -> list[tuple[str, str]]:
+) -> set[str]:
     """PostgreSQL: one statement moves the orders, writes a timeline line for each one
     that moved (the same as ``_dispatch_line``, built by the database: no Python work
-    per line, issue 14) and returns the (order id, command id) of those."""
+    per line, issue 14) and returns the ids of those (the rows this very UPDATE
+    changed, so with this claim's command ids)."""
     move, params = bulk.update_from_temp(
         session, _ORDERS, updates, expect={"state": OrderState.VALIDATED.value},
         match=("concentrator_id",),
@@ -298,9 +294,9 @@ def _move_with_lines(
         "%(line_from_state)s, %(line_to_state)s, "
         "'signed command ' || command_id || ' to concentrator ' || concentrator_id "
         "FROM moved) "
-        "SELECT id, command_id FROM moved"
+        "SELECT id FROM moved"
     )
-    return [(row[0], row[1]) for row in session.connection().exec_driver_sql(statement, params)]
+    return {row[0] for row in session.connection().exec_driver_sql(statement, params)}
 
 
 def _sign_claimed(signer: CommandSigner, commands: list[OrderCommand]) -> dict[str, Outgoing]:
